@@ -1,0 +1,1 @@
+"""Hydra config groups of mlip-launch (a package so installed copies find the YAML files)."""

@@ -1,0 +1,42 @@
+"""Hydra launcher plugin ``hydra/launcher=mlip``: preflight every sweep point, then submit them all.
+
+A thin shim: the work is in :mod:`launcher.sweep` and :mod:`launcher.submit`. Imported by Hydra's
+plugin discovery at start-up, so it must stay free of heavy imports.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+from launcher.submit import LauncherParams
+
+
+@dataclass
+class MlipLauncherConf(LauncherParams):
+    _target_: str = "hydra_plugins.mlip_launch.launcher.MlipLauncher"
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="mlip", node=MlipLauncherConf, provider="mlip-launch")
+
+
+class MlipLauncher(Launcher):
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.task_function: Optional[TaskFunction] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from launcher.sweep import launch_sweep
+
+        return launch_sweep(self, job_overrides, initial_job_idx)

@@ -1,0 +1,140 @@
+"""``launch``: the Hydra front door. Parse, build the RunSpec, preflight, dispatch; nothing more.
+
+Errors in configuration or input end as ``error: ...`` lines and exit code 2 (Hydra's own
+composition errors included); a failed job exits 1.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, List, NoReturn, Optional
+
+from launcher.errors import EXIT_CONFIG, EXIT_FAILED, ConfigError, ConfigErrors
+
+
+def _run_single(cfg: Any) -> None:
+    """Hydra's task function for ``launch`` without ``-m``: one run, submitted like a sweep of one."""
+    try:
+        _run_single_checked(cfg)
+    except ConfigError as e:  # exit here: Hydra would add its own multi-line report
+        report_config_error(config_error_message(e) or [str(e)])
+
+
+def _run_single_checked(cfg: Any) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from launcher.preflight import check_sweep, print_dry_run
+    from launcher.submit import submit_runs
+    from launcher.sweep import launcher_params
+    from launcher.translate import spec_from_hydra_cfg
+
+    hc = HydraConfig.get()
+    if cfg.get("run_dir") in (None, ""):
+        with open_dict(cfg):
+            cfg.run_dir = str(hc.run.dir)
+    spec = spec_from_hydra_cfg(cfg, base_dir=Path(os.getcwd()))
+    params = launcher_params(hc.launcher)
+    problems = check_sweep([spec], [spec.run_name], cluster=params.cluster, gpus_per_node=params.gpus_per_node)
+    if problems:
+        raise ConfigErrors(problems)
+    if spec.dry_run:
+        print_dry_run([spec], [spec.run_name])
+        return
+    submit_runs([spec], params, Path(spec.run_dir).parent, overrides=[list(hc.overrides.task)], wait=params.wait)
+
+
+def _hydra_entry() -> None:
+    import hydra
+
+    from launcher.resolvers import conf_dir
+
+    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_run_single)()
+
+
+def _missing_option_message(text: str) -> str:
+    """Hydra's multi-line 'Could not find group/option' text -> one line with the options."""
+    import re
+
+    m = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    opts = re.findall(r"^\t(\S+)$", text, flags=re.M)
+    if m:
+        group, option = m.groups()
+        return f"{group}: no option '{option}'; available: {', '.join(opts) or '(none)'}"
+    return text.strip().splitlines()[0]
+
+
+def config_error_message(exc: BaseException) -> Optional[List[str]]:
+    """The one-line message(s) for an exception that is a configuration problem, else None."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    from launcher.schema import _key_error_message, _type_error_message
+
+    if isinstance(exc, ConfigErrors):
+        return list(exc.problems)
+    if isinstance(exc, ConfigError):
+        return [str(exc)]
+    try:
+        from hydra.errors import (ConfigCompositionException, HydraException, MissingConfigException,
+                                  OverrideParseException)
+    except ImportError:  # pragma: no cover
+        return None
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, MissingConfigException):
+        return [_missing_option_message(str(exc))]
+    if isinstance(exc, (ConfigCompositionException, OverrideParseException)) or (
+            isinstance(exc, HydraException) and isinstance(cause, OmegaConfBaseException)):
+        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+            return [_key_error_message(cause, "command line")]
+        if isinstance(cause, ValidationError):
+            return [_type_error_message(cause, "command line")]
+        if isinstance(cause, MissingConfigException):
+            return [_missing_option_message(str(cause))]
+        return [" ".join(str(exc).split())]
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
+        return [_key_error_message(exc, "command line")]
+    if isinstance(exc, ValidationError):
+        return [_type_error_message(exc, "command line")]
+    return None
+
+
+def report_config_error(lines: List[str]) -> NoReturn:
+    if len(lines) == 1:
+        print(f"error: {lines[0]}", file=sys.stderr)
+    else:
+        print(f"error: {len(lines)} problems:", file=sys.stderr)
+        for line in lines:
+            print(f"  {line}", file=sys.stderr)
+    sys.exit(EXIT_CONFIG)
+
+
+def main() -> None:
+    """Console script ``launch``."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us; we print them as one-liners
+    from launcher.resolvers import register
+    from launcher.schema import register_configs
+
+    register()
+    register_configs()
+    try:
+        _hydra_entry()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BaseException as exc:  # noqa: BLE001 - classified below, re-raised when not a config error
+        lines = config_error_message(exc)
+        if lines is not None:
+            report_config_error(lines)
+        from launcher.sweep import SweepFailed
+
+        if isinstance(exc, SweepFailed):
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(EXIT_FAILED)
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,259 @@
+"""The standard run directory, the same for every backend; this module owns its paths and the manifest.
+
+```
+run_dir/
+  run.yaml                   resolved RunSpec, absolute paths
+  artifacts/best_model.pt    weights of the best validation epoch
+  artifacts/manifest.json    backend, versions, model config, heads, sha256 of weights and sources
+  checkpoints/checkpoint.pt  latest full training state (atomic)
+  logs/                      train.log, metrics.jsonl, native backend stdout, plots
+  state.json                 run state: running | finished | failed (written by launcher.job)
+```
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional
+
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of one run directory."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, run_dir: str | os.PathLike) -> "RunLayout":
+        return cls(Path(run_dir).expanduser().resolve())
+
+    @property
+    def run_yaml(self) -> Path:
+        return self.root / "run.yaml"
+
+    @property
+    def state_json(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def best_model(self) -> Path:
+        return self.artifacts / "best_model.pt"
+
+    @property
+    def model_json(self) -> Path:
+        return self.artifacts / "model.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.artifacts / "manifest.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.checkpoints / "checkpoint.pt"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def train_log(self) -> Path:
+        return self.logs / "train.log"
+
+    @property
+    def metrics_jsonl(self) -> Path:
+        return self.logs / "metrics.jsonl"
+
+    @property
+    def eval_dir(self) -> Path:
+        """evaluate/infer outputs: metrics.json, metrics.csv, predictions.csv, predictions_forces.npz."""
+        return self.root / "eval"
+
+    def create(self) -> "RunLayout":
+        for d in (self.root, self.artifacts, self.checkpoints, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+# ---------------------------------------------------------------------------------------------
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder + os.replace: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save through a temp file + os.replace (checkpoints are never half written)."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def append_jsonl(path: Path, record: Dict[str, Any]) -> None:
+    """One line per record, flushed at once, so a crash loses at most the line being written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, sort_keys=True, default=float) + "\n")
+        fh.flush()
+
+
+def read_jsonl(path: Path) -> list:
+    out = []
+    if not Path(path).exists():
+        return out
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line after a hard kill
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest
+# ---------------------------------------------------------------------------------------------
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file, or of a folder's files in sorted order (LMDB shard folders)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.endswith("-lock")):
+        h.update(f.relative_to(path).as_posix().encode())
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def package_versions(names: Iterable[str]) -> Dict[str, Optional[str]]:
+    from importlib import metadata
+
+    out: Dict[str, Optional[str]] = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def write_manifest(
+    layout: RunLayout,
+    *,
+    backend: str,
+    weights: Path,
+    model_config: Dict[str, Any],
+    heads: Optional[list] = None,
+    data: Optional[Dict[str, Optional[str]]] = None,
+    metrics: Optional[Dict[str, Any]] = None,
+    versions: Optional[Dict[str, Optional[str]]] = None,
+    extra: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    """Write ``artifacts/manifest.json``: what the weights are and how to rebuild the model.
+
+    ``data`` maps split names to dataset paths; their sha256 is recorded so a result can be
+    traced to the exact files it came from.
+    """
+    from launcher.schema import SCHEMA_VERSION
+
+    weights = Path(weights)
+    manifest: Dict[str, Any] = {
+        "manifest_version": MANIFEST_VERSION,
+        "schema_version": SCHEMA_VERSION,
+        "backend": backend,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": platform.python_version(),
+        "versions": versions or package_versions(["mlip-launch", "torch", "mace-torch", "e3nn"]),
+        "weights": {
+            "path": os.path.relpath(weights, layout.artifacts) if weights.is_relative_to(layout.artifacts) else str(weights),
+            "sha256": sha256_file(weights),
+        },
+        "model": model_config,
+        "heads": heads or [],
+        "data": {
+            split: {"path": p, "sha256": sha256_path(Path(p)) if p and Path(p).exists() else None}
+            for split, p in (data or {}).items()
+        },
+        "metrics": metrics or {},
+    }
+    if extra:
+        manifest.update(extra)
+    atomic_write_json(layout.manifest, manifest)
+    return manifest
+
+
+def read_manifest(path: Path) -> Dict[str, Any]:
+    from launcher.errors import ConfigError
+
+    path = Path(path)
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"model.manifest: file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"model.manifest: {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(m, dict) or "backend" not in m or "weights" not in m:
+        raise ConfigError(f"model.manifest: {path} is not an mlip-launch manifest (needs 'backend' and 'weights')")
+    return m
+
+
+def manifest_weights_path(manifest_path: Path, manifest: Dict[str, Any]) -> Path:
+    p = Path(manifest["weights"]["path"])
+    return p if p.is_absolute() else (Path(manifest_path).parent / p).resolve()

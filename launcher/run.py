@@ -1,0 +1,130 @@
+"""``launch-run`` / ``python -m launcher.run``: the plain run.yaml front door.
+
+    launch-run --config run.yaml [--run NAME ...] [--dry-run] [--set KEY=VALUE ...]
+
+Same RunSpec, same preflight, same submission module as the Hydra door. A ``runs:`` list goes
+out as one job array through the preset its ``launcher:`` map names (default: in-process).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from launcher.errors import EXIT_FAILED, ConfigError, ConfigErrors
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launch-run", description=__doc__.split("\n\n")[0].strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "-c", required=True, help="plain run.yaml: one run, or a runs: list")
+    p.add_argument("--run", action="append", default=[], metavar="NAME",
+                   help="only the run(s) with this name (repeatable; default: all)")
+    p.add_argument("--dry-run", action="store_true", help="validate everything and print what would run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a schema key in every selected run (dotted key, YAML value)")
+    p.add_argument("--to-overrides", action="store_true",
+                   help="print the equivalent `launch` command-line overrides and exit")
+    return p
+
+
+def _apply_sets(specs, sets: List[str]):
+    import yaml
+
+    from launcher.schema import spec_from_dict
+    from launcher.translate import deep_merge, expand_dotted
+
+    if not sets:
+        return specs
+    patch = {}
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set: expected KEY=VALUE, got '{item}'")
+        k, v = item.split("=", 1)
+        patch[k] = yaml.safe_load(v) if v else None
+    patch = expand_dotted(patch, source="--set")
+    return [spec_from_dict(deep_merge(s.to_dict(), patch), source="--set") for s in specs]
+
+
+def load_specs(config: str, names: List[str], sets: List[str]):
+    from launcher.translate import parse_run_file, resolve_paths, select_runs
+
+    specs, launcher_map = parse_run_file(Path(config))
+    specs = select_runs(specs, names, source=config)
+    if sets:
+        specs = [resolve_paths(s, Path.cwd()) for s in _apply_sets(specs, sets)]
+    return specs, launcher_map
+
+
+def launcher_params_from_map(launcher_map: dict):
+    """``launcher: {preset: slurm, partition: x}`` -> LauncherParams, through the same preset files."""
+    from dataclasses import fields
+
+    import yaml
+
+    from launcher.resolvers import conf_dir
+    from launcher.submit import LauncherParams
+
+    m = dict(launcher_map)
+    preset = m.pop("preset", "inprocess")
+    path = conf_dir() / "hydra" / "launcher" / f"{preset}.yaml"
+    if not path.exists():
+        opts = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"launcher.preset: no preset '{preset}'; available: {', '.join(opts)}")
+    base = yaml.safe_load(path.read_text()) or {}
+    base.pop("defaults", None)
+    names = {f.name for f in fields(LauncherParams)}
+    merged = {**base, **m}
+    unknown = sorted(k for k in merged if k not in names)
+    if unknown:
+        raise ConfigError(f"launcher: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    return LauncherParams(**{k: v for k, v in merged.items() if not (isinstance(v, str) and "${" in v)})
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from launcher.cli import report_config_error
+
+    args = _parser().parse_args(argv)
+    try:
+        specs, launcher_map = load_specs(args.config, args.run, args.set)
+        if args.to_overrides:
+            from launcher.translate import spec_to_overrides
+
+            for s in specs:
+                print(" ".join(spec_to_overrides(s)))
+            return 0
+        if args.dry_run:
+            for s in specs:
+                s.dry_run = True
+        from launcher.preflight import check_sweep, print_dry_run
+        from launcher.submit import submit_runs
+
+        params = launcher_params_from_map(launcher_map)
+        labels = [s.run_name for s in specs]
+        problems = check_sweep(specs, labels, cluster=params.cluster, gpus_per_node=params.gpus_per_node)
+        if problems:
+            raise ConfigErrors(problems)
+        if any(s.dry_run for s in specs):
+            print_dry_run(specs, labels)
+            return 0
+        sweep_dir = Path(args.config).resolve().parent / "sweeps" / Path(args.config).stem
+        result = submit_runs(specs, params, sweep_dir, overrides=[[f"name={n}"] for n in labels],
+                             wait=params.wait)
+    except ConfigError as e:
+        from launcher.cli import config_error_message
+
+        report_config_error(config_error_message(e) or [str(e)])
+    if result.failed:
+        for o in result.failed:
+            print(f"error: run {labels[o.index]} FAILED: {o.error} (run_dir {o.run_dir})", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def console_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

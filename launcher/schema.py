@@ -1,0 +1,395 @@
+"""The unified run schema: the one place every key, default and cross-field rule is declared.
+
+Both front doors (the Hydra app and the plain ``run.yaml``) end in a :class:`RunSpec`. The
+dataclasses are registered in Hydra's ConfigStore, so unknown keys and wrong types are refused
+by OmegaConf itself; :func:`validate` holds the rules that span several keys. Every field's
+``metadata["doc"]`` feeds the generated reference in ``docs/schema.md``.
+
+This module must stay cheap to import: no torch, mace or fairchem.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from launcher.errors import ConfigError, ConfigErrors
+
+SCHEMA_VERSION = 1
+
+BACKENDS = ("mace", "equiformer_v2", "gemnet_oc")
+FAIRCHEM_BACKENDS = ("equiformer_v2", "gemnet_oc")
+TASKS = ("train", "finetune", "resume", "evaluate", "infer", "export")
+TRAINING_TASKS = ("train", "finetune", "resume")
+DEVICES = ("cuda", "cpu", "auto")
+
+# Keys whose value must be one of a fixed set: checked by validate(), listed in the docs.
+CHOICES: Dict[str, tuple] = {
+    "backend": BACKENDS,
+    "task": TASKS,
+    "device": DEVICES,
+    "train.optimizer": ("adam", "adamw", "sgd"),
+    "train.scheduler": ("plateau", "cosine", "step", "none"),
+    "train.scheduler_step_unit": ("epoch", "cycle"),
+    "train.progress_bar": ("auto", "true", "false"),
+    "train.freeze": (None, "none", "head_only"),
+    "train.dtype": ("float64", "float32"),
+    "eval.split": ("test", "val", "train"),
+}
+
+# Keys holding filesystem paths: resolved to absolute paths by the front doors.
+PATH_KEYS = (
+    "run_dir",
+    "model_in",
+    "model.manifest",
+    "model.weights",
+    "backend_python",
+    "data.train",
+    "data.val",
+    "data.test",
+    "data.indices_path",
+    "data.train_indices.indices_path",
+    "data.val_indices.indices_path",
+    "data.test_indices.indices_path",
+    "train.input_json",
+    "train.config_yml",
+)
+
+
+def _f(default: Any = dataclasses.MISSING, doc: str = "", factory: Any = None) -> Any:
+    """A dataclass field carrying its documentation."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class IndexSampling:
+    """Per-split sampling of dataset indices (used when no explicit ``data.indices`` apply)."""
+
+    max_samples: Optional[int] = _f(None, "keep at most this many structures of the split (null = all)")
+    shuffle: bool = _f(False, "shuffle before taking max_samples (otherwise the first ones are kept)")
+    seed: int = _f(0, "seed of the shuffle (numpy PCG64; same indices on every machine)")
+    indices_path: Optional[str] = _f(None, "JSON list of indices of this split to start from")
+
+
+@dataclass
+class DataSpec:
+    """Datasets: a FairChem-format LMDB file, or a folder of ``*.lmdb`` shards read as one."""
+
+    train: Optional[str] = _f(None, "training LMDB file or folder of *.lmdb shards")
+    val: Optional[str] = _f(None, "validation LMDB (best model and early stop use it)")
+    test: Optional[str] = _f(None, "test LMDB (evaluate/infer read it unless eval.split says otherwise)")
+    indices: Optional[List[int]] = _f(None, "explicit indices of the active split (overrides all sampling)")
+    indices_path: Optional[str] = _f(None, "JSON list of indices of the active split (ignored if data.indices is set)")
+    train_indices: IndexSampling = _f(factory=IndexSampling, doc="sampling of the train split")
+    val_indices: IndexSampling = _f(factory=IndexSampling, doc="sampling of the val split")
+    test_indices: IndexSampling = _f(factory=IndexSampling, doc="sampling of the test split")
+    batch_size: int = _f(16, "batch size of evaluate / infer")
+
+
+@dataclass
+class TrainSpec:
+    """Training knobs. Core-trainer (MACE) keys, plus the FairChem ones at the end."""
+
+    input_json: Optional[str] = _f(None, "MACE model.json (mace_run_train hyperparameter names); required for backend=mace task=train")
+    epochs: int = _f(10, "number of epochs")
+    batch_size: int = _f(8, "training batch size (per process)")
+    num_workers: int = _f(0, "DataLoader worker processes")
+    seed: Optional[int] = _f(None, "training seed (null = the top-level seed)")
+    lr: float = _f(0.01, "learning rate (mace_run_train's default)")
+    weight_decay: float = _f(5.0e-7, "weight decay (mace_run_train's default)")
+    optimizer: str = _f("adam", "adam (amsgrad, as mace_run_train) | adamw | sgd")
+    amp: bool = _f(False, "CUDA autocast mixed precision (a warning and no effect on CPU)")
+    accum_steps: int = _f(1, "micro-batches accumulated per optimizer update")
+    max_grad_norm: Optional[float] = _f(10.0, "gradient clipping norm (null = off)")
+    save_every: int = _f(1, "write checkpoints/checkpoint.pt every N epochs (or cycles)")
+    log_every: Optional[int] = _f(None, "log every N update steps (null = about 20 logs per epoch)")
+    progress_bar: str = _f("auto", "tqdm progress bars: auto (only on a TTY) | true | false")
+    progress_mininterval: float = _f(0.5, "tqdm refresh interval in seconds")
+    freeze: Optional[str] = _f(None, "null | head_only (train only the readout of train.head_key)")
+    energy_weight: float = _f(1.0, "weight of the energy loss")
+    force_weight: float = _f(1.0, "weight of the force loss")
+    head_key: str = _f("omat_pbe", "head of a multi-head model to train/evaluate (ignored by single-head models)")
+    early_stop_factor: Optional[float] = _f(None, "stop when val loss exceeds this factor times the best val loss (null = off)")
+    patience: Optional[int] = _f(None, "stop after this many evaluations without val improvement (null = off)")
+    scheduler: str = _f("plateau", "plateau (ReduceLROnPlateau, factor 0.8, patience 50) | cosine | step | none")
+    scheduler_step_unit: str = _f("epoch", "step the scheduler per epoch | per cycle")
+    cycle_steps: int = _f(0, "optimizer updates per cycle (<= 0 off); evaluation and checkpoint every cycle; forces drop_last")
+    drop_last: bool = _f(False, "drop the last incomplete training batch")
+    dtype: str = _f("float64", "float64 (as mace_run_train) | float32 (~2x faster on CPU)")
+    ema_decay: Optional[float] = _f(None, "exponential moving average of weights (e.g. 0.99; null = off)")
+    config_yml: Optional[str] = _f(None, "FairChem config (required for equiformer_v2 / gemnet_oc)")
+    identifier: Optional[str] = _f(None, "FairChem run identifier")
+
+
+@dataclass
+class EvalSpec:
+    """Evaluate / infer settings."""
+
+    energy_only: bool = _f(False, "skip forces: evaluate/predict energies only")
+    amp: bool = _f(False, "CUDA autocast during evaluate/infer")
+    split: str = _f("test", "which data split evaluate/infer reads: test | val | train")
+
+
+@dataclass
+class ModelSpec:
+    """Where a model to fine-tune, resume, evaluate or export comes from (besides model_in)."""
+
+    manifest: Optional[str] = _f(None, "artifacts/manifest.json of an earlier run (preferred for finetune/resume)")
+    weights: Optional[str] = _f(None, "state_dict path (optional if the manifest names its weights)")
+
+
+@dataclass
+class RunSpec:
+    """One run: everything a job needs, whichever front door produced it."""
+
+    backend: str = _f("mace", "mace | equiformer_v2 | gemnet_oc")
+    task: str = _f("train", "train | finetune | resume | evaluate | infer | export")
+    run_dir: Optional[str] = _f(None, "output directory of the run (required)")
+    name: Optional[str] = _f(None, "run name (selects runs of a runs: list with --run; defaults to the run_dir's name)")
+    model_in: Optional[str] = _f(None, "checkpoint / model file (required for finetune, export; resume defaults to the run's own checkpoint)")
+    model: ModelSpec = _f(factory=ModelSpec, doc="model source via manifest/weights")
+    device: str = _f("cuda", "cuda | cpu | auto (cuda when available)")
+    seed: int = _f(0, "global seed (train.seed defaults to it)")
+    backend_python: Optional[str] = _f(None, "interpreter of the FairChem environment (default: the one scripts/setup-fairchem-env made)")
+    backend_env: Dict[str, str] = _f(factory=dict, doc="extra environment variables for native backend runs")
+    backend_args: List[str] = _f(factory=list, doc="extra command-line args for native backend runs (applied last)")
+    overwrite: bool = _f(False, "replace a different run already in run_dir (otherwise an error)")
+    dry_run: bool = _f(False, "validate and print what would run; run nothing")
+    data: DataSpec = _f(factory=DataSpec, doc="datasets")
+    train: TrainSpec = _f(factory=TrainSpec, doc="training")
+    eval: EvalSpec = _f(factory=EvalSpec, doc="evaluation")
+
+    # ---- derived values every consumer should use instead of re-deriving them ----
+    @property
+    def effective_seed(self) -> int:
+        return self.seed if self.train.seed is None else int(self.train.seed)
+
+    @property
+    def is_fairchem(self) -> bool:
+        return self.backend in FAIRCHEM_BACKENDS
+
+    @property
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        return (self.run_dir or "").rstrip("/").rsplit("/", 1)[-1] or "run"
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain nested dict (the content of ``run_dir/run.yaml``)."""
+        return dataclasses.asdict(self)
+
+    def identity(self) -> Dict[str, Any]:
+        """The keys that decide whether two specs are 'the same run' for resume/skip decisions.
+
+        Task and execution flags are left out: resuming a ``train`` run with ``task=resume`` or
+        relaunching it with ``dry_run`` is still the same run.
+        """
+        d = self.to_dict()
+        for k in ("task", "dry_run", "overwrite", "name", "backend_env", "device"):
+            d.pop(k, None)
+        for k in ("num_workers", "progress_bar", "progress_mininterval", "log_every"):
+            d["train"].pop(k, None)
+        return d
+
+
+# --------------------------------------------------------------------------------------------
+# Walking the schema (docs, translator, hypothesis tests all use these)
+# --------------------------------------------------------------------------------------------
+
+def iter_fields(cls: type = RunSpec, prefix: str = ""):
+    """Yield ``(dotted_key, field, type)`` for every leaf key of the schema."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            yield from iter_fields(t, key + ".")
+        else:
+            yield key, f, t
+
+
+def leaf_keys() -> List[str]:
+    return [k for k, _, _ in iter_fields()]
+
+
+def section_keys(cls: type) -> List[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def get_key(spec: Any, dotted: str) -> Any:
+    obj = spec
+    for part in dotted.split("."):
+        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
+    return obj
+
+
+def set_key(spec: Any, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    obj = spec
+    for part in parts[:-1]:
+        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
+    if isinstance(obj, dict):
+        obj[parts[-1]] = value
+    else:
+        setattr(obj, parts[-1], value)
+
+
+# --------------------------------------------------------------------------------------------
+# Building and validating
+# --------------------------------------------------------------------------------------------
+
+def _did_you_mean(key: str, options: List[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, options, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def spec_from_dict(raw: Dict[str, Any], *, source: str = "config") -> RunSpec:
+    """Build a RunSpec from a nested mapping, refusing unknown keys and wrong types.
+
+    The OmegaConf structured merge gives the same checks the Hydra door gets; its exceptions
+    are turned into one-line messages naming the key and the valid keys.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of run keys, got {type(raw).__name__}")
+    base = OmegaConf.structured(RunSpec)
+    try:
+        merged = OmegaConf.merge(base, raw)
+    except ConfigKeyError as e:
+        raise ConfigError(_key_error_message(e, source)) from None
+    except ValidationError as e:
+        raise ConfigError(_type_error_message(e, source)) from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{source}: {_first_line(str(e))}") from None
+    spec = OmegaConf.to_object(merged)
+    assert isinstance(spec, RunSpec)
+    return spec
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def _key_error_message(e: Exception, source: str) -> str:
+    full_key = getattr(e, "full_key", None) or ""
+    key = full_key or _first_line(str(e))
+    parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+    cls = RunSpec
+    if parent:
+        for part in parent.split("."):
+            import typing
+
+            cls = typing.get_type_hints(cls).get(part, cls)
+    options = section_keys(cls) if dataclasses.is_dataclass(cls) else leaf_keys()
+    leaf = full_key.rsplit(".", 1)[-1]
+    where = f"'{parent}'" if parent else "the top level"
+    return (
+        f"{source}: unknown key '{key}'{_did_you_mean(leaf, options)}; valid keys at {where}: "
+        + ", ".join(options)
+    )
+
+
+def _type_error_message(e: Exception, source: str) -> str:
+    key = getattr(e, "full_key", None) or "?"
+    msg = _first_line(str(e))
+    return f"{source}: bad value for '{key}': {msg}"
+
+
+def validate(spec: RunSpec) -> List[str]:
+    """Cross-field rules. Returns every problem found (empty list = valid), one line each."""
+    p: List[str] = []
+    for key, options in CHOICES.items():
+        value = get_key(spec, key)
+        if isinstance(value, str) and key == "train.progress_bar":
+            value = value.lower()
+        if value not in options:
+            p.append(f"{key}: '{value}' is not one of {', '.join(str(o) for o in options if o is not None)}")
+    if not spec.run_dir:
+        p.append("run_dir: required (the run's output directory)")
+    t = spec.train
+    positive = {"train.epochs": t.epochs, "train.batch_size": t.batch_size, "train.accum_steps": t.accum_steps,
+                "train.save_every": t.save_every, "data.batch_size": spec.data.batch_size}
+    for key, value in positive.items():
+        if value is None or value < 1:
+            p.append(f"{key}: must be >= 1, got {value}")
+    if t.num_workers < 0:
+        p.append(f"train.num_workers: must be >= 0, got {t.num_workers}")
+    if t.lr <= 0:
+        p.append(f"train.lr: must be > 0, got {t.lr}")
+    if t.weight_decay < 0:
+        p.append(f"train.weight_decay: must be >= 0, got {t.weight_decay}")
+    if t.log_every is not None and t.log_every < 1:
+        p.append(f"train.log_every: must be >= 1 or null, got {t.log_every}")
+    if t.max_grad_norm is not None and t.max_grad_norm <= 0:
+        p.append(f"train.max_grad_norm: must be > 0 or null, got {t.max_grad_norm}")
+    if t.progress_mininterval < 0:
+        p.append(f"train.progress_mininterval: must be >= 0, got {t.progress_mininterval}")
+    if t.ema_decay is not None and not (0.0 < t.ema_decay < 1.0):
+        p.append(f"train.ema_decay: must be in (0, 1) or null, got {t.ema_decay}")
+    if t.early_stop_factor is not None and t.early_stop_factor <= 1.0:
+        p.append(f"train.early_stop_factor: must be > 1 or null, got {t.early_stop_factor}")
+    if t.patience is not None and t.patience < 1:
+        p.append(f"train.patience: must be >= 1 or null, got {t.patience}")
+    if t.energy_weight < 0 or t.force_weight < 0 or (t.energy_weight == 0 and t.force_weight == 0):
+        p.append("train.energy_weight/train.force_weight: must be >= 0 and not both 0")
+    if t.cycle_steps > 0 and not t.drop_last:
+        p.append("train.drop_last: must be true when train.cycle_steps > 0 (cycles count full batches)")
+    if t.scheduler_step_unit == "cycle" and t.cycle_steps <= 0:
+        p.append("train.scheduler_step_unit: 'cycle' needs train.cycle_steps > 0")
+    for split in ("train_indices", "val_indices", "test_indices"):
+        ms = getattr(spec.data, split).max_samples
+        if ms is not None and ms < 1:
+            p.append(f"data.{split}.max_samples: must be >= 1 or null, got {ms}")
+
+    task, backend = spec.task, spec.backend
+    has_model = bool(spec.model_in or spec.model.manifest or spec.model.weights)
+    if task in ("finetune", "export") and not has_model:
+        p.append(f"model_in: required for task={task} (or model.manifest / model.weights)")
+    if task in ("evaluate", "infer") and not has_model:
+        p.append(f"model_in: required for task={task} (the model to evaluate; or model.manifest)")
+    if task in TRAINING_TASKS and not spec.data.train:
+        if not (task == "resume"):
+            p.append(f"data.train: required for task={task}")
+    if task in ("evaluate", "infer"):
+        split = spec.eval.split
+        if not getattr(spec.data, split, None):
+            p.append(f"data.{split}: required for task={task} with eval.split={split}")
+    if backend == "mace":
+        if task == "train" and not t.input_json:
+            p.append("train.input_json: required for backend=mace task=train (a model.json)")
+        if t.config_yml:
+            p.append("train.config_yml: only for FairChem backends, not backend=mace")
+    elif backend in FAIRCHEM_BACKENDS:
+        if task in ("train", "finetune", "resume", "evaluate", "infer") and not t.config_yml:
+            p.append(f"train.config_yml: required for backend={backend} (a FairChem config)")
+        if t.input_json:
+            p.append(f"train.input_json: only for backend=mace, not backend={backend}")
+        if t.freeze not in (None, "none"):
+            p.append(f"train.freeze: not supported by backend={backend}")
+    if t.freeze == "head_only" and task not in ("finetune", "resume"):
+        p.append("train.freeze: head_only needs task=finetune (a pretrained model to freeze)")
+    return p
+
+
+def check(spec: RunSpec) -> RunSpec:
+    """Validate and raise one ConfigErrors listing every problem."""
+    problems = validate(spec)
+    if problems:
+        raise ConfigErrors(problems)
+    return spec
+
+
+def register_configs() -> None:
+    """Register the schema in Hydra's ConfigStore (the primary config extends ``run_schema``)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunSpec)

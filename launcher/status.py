@@ -1,0 +1,79 @@
+"""``launch-status SWEEP_DIR``: where the jobs of a submitted sweep stand; refreshes its summary.
+
+    launch-status SWEEP_DIR [--wait] [--quiet]
+
+Reads ``SWEEP_DIR/sweep.json`` (written at submission), asks the cluster (``sacct``) and the jobs'
+result files, prints one line per job and rewrites ``summary.csv`` / ``summary.md`` /
+``summary.png``. Exit code: 0 when every job finished, 1 when any failed, 3 while some are still
+pending or running, 2 for a directory that is not a sweep.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from launcher.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError
+
+EXIT_ACTIVE = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launch-status", description=__doc__.split("\n\n")[0].strip())
+    p.add_argument("sweep_dir", help="the sweep directory (holds sweep.json)")
+    p.add_argument("--wait", action="store_true", help="wait until every job is done, then report")
+    p.add_argument("--quiet", "-q", action="store_true", help="only the counts line")
+    return p
+
+
+def sweep_status(sweep_dir: Path, *, wait: bool = False) -> "object":
+    """The SweepResult of a recorded sweep, its record and summary refreshed."""
+    from launcher import summary
+    from launcher.submit import (JobOutcome, LauncherParams, SweepResult, job_handles, outcomes_of, read_record,
+                                 wait_for, write_record)
+
+    sweep_dir = Path(sweep_dir).resolve()
+    rec = read_record(sweep_dir)
+    bases = [JobOutcome(**j) for j in rec["jobs"]]
+    jobs = job_handles(rec)
+    cluster = rec["cluster"]
+    params = LauncherParams(**{k: v for k, v in (rec.get("params") or {}).items()
+                               if k in LauncherParams.__dataclass_fields__})
+    outcomes = wait_for(jobs, bases, params) if wait else outcomes_of(jobs, bases, cluster)
+    write_record(sweep_dir, params, Path(rec["submitit_folder"]), outcomes, rec.get("array_ids") or [])
+    result = SweepResult(sweep_dir, outcomes, list(rec.get("array_ids") or []))
+    result.summary_path = summary.write_summary(sweep_dir, outcomes)["csv"]
+    return result
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result = sweep_status(Path(args.sweep_dir), wait=args.wait)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    counts: dict = {}
+    for o in result.outcomes:
+        counts[o.state] = counts.get(o.state, 0) + 1
+        if not args.quiet:
+            line = f"[{o.index}] {o.state:<9} {o.job_id or '':<12} {' '.join(o.overrides) or '(no overrides)'}"
+            if o.error:
+                line += f"  error: {o.error} (log {o.log_path})"
+            print(line)
+    print(f"{len(result.outcomes)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + f"; summary: {result.summary_path}")
+    if result.failed:
+        return EXIT_FAILED
+    if result.pending:
+        return EXIT_ACTIVE
+    return EXIT_OK
+
+
+def console_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    console_main()

@@ -1,0 +1,177 @@
+"""Sweep summary: one row per job (overrides, state, best validation metrics, wall time, paths).
+
+Writes ``SWEEP_DIR/summary.csv``, ``summary.md`` and ``summary.png`` (validation loss of every job
+against epoch). Metrics come from each run directory: ``artifacts/manifest.json`` (the best
+epoch's metrics) and ``logs/metrics.jsonl`` (the curve, and the best val line where there is
+no manifest yet). Works on finished, failed and still-running jobs alike.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+BASE_COLUMNS = ("index", "state", "overrides", "epochs", "best_epoch")
+TAIL_COLUMNS = ("wall_s", "job_id", "cluster_state", "run_dir", "log_path", "error")
+_NOT_METRICS = {"epoch", "step", "time", "lr", "split", "train_loss"}
+
+
+def _val_records(run_dir: Path) -> List[Dict[str, Any]]:
+    from launcher.layout import read_jsonl
+
+    return [r for r in read_jsonl(run_dir / "logs" / "metrics.jsonl") if r.get("split") == "val"]
+
+
+def _train_epochs(run_dir: Path) -> Optional[int]:
+    from launcher.layout import read_jsonl
+
+    epochs = [r.get("epoch") for r in read_jsonl(run_dir / "logs" / "metrics.jsonl")
+              if isinstance(r.get("epoch"), (int, float))]
+    return int(max(epochs)) if epochs else None
+
+
+def best_metrics(run_dir: Path) -> Tuple[Dict[str, float], Optional[int]]:
+    """(best validation metrics, their epoch): the manifest's, else the lowest val loss logged."""
+    run_dir = Path(run_dir)
+    try:
+        m = json.loads((run_dir / "artifacts" / "manifest.json").read_text(encoding="utf-8"))
+        metrics = {k: v for k, v in (m.get("metrics") or {}).items() if isinstance(v, (int, float))}
+        if metrics:
+            return metrics, m.get("best_epoch")
+    except (OSError, ValueError):
+        pass
+    vals = [r for r in _val_records(run_dir) if isinstance(r.get("loss"), (int, float))]
+    if not vals:
+        return {}, None
+    best = min(vals, key=lambda r: r["loss"])
+    return ({k: v for k, v in best.items() if k not in _NOT_METRICS and isinstance(v, (int, float))},
+            best.get("epoch"))
+
+
+def _as_dict(o: Any) -> Dict[str, Any]:
+    return asdict(o) if is_dataclass(o) else dict(o)
+
+
+def _shared_overrides(lists: Sequence[Sequence[str]]) -> set:
+    """Overrides every job has (left out of the table, which shows what the sweep varies)."""
+    if len(lists) < 2:
+        return set()
+    return set(lists[0]).intersection(*map(set, lists[1:]))
+
+
+def _swept(d: Dict[str, Any], shared: set) -> List[str]:
+    return [ov for ov in d.get("overrides") or [] if ov not in shared]
+
+
+def rows(outcomes: Sequence[Any]) -> Tuple[List[str], List[Dict[str, Any]]]:
+    """(columns, one row per job); ``val_*`` columns are the union of every job's metrics.
+
+    The ``overrides`` column shows what differs between jobs (overrides all of them share are left
+    out); ``sweep.json`` keeps the full lists.
+    """
+    out: List[Dict[str, Any]] = []
+    metric_keys: List[str] = []
+    dicts = [_as_dict(o) for o in outcomes]
+    shared = _shared_overrides([d.get("overrides") or [] for d in dicts])
+    for d in dicts:
+        run_dir = Path(d.get("run_dir") or ".")
+        metrics, best_epoch = best_metrics(run_dir) if d.get("run_dir") else ({}, None)
+        row = {"index": d.get("index"), "state": d.get("state"), "overrides": " ".join(_swept(d, shared)),
+               "epochs": _train_epochs(run_dir) if d.get("run_dir") else None, "best_epoch": best_epoch}
+        for k, v in metrics.items():
+            key = f"val_{k}"
+            row[key] = v
+            if key not in metric_keys:
+                metric_keys.append(key)
+        wall = d.get("wall_s")
+        row.update({"wall_s": round(wall, 1) if isinstance(wall, (int, float)) else None,
+                    "job_id": d.get("job_id"), "cluster_state": d.get("cluster_state"),
+                    "run_dir": d.get("run_dir"), "log_path": d.get("log_path"), "error": d.get("error")})
+        out.append(row)
+    return [*BASE_COLUMNS, *metric_keys, *TAIL_COLUMNS], out
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def to_csv(columns: Sequence[str], table: Sequence[Dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in table:
+        w.writerow(["" if r.get(c) is None else r.get(c) for c in columns])
+    return buf.getvalue()
+
+
+def to_markdown(columns: Sequence[str], table: Sequence[Dict[str, Any]], title: str = "Sweep summary") -> str:
+    counts: Dict[str, int] = {}
+    for r in table:
+        counts[str(r.get("state"))] = counts.get(str(r.get("state")), 0) + 1
+    lines = [f"# {title}", "", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs", ""]
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "---|" * len(columns))
+    for r in table:
+        cells = [_fmt(r.get(c)).replace("|", "\\|").replace("\n", " ") for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(outcomes: Sequence[Any], path: Path, metric: str = "loss") -> bool:
+    """One PNG: validation ``metric`` against epoch for every job. False when no job logged any."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = 0
+    dicts = [_as_dict(o) for o in outcomes]
+    shared = _shared_overrides([d.get("overrides") or [] for d in dicts])
+    for d in dicts:
+        if not d.get("run_dir"):
+            continue
+        pts = sorted({int(r["epoch"]): r[metric] for r in _val_records(Path(d["run_dir"]))
+                      if isinstance(r.get(metric), (int, float)) and isinstance(r.get("epoch"), (int, float))}.items())
+        if not pts:
+            continue
+        label = f"[{d.get('index')}] {' '.join(_swept(d, shared)) or Path(d['run_dir']).name}"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label[:60])
+        drawn += 1
+    if drawn:
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"validation {metric}")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        if drawn <= 16:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        from launcher.layout import atomic_write_bytes
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        atomic_write_bytes(Path(path), buf.getvalue())
+    plt.close(fig)
+    return bool(drawn)
+
+
+def write_summary(sweep_dir: Path, outcomes: Sequence[Any]) -> Dict[str, Path]:
+    """Write summary.csv / summary.md (always) and summary.png (when any job logged validation)."""
+    from launcher.layout import atomic_write_text
+
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    columns, table = rows(outcomes)
+    paths = {"csv": sweep_dir / "summary.csv", "md": sweep_dir / "summary.md"}
+    atomic_write_text(paths["csv"], to_csv(columns, table))
+    atomic_write_text(paths["md"], to_markdown(columns, table, title=f"Sweep summary: {sweep_dir}"))
+    if plot_curves(outcomes, sweep_dir / "summary.png"):
+        paths["png"] = sweep_dir / "summary.png"
+    return paths

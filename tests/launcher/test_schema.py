@@ -1,0 +1,108 @@
+"""The schema: keys, types and cross-field rules, and the generated reference."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from launcher.errors import ConfigError, ConfigErrors
+from launcher.schema import RunSpec, check, leaf_keys, spec_from_dict, validate
+
+
+def _spec(**kw) -> RunSpec:
+    base = {"run_dir": "/tmp/r", "device": "cpu", "data": {"train": "/d/t.lmdb"}, "train": {"input_json": "/m.json"}}
+    for k, v in kw.items():
+        node = base
+        parts = k.split("__")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    return spec_from_dict(base)
+
+
+def test_valid_minimal_mace_train():
+    assert validate(_spec()) == []
+
+
+def test_unknown_key_lists_valid_keys_and_suggests():
+    with pytest.raises(ConfigError) as e:
+        spec_from_dict({"train": {"lrr": 1}})
+    msg = str(e.value)
+    assert "train.lrr" in msg and "did you mean 'lr'" in msg and "weight_decay" in msg
+    assert "\n" not in msg
+
+
+def test_unknown_top_level_key():
+    with pytest.raises(ConfigError, match="unknown key 'epochs'.*valid keys at the top level"):
+        spec_from_dict({"epochs": 3})
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match="train.epochs"):
+        spec_from_dict({"train": {"epochs": "many"}})
+
+
+def test_mapping_required():
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        spec_from_dict(["x"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kw, key", [
+    ({"backend": "torchani"}, "backend"),
+    ({"task": "fly"}, "task"),
+    ({"device": "gpu"}, "device"),
+    ({"run_dir": None}, "run_dir"),
+    ({"train__epochs": 0}, "train.epochs"),
+    ({"train__lr": 0.0}, "train.lr"),
+    ({"train__optimizer": "lbfgs"}, "train.optimizer"),
+    ({"train__cycle_steps": 5}, "train.drop_last"),
+    ({"train__scheduler_step_unit": "cycle"}, "train.scheduler_step_unit"),
+    ({"train__ema_decay": 1.0}, "train.ema_decay"),
+    ({"train__early_stop_factor": 0.5}, "train.early_stop_factor"),
+    ({"train__freeze": "head_only"}, "train.freeze"),
+    ({"train__input_json": None}, "train.input_json"),
+    ({"task": "finetune"}, "model_in"),
+    ({"task": "export"}, "model_in"),
+    ({"task": "evaluate", "model_in": "/m.model"}, "data.test"),
+    ({"backend": "gemnet_oc", "train__input_json": None}, "train.config_yml"),
+    ({"train__config_yml": "/c.yml"}, "train.config_yml"),
+    ({"data__val_indices__max_samples": 0}, "data.val_indices.max_samples"),
+    ({"train__progress_bar": "maybe"}, "train.progress_bar"),
+])
+def test_cross_field_rules(kw, key):
+    problems = validate(_spec(**kw))
+    assert problems, kw
+    assert any(p.startswith(key) for p in problems), problems
+
+
+def test_cycle_steps_with_drop_last_is_valid():
+    assert validate(_spec(train__cycle_steps=5, train__drop_last=True)) == []
+
+
+def test_progress_bar_accepts_yaml_booleans():
+    assert validate(_spec(train__progress_bar=True)) == []
+
+
+def test_check_lists_every_problem():
+    with pytest.raises(ConfigErrors) as e:
+        check(_spec(device="gpu", train__epochs=0))
+    assert len(e.value.problems) == 2
+
+
+def test_every_parameters_md_key_is_in_the_schema(shared_dir):
+    text = (shared_dir / "spec" / "parameters.md").read_text()
+    keys = set(re.findall(r"`((?:data|train|eval|model)\.[a-z_.]+)`", text))
+    keys.discard("model.json")  # a file name (train.input_json), not a key
+    keys |= {"backend", "task", "run_dir", "model_in", "device", "backend_python", "backend_env", "backend_args"}
+    schema = set(leaf_keys())
+    assert keys, "no keys parsed from parameters.md"
+    assert sorted(keys - schema) == []
+
+
+def test_generated_reference_is_current():
+    from pathlib import Path
+
+    from launcher.schema_docs import render
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "schema.md"
+    assert doc.read_text() == render(), "docs/schema.md is stale: python -m launcher.schema_docs > docs/schema.md"
