@@ -42,7 +42,19 @@ def _run_single_checked(cfg: Any) -> None:
     if spec.dry_run:
         print_dry_run([spec], [spec.run_name])
         return
-    submit_runs([spec], params, Path(spec.run_dir).parent, overrides=[list(hc.overrides.task)], wait=params.wait)
+    result = submit_runs([spec], params, single_run_submit_dir(spec), overrides=[list(hc.overrides.task)],
+                         wait=params.wait)
+    if result.failed:
+        o = result.failed[0]
+        print(f"error: run {o.state}: {o.error} (run_dir {o.run_dir}, log {o.log_path})", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
+
+
+def single_run_submit_dir(spec: Any) -> Path:
+    """Where a single run's submission record lives: beside its run_dir, never inside it (a
+    fresh run_dir must stay empty until the job starts) and never shared with a sibling run."""
+    rd = Path(spec.run_dir)
+    return rd.parent / ".submit" / rd.name
 
 
 def _hydra_entry() -> None:

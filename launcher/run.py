@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a schema key in every selected run (dotted key, YAML value)")
     p.add_argument("--to-overrides", action="store_true",
                    help="print the equivalent `launch` command-line overrides and exit")
+    p.add_argument("--to-experiment", metavar="DIR",
+                   help="write each run as DIR/NAME.yaml, a Hydra experiment (`launch +experiment=NAME`), and exit")
     return p
 
 
@@ -93,6 +95,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             for s in specs:
                 print(" ".join(spec_to_overrides(s)))
+            return 0
+        if args.to_experiment:
+            from launcher.translate import spec_to_experiment_yaml
+
+            out = Path(args.to_experiment)
+            out.mkdir(parents=True, exist_ok=True)
+            for s in specs:
+                (out / f"{s.run_name}.yaml").write_text(spec_to_experiment_yaml(s))
+                print(out / f"{s.run_name}.yaml")
             return 0
         if args.dry_run:
             for s in specs:

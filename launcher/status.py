@@ -48,22 +48,21 @@ def sweep_status(sweep_dir: Path, *, wait: bool = False) -> "object":
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from launcher.submit import counts_line
+
     args = _parser().parse_args(argv)
     try:
         result = sweep_status(Path(args.sweep_dir), wait=args.wait)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    counts: dict = {}
     for o in result.outcomes:
-        counts[o.state] = counts.get(o.state, 0) + 1
         if not args.quiet:
             line = f"[{o.index}] {o.state:<9} {o.job_id or '':<12} {' '.join(o.overrides) or '(no overrides)'}"
             if o.error:
                 line += f"  error: {o.error} (log {o.log_path})"
             print(line)
-    print(f"{len(result.outcomes)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-          + f"; summary: {result.summary_path}")
+    print(f"{counts_line(result.outcomes)}; summary: {result.summary_path}")
     if result.failed:
         return EXIT_FAILED
     if result.pending:

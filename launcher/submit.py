@@ -11,7 +11,6 @@ submitit is imported only when jobs are submitted (it costs ~0.4 s at start-up o
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from launcher.schema import RunSpec
 
 CLUSTERS = ("inprocess", "local", "slurm")
 SWEEP_RECORD = "sweep.json"
+RESULT_GRACE_S = 30.0  # how long a COMPLETED job may lack its result file before it counts as failed
 EXIT_PREEMPTED = 143  # the job stopped on a signal after checkpointing; SLURM/submitit run it again
 
 # summary states: a finished job, or where an unfinished one stands
@@ -383,14 +383,27 @@ def _run_inprocess(specs: Sequence[RunSpec], overrides: List[List[str]], echo: C
 
 def _submit(specs: Sequence[RunSpec], params: LauncherParams, sweep_dir: Path) -> tuple:
     """Submit every spec; a sweep is one job array (several where it exceeds MaxArraySize)."""
+    import shutil
+
+    from submitit.core.utils import FailedJobError
+
+    if params.cluster == "slurm" and not shutil.which("sbatch"):
+        raise ConfigError("hydra.launcher.cluster: slurm needs the SLURM commands (sbatch not found on PATH)",
+                          key="cluster")
     ex = make_executor(params, sweep_dir)
     size = max_array_size() if params.cluster == "slurm" else max(1, len(specs))
     jobs: List[Any] = []
     array_ids: List[str] = []
     fn = RunJob()
     for part in chunks(len(specs), size):
-        with ex.batch():
-            part_jobs = [ex.submit(fn, specs[i]) for i in part]
+        try:
+            with ex.batch():
+                part_jobs = [ex.submit(fn, specs[i]) for i in part]
+        except FailedJobError as e:  # sbatch refused (bad partition, account, limits): nothing was queued
+            for a in array_ids:  # all or nothing: withdraw the arrays already queued
+                subprocess.run(["scancel", a], capture_output=True, timeout=60)
+            reason = "; ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+            raise ConfigError(f"hydra.launcher: the cluster refused the jobs: {reason}") from None
         jobs.extend(part_jobs)
         if part_jobs:
             array_ids.append(str(part_jobs[0].job_id).split("_")[0])
@@ -406,6 +419,7 @@ def wait_for(jobs: Sequence[Any], bases: Sequence[JobOutcome], params: LauncherP
     done = [False] * len(jobs)
     outcomes = [JobOutcome(**asdict(b)) for b in bases]
     last_poll = 0.0
+    completed_since: Dict[int, float] = {}
     with tqdm(total=len(jobs), desc="jobs done", unit="job", disable=None, file=sys.stderr) as bar:
         while not all(done):
             states: Dict[str, str] = {}
@@ -420,8 +434,12 @@ def wait_for(jobs: Sequence[Any], bases: Sequence[JobOutcome], params: LauncherP
                 finished = job.paths.result_pickle.exists()
                 if not finished and cluster == "local":
                     finished = not _process_alive(int(job.job_id))
-                if not finished and str(job.job_id) in states:
-                    finished = _map_cluster_state(states[str(job.job_id)]) in NOT_OK
+                state = states.get(str(job.job_id))
+                if not finished and state and state.upper().startswith("COMPLETED"):
+                    # ended cleanly but its result file is not visible yet (a slow shared filesystem)
+                    finished = time.time() - completed_since.setdefault(i, time.time()) > RESULT_GRACE_S
+                elif not finished and state:
+                    finished = _map_cluster_state(state) in NOT_OK
                 if finished:
                     outcomes[i] = outcome_of(job, bases[i], cluster, states.get(str(job.job_id)))
                     done[i] = True
@@ -441,6 +459,14 @@ def wait_for(jobs: Sequence[Any], bases: Sequence[JobOutcome], params: LauncherP
         for o in outcomes:
             o.cluster_state = states.get(str(o.job_id), o.cluster_state)
     return outcomes
+
+
+def counts_line(outcomes: Sequence[JobOutcome]) -> str:
+    """One line of counts, e.g. ``3 run(s): 1 FAILED, 2 FINISHED``."""
+    counts: Dict[str, int] = {}
+    for o in outcomes:
+        counts[o.state] = counts.get(o.state, 0) + 1
+    return f"{len(outcomes)} run(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
 
 
 def submit_runs(
@@ -499,6 +525,9 @@ def submit_runs(
         echo(f"stopped waiting; the jobs keep running: `launch-status {sweep_dir}` reports on them")
         raise
     write_record(sweep_dir, params, folder, result.outcomes, array_ids)
+    echo(counts_line(result.outcomes))
+    for o in result.failed:
+        echo(f"  [{o.index}] {o.state}: {o.error} (log {o.log_path})")
     if len(specs) > 1:
         result.summary_path = summary.write_summary(sweep_dir, result.outcomes)["csv"]
         echo(f"sweep summary: {result.summary_path}")

@@ -55,15 +55,10 @@ def _as_dict(o: Any) -> Dict[str, Any]:
     return asdict(o) if is_dataclass(o) else dict(o)
 
 
-def _shared_overrides(lists: Sequence[Sequence[str]]) -> set:
-    """Overrides every job has (left out of the table, which shows what the sweep varies)."""
-    if len(lists) < 2:
-        return set()
-    return set(lists[0]).intersection(*map(set, lists[1:]))
-
-
-def _swept(d: Dict[str, Any], shared: set) -> List[str]:
-    return [ov for ov in d.get("overrides") or [] if ov not in shared]
+def varying_overrides(lists: Sequence[Sequence[str]]) -> List[List[str]]:
+    """Each job's overrides less those every job shares: what the sweep varies (all of them for one job)."""
+    shared = set(lists[0]).intersection(*map(set, lists[1:])) if len(lists) > 1 else set()
+    return [[ov for ov in ovs if ov not in shared] for ovs in lists]
 
 
 def rows(outcomes: Sequence[Any]) -> Tuple[List[str], List[Dict[str, Any]]]:
@@ -75,11 +70,11 @@ def rows(outcomes: Sequence[Any]) -> Tuple[List[str], List[Dict[str, Any]]]:
     out: List[Dict[str, Any]] = []
     metric_keys: List[str] = []
     dicts = [_as_dict(o) for o in outcomes]
-    shared = _shared_overrides([d.get("overrides") or [] for d in dicts])
-    for d in dicts:
+    swept = varying_overrides([d.get("overrides") or [] for d in dicts])
+    for d, varied in zip(dicts, swept):
         run_dir = Path(d.get("run_dir") or ".")
         metrics, best_epoch = best_metrics(run_dir) if d.get("run_dir") else ({}, None)
-        row = {"index": d.get("index"), "state": d.get("state"), "overrides": " ".join(_swept(d, shared)),
+        row = {"index": d.get("index"), "state": d.get("state"), "overrides": " ".join(varied),
                "epochs": _train_epochs(run_dir) if d.get("run_dir") else None, "best_epoch": best_epoch}
         for k, v in metrics.items():
             key = f"val_{k}"
@@ -131,24 +126,31 @@ def plot_curves(outcomes: Sequence[Any], path: Path, metric: str = "loss") -> bo
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = 0
+    values: List[float] = []
     dicts = [_as_dict(o) for o in outcomes]
-    shared = _shared_overrides([d.get("overrides") or [] for d in dicts])
-    for d in dicts:
+    swept = varying_overrides([d.get("overrides") or [] for d in dicts])
+    for d, varied in zip(dicts, swept):
         if not d.get("run_dir"):
             continue
         pts = sorted({int(r["epoch"]): r[metric] for r in _val_records(Path(d["run_dir"]))
                       if isinstance(r.get(metric), (int, float)) and isinstance(r.get("epoch"), (int, float))}.items())
         if not pts:
             continue
-        label = f"[{d.get('index')}] {' '.join(_swept(d, shared)) or Path(d['run_dir']).name}"
+        label = f"[{d.get('index')}] {' '.join(varied) or Path(d['run_dir']).name}"
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label[:60])
+        values += [p[1] for p in pts]
         drawn += 1
     if drawn:
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"validation {metric}")
-        ax.set_yscale("log")
+        ax.set_title(f"validation {metric} of {drawn} job(s)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if min(values) > 0 and max(values) / min(values) > 20:  # losses spanning decades
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         if drawn <= 16:
             ax.legend(fontsize=7)

@@ -245,13 +245,29 @@ def spec_to_experiment_yaml(spec: RunSpec) -> str:
 
 
 def spec_from_hydra_cfg(cfg: Any, *, base_dir: Optional[Path] = None) -> RunSpec:
-    """Composed Hydra config (DictConfig) -> RunSpec, paths absolute against base_dir (the cwd)."""
-    from omegaconf import OmegaConf
+    """Composed Hydra config (DictConfig) -> RunSpec, paths absolute against base_dir (the cwd).
 
-    container = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(container, dict)
-    container.pop("hydra", None)
-    spec = spec_from_dict(container, source="command line")
+    A config composed over the structured schema is already type-checked, so it converts
+    directly; anything else goes through the same checked merge as a run.yaml.
+    """
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    if "hydra" in cfg:
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]
+    if OmegaConf.get_type(cfg) is RunSpec:
+        try:
+            spec = OmegaConf.to_object(cfg)
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None) or "?"
+            raise ConfigError(f"command line: bad value for '{key}': {str(e).strip().splitlines()[0]}") from None
+    else:
+        container = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(container, dict)
+        spec = spec_from_dict(container, source="command line")
+    assert isinstance(spec, RunSpec)
     return resolve_paths(spec, base_dir or Path.cwd())
 
 

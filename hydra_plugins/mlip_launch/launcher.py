@@ -40,3 +40,26 @@ class MlipLauncher(Launcher):
         from launcher.sweep import launch_sweep
 
         return launch_sweep(self, job_overrides, initial_job_idx)
+
+
+# ---- sweeper: Hydra's basic sweeper without its per-point validation pass ----
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf  # noqa: E402
+
+
+@dataclass
+class MlipSweeperConf(BasicSweeperConf):
+    _target_: str = "hydra_plugins.mlip_launch.launcher.MlipSweeper"
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="mlip", node=MlipSweeperConf, provider="mlip-launch")
+
+
+class MlipSweeper(BasicSweeper):
+    """Expands sweeps like Hydra's basic sweeper, but leaves validation to our launcher.
+
+    The basic sweeper composes every point once only to validate it, and the launcher composes it
+    again; ours composes each point once and checks all of them before any job starts.
+    """
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        return None

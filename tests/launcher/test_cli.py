@@ -216,3 +216,21 @@ def test_plain_door_to_overrides(tmp_path, capsys):
     assert main(["--config", str(f), "--to-overrides"]) == 0
     out = capsys.readouterr().out
     assert "backend=gemnet_oc" in out and f"train.config_yml={tmp_path / 'c.yml'}" in out
+
+
+def test_multirun_bad_swept_value_or_key_is_a_config_error(launch, demo_data, tmp_path):
+    common = ["dry_run=true", "device=cpu", f"data.train={demo_data['train']}", f"data.val={demo_data['val']}",
+              f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    code, out, err = launch("-m", "train.epochs=1,abc", *common)
+    assert code == 2 and "train.epochs" in err and err.count("\n") == 1, err
+    code, out, err = launch("-m", "train.epochz=1,2", *common)
+    assert code == 2 and "train.epochz" in err, err
+
+
+def test_multirun_over_a_config_group_composes_each_point(launch, demo_data, tmp_path):
+    code, out, err = launch("-m", "task=train,resume", "train.epochs=1,2", "dry_run=true", "device=cpu",
+                            f"data.train={demo_data['train']}", f"data.val={demo_data['val']}",
+                            f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    # resume points target fresh run dirs: preflight refuses them, all listed, nothing started
+    assert code == 2, err
+    assert err.count("holds no run to resume") == 2

@@ -179,3 +179,28 @@ def test_bad_run_files(tmp_path, text, match):
 def test_missing_run_file(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         parse_run_file(tmp_path / "nope.yaml")
+
+
+def test_to_experiment_file_composes_to_the_same_spec(tmp_path, monkeypatch):
+    """launch-run --to-experiment writes a Hydra experiment that `+experiment=NAME` composes back."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from launcher.resolvers import conf_dir, register
+    from launcher.run import main
+    from launcher.schema import register_configs
+
+    f = tmp_path / "run.yaml"
+    f.write_text("name: exp1\nbackend: gemnet_oc\ntask: train\nrun_dir: /r\ndevice: cpu\n"
+                 "data: {train: /t.lmdb}\ntrain: {config_yml: /c.yml, epochs: 3}\n")
+    exp_dir = tmp_path / "conf_extra" / "experiment"
+    assert main(["--config", str(f), "--to-experiment", str(exp_dir)]) == 0
+    register()
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(config_name="config",
+                      overrides=[f"hydra.searchpath=[file://{tmp_path / 'conf_extra'}]", "+experiment=exp1"])
+    GlobalHydra.instance().clear()
+    (expected,), _ = parse_run_file(f)
+    assert spec_from_hydra_cfg(cfg, base_dir=Path("/")) == expected

@@ -1,0 +1,88 @@
+"""One entry point for every on-disk format, plus the cheap checks preflight runs.
+
+Nothing here imports torch: ``count`` and ``check_readable`` read only the LMDB metadata
+(``length`` / ``nextid``), never a pickled record.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+from launcher.errors import ConfigError
+
+from data.aselmdb import AseLmdbDataset, read_ids
+from data.lmdb_dataset import LmdbDataset, encode_key, read_length
+from data.shards import ASELMDB_SUFFIX, LMDB_SUFFIX, find_shards, open_env
+
+Dataset = Union[LmdbDataset, AseLmdbDataset]
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """``"lmdb"`` (FairChem v1 PyG pickles) or ``"aselmdb"`` (ASE database), by suffix or content."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: no such file or folder (expected an LMDB file or a folder of "
+                          f"*.lmdb / *.aselmdb shards)")
+    if p.is_dir():
+        if any(p.glob(f"*{LMDB_SUFFIX}")):
+            return "lmdb"
+        if any(p.glob(f"*{ASELMDB_SUFFIX}")):
+            return "aselmdb"
+        find_shards(p, LMDB_SUFFIX)  # raises the precise "empty" / "no *.lmdb" error
+    if p.suffix == ASELMDB_SUFFIX:
+        return "aselmdb"
+    if p.suffix == LMDB_SUFFIX:
+        return "lmdb"
+    with open_env(p).begin() as txn:
+        if txn.get(b"nextid") is not None:
+            return "aselmdb"
+        if txn.get(b"length") is not None or txn.get(b"0") is not None:
+            return "lmdb"
+    raise ConfigError(f"{p}: neither a FairChem LMDB ('length'/'0' keys) nor an ASE LMDB "
+                      f"('nextid' key)")
+
+
+def open_dataset(path: str | os.PathLike) -> Dataset:
+    """A reader for ``path`` (file or shard folder), picked by :func:`detect_format`."""
+    if detect_format(path) == "aselmdb":
+        return AseLmdbDataset(path)
+    return LmdbDataset(path)
+
+
+def _shard_table(path: str | os.PathLike) -> list[tuple[Path, int, bytes | None]]:
+    """(shard, entries, key of its first entry) for every shard, from metadata only."""
+    if detect_format(path) == "aselmdb":
+        table = []
+        for shard in find_shards(path, ASELMDB_SUFFIX):
+            ids = read_ids(shard)
+            table.append((shard, len(ids), encode_key(ids[0]) if ids else None))
+        return table
+    table = []
+    for shard in find_shards(path, LMDB_SUFFIX):
+        n = read_length(shard)
+        table.append((shard, n, encode_key(0) if n else None))
+    return table
+
+
+def shard_lengths(path: str | os.PathLike) -> list[tuple[Path, int]]:
+    """(shard, entries) for every shard, from metadata only."""
+    return [(shard, n) for shard, n, _ in _shard_table(path)]
+
+
+def count(path: str | os.PathLike) -> int:
+    """Number of structures, from ``length`` / ``nextid`` only (cheap; used by preflight)."""
+    return sum(n for _, n in shard_lengths(path))
+
+
+def check_readable(path: str | os.PathLike) -> None:
+    """ConfigError unless ``path`` is a non-empty, openable dataset whose first entries exist."""
+    table = _shard_table(path)
+    if sum(n for _, n, _ in table) == 0:
+        raise ConfigError(f"{path}: dataset holds no entries")
+    for shard, _, key in table:
+        if key is None:
+            continue
+        with open_env(shard).begin() as txn:
+            if txn.get(key) is None:
+                raise ConfigError(f"{shard}: key '{key.decode()}': first entry missing")

@@ -1,0 +1,138 @@
+"""A small, real, deterministic dataset from ASE's EMT potential.
+
+Backs the embedded default run and the tests: fcc Cu/Au/Pt/Ni/Ag bulk cells and slabs
+(8-32 atoms), some alloyed, strained and rattled, labelled with EMT energy, forces and stress.
+Everything follows from one ``numpy`` PCG64 seed, so every machine makes the same structures.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.util import progress_bar
+
+ELEMENTS = ("Cu", "Au", "Pt", "Ni", "Ag")
+DEMO_VERSION = "demo-v1"
+SPLITS = ("train", "val", "test")
+_BULK_CUBIC_REPEATS = ((1, 1, 2), (2, 2, 1), (2, 2, 2), (2, 1, 3))  # 8, 16, 32, 24 atoms
+_BULK_PRIM_REPEATS = ((2, 2, 2), (3, 2, 2), (3, 3, 2), (3, 3, 3))  # 8, 12, 18, 27 atoms
+_SLAB_SIZES = ((2, 2, 3), (2, 2, 4), (3, 3, 3), (2, 3, 4))  # 12, 16, 27, 24 atoms
+
+
+def _one(rng: np.random.Generator, i: int) -> Any:
+    from ase.build import bulk, fcc100, fcc111
+
+    host = ELEMENTS[int(rng.integers(len(ELEMENTS)))]
+    kind = int(rng.integers(3))
+    if kind == 0:
+        atoms = bulk(host, "fcc", cubic=True).repeat(_BULK_CUBIC_REPEATS[int(rng.integers(4))])
+        config_type = "bulk"
+    elif kind == 1:
+        atoms = bulk(host, "fcc").repeat(_BULK_PRIM_REPEATS[int(rng.integers(4))])
+        config_type = "bulk"
+    else:
+        build = fcc111 if rng.random() < 0.5 else fcc100
+        atoms = build(host, size=_SLAB_SIZES[int(rng.integers(4))], vacuum=5.0)
+        config_type = "slab"
+    if rng.random() < 0.5:  # substitutional alloy
+        guest = ELEMENTS[int(rng.integers(len(ELEMENTS)))]
+        mask = rng.random(len(atoms)) < rng.uniform(0.1, 0.4)
+        numbers = atoms.numbers.copy()
+        numbers[mask] = _z(guest)
+        atoms.numbers = numbers
+    eps = rng.uniform(-0.03, 0.03, size=(3, 3))
+    eps = 0.5 * (eps + eps.T)
+    if config_type == "slab":
+        eps[2, :] = eps[:, 2] = 0.0
+    atoms.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + eps), scale_atoms=True)
+    atoms.positions = atoms.positions + rng.normal(0.0, rng.uniform(0.02, 0.15),
+                                                   size=atoms.positions.shape)
+    atoms.info["config_type"] = config_type
+    atoms.info["demo_id"] = i
+    return atoms
+
+
+def _z(symbol: str) -> int:
+    from ase.data import atomic_numbers
+
+    return atomic_numbers[symbol]
+
+
+def make_emt_structures(n: int, seed: int = 0, *, progress: bool = False) -> list[Any]:
+    """``n`` EMT-labelled ``ase.Atoms`` (energy, forces, stress in a SinglePointCalculator)."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.Generator(np.random.PCG64(seed))
+    out = []
+    calc = EMT()
+    for i in progress_bar(range(n), progress, desc="EMT", unit="struct"):
+        atoms = _one(rng, i)
+        atoms.calc = calc
+        energy = float(atoms.get_potential_energy())
+        forces = atoms.get_forces().copy()
+        stress = atoms.get_stress().copy()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, stress=stress)
+        out.append(atoms)
+    return out
+
+
+def make_demo_dataset(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int = 64,
+                      n_val: int = 16, n_test: int = 16, progress: bool = False,
+                      overwrite: bool = False) -> dict[str, Path]:
+    """Write ``train.lmdb``, ``val.lmdb``, ``test.lmdb`` under ``out_dir``; return split -> path."""
+    from data.convert import atoms_to_structure
+    from data.writer import write_lmdb
+
+    out = Path(out_dir)
+    sizes = {"train": n_train, "val": n_val, "test": n_test}
+    frames = make_emt_structures(sum(sizes.values()), seed, progress=progress)
+    structures = [atoms_to_structure(a, i, "energy", "forces", "stress", out)
+                  for i, a in enumerate(frames)]
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    start = 0
+    for split in SPLITS:
+        part = structures[start:start + sizes[split]]
+        start += sizes[split]
+        if not part:
+            continue
+        paths[split] = write_lmdb(part, out / f"{split}.lmdb", overwrite=overwrite,
+                                  progress=progress, desc=split)[0]
+    return paths
+
+
+def cache_root() -> Path:
+    """``$MLIP_LAUNCH_CACHE``, else ``~/.cache/mlip-launch``."""
+    env = os.environ.get("MLIP_LAUNCH_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "mlip-launch"
+
+
+def ensure_demo_dataset(root: str | os.PathLike | None = None, *, seed: int = 0) -> dict[str, Path]:
+    """The cached demo dataset ``<root>/demo-v1-seed<seed>/``, generated atomically on first use.
+
+    ``root`` defaults to :func:`cache_root`. Concurrent first uses each build into a private
+    temporary folder; the first rename wins and the others discard their copy.
+    """
+    base = Path(root) if root is not None else cache_root()
+    target = base / f"{DEMO_VERSION}-seed{seed}"
+    paths = {s: target / f"{s}.lmdb" for s in SPLITS}
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=base))
+    try:
+        make_demo_dataset(tmp / "d", seed=seed)
+        try:
+            os.rename(tmp / "d", target)
+        except OSError:
+            if not all(p.is_file() for p in paths.values()):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return paths

@@ -1,0 +1,136 @@
+"""Which dataset entries a run uses, exactly per parameters.md.
+
+Precedence: explicit ``data.indices`` > ``data.indices_path`` > per-split sampling
+(``data.<split>_indices``: ``indices_path``, ``shuffle``, ``seed``, ``max_samples``).
+Shuffling uses ``numpy.random.Generator(PCG64(seed))`` so the same inputs give the same
+indices on every machine and numpy version; the result is recorded in the run's logs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from numbers import Integral
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from launcher.errors import ConfigError
+
+from data.util import one_line
+
+
+def _as_index_array(values: Any, n: int, key: str) -> np.ndarray:
+    """Validate a list of indices against a dataset of ``n`` entries."""
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1:
+            raise ConfigError(f"{key}: expected a flat list of integers, got shape {values.shape}",
+                              key=key)
+        if values.size and values.dtype.kind not in "iu":
+            raise ConfigError(f"{key}: expected integers, got dtype {values.dtype}", key=key)
+        values = values.tolist()
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Sequence):
+        raise ConfigError(f"{key}: expected a list of integers, got {type(values).__name__}",
+                          key=key)
+    for pos, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, Integral):
+            raise ConfigError(f"{key}: entry {pos} is {v!r}, expected an integer", key=key)
+    arr = np.asarray(list(values), dtype=np.int64).reshape(-1)
+    if arr.size == 0:
+        raise ConfigError(f"{key}: the list of indices is empty", key=key)
+    bad = arr[(arr < 0) | (arr >= n)]
+    if bad.size:
+        raise ConfigError(f"{key}: index {int(bad[0])} out of range for a dataset of {n} entries "
+                          f"(expected 0..{n - 1})", key=key)
+    uniq, counts = np.unique(arr, return_counts=True)
+    if (counts > 1).any():
+        raise ConfigError(f"{key}: index {int(uniq[counts > 1][0])} appears "
+                          f"{int(counts[counts > 1][0])} times (expected unique indices)", key=key)
+    return arr
+
+
+def load_indices_json(path: str | os.PathLike, key: str, split: str | None = None) -> Any:
+    """Read a JSON list of indices (or a ``{split: [...]}`` record when ``split`` is given)."""
+    p = Path(path)
+    try:
+        obj = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: {p}: no such file (expected a JSON list of indices)",
+                          key=key) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{key}: {p}: not readable JSON ({one_line(exc)}); expected a JSON "
+                          f"list of indices", key=key) from None
+    if isinstance(obj, dict) and split is not None and split in obj:
+        obj = obj[split]
+    if not isinstance(obj, list):
+        raise ConfigError(f"{key}: {p}: expected a JSON list of indices, got "
+                          f"{type(obj).__name__}", key=key)
+    return obj
+
+
+def select_indices(n: int, *, indices: Sequence[int] | None = None,
+                   indices_path: str | os.PathLike | None = None,
+                   max_samples: int | None = None, shuffle: bool = False, seed: int = 0,
+                   split_indices_path: str | os.PathLike | None = None,
+                   split: str = "train") -> np.ndarray:
+    """The int64 indices into a dataset of ``n`` entries that the ``split`` split uses.
+
+    ``indices`` / ``indices_path`` are ``data.indices`` / ``data.indices_path`` (they win, in
+    that order, and are used as given); otherwise start from ``split_indices_path`` (or
+    ``0..n-1``), permute with ``PCG64(seed)`` if ``shuffle``, then keep the first
+    ``max_samples`` (at most all of them). Every problem is a ConfigError naming the key.
+    """
+    if isinstance(n, bool) or not isinstance(n, Integral) or n < 0:
+        raise ConfigError(f"dataset size must be a non-negative integer, got {n!r}")
+    n = int(n)
+    if n == 0:
+        raise ConfigError(f"data.{split}: dataset holds no entries")
+    if indices is not None:
+        return _as_index_array(indices, n, "data.indices")
+    if indices_path is not None:
+        values = load_indices_json(indices_path, "data.indices_path", split)
+        return _as_index_array(values, n, "data.indices_path")
+    prefix = f"data.{split}_indices"
+    if split_indices_path is not None:
+        key = f"{prefix}.indices_path"
+        base = _as_index_array(load_indices_json(split_indices_path, key, split), n, key)
+    else:
+        base = np.arange(n, dtype=np.int64)
+    if isinstance(shuffle, (bool, np.bool_)):
+        shuffle = bool(shuffle)
+    else:
+        raise ConfigError(f"{prefix}.shuffle: expected true or false, got {shuffle!r}",
+                          key=f"{prefix}.shuffle")
+    if shuffle:
+        if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+            raise ConfigError(f"{prefix}.seed: expected a non-negative integer, got {seed!r}",
+                              key=f"{prefix}.seed")
+        base = base[np.random.Generator(np.random.PCG64(int(seed))).permutation(base.size)]
+    if max_samples is not None:
+        if (isinstance(max_samples, bool) or not isinstance(max_samples, Integral)
+                or max_samples < 1):
+            raise ConfigError(f"{prefix}.max_samples: expected a positive integer or null, got "
+                              f"{max_samples!r}", key=f"{prefix}.max_samples")
+        base = base[: int(max_samples)]
+    return np.ascontiguousarray(base, dtype=np.int64)
+
+
+def write_indices_record(path: str | os.PathLike,
+                         selected: Mapping[str, Sequence[int] | np.ndarray]) -> Path:
+    """Write ``{split: [indices]}`` as JSON atomically (the run's record of what it used).
+
+    The file is itself a valid ``indices_path`` for any of its splits.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    payload = {str(k): [int(i) for i in np.asarray(v).reshape(-1)] for k, v in selected.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh)
+            fh.write("\n")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p

@@ -1,0 +1,110 @@
+"""Reader for FairChem v1 LMDB files: one ``.lmdb`` or a folder of ``*.lmdb`` shards.
+
+Keys are ASCII integers ``"0".."n-1"`` per shard plus a pickled ``length``; shards are read in
+sorted order as one global index, exactly as FairChem's own ``LmdbDataset`` does, so an index
+means the same structure to both backends. Not a ``torch.utils.data.Dataset`` subclass on
+purpose: this module must import without torch (preflight uses it); DataLoader only needs
+``__len__``/``__getitem__``.
+
+LMDB values are pickles: only read data you trust.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+from launcher.errors import ConfigError
+
+from data.shards import LMDB_SUFFIX, ShardedDataset, open_env
+from data.structure import Structure
+from data.util import one_line
+
+LENGTH_KEY = b"length"
+
+
+def encode_key(i: int) -> bytes:
+    """FairChem's key for entry ``i`` of a shard."""
+    return f"{i}".encode("ascii")
+
+
+def read_length(shard: Path, env: Any = None) -> int:
+    """Entries in one shard: the pickled ``length`` entry, else (as FairChem) the entry count.
+
+    Without ``length`` the keys must be exactly ``0..n-1``; anything else is a ConfigError.
+    """
+    env = open_env(shard) if env is None else env
+    entries = int(env.stat()["entries"])
+    with env.begin() as txn:
+        raw = txn.get(LENGTH_KEY)
+        if raw is not None:
+            try:
+                n = pickle.loads(raw)
+            except Exception as exc:  # noqa: BLE001 - any unpickling failure is bad input
+                raise ConfigError(f"{shard}: key 'length': value does not unpickle "
+                                  f"({one_line(exc)})") from None
+            if hasattr(n, "item"):
+                n = n.item()
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ConfigError(f"{shard}: key 'length': expected a non-negative int, "
+                                  f"got {n!r}")
+            if n > entries - 1:
+                raise ConfigError(f"{shard}: key 'length' says {n} entries but the file "
+                                  f"holds {entries - 1}")
+            return n
+        if entries and (txn.get(encode_key(0)) is None
+                        or txn.get(encode_key(entries - 1)) is None):
+            raise ConfigError(f"{shard}: no 'length' entry and the keys are not "
+                              f"'0'..'{entries - 1}' (expected FairChem's LMDB layout)")
+        return entries
+
+
+class LmdbDataset(ShardedDataset):
+    """Random access to FairChem-layout LMDB shards as :class:`Structure` or raw PyG ``Data``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(path, LMDB_SUFFIX)
+
+    def _shard_length(self, shard: Path) -> int:
+        return read_length(shard)
+
+    def get_bytes(self, i: int) -> bytes:
+        """The stored pickle of entry ``i`` (for benchmarks and copying)."""
+        k, local = self.locate(i)
+        with self._pool.get(k).begin() as txn:
+            raw = txn.get(encode_key(local))
+        if raw is None:
+            raise ConfigError(f"{self.shards[k]}: key '{local}': entry missing "
+                              f"(the shard's length is {self.lengths[k]})")
+        return raw
+
+    def _load(self, i: int, tensors: bool) -> tuple[Any, int, int]:
+        from data.fastpickle import loads_record
+        from data.pyg import pyg2
+
+        raw = self.get_bytes(i)
+        k, local = self.locate(i)
+        try:
+            obj = loads_record(raw, tensors=tensors)
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(f"{self.shards[k]}: key '{local}': value does not unpickle "
+                              f"({one_line(exc)})") from None
+        if not hasattr(obj, "__dict__") or not hasattr(obj, "keys"):
+            raise ConfigError(f"{self.shards[k]}: key '{local}': expected a torch_geometric "
+                              f"Data record, got {type(obj).__name__}")
+        return pyg2(obj), k, local
+
+    def get_data(self, i: int) -> Any:
+        """The raw PyG ``Data`` of entry ``i`` (upgraded if pickled by PyG 1.x)."""
+        return self._load(i, tensors=True)[0]
+
+    def __getitem__(self, i: int) -> Structure:
+        from data.pyg import pyg_to_structure
+
+        data, k, local = self._load(i, tensors=False)
+        try:
+            return pyg_to_structure(data, self.start(k) + local)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else one_line(exc)
+            raise ConfigError(f"{self.shards[k]}: key '{local}': {msg}") from None

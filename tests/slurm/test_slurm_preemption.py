@@ -1,0 +1,73 @@
+"""Preemption on a real SLURM cluster: a USR2-signalled job and an externally requeued job both
+resume from their checkpoint and finish, repeating no epoch beyond the checkpoint interval."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.slurm.conftest import sacct_states
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+EPOCHS = 40
+
+
+def _train_epochs(run_dir: Path) -> list:
+    from launcher.layout import read_jsonl
+
+    return [r["epoch"] for r in read_jsonl(run_dir / "logs" / "metrics.jsonl") if r.get("split") == "train"]
+
+
+def _wait_for_epoch(run_dir: Path, epoch: int, timeout: float = 300) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if max(_train_epochs(run_dir), default=0) >= epoch:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{run_dir} did not reach epoch {epoch} in {timeout:.0f}s")
+
+
+def test_preempted_and_requeued_jobs_resume_without_repeating_epochs(slurm_cluster, tiny_mace, tmp_path):
+    from launcher.schema import spec_from_dict
+    from launcher.status import EXIT_ACTIVE, main as status_main, sweep_status
+    from launcher.submit import LauncherParams, submit_runs
+    from launcher.translate import expand_dotted
+
+    sweep = tmp_path / "sweep"
+    specs = [spec_from_dict(expand_dotted({**tiny_mace, "run_dir": str(sweep / case), "train.epochs": EPOCHS,
+                                           "train.save_every": 1}, source="test"))
+             for case in ("usr2", "requeue")]
+    # timeout_min > 10: below that, submitit counts every USR2 as a timeout
+    params = LauncherParams(cluster="slurm", cpus_per_task=1, timeout_min=60, poll_interval_s=2)
+    res = submit_runs(specs, params, sweep, overrides=[["case=usr2"], ["case=requeue"]], wait=False)
+    assert [o.state for o in res.outcomes] == ["PENDING", "PENDING"] and len(res.array_ids) == 1
+    usr2_job, requeue_job = (o.job_id for o in res.outcomes)
+    assert status_main([str(sweep), "--quiet"]) == EXIT_ACTIVE  # launch-status while the jobs run
+
+    _wait_for_epoch(sweep / "usr2", 3)
+    subprocess.run(["scancel", "--signal=USR2", usr2_job], env=slurm_cluster, check=True, timeout=30)
+    _wait_for_epoch(sweep / "requeue", 3)
+    subprocess.run(["scontrol", "requeue", requeue_job], env=slurm_cluster, check=True, timeout=30)
+
+    result = sweep_status(sweep, wait=True)
+    assert [o.state for o in result.outcomes] == ["FINISHED", "FINISHED"], [o.error for o in result.outcomes]
+    for case, job in (("usr2", usr2_job), ("requeue", requeue_job)):
+        run_dir = sweep / case
+        epochs = _train_epochs(run_dir)
+        assert set(epochs) == set(range(1, EPOCHS + 1)), (case, epochs)
+        repeated = {e: n for e, n in Counter(epochs).items() if n > 1}
+        assert sum(n - 1 for n in repeated.values()) <= 1, (case, repeated)  # save_every=1: at most one epoch
+        state = json.loads((run_dir / "state.json").read_text())
+        assert state["status"] == "finished" and state["attempt"] >= 2, (case, state)
+        attempts = sacct_states(job, slurm_cluster, duplicates=True)
+        assert attempts[-1] == "COMPLETED" and "REQUEUED" in attempts[:-1], (case, attempts)
+    usr2_log = Path(result.outcomes[0].log_path).parent
+    logs = "".join(p.read_text() for p in usr2_log.glob("*_log.*"))
+    assert "Caught signal SIGUSR2" in logs and "Requeued job" in logs  # submitit's own requeue path
+    table = (sweep / "summary.csv").read_text()
+    assert table.count("FINISHED") == 2
