@@ -114,7 +114,7 @@ class TrainSpec:
     head_key: str = _f("omat_pbe", "head of a multi-head model to train/evaluate (ignored by single-head models)")
     early_stop_factor: Optional[float] = _f(None, "stop when val loss exceeds this factor times the best val loss (null = off)")
     patience: Optional[int] = _f(None, "stop after this many evaluations without val improvement (null = off)")
-    scheduler: str = _f("plateau", "plateau (ReduceLROnPlateau, factor 0.8, patience 50) | cosine | step | none")
+    scheduler: str = _f("plateau", "plateau (ReduceLROnPlateau, factor 0.8, patience 50) | cosine (to 0 over the run) | step (halves the lr 4 times over the run) | none")
     scheduler_step_unit: str = _f("epoch", "step the scheduler per epoch | per cycle")
     cycle_steps: int = _f(0, "optimizer updates per cycle (<= 0 off); evaluation and checkpoint every cycle; forces drop_last")
     drop_last: bool = _f(False, "drop the last incomplete training batch")

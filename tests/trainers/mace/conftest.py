@@ -1,0 +1,57 @@
+"""Fixtures of the MACE trainer tests: a tiny EMT dataset, a tiny model.json, spec builders."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+os.environ["OMP_NUM_THREADS"] = "1"
+warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
+
+REPO = Path(__file__).resolve().parents[3]
+
+TINY_MODEL = {
+    "model": "MACE", "num_channels": 8, "max_L": 0, "max_ell": 2, "correlation": 2, "num_interactions": 2,
+    "r_max": 4.0, "num_radial_basis": 6, "radial_MLP": [16, 16], "MLP_irreps": "8x0e", "E0s": "average",
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Dict[str, Path]:
+    """24 train / 8 val / 8 test EMT structures (8-32 atoms) as FairChem LMDB files."""
+    from data.demo import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("mace-data") / "emt", seed=3, n_train=24, n_val=8, n_test=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_json(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("mace-model") / "model.json"
+    p.write_text(json.dumps(TINY_MODEL))
+    return p
+
+
+def make_spec(run_dir: Path, splits: Dict[str, Path], **over: Any):
+    """A validated RunSpec for the core trainer on CPU, float32, tiny and quiet."""
+    from launcher.schema import check, spec_from_dict
+    from launcher.translate import deep_merge, resolve_paths
+
+    base = {
+        "backend": "mace", "task": "train", "run_dir": str(run_dir), "device": "cpu",
+        "data": {k: str(v) for k, v in splits.items()},
+        "train": {"epochs": 2, "batch_size": 4, "dtype": "float32", "progress_bar": "false"},
+    }
+    spec = spec_from_dict(deep_merge(base, over))
+    return check(resolve_paths(spec, Path.cwd()))

@@ -1,0 +1,130 @@
+"""Exact resume: a killed (kill -9) or preempted run, launched again, ends bit-identical on CPU."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import REPO, make_spec
+
+pytestmark = pytest.mark.slow
+
+CHILD = """
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+sys.path.insert(0, {repo!r})
+from launcher.job import run_job
+from launcher.schema import spec_from_dict
+run_job(spec_from_dict(json.loads(sys.argv[1])), echo=lambda *_: None)
+"""
+
+
+def _train_over(tiny_model_json, **extra):
+    train = {"input_json": str(tiny_model_json), "epochs": 3, "log_every": 1, "lr": 0.005,
+             "scheduler": "cosine", "ema_decay": 0.8}
+    train.update(extra)
+    return {"train": train}
+
+
+def _final_state(run_dir):
+    import torch
+
+    ck = torch.load(os.path.join(run_dir, "checkpoints", "checkpoint.pt"), weights_only=True)
+    best = torch.load(os.path.join(run_dir, "artifacts", "best_model.pt"), weights_only=True)
+    return ck, best
+
+
+def _assert_identical(a, b):
+    import torch
+
+    (ck_a, best_a), (ck_b, best_b) = a, b
+    for k in ck_a["model"]:
+        assert torch.equal(ck_a["model"][k], ck_b["model"][k]), k
+    for k in best_a:
+        assert torch.equal(best_a[k], best_b[k]), k
+    assert ck_a["loop"]["best_loss"] == ck_b["loop"]["best_loss"]
+    assert ck_a["loop"]["update_step"] == ck_b["loop"]["update_step"]
+    sa, sb = ck_a["optimizer"]["state"], ck_b["optimizer"]["state"]
+    for i in sa:
+        for name in sa[i]:
+            assert torch.equal(torch.as_tensor(sa[i][name]), torch.as_tensor(sb[i][name]))
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data, tiny_model_json, tmp_path_factory):
+    from launcher.job import run_job
+
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    run_job(make_spec(run_dir, tiny_data, **_train_over(tiny_model_json)), echo=lambda *_: None)
+    return _final_state(run_dir)
+
+
+def test_kill9_then_relaunch_is_bit_identical(reference, tiny_data, tiny_model_json, tmp_path):
+    from launcher.job import run_job
+    from launcher.layout import read_jsonl
+
+    run_dir = tmp_path / "run"
+    spec = make_spec(run_dir, tiny_data, **_train_over(tiny_model_json))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", CHILD.format(repo=str(REPO)), json.dumps(spec.to_dict())],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run_dir / "logs" / "metrics.jsonl"
+    deadline = time.time() + 300
+    try:
+        # 6 updates per epoch: kill in the middle of epoch 2, after epoch 1's checkpoint
+        while time.time() < deadline and proc.poll() is None:
+            if any(r.get("step", 0) >= 8 and r["split"] == "train" for r in read_jsonl(metrics)):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the child finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert json.loads((run_dir / "state.json").read_text())["status"] == "running"
+
+    result = run_job(spec, echo=lambda *_: None)       # same spec again: resumes
+    assert result.status == "finished" and result.result["epochs_done"] == 3
+    _assert_identical(reference, _final_state(run_dir))
+    steps = [r["step"] for r in read_jsonl(metrics) if r["split"] == "train"]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)) == 18   # the killed attempt's extra lines are gone
+    assert [r["epoch"] for r in read_jsonl(metrics) if r["split"] == "val"] == [1, 2, 3]
+
+
+def test_preempted_mid_epoch_then_resume_task_is_bit_identical(reference, tiny_data, tiny_model_json, tmp_path):
+    from launcher import signals
+    from launcher.job import run_job
+    from trainers.mace import loop
+
+    run_dir = tmp_path / "run"
+    spec = make_spec(run_dir, tiny_data, **_train_over(tiny_model_json))
+    calls = {"n": 0}
+    orig = loop.Trainer._update
+
+    def update_then_preempt(self, micro):
+        out = orig(self, micro)
+        calls["n"] += 1
+        if calls["n"] == 9:                 # mid epoch 2
+            signals.request_preemption()
+        return out
+
+    loop.Trainer._update = update_then_preempt
+    try:
+        first = run_job(spec, echo=lambda *_: None)
+    finally:
+        loop.Trainer._update = orig
+        signals.reset()
+    assert first.status == "preempted"
+    import torch
+
+    ck = torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=True)
+    assert (ck["loop"]["epoch"], ck["loop"]["updates_in_epoch"]) == (1, 3)
+    resume = make_spec(run_dir, tiny_data, task="resume", **_train_over(tiny_model_json))
+    second = run_job(resume, echo=lambda *_: None)
+    assert second.status == "finished"
+    _assert_identical(reference, _final_state(run_dir))

@@ -1,0 +1,167 @@
+"""MaceBackend: the core MACE trainer behind the Backend interface.
+
+No torch/mace import at module level: preflight imports this module to check specs cheaply.
+Every task sets torch's default dtype (``train.dtype``) for its duration and restores it.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List
+
+from launcher.errors import ConfigError
+from trainers.base import Backend, JobContext
+
+# e3nn's TorchScript compilation warns once per block on torch 2.13: noise, not a problem
+warnings.filterwarnings("ignore", message=r"The TorchScript type system")
+warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")
+
+
+@contextlib.contextmanager
+def _default_dtype(name: str):
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if name == "float64" else torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+class MaceBackend(Backend):
+    name = "mace"
+
+    # ---------------------------------------------------------------- checks
+    def preflight(self, spec: Any) -> List[str]:
+        problems: List[str] = []
+        t = spec.train
+        if spec.task == "train" and t.input_json:
+            from trainers.mace.model_config import load_model_json
+
+            try:
+                load_model_json(t.input_json)
+            except ConfigError as e:
+                problems.append(str(e))
+        if spec.model_in and not Path(spec.model_in).exists():
+            problems.append(f"model_in: file not found: {spec.model_in}")
+        if spec.model.manifest and not Path(spec.model.manifest).exists():
+            problems.append(f"model.manifest: file not found: {spec.model.manifest}")
+        if spec.model.weights and not Path(spec.model.weights).exists():
+            problems.append(f"model.weights: file not found: {spec.model.weights}")
+        return problems
+
+    def describe(self, ctx: JobContext) -> str:
+        s = ctx.spec
+        what = {"train": f"train a MACE model from {s.train.input_json}",
+                "finetune": f"fine-tune {s.model_in or s.model.manifest}",
+                "resume": f"resume {ctx.layout.checkpoint}",
+                "evaluate": f"evaluate {s.model_in or s.model.manifest} on data.{s.eval.split}",
+                "infer": f"predict with {s.model_in or s.model.manifest} on data.{s.eval.split}",
+                "export": f"export {s.model_in or s.model.manifest}"}[s.task]
+        return (f"mace core trainer: {what} -> {ctx.layout.root} (device={s.device}, dtype={s.train.dtype}, "
+                f"epochs={s.train.epochs}, batch_size={s.train.batch_size})")
+
+    # ---------------------------------------------------------------- training tasks
+    def _train(self, ctx: JobContext) -> Dict[str, Any]:
+        from trainers.mace.export import write_artifacts
+        from trainers.mace.loop import Trainer
+
+        with _default_dtype(ctx.spec.train.dtype):
+            trainer = Trainer(ctx)
+            try:
+                trainer.setup()
+                result = trainer.train()
+                if trainer.main:
+                    write_artifacts(ctx.layout, trainer.cfg, spec=ctx.spec, metrics=result["best_metrics"],
+                                    extra={"epochs_done": result["epochs_done"], "best_epoch": result["best_epoch"],
+                                           "source_model": trainer.source, "head": trainer.head})
+                trainer.dist.barrier()
+            finally:
+                if hasattr(trainer, "dist"):
+                    trainer.close()
+        return result
+
+    def train(self, ctx: JobContext) -> Dict[str, Any]:
+        return self._train(ctx)
+
+    def finetune(self, ctx: JobContext) -> Dict[str, Any]:
+        return self._train(ctx)
+
+    def resume(self, ctx: JobContext) -> Dict[str, Any]:
+        return self._train(ctx)
+
+    # ---------------------------------------------------------------- evaluation
+    def _predict(self, ctx: JobContext, *, with_metrics: bool) -> Dict[str, Any]:
+        import numpy as np
+
+        from launcher.metrics import compute_metrics, write_eval_outputs
+        from trainers.mace import graphs
+        from trainers.mace.loop import head_of, progress_enabled, select_device, set_threads
+        from trainers.mace.model_config import heads_of
+        from trainers.mace.model_io import load_model
+        from trainers.mace.predict import predict
+
+        spec = ctx.spec
+        split = spec.eval.split
+        set_threads()
+        with _default_dtype(spec.train.dtype):
+            device = select_device(spec)
+            loaded = load_model(spec, prefer="best")
+            structures, idx = graphs.load_split(spec, split, active=True)
+            cfg = loaded.config
+            graphs.check_elements(structures, cfg["atomic_numbers"], what=f"data.{split} ({getattr(spec.data, split)})")
+            heads = heads_of(cfg)
+            head = head_of(cfg, spec.train.head_key)
+            data = graphs.to_atomic_data(structures, cfg["atomic_numbers"], cfg["r_max"], heads, head)
+            compute_force = not spec.eval.energy_only
+            if spec.eval.amp and device.type != "cuda":
+                import warnings
+
+                warnings.warn("eval.amp: autocast is CUDA-only; evaluating on CPU without it", stacklevel=2)
+            out = predict(loaded.model.to(device), data, batch_size=spec.data.batch_size, device=device,
+                          compute_force=compute_force, amp=spec.eval.amp, desc=spec.task,
+                          progress=progress_enabled(spec.train.progress_bar, True))
+        natoms = np.array([s.natoms for s in structures], dtype=np.int64)
+        metrics = None
+        if with_metrics:
+            missing = [int(s.index) for s in structures if s.energy is None]
+            if missing:
+                raise ConfigError(f"data.{split}: task=evaluate needs energies; structures {missing[:5]} have none (use task=infer)")
+            true_f = None
+            if compute_force and all(s.forces is not None for s in structures):
+                true_f = [s.forces for s in structures]
+            metrics = compute_metrics(out["energy"], [s.energy for s in structures], natoms,
+                                      out["forces"] if true_f is not None else None, true_f)
+            metrics.update({"split": split, "head": head, "model": loaded.source, "dataset": getattr(spec.data, split)})
+        ctx.layout.eval_dir.mkdir(parents=True, exist_ok=True)
+        write_eval_outputs(ctx.layout.eval_dir, metrics, idx, out["energy"], natoms, out["forces"])
+        graphs.record_indices(ctx.layout.logs, {split: idx}, name=f"indices.{spec.task}.json")
+        return {"split": split, "n_structures": int(len(idx)), **({"metrics": metrics} if metrics else {})}
+
+    def evaluate(self, ctx: JobContext) -> Dict[str, Any]:
+        return self._predict(ctx, with_metrics=True)
+
+    def infer(self, ctx: JobContext) -> Dict[str, Any]:
+        return self._predict(ctx, with_metrics=False)
+
+    # ---------------------------------------------------------------- export
+    def export(self, ctx: JobContext) -> Dict[str, Any]:
+        from trainers.mace.export import mace_model_path, write_artifacts
+        from trainers.mace.model_io import load_model
+
+        spec = ctx.spec
+        with _default_dtype(spec.train.dtype):
+            loaded = load_model(spec, prefer="best")
+            metrics = {}
+            if loaded.checkpoint is not None:
+                metrics = loaded.checkpoint.get("loop", {}).get("best_metrics", {})
+            elif spec.model.manifest or (spec.model_in and str(spec.model_in).endswith(".json")):
+                from launcher.layout import read_manifest
+
+                metrics = read_manifest(Path(spec.model.manifest or spec.model_in)).get("metrics", {})
+            write_artifacts(ctx.layout, loaded.config, spec=spec, metrics=metrics, state=loaded.model.state_dict(),
+                            extra={"source_model": loaded.source})
+        return {"exported_from": loaded.source, "artifacts": str(ctx.layout.artifacts),
+                "mace_model": str(mace_model_path(ctx.layout))}

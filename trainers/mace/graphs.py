@@ -1,0 +1,117 @@
+"""From LMDB splits to mace's ``AtomicData`` graphs, built once and kept in memory.
+
+Neighbour lists are the costly part of mace's data pipeline; converting every structure once
+per run (not per epoch) keeps the loop as fast as a hand-written one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from launcher.errors import ConfigError
+
+
+def split_indices(spec: Any, split: str, n: int, *, active: bool) -> np.ndarray:
+    """Indices of ``split`` used by this run; ``data.indices``/``data.indices_path`` apply to the active split."""
+    from data.indices import select_indices
+
+    sampling = getattr(spec.data, f"{split}_indices")
+    return select_indices(
+        n,
+        indices=spec.data.indices if active else None,
+        indices_path=spec.data.indices_path if active else None,
+        max_samples=sampling.max_samples,
+        shuffle=sampling.shuffle,
+        seed=sampling.seed,
+        split_indices_path=sampling.indices_path,
+        split=split,
+    )
+
+
+def load_split(spec: Any, split: str, *, active: bool, progress: bool = False) -> Tuple[List[Any], np.ndarray]:
+    """(structures, indices) of one split of ``spec.data``."""
+    from data.lmdb_dataset import LmdbDataset
+
+    path = getattr(spec.data, split)
+    if not path:
+        raise ConfigError(f"data.{split}: required here (an LMDB file or folder of shards)")
+    ds = LmdbDataset(path)
+    try:
+        idx = split_indices(spec, split, len(ds), active=active)
+        it = idx
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(idx, desc=f"read {split}", unit="struct", mininterval=0.5, leave=False)
+        structures = [ds[int(i)] for i in it]
+    finally:
+        ds.close()
+    return structures, idx
+
+
+def check_elements(structures: Sequence[Any], zs: Sequence[int], *, what: str) -> None:
+    """Elements a model cannot represent: one clear error instead of mace's IndexError."""
+    have = {int(z) for z in zs}
+    missing = sorted({int(z) for s in structures for z in s.numbers} - have)
+    if missing:
+        from ase.data import chemical_symbols
+
+        names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)
+        raise ConfigError(f"{what}: the model has no parameters for elements {names}; it knows Z={sorted(have)}")
+
+
+def to_atomic_data(structures: Sequence[Any], zs: Sequence[int], r_max: float, heads: Sequence[str],
+                   head: str, *, progress: bool = False) -> List[Any]:
+    """``AtomicData`` (torch default dtype) for each structure, labelled for ``head``."""
+    from mace.data import AtomicData, Configuration
+    from mace.tools.utils import AtomicNumberTable
+
+    table = AtomicNumberTable([int(z) for z in zs])
+    it: Any = structures
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(structures, desc="graphs", unit="struct", mininterval=0.5, leave=False)
+    out = []
+    for s in it:
+        props: Dict[str, Any] = {}
+        weights: Dict[str, float] = {}
+        if s.energy is not None:
+            props["energy"] = float(s.energy)
+        else:
+            weights["energy"] = 0.0
+        if s.forces is not None:
+            props["forces"] = np.asarray(s.forces, dtype=np.float64)
+        else:
+            weights["forces"] = 0.0
+        cfg = Configuration(
+            atomic_numbers=np.asarray(s.numbers, dtype=np.int64),
+            positions=np.asarray(s.positions, dtype=np.float64),
+            properties=props,
+            property_weights=weights,
+            cell=np.asarray(s.cell, dtype=np.float64),
+            pbc=tuple(bool(p) for p in s.pbc),
+            head=head,
+        )
+        out.append(AtomicData.from_config(cfg, z_table=table, cutoff=float(r_max), heads=list(heads)))
+    return out
+
+
+def collate(items: Sequence[Any]) -> Any:
+    from mace.tools.torch_geometric.batch import Batch
+
+    return Batch.from_data_list(list(items))
+
+
+def record_indices(logs: Path, selected: Dict[str, np.ndarray], name: str = "indices.json") -> Path:
+    """``logs/indices.json`` (training) or ``logs/indices.<task>.json``: the indices each split
+    used (the file is itself a valid indices_path)."""
+    from data.indices import write_indices_record
+
+    return write_indices_record(Path(logs) / name, selected)
+
+
+def sha_sources(spec: Any, splits: Sequence[str]) -> Dict[str, Optional[str]]:
+    return {s: getattr(spec.data, s) for s in splits if getattr(spec.data, s)}

@@ -1,0 +1,465 @@
+"""The training loop: train / finetune / resume, with exact resume from ``checkpoints/checkpoint.pt``.
+
+Why resume is exact: the data order of epoch ``e`` is a pure function of ``(seed, e)``, so the
+checkpoint only needs the position in it (epoch, updates done) next to model, optimizer,
+scheduler, scaler, EMA, early-stop state and RNG states. Checkpoints are written at evaluation
+points (every epoch, or every ``cycle_steps`` updates) and on preemption; a killed run redoes
+the work since its last checkpoint and ends bit-identical on CPU.
+
+Units: a micro-step is one backward on a micro-batch; an update is one ``optimizer.step()``
+after ``accum_steps`` micro-steps; ``log_every``, ``cycle_steps`` and progress bars count updates.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from launcher.errors import ConfigError
+from launcher.layout import atomic_torch_save
+from trainers.mace.freeze import HeadFreeze
+from trainers.mace.model_io import CHECKPOINT_FORMAT
+from trainers.mace.optim import make_optimizer, make_scheduler, scheduler_length
+from trainers.mace.order import epoch_order, rank_batches, rng_state, seed_everything, set_rng_state
+from trainers.mace.runlog import RunLog
+
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept as it was."""
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0               # completed epochs
+    updates_in_epoch: int = 0    # updates done in the current epoch
+    update_step: int = 0         # updates done in total
+    eval_count: int = 0
+    best_loss: float = math.inf
+    best_metrics: Dict[str, Any] = field(default_factory=dict)
+    best_epoch: int = 0
+    best_step: int = 0
+    bad_evals: int = 0
+    stopped: str = ""            # why training stopped early ("" = not stopped)
+    last_val_loss: Optional[float] = None
+    train_sums: List[float] = field(default_factory=lambda: [0.0, 0.0])   # loss sum, updates since last eval
+
+
+def progress_enabled(setting: str, is_main: bool) -> bool:
+    s = str(setting).lower()
+    if not is_main or s == "false":
+        return False
+    return s == "true" or sys.stderr.isatty()
+
+
+def select_device(spec: Any) -> Any:
+    import torch
+
+    if spec.device == "cpu":
+        return torch.device("cpu")
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' requested but no GPU is visible; set device=cpu (or auto)")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def set_threads() -> None:
+    import torch
+
+    n = os.environ.get("OMP_NUM_THREADS")
+    if n and n.isdigit() and int(n) > 0:
+        torch.set_num_threads(int(n))
+
+
+def head_of(cfg: Dict[str, Any], head_key: str) -> str:
+    from trainers.mace.model_config import heads_of
+
+    heads = heads_of(cfg)
+    if len(heads) == 1:
+        return heads[0]
+    if head_key not in heads:
+        raise ConfigError(f"train.head_key: '{head_key}' is not a head of this model; its heads: {', '.join(heads)}")
+    return head_key
+
+
+class Trainer:
+    """One training run in one process (one rank of a DDP run)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx, self.spec, self.layout = ctx, ctx.spec, ctx.layout
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        import torch
+
+        from trainers.mace import distributed, graphs
+        from trainers.mace.model_config import build_model, load_model_json, resolve
+        from trainers.mace.model_io import load_checkpoint, load_model
+
+        spec, t = self.spec, self.spec.train
+        set_threads()
+        self.device = select_device(spec)
+        self.dist = distributed.setup(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if self.ctx.extra.get("follower"):
+            self.ctx.resume = False
+        self.ctx.resume = bool(self.dist.broadcast_object(self.ctx.resume))
+        self.main = self.dist.is_main
+        self.log = RunLog(self.layout, self.main)
+        self.dtype = torch.float64 if t.dtype == "float64" else torch.float32
+        torch.set_default_dtype(self.dtype)
+        if t.amp and self.device.type != "cuda":
+            warnings.warn("train.amp: autocast is CUDA-only; training on CPU without it", stacklevel=2)
+            self.log.info("train.amp: ignored on CPU (CUDA-only)")
+        self.amp = bool(t.amp and self.device.type == "cuda")
+        self.seed = spec.effective_seed
+        self.progress = progress_enabled(t.progress_bar, self.main)
+
+        # ---- where the model and training state come from
+        ckpt = None
+        if self.ctx.resume and self.layout.checkpoint.exists():
+            ckpt = load_checkpoint(self.layout.checkpoint)
+        elif spec.task == "resume" and not self.layout.checkpoint.exists():
+            if spec.model_in or spec.model.manifest:
+                loaded = load_model(spec, prefer="checkpoint")
+                ckpt = loaded.checkpoint
+                if ckpt is None:
+                    raise ConfigError(f"model_in: task=resume needs a training checkpoint (checkpoint.pt), got {loaded.source}")
+            else:
+                raise ConfigError(f"run_dir: {self.layout.root} holds no checkpoint to resume")
+        self.ckpt = ckpt
+
+        train_s, train_idx = graphs.load_split(spec, "train", active=True, progress=self.progress)
+        val_s, val_idx = ([], np.zeros(0, dtype=np.int64))
+        if spec.data.val:
+            val_s, val_idx = graphs.load_split(spec, "val", active=False, progress=self.progress)
+        if self.main:
+            graphs.record_indices(self.layout.logs, {"train": train_idx, "val": val_idx})
+
+        seed_everything(self.seed)
+        if ckpt is not None:
+            cfg = ckpt["model_config"]
+            model = build_model(cfg)
+            model.load_state_dict(ckpt["model"])
+            self.source = ckpt.get("source", "checkpoint")
+        elif spec.task == "train":
+            cfg = resolve(load_model_json(t.input_json), train_s, source=t.input_json)
+            model = build_model(cfg)
+            self.source = "init"
+        else:  # finetune
+            loaded = load_model(spec)
+            cfg, model, self.source = loaded.config, loaded.model, loaded.source
+        self.cfg = cfg
+        zs = cfg["atomic_numbers"]
+        graphs.check_elements(train_s, zs, what=f"data.train ({spec.data.train})")
+        if val_s:
+            graphs.check_elements(val_s, zs, what=f"data.val ({spec.data.val})")
+        from trainers.mace.model_config import heads_of
+
+        self.heads = heads_of(cfg)
+        self.head = head_of(cfg, t.head_key)
+        self.model = model.to(self.device)
+        self.train_graphs = graphs.to_atomic_data(train_s, zs, cfg["r_max"], self.heads, self.head, progress=self.progress)
+        self.val_graphs = graphs.to_atomic_data(val_s, zs, cfg["r_max"], self.heads, self.head, progress=self.progress)
+        self.n_train_structures = len(train_s)
+        if len(self.train_graphs) < self.dist.world:
+            raise ConfigError(f"data.train: {len(self.train_graphs)} structures for {self.dist.world} processes")
+
+        self.freeze = None
+        if t.freeze == "head_only":
+            sample = graphs.collate(self.train_graphs[: min(len(self.train_graphs), t.batch_size)]).to(self.device)
+            self.freeze = HeadFreeze(self.model, sample, len(self.heads))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = make_optimizer(spec, params)
+        n_batches = len(rank_batches(np.arange(len(self.train_graphs)), t.batch_size, t.drop_last, self.dist.rank, self.dist.world))
+        if n_batches == 0:
+            raise ConfigError(f"train.batch_size: {t.batch_size} leaves no full batch of {len(self.train_graphs)} structures with drop_last")
+        self.updates_per_epoch = math.ceil(n_batches / t.accum_steps)
+        self.sched = make_scheduler(spec, self.opt, scheduler_length(spec, self.updates_per_epoch))
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        self.ema = None
+        if t.ema_decay:
+            from torch_ema import ExponentialMovingAverage
+
+            self.ema = ExponentialMovingAverage(params, decay=t.ema_decay)
+        from mace.modules.loss import WeightedEnergyForcesLoss
+
+        self.loss_fn = WeightedEnergyForcesLoss(energy_weight=t.energy_weight, forces_weight=t.force_weight).to(self.device)
+        self.compute_force = t.force_weight > 0
+        self.ddp_model = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.ddp_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.log_every = t.log_every or max(1, self.updates_per_epoch // 20)
+
+        self.state = LoopState()
+        if ckpt is not None:
+            self._load_training_state(ckpt)
+            self.log.truncate_after(self.state.update_step)
+            self.log.info(f"resumed from {self.layout.checkpoint if self.ctx.resume else spec.model_in}: "
+                          f"epoch {self.state.epoch}, update {self.state.update_step}")
+        else:
+            self.log.truncate_after(0)
+        if self.main:
+            from trainers.mace.model_config import save_model_json
+
+            save_model_json(cfg, self.layout.model_json)
+        nparams = sum(p.numel() for p in self.model.parameters())
+        ntrain = sum(p.numel() for p in params)
+        self.log.info(f"task={spec.task} model={self.source} params={nparams} trainable={ntrain} head={self.head} "
+                      f"train={len(self.train_graphs)} val={len(self.val_graphs)} dtype={t.dtype} device={self.device} "
+                      f"world={self.dist.world} threads={torch.get_num_threads()} updates/epoch={self.updates_per_epoch}")
+
+    # ------------------------------------------------------------------ checkpoint
+    def _checkpoint(self) -> Dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": 1,
+            "source": self.source,
+            "task": self.spec.task,
+            "model_config": {k: v for k, v in self.cfg.items()},
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict() if self.sched is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "freeze": self.freeze.state_dict() if self.freeze is not None else None,
+            "loop": asdict(self.state),
+            "rng": rng_state(),
+            "seed": self.seed,
+            "dtype": self.spec.train.dtype,
+            "head": self.head,
+        }
+
+    def save_checkpoint(self) -> None:
+        self._saved_at = self.state.update_step
+        if self.main:
+            atomic_torch_save(self._checkpoint(), self.layout.checkpoint)
+        self.dist.barrier()
+
+    def _load_training_state(self, ck: Dict[str, Any]) -> None:
+        self.opt.load_state_dict(ck["optimizer"])
+        if self.sched is not None and ck.get("scheduler") is not None:
+            self.sched.load_state_dict(ck["scheduler"])
+        if self.scaler is not None and ck.get("scaler") is not None:
+            self.scaler.load_state_dict(ck["scaler"])
+        if self.ema is not None and ck.get("ema") is not None:
+            self.ema.load_state_dict(ck["ema"])
+        if self.freeze is not None and ck.get("freeze") is not None:
+            self.freeze.load_state_dict(ck["freeze"])
+        loop = dict(ck["loop"])
+        self.state = LoopState(**loop)
+        set_rng_state(ck["rng"])
+
+    # ------------------------------------------------------------------ evaluation
+    def _ema_weights(self):
+        import contextlib
+
+        return self.ema.average_parameters() if self.ema is not None else contextlib.nullcontext()
+
+    def evaluate_point(self, kind: str) -> None:
+        """Validation, best model, early stop, scheduler (plateau) and checkpoint at one point."""
+        from trainers.mace.predict import error_sums, metrics_from_sums
+
+        t, st = self.spec.train, self.state
+        st.eval_count += 1
+        train_loss = st.train_sums[0] / st.train_sums[1] if st.train_sums[1] else None
+        st.train_sums = [0.0, 0.0]
+        if self.val_graphs:
+            shard = self.val_graphs[self.dist.rank::self.dist.world]
+            with self._ema_weights():
+                sums = error_sums(self.model, shard, batch_size=t.batch_size, device=self.device,
+                                  compute_force=True, amp=self.amp)
+            sums = self.dist.all_sum(sums)
+            m = metrics_from_sums(sums, energy_weight=t.energy_weight, force_weight=t.force_weight)
+            split = "val"
+        else:
+            m = {"loss": train_loss}
+            split = "train"
+        loss = m["loss"]
+        lr = self.opt.param_groups[0]["lr"]
+        rec = {"epoch": st.epoch if kind == "epoch" else st.epoch + 1, "step": st.update_step, "split": split,
+               "lr": lr, "train_loss": train_loss, **m}
+        if kind == "cycle":
+            rec["cycle"] = st.eval_count
+        self.log.metrics(rec)
+        if loss is not None and not math.isfinite(loss):
+            raise TrainingDiverged(f"train: {split} loss is {loss} at update {st.update_step}; "
+                                   f"the last good checkpoint is {self.layout.checkpoint}")
+        improved = loss is not None and loss < st.best_loss
+        if improved:
+            st.best_loss, st.best_epoch, st.best_step, st.bad_evals = loss, rec["epoch"], st.update_step, 0
+            st.best_metrics = {k: v for k, v in m.items() if v is not None}
+            if self.main:
+                with self._ema_weights():
+                    atomic_torch_save(self.model.state_dict(), self.layout.best_model)
+        else:
+            st.bad_evals += 1
+        st.last_val_loss = loss
+        self.log.info(f"eval {split} epoch={rec['epoch']} step={st.update_step} loss={_fmt(loss)} "
+                      f"E_rmse/atom={m.get('energy_rmse_per_atom')} F_rmse={m.get('force_rmse')} lr={lr:.3g}"
+                      + (" *best*" if improved else ""))
+        if t.patience is not None and st.bad_evals >= t.patience:
+            st.stopped = f"patience: {st.bad_evals} evaluations without improvement"
+        elif t.early_stop_factor is not None and loss is not None and loss > t.early_stop_factor * st.best_loss:
+            st.stopped = f"early_stop_factor: loss {loss:.6g} > {t.early_stop_factor} x best {st.best_loss:.6g}"
+        if st.stopped:
+            self.log.info(f"stopping early ({st.stopped})")
+        unit = "cycle" if kind == "cycle" else "epoch"
+        if self.sched is not None and t.scheduler_step_unit == unit:
+            self._step_scheduler()
+
+    def _step_scheduler(self) -> None:
+        import torch
+
+        if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if self.state.last_val_loss is not None:
+                self.sched.step(self.state.last_val_loss)
+        else:
+            self.sched.step()
+
+    # ------------------------------------------------------------------ training
+    def _update(self, micro: List[Any]) -> float:
+        """One optimizer update over the (collated) micro-batches of ``micro``."""
+        import torch
+
+        from trainers.mace.predict import autocast
+
+        t = self.spec.train
+        self.opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for j, batch in enumerate(micro):
+            batch = batch.to(self.device)
+            sync = self.dist.enabled and j < len(micro) - 1
+            ctx = self.ddp_model.no_sync() if sync else _null()
+            with ctx:
+                with autocast(self.device, self.amp):
+                    out = self.ddp_model(batch.to_dict(), training=True, compute_force=self.compute_force)
+                    loss = self.loss_fn(pred=out, ref=batch) / len(micro)
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            total += float(loss.detach())
+        if not math.isfinite(total) or self.dist.any(not math.isfinite(total)):
+            raise TrainingDiverged(f"train: loss is {total} at epoch {self.state.epoch + 1} update "
+                                   f"{self.state.update_step + 1}; stopped, the last good checkpoint "
+                                   f"({self.layout.checkpoint}) is kept")
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+        if t.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=t.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        if self.freeze is not None:
+            self.freeze.restore()
+        if self.ema is not None:
+            self.ema.update()
+        return total
+
+    def _groups(self, groups: List[List[List[int]]], start: int):
+        """Collated micro-batches of updates ``start..``; with ``num_workers`` they are built ahead
+        in worker processes (the graphs are cached, so workers only collate)."""
+        from trainers.mace.graphs import collate
+
+        nw = self.spec.train.num_workers
+        if nw <= 0:
+            for g in groups[start:]:
+                yield [collate([self.train_graphs[i] for i in idx]) for idx in g]
+            return
+        import torch
+
+        flat = [idx for g in groups[start:] for idx in g]
+        loader = torch.utils.data.DataLoader(self.train_graphs, batch_sampler=flat, collate_fn=collate,
+                                             num_workers=nw, prefetch_factor=2, persistent_workers=False)
+        it = iter(loader)
+        for g in groups[start:]:
+            yield [next(it) for _ in g]
+
+    def train(self) -> Dict[str, Any]:
+        from launcher import signals
+
+        t, st = self.spec.train, self.state
+        cycles = t.cycle_steps > 0
+        t_start = time.time()
+        while st.epoch < t.epochs and not st.stopped:
+            order = epoch_order(self.seed, st.epoch, len(self.train_graphs))
+            batches = rank_batches(order, t.batch_size, t.drop_last, self.dist.rank, self.dist.world)
+            groups = [batches[i:i + t.accum_steps] for i in range(0, len(batches), t.accum_steps)]
+            bar = None
+            if self.progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(groups), initial=st.updates_in_epoch, desc=f"epoch {st.epoch + 1}/{t.epochs}",
+                           unit="step", mininterval=t.progress_mininterval, leave=False)
+            te = time.time()
+            for u, micro in enumerate(self._groups(groups, st.updates_in_epoch), start=st.updates_in_epoch):
+                self.model.train()
+                loss = self._update(micro)
+                st.update_step += 1
+                st.updates_in_epoch = u + 1
+                st.train_sums[0] += loss
+                st.train_sums[1] += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+                if st.update_step % self.log_every == 0:
+                    self.log.metrics({"epoch": st.epoch + 1, "step": st.update_step, "split": "train",
+                                      "loss": loss, "lr": self.opt.param_groups[0]["lr"]})
+                if cycles and st.update_step % t.cycle_steps == 0:
+                    self.evaluate_point("cycle")
+                    if st.eval_count % t.save_every == 0 or st.stopped:
+                        self.save_checkpoint()
+                    if st.stopped:
+                        break
+                if self.dist.any(signals.preemption_requested()):
+                    self.save_checkpoint()
+                    self.log.info(f"preempted at epoch {st.epoch + 1} update {st.update_step}: checkpoint written")
+                    raise signals.Preempted()
+            if bar is not None:
+                bar.close()
+            if st.stopped:
+                break
+            st.epoch += 1
+            st.updates_in_epoch = 0
+            self.log.info(f"epoch {st.epoch}/{t.epochs} done in {time.time() - te:.2f}s")
+            if not cycles:
+                self.evaluate_point("epoch")
+                if st.eval_count % t.save_every == 0 or st.stopped or st.epoch == t.epochs:
+                    self.save_checkpoint()
+            elif self.sched is not None and t.scheduler_step_unit == "epoch":
+                self._step_scheduler()
+        if getattr(self, "_saved_at", None) != st.update_step:
+            self.save_checkpoint()
+        if self.main and not self.layout.best_model.exists():
+            with self._ema_weights():
+                atomic_torch_save(self.model.state_dict(), self.layout.best_model)
+        self.log.info(f"training done: {st.epoch} epochs, {st.update_step} updates, best loss {_fmt(st.best_loss)} "
+                      f"(epoch {st.best_epoch}) in {time.time() - t_start:.1f}s")
+        return {"epochs_done": st.epoch, "update_steps": st.update_step, "best_loss": st.best_loss,
+                "best_epoch": st.best_epoch, "best_metrics": st.best_metrics, "stopped_early": st.stopped or None}
+
+    def close(self) -> None:
+        self.dist.close()
+
+
+def _fmt(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{x:.6g}"
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
