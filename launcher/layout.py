@@ -94,6 +94,13 @@ class RunLayout:
 # Atomic writes
 # ---------------------------------------------------------------------------------------------
 
+def _umask_mode() -> int:
+    """0666 less the process umask: what a plain open() would give (mkstemp makes 0600 files)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder + os.replace: readers never see half a file."""
     path = Path(path)
@@ -104,6 +111,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -130,6 +138,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

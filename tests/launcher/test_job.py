@@ -128,3 +128,15 @@ def test_task_not_built_yet_is_a_clear_error(tmp_path):
     spec.model_in = "/m.pt"
     with pytest.raises(NotImplementedBackend, match="task=export is not implemented yet"):
         run_job(spec, echo=lambda *_: None)
+
+
+def test_run_files_are_readable_by_the_group_like_plain_files(tmp_path):
+    import os
+    import stat
+
+    run_job(_spec(tmp_path / "r"), echo=lambda *_: None)
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("run.yaml", "state.json"):
+        mode = stat.S_IMODE((tmp_path / "r" / name).stat().st_mode)
+        assert mode == 0o666 & ~mask, (name, oct(mode))

@@ -1,0 +1,558 @@
+"""EquiformerV2 / GemNet-OC: FairChem v1's native trainer as a subprocess in its own environment.
+
+Inside ``run_dir`` FairChem's own tree lives under ``fairchem/`` (``configs/<ts>.yml`` derived
+configs, ``checkpoints/<ts>/``, ``logs/``, ``results/<ts>/``); every invocation gets a fresh
+timestamp id ``<ts>``, so a second run never silently "resumes" a finished one. After each run
+the standard layout is filled: ``checkpoints/checkpoint.pt`` (newest full state),
+``artifacts/best_model.pt`` (bare state dict) + ``fairchem_checkpoint.pt`` + ``manifest.json``,
+``eval/`` for evaluate/infer, and FairChem's output in ``logs/fairchem-<ts>.log``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from launcher.errors import ConfigError
+from launcher.layout import RunLayout, atomic_write_text
+from launcher.schema import RunSpec
+from trainers.base import Backend, JobContext
+from trainers.fairchem import checkpoints as ck
+from trainers.fairchem.process import format_command, run_process
+
+CHILD = Path(__file__).resolve().with_name("child.py")
+NATIVE = "fairchem"
+MODEL_NAMES = {"equiformer_v2": ("equiformer_v2", "equiformer_v2_backbone"), "gemnet_oc": ("gemnet_oc", "gemnet_oc_backbone")}
+
+
+# Known FairChem failures on our data -> what to do about them (appended to the error message).
+HINTS = (
+    ("different PBC configurations", "the data mixes periodic and slab (non-periodic z) cells; add backend_args "
+                                     "--model.use_pbc_single=True"),
+    ("qint", "GemNet-OC quadruplets need atoms tagged as in qint_tags; for bulk data add backend_args "
+             "--model.qint_tags=[0,1,2]"),
+    ("BalancedBatchSampler requires a dataset that has a metadata", "optim.load_balancing needs a metadata.npz "
+     "(atom counts) beside the LMDB; add backend_args --optim.load_balancing_on_error=warn_and_no_balance"),
+    ("train_on_oc20_total_energies", "format oc22_lmdb expects OC22 records (an 'oc22' field); for other LMDBs add "
+                                     "backend_args --dataset.train.format=lmdb"),
+)
+
+
+def hint_for(lines: List[str]) -> str:
+    text = "\n".join(lines)
+    for needle, hint in HINTS:
+        if needle in text:
+            return f" (hint: {hint})"
+    return ""
+
+
+class FairchemError(RuntimeError):
+    """FairChem failed (non-zero exit, or exit 0 without the outputs it should have written)."""
+
+
+@dataclass
+class Plan:
+    """One FairChem invocation, fully decided before it runs (a dry run prints ``command``)."""
+
+    mode: str
+    timestamp_id: str
+    native_dir: Path
+    config_path: Path
+    config_text: str
+    command: List[str]
+    env: Dict[str, str]
+    log_path: Path
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.native_dir / "checkpoints" / self.timestamp_id
+
+    @property
+    def results_dir(self) -> Path:
+        return self.native_dir / "results" / self.timestamp_id
+
+
+def _has_gpu() -> bool:
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def _use_cpu(spec: RunSpec) -> bool:
+    return spec.device == "cpu" or (spec.device == "auto" and not _has_gpu())
+
+
+def new_timestamp_id(task: str, native_dir: Path) -> str:
+    """Unique per invocation (FairChem's own has ~2-minute resolution and reuses folders)."""
+    base = f"{task}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    ts, n = base, 1
+    while any((native_dir / sub / ts).exists() for sub in ("checkpoints", "results", "configs")):
+        n += 1
+        ts = f"{base}-{n}"
+    return ts
+
+
+class FairchemBackend(Backend):
+    """The FairChem runner behind the common backend interface."""
+
+    name = "fairchem"
+
+    def __init__(self, echo=None) -> None:
+        self.echo = echo or (lambda line: print(line, flush=True))
+
+    # ------------------------------------------------------------------ checks / dry run
+    def preflight(self, spec: RunSpec) -> List[str]:
+        from trainers.fairchem.derive import missing_files
+        from trainers.fairchem.env import resolve_python
+        from trainers.fairchem.config import load_config
+
+        problems: List[str] = []
+        try:
+            resolve_python(spec.backend_python)
+        except ConfigError as e:
+            problems.append(str(e))
+        if spec.train.config_yml:
+            try:
+                cfg = load_config(spec.train.config_yml)
+                problems += missing_files(cfg)
+                name = (cfg.get("model") or {}).get("name")
+                allowed = MODEL_NAMES.get(spec.backend, ())
+                if name is None:
+                    problems.append(f"train.config_yml: {spec.train.config_yml}: no model.name")
+                elif allowed and name not in allowed:
+                    problems.append(f"train.config_yml: model.name is '{name}', expected {' or '.join(allowed)} "
+                                    f"for backend={spec.backend}")
+            except ConfigError as e:
+                problems.append(str(e))
+        if spec.train.freeze not in (None, "none"):
+            problems.append(f"train.freeze: not supported by backend={spec.backend}")
+        return problems
+
+    def describe(self, ctx: JobContext) -> str:
+        """The FairChem command this spec runs, its derived config path and the launcher's adjustments."""
+        spec, layout = ctx.spec, ctx.layout
+        try:
+            if spec.task == "export":
+                source = self._model_source(spec, layout, describe=True)
+                return f"{CHILD} export {source} -> {layout.artifacts}"
+            native = layout.root / NATIVE
+            ts = new_timestamp_id(spec.task, native)
+            mode = "predict" if spec.task in ("evaluate", "infer") else "train"
+            data = self._data_paths(spec, mode, layout, ts, materialize=False)
+            checkpoint = None if spec.task == "train" else self._model_source(spec, layout, describe=True)
+            notes = []
+            if spec.task == "finetune":
+                notes.append(f"fine-tune start: weights-only copy of {checkpoint}")
+                checkpoint = str(native / "init" / f"{ts}-weights.pt")
+            n_train = self._count(data.get("train")) if mode == "train" else None
+            plan = self.plan(spec, layout, mode=mode, data=data, checkpoint=checkpoint, n_train=n_train,
+                             timestamp_id=ts)
+        except ConfigError as e:
+            return f"(not runnable: {e})"
+        lines = [format_command(plan.command), f"# derived config: {plan.config_path}"]
+        lines += [f"# {n}" for n in notes + plan.notes]
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ planning
+    def plan(
+        self,
+        spec: RunSpec,
+        layout: RunLayout,
+        *,
+        mode: str,
+        data: Dict[str, Optional[str]],
+        checkpoint: Optional[str],
+        n_train: Optional[int],
+        epochs_done: Optional[int] = None,
+        resume_target: Optional[int] = None,
+        timestamp_id: Optional[str] = None,
+    ) -> Plan:
+        """Derive the config and the command for one FairChem run (nothing is written)."""
+        from trainers.fairchem.config import dump_config
+        from trainers.fairchem.derive import derive_config
+        from trainers.fairchem.env import child_env, resolve_python
+
+        native = layout.root / NATIVE
+        ts = timestamp_id or new_timestamp_id(spec.task, native)
+        user_env = {**os.environ, **{str(k): str(v) for k, v in spec.backend_env.items()}}
+        derived = derive_config(
+            spec.train.config_yml, mode=mode, data=data, backend_args=list(spec.backend_args), env=user_env,
+            n_train=n_train, epochs_done=epochs_done, resume_target=resume_target,
+        )
+        max_epochs = (derived.config.get("optim") or {}).get("max_epochs")
+        if mode == "train" and spec.task != "resume" and max_epochs is not None and spec.train.epochs != max_epochs:
+            derived.notes.append(f"train.epochs={spec.train.epochs} is not used by FairChem backends: optim.max_epochs="
+                                 f"{max_epochs} from the config applies (change it with backend_args "
+                                 "--optim.max_epochs=N)")
+        config_path = native / "configs" / f"{ts}.yml"
+        header = [f"Derived by mlip-launch from {spec.train.config_yml} for task={spec.task} (FairChem --mode {mode}).",
+                  *derived.notes]
+        python = resolve_python(spec.backend_python)
+        cmd = [python, str(CHILD), "run"]
+        if mode == "train":
+            cmd += ["--post", str(native / "checkpoints" / ts)]
+        cmd += ["--", "--mode", mode, "--config-yml", str(config_path), "--run-dir", str(native),
+                "--timestamp-id", ts, "--seed", str(spec.effective_seed)]
+        if spec.train.identifier:
+            cmd += ["--identifier", spec.train.identifier]
+        if _use_cpu(spec):
+            cmd += ["--cpu"]
+        elif spec.train.amp if mode == "train" else spec.eval.amp:
+            cmd += ["--amp"]
+        if checkpoint:
+            cmd += ["--checkpoint", str(checkpoint)]
+        cmd += derived.passthrough
+        return Plan(mode=mode, timestamp_id=ts, native_dir=native, config_path=config_path,
+                    config_text=dump_config(derived.config, "\n".join(header)), command=cmd,
+                    env=child_env(spec.backend_env), log_path=layout.logs / f"fairchem-{ts}.log",
+                    notes=derived.notes)
+
+    def _execute(self, plan: Plan) -> None:
+        from launcher import signals
+
+        atomic_write_text(plan.config_path, plan.config_text)
+        for note in plan.notes:
+            self.echo(f"[fairchem] {note}")
+        self.echo(f"[fairchem] {format_command(plan.command)}")
+        from trainers.fairchem.logparse import MetricsTap
+
+        tap = MetricsTap(plan.log_path.parent / "metrics.jsonl", plan.timestamp_id)
+
+        def tee(line: str) -> None:
+            self.echo(line)
+            tap(line)
+
+        res = run_process(plan.command, env=plan.env, cwd=plan.native_dir, log_path=plan.log_path, echo=tee)
+        if res.preempted:
+            raise signals.Preempted(f"FairChem stopped on a preemption signal ({res.describe_exit()})")
+        if res.returncode != 0:
+            last = next((line for line in reversed(res.tail) if line.strip()), "")
+            raise FairchemError(f"FairChem --mode {plan.mode} failed ({res.describe_exit()}): {last.strip()[:300]}"
+                                f"{hint_for(res.tail)} [log: {plan.log_path}]")
+
+    # ------------------------------------------------------------------ helpers
+    def _child(self, spec: RunSpec, *args: str) -> str:
+        """Run a checkpoint helper of child.py in the FairChem env; its stdout."""
+        from trainers.fairchem.env import child_env, resolve_python
+
+        python = resolve_python(spec.backend_python)
+        out = subprocess.run([python, str(CHILD), *args], env=child_env(spec.backend_env), capture_output=True, text=True)
+        if out.returncode != 0:
+            msg = (out.stderr.strip().splitlines() or ["?"])[-1]
+            raise FairchemError(f"checkpoint helper '{args[0]}' failed: {msg}")
+        return out.stdout
+
+    def _model_source(self, spec: RunSpec, layout: RunLayout, describe: bool = False) -> Optional[str]:
+        """The FairChem checkpoint (or bare weights) that finetune/resume/evaluate/infer/export start from."""
+        from launcher.layout import manifest_weights_path, read_manifest
+
+        native = layout.root / NATIVE
+        if spec.model_in:
+            p = Path(spec.model_in)
+            if p.is_dir():  # a run directory of ours
+                for cand in (p / "artifacts" / "fairchem_checkpoint.pt", p / "checkpoints" / "checkpoint.pt"):
+                    if cand.is_file():
+                        return str(cand)
+                raise ConfigError(f"model_in: {p} holds no FairChem checkpoint (artifacts/fairchem_checkpoint.pt)")
+            if not p.is_file():
+                raise ConfigError(f"model_in: file not found: {p}")
+            return str(p)
+        if spec.model.manifest:
+            m = read_manifest(Path(spec.model.manifest))
+            fc = (m.get("fairchem") or {}).get("checkpoint")
+            if fc:
+                p = Path(fc) if os.path.isabs(fc) else Path(spec.model.manifest).parent / fc
+                if p.is_file():
+                    return str(p)
+            return str(manifest_weights_path(Path(spec.model.manifest), m))
+        if spec.model.weights:
+            return str(spec.model.weights)
+        if spec.task in ("resume", "evaluate", "infer", "export"):
+            found = ck.newest(native) or (layout.checkpoint if layout.checkpoint.is_file() else None)
+            if spec.task != "resume":
+                found = (ck.newest(native, "best_checkpoint.pt") or found)
+            if found:
+                return str(found)
+            if describe:
+                return "<the run's newest checkpoint>"
+            raise ConfigError(f"model_in: not set and {layout.root} holds no FairChem checkpoint to {spec.task}")
+        return None
+
+    def _data_paths(self, spec: RunSpec, mode: str, layout: RunLayout, ts: Optional[str], *,
+                    materialize: bool) -> Dict[str, Optional[str]]:
+        """Split -> LMDB path; selected subsets are copied into the run dir first."""
+        from trainers.fairchem.subset import split_selection, write_subset
+
+        if mode == "predict":
+            split = spec.eval.split
+            return {"test": getattr(spec.data, split)}
+        out: Dict[str, Optional[str]] = {}
+        for split in ("train", "val", "test"):
+            path = getattr(spec.data, split)
+            if path and materialize:
+                idx = split_selection(spec, split, active=(split == "train"))
+                if idx is not None:
+                    target = layout.root / NATIVE / "data" / f"{split}-{ts}.lmdb"
+                    path = str(write_subset(path, idx, target))
+                    self.echo(f"[fairchem] data.{split}: {len(idx)} selected records copied to {path}")
+            out[split] = path
+        return out
+
+    def _count(self, path: Optional[str]) -> Optional[int]:
+        from data.datasets import count
+
+        return count(path) if path else None
+
+    # ------------------------------------------------------------------ training tasks
+    def train(self, ctx: JobContext) -> Dict[str, Any]:
+        return self._train_like(ctx)
+
+    def finetune(self, ctx: JobContext) -> Dict[str, Any]:
+        return self._train_like(ctx)
+
+    def resume(self, ctx: JobContext) -> Dict[str, Any]:
+        return self._train_like(ctx)
+
+    def _train_like(self, ctx: JobContext) -> Dict[str, Any]:
+        spec, layout = ctx.spec, ctx.layout
+        layout.create()
+        native = layout.root / NATIVE
+        native.mkdir(parents=True, exist_ok=True)
+        ts = new_timestamp_id(spec.task, native)
+        own_last = ck.newest(native)
+
+        checkpoint: Optional[str] = None
+        continuing = False
+        if spec.task == "resume":
+            if spec.model_in or spec.model.manifest or spec.model.weights:
+                checkpoint = self._model_source(spec, layout)
+            elif own_last is not None:
+                checkpoint = str(own_last)
+            elif layout.checkpoint.is_file():
+                checkpoint = str(layout.checkpoint)
+            else:
+                raise ConfigError(f"model_in: not set and {layout.root} holds no FairChem checkpoint to resume")
+            continuing = True
+        elif ctx.resume and own_last is not None:
+            checkpoint, continuing = str(own_last), True          # an interrupted run of this spec
+            self.echo(f"[fairchem] continuing the interrupted run from {own_last}")
+        elif spec.task == "finetune":
+            source = self._model_source(spec, layout)
+            init = native / "init" / f"{ts}-weights.pt"
+            self._child(spec, "weights-only", str(source), str(init))
+            self.echo(f"[fairchem] fine-tuning from {source} (weights only: fresh optimizer, epoch 0)")
+            checkpoint = str(init)
+
+        done: Optional[int] = None
+        if continuing:
+            # FairChem writes checkpoint.pt in place: one killed mid-write is unreadable, so an older one is used
+            candidates = [str(checkpoint)]
+            if not (spec.model_in or spec.model.manifest or spec.model.weights):
+                candidates += [str(p) for p in ck.newest_first(native) if str(p) != str(checkpoint)]
+                if layout.checkpoint.is_file():
+                    candidates.append(str(layout.checkpoint))
+            info = None
+            for cand in candidates:
+                try:
+                    info = json.loads(self._child(spec, "inspect", cand).strip().splitlines()[-1])
+                except (FairchemError, ValueError, IndexError) as e:
+                    self.echo(f"[fairchem] {cand} is not readable ({e}); trying an older checkpoint")
+                    continue
+                checkpoint = cand
+                break
+            if info is None:
+                raise FairchemError(f"no readable checkpoint to continue from in {native / 'checkpoints'}")
+            done = info.get("epochs_done") or 0
+            if not info.get("has_optimizer"):
+                self.echo(f"[fairchem] note: {checkpoint} holds no optimizer state; the optimizer starts fresh")
+
+        data = self._data_paths(spec, "train", layout, ts, materialize=True)
+        n_train = self._count(data["train"])
+        plan = self.plan(spec, layout, mode="train", data=data, checkpoint=checkpoint, n_train=n_train,
+                         epochs_done=done if spec.task == "resume" else None,
+                         resume_target=spec.train.epochs, timestamp_id=ts)
+        max_epochs = _max_epochs(plan.config_text)
+        if continuing and spec.task != "resume" and done is not None and max_epochs is not None and done >= max_epochs:
+            self.echo(f"[fairchem] {checkpoint} already trained {done}/{max_epochs} epochs: nothing left to train")
+        else:
+            from launcher import signals
+
+            try:
+                self._execute(plan)
+            except signals.Preempted:
+                last = ck.newest(native)
+                if last is not None:  # the standard layout points at the state the requeued job resumes
+                    ck.atomic_copy(last, layout.checkpoint)
+                raise
+            if not (plan.checkpoint_dir / "checkpoint.pt").is_file() and not (plan.checkpoint_dir / "best_checkpoint.pt").is_file():
+                raise FairchemError(f"FairChem exited 0 but wrote no checkpoint in {plan.checkpoint_dir} "
+                                    f"(is optim.max_epochs above the epochs already done?) [log: {plan.log_path}]")
+        return self._finalize(spec, layout)
+
+    def _finalize(self, spec: RunSpec, layout: RunLayout) -> Dict[str, Any]:
+        """Mirror the newest checkpoints into the standard layout and export the best weights."""
+        native = layout.root / NATIVE
+        last = ck.newest(native)
+        if last is not None:
+            ck.atomic_copy(last, layout.checkpoint)
+        best = ck.newest(native, "best_checkpoint.pt")
+        if best is not None:
+            ck.atomic_copy(best, layout.checkpoints / "best_checkpoint.pt")
+        source = best or last
+        if source is None:
+            raise FairchemError(f"no FairChem checkpoint in {native}/checkpoints to export")
+        summary = self._summary_for(spec, source)
+        manifest = self._write_artifacts(spec, layout, source, source.parent / "weights.pt", summary)
+        last_info = summary.get("last") if source == best and summary.get("last") else summary
+        epochs = (last_info or {}).get("epochs_done")
+        if last is not None and last.parent != source.parent:
+            epochs = json.loads(self._child(spec, "inspect", str(last)).strip().splitlines()[-1]).get("epochs_done")
+        return {
+            "epochs_done": epochs,
+            "best_val_metric": summary.get("best_val_metric"),
+            "primary_metric": summary.get("primary_metric"),
+            "val_metrics": summary.get("val_metrics", {}),
+            "best_model": str(layout.best_model),
+            "checkpoint": str(layout.checkpoint) if last is not None else None,
+            "weights_sha256": manifest["weights"]["sha256"],
+        }
+
+    def _summary_for(self, spec: RunSpec, source: Path) -> Dict[str, Any]:
+        """summary.json + weights.pt of ``source``: written by the training child, else made now."""
+        folder = source.parent
+        summary_path, weights = folder / "summary.json", folder / "weights.pt"
+        if summary_path.is_file() and weights.is_file() and weights.stat().st_mtime_ns >= source.stat().st_mtime_ns:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            if Path(summary.get("source", "")) == source:
+                return summary
+        out = folder / f"export-{uuid.uuid4().hex[:6]}"
+        self._child(spec, "export", str(source), str(out))
+        (out / "weights.pt").replace(weights)
+        (out / "summary.json").replace(summary_path)
+        out.rmdir()
+        return json.loads(summary_path.read_text(encoding="utf-8"))
+
+    def _write_artifacts(self, spec: RunSpec, layout: RunLayout, source: Path, weights: Path,
+                         summary: Dict[str, Any]) -> Dict[str, Any]:
+        """artifacts/best_model.pt (bare state dict), fairchem_checkpoint.pt (untouched), manifest.json."""
+        from launcher.layout import package_versions, write_manifest
+
+        ck.atomic_copy(weights, layout.best_model)
+        ck.atomic_copy(source, layout.artifacts / "fairchem_checkpoint.pt")
+        versions = {**package_versions(["mlip-launch"]), **(summary.get("versions") or {})}
+        model = dict(summary.get("model") or {})
+        return write_manifest(
+            layout, backend=spec.backend, weights=layout.best_model, model_config=model, heads=[],
+            data={s: getattr(spec.data, s) for s in ("train", "val", "test") if getattr(spec.data, s)},
+            metrics=summary.get("val_metrics") or {}, versions=versions,
+            extra={"fairchem": {
+                "checkpoint": "fairchem_checkpoint.pt",
+                "source": str(source),
+                "best": bool(summary.get("best", source.name == "best_checkpoint.pt")),
+                "trainer": summary.get("trainer"),
+                "model_name": model.get("name"),
+                "epoch": summary.get("epoch"),
+                "step": summary.get("step"),
+                "primary_metric": summary.get("primary_metric"),
+                "best_val_metric": summary.get("best_val_metric"),
+                "n_parameters": summary.get("n_parameters"),
+                "config_yml": spec.train.config_yml,
+                "load": "state dict without the 'module.' prefix; build the model from 'model' with "
+                        "fairchem.core.common.registry and load_state_dict(strict=True)",
+            }},
+        )
+
+    # ------------------------------------------------------------------ evaluate / infer / export
+    def evaluate(self, ctx: JobContext) -> Dict[str, Any]:
+        return self._predict(ctx, with_metrics=True)
+
+    def infer(self, ctx: JobContext) -> Dict[str, Any]:
+        return self._predict(ctx, with_metrics=False)
+
+    def _predict(self, ctx: JobContext, *, with_metrics: bool) -> Dict[str, Any]:
+        import numpy as np
+
+        from trainers.fairchem.predictions import duplicate_ids, evaluate_predictions, find_predictions, read_labels
+        from trainers.fairchem.subset import split_selection, write_subset
+
+        spec, layout = ctx.spec, ctx.layout
+        layout.create()
+        native = layout.root / NATIVE
+        native.mkdir(parents=True, exist_ok=True)
+        ts = new_timestamp_id(spec.task, native)
+        split = spec.eval.split
+        src = getattr(spec.data, split)
+        if not src:
+            raise ConfigError(f"data.{split}: required for task={spec.task} with eval.split={split}")
+        source = self._model_source(spec, layout)
+        if not is_training_checkpoint(source):
+            wrapped = native / "init" / f"{ts}-weights.pt"
+            self._child(spec, "weights-only", str(source), str(wrapped))
+            source = str(wrapped)
+
+        selection = split_selection(spec, split, active=True)
+        labels = read_labels(src, with_forces=not spec.eval.energy_only) if selection is None else None
+        index = np.arange(len(labels.ids)) if labels is not None else selection
+        path = src
+        if labels is None or duplicate_ids(labels.ids):
+            index = selection if selection is not None else np.arange(len(labels.ids))
+            path = str(write_subset(src, index, native / "data" / f"{split}-{ts}.lmdb", rekey=True))
+            labels = read_labels(path, with_forces=not spec.eval.energy_only)
+            self.echo(f"[fairchem] data.{split}: {len(index)} records copied to {path} (unique ids for predictions)")
+
+        plan = self.plan(spec, layout, mode="predict", data={"test": path}, checkpoint=source, n_train=None,
+                         timestamp_id=ts)
+        self._execute(plan)
+        npz = find_predictions(plan.results_dir)
+        metrics = evaluate_predictions(npz, labels, index, layout.eval_dir, with_metrics=with_metrics,
+                                       energy_only=spec.eval.energy_only)
+        if with_metrics:
+            self.echo("[fairchem] " + ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                                               for k, v in metrics.items()))
+        return {"metrics": metrics, "eval_dir": str(layout.eval_dir), "predictions": str(npz), "model": str(source)}
+
+    def export(self, ctx: JobContext) -> Dict[str, Any]:
+        spec, layout = ctx.spec, ctx.layout
+        layout.create()
+        source = Path(self._model_source(spec, layout) or "")
+        native = layout.root / NATIVE
+        out = native / "export" / new_timestamp_id("export", native)
+        self._child(spec, "export", str(source), str(out))
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        summary["best"] = source.name == "best_checkpoint.pt"
+        manifest = self._write_artifacts(spec, layout, source, out / "weights.pt", summary)
+        return {"best_model": str(layout.best_model), "weights_sha256": manifest["weights"]["sha256"],
+                "epochs_done": summary.get("epochs_done")}
+
+
+def is_training_checkpoint(path: str | Path) -> bool:
+    """True for a FairChem checkpoint, False for a bare state dict (which FairChem cannot load).
+
+    Decided without torch: a zip-format torch file's ``data.pkl`` names its top-level keys.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            pkl = next((n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if pkl is None:
+                return True
+            head = zf.read(pkl)
+    except zipfile.BadZipFile:
+        return True  # legacy (non-zip) torch file: let FairChem decide
+    return b"state_dict" in head and b"normalizers" in head
+
+
+def _max_epochs(config_text: str) -> Optional[int]:
+    import yaml
+
+    cfg = yaml.safe_load(config_text) or {}
+    value = (cfg.get("optim") or {}).get("max_epochs")
+    return int(value) if isinstance(value, (int, float)) else None

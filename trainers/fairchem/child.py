@@ -1,0 +1,199 @@
+"""Runs inside the FairChem environment: FairChem's CLI, then the checkpoint work that needs torch.
+
+Standalone on purpose (stdlib + the FairChem env's torch/yaml; never imports the launcher): the
+launcher process stays free of torch, and checkpoints are read and written by the same torch
+that FairChem used.
+
+    python child.py run --post CKPT_DIR -- <fairchem CLI args>    FairChem, then summarize CKPT_DIR
+    python child.py summarize CKPT_DIR                           summary.json + weights.pt of CKPT_DIR
+    python child.py weights-only SRC DST                         fine-tune start: model state only
+    python child.py inspect CKPT                                 one JSON line: epoch, step, epochs_done
+    python child.py export CKPT OUT_DIR                          weights.pt + summary.json of one file
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+
+MODEL_KEYS = ("state_dict", "normalizers", "elementrefs", "scale_dict", "config", "ema")
+SUMMARY = "summary.json"
+WEIGHTS = "weights.pt"
+
+
+def _load(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _save(obj, path):
+    import torch
+
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_json(obj, path):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".summary.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _plain(x):
+    """JSON-able copy (tensors -> numbers/lists)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        return x.item() if x.numel() == 1 else x.tolist()
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    return str(x)
+
+
+def _epochs_done(ckpt):
+    epoch = ckpt.get("epoch")
+    return None if epoch is None else int(math.floor(float(epoch) + 1e-6))
+
+
+def _val_metrics(ckpt):
+    vm = ckpt.get("val_metrics") or {}
+    out = {}
+    for k, v in vm.items():
+        out[k] = _plain(v.get("metric") if isinstance(v, dict) else v)
+    return out
+
+
+def _strip(state_dict):
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+
+
+def versions():
+    from importlib import metadata
+
+    out = {}
+    for name in ("fairchem-core", "torch", "torch-geometric", "e3nn", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _as_checkpoint(obj, src):
+    """A FairChem checkpoint, or a bare state dict (our exported weights) wrapped as one."""
+    if isinstance(obj, dict) and "state_dict" in obj:
+        return obj
+    if isinstance(obj, dict) and obj and all(hasattr(v, "shape") for v in obj.values()):
+        return {"state_dict": obj, "normalizers": {}}
+    raise SystemExit(f"{src}: neither a FairChem checkpoint nor a state dict")
+
+
+def info(ckpt):
+    cfg = ckpt.get("config") or {}
+    return {
+        "epoch": _plain(ckpt.get("epoch")),
+        "step": _plain(ckpt.get("step")),
+        "epochs_done": _epochs_done(ckpt),
+        "best_val_metric": _plain(ckpt.get("best_val_metric")),
+        "primary_metric": ckpt.get("primary_metric"),
+        "val_metrics": _val_metrics(ckpt),
+        "model": _plain(cfg.get("model", {})),
+        "trainer": cfg.get("trainer"),
+        "has_optimizer": "optimizer" in ckpt,
+        "n_parameters": int(sum(v.numel() for v in ckpt["state_dict"].values())) if "state_dict" in ckpt else None,
+        "versions": versions(),
+    }
+
+
+def export(src, out_dir):
+    """weights.pt (bare state dict, no 'module.' prefix) and summary.json of one checkpoint."""
+    ckpt = _as_checkpoint(_load(src), src)
+    os.makedirs(out_dir, exist_ok=True)
+    _save(_strip(ckpt["state_dict"]), os.path.join(out_dir, WEIGHTS))
+    summary = info(ckpt)
+    summary["source"] = os.path.abspath(src)
+    _write_json(summary, os.path.join(out_dir, SUMMARY))
+    return summary
+
+
+def summarize(ckpt_dir):
+    """Summary of a FairChem checkpoint folder; weights from best_checkpoint.pt, else checkpoint.pt."""
+    last = os.path.join(ckpt_dir, "checkpoint.pt")
+    best = os.path.join(ckpt_dir, "best_checkpoint.pt")
+    if not os.path.isfile(last) and not os.path.isfile(best):
+        return None
+    source = best if os.path.isfile(best) else last
+    summary = export(source, ckpt_dir)
+    summary["best"] = source == best
+    if os.path.isfile(last) and source != last:
+        summary["last"] = info(_load(last))
+        summary["last"].pop("model", None)
+        for key in ("epoch", "step", "epochs_done", "best_val_metric", "primary_metric"):
+            if summary.get(key) is None:  # best_checkpoint.pt carries no training state
+                summary[key] = summary["last"].get(key)
+    else:
+        summary["last"] = {k: summary[k] for k in ("epoch", "step", "epochs_done")}
+    _write_json(summary, os.path.join(ckpt_dir, SUMMARY))
+    return summary
+
+
+def weights_only(src, dst):
+    ckpt = _as_checkpoint(_load(src), src)
+    out = {k: ckpt[k] for k in MODEL_KEYS if k in ckpt}
+    out.setdefault("normalizers", {})
+    _save(out, dst)
+
+
+def run(post_dir, fairchem_args):
+    sys.argv = ["fairchem", *fairchem_args]
+    from fairchem.core._cli import main
+
+    main()
+    if post_dir:
+        summarize(post_dir)
+
+
+def main(argv):
+    if not argv:
+        raise SystemExit(__doc__)
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "run":
+        post = None
+        if rest[:1] == ["--post"]:
+            post, rest = rest[1], rest[2:]
+        if rest[:1] == ["--"]:
+            rest = rest[1:]
+        run(post, rest)
+    elif cmd == "summarize" and len(rest) == 1:
+        summarize(rest[0])
+    elif cmd == "weights-only" and len(rest) == 2:
+        weights_only(*rest)
+    elif cmd == "inspect" and len(rest) == 1:
+        print(json.dumps(info(_as_checkpoint(_load(rest[0]), rest[0])), default=str))
+    elif cmd == "export" and len(rest) == 2:
+        export(*rest)
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,87 @@
+"""Which interpreter runs FairChem, and the environment its process gets."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Dict, Mapping, Optional
+
+from launcher.errors import ConfigError
+
+SETUP_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "setup-fairchem-env"
+
+
+_found: Dict[str, str] = {}
+
+
+def default_python() -> Optional[str]:
+    """The interpreter of the env ``scripts/setup-fairchem-env`` made, or None when it is absent/incomplete.
+
+    A found interpreter is remembered for the process (the script hashes the requirements file).
+    """
+    key = os.environ.get("MLIP_FAIRCHEM_ENV", "")
+    if key in _found and Path(_found[key]).exists():
+        return _found[key]
+    if not SETUP_SCRIPT.exists():
+        return None
+    try:
+        out = subprocess.run([str(SETUP_SCRIPT), "--print-python"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    path = out.stdout.strip()
+    if out.returncode == 0 and path:
+        _found[key] = path
+        return path
+    return None
+
+
+def resolve_python(backend_python: Optional[str]) -> str:
+    """``backend_python`` when given (a path or a command on PATH), else the provisioned env's python."""
+    if backend_python:
+        if "/" not in backend_python:
+            found = shutil.which(backend_python)
+            if found is None:
+                raise ConfigError(f"backend_python: '{backend_python}' is not on PATH")
+            return found
+        p = Path(backend_python).expanduser()
+        if not p.exists():
+            raise ConfigError(f"backend_python: file not found: {p}")
+        if not os.access(p, os.X_OK):
+            raise ConfigError(f"backend_python: not executable: {p}")
+        return str(p)
+    found = default_python()
+    if found is None:
+        raise ConfigError("backend_python: not set and the FairChem environment is not provisioned; "
+                          f"run {SETUP_SCRIPT} (about 20 minutes the first time) or set backend_python")
+    return found
+
+
+def cpu_count() -> int:
+    """CPUs this job may use: SLURM's allocation, else the affinity mask."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
+    if slurm and slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def child_env(backend_env: Mapping[str, str], base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The FairChem process's environment: ours + ``backend_env``, explicit threads, no wandb surprise.
+
+    ``PYTHONPATH``/``PYTHONHOME`` of the launcher's env would leak the launcher's packages into
+    FairChem's interpreter, so they are dropped unless ``backend_env`` sets them.
+    """
+    env = dict(os.environ if base is None else base)
+    for key in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+        env.pop(key, None)
+    env.update({str(k): str(v) for k, v in backend_env.items()})
+    threads = str(cpu_count())
+    env.setdefault("OMP_NUM_THREADS", threads)
+    env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if not env.get("WANDB_API_KEY"):
+        env.setdefault("WANDB_MODE", "disabled")
+    return env

@@ -1,0 +1,55 @@
+"""FairChem's metric log lines -> ``logs/metrics.jsonl`` records (the same file the core trainer writes).
+
+FairChem logs training metrics as ``energy_mae: 1.2e+00, ..., epoch: 1.0e+00, step: 1.3e+01`` and,
+after ``Evaluating on val.``, the split's metrics in the same ``key: value`` form.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+_PREFIX = re.compile(r"^.*?\((?:INFO|WARNING|DEBUG)\): ")
+_PAIR = re.compile(r"^([A-Za-z_][\w/]*): ([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf))$")
+_EVAL = re.compile(r"^Evaluating on (\w+)\.$")
+
+
+def parse_metrics(message: str) -> Optional[Dict[str, float]]:
+    """``{"energy_mae": 1.2, ...}`` for a ``key: number, key: number`` message, else None."""
+    parts = message.strip().rstrip(",").split(", ")
+    out: Dict[str, float] = {}
+    for part in parts:
+        m = _PAIR.match(part.strip())
+        if not m:
+            return None
+        out[m.group(1)] = float(m.group(2))
+    return out if len(out) >= 2 else None
+
+
+class MetricsTap:
+    """Feed it every output line; it appends one JSON line per metrics message."""
+
+    def __init__(self, path: Path, run: str) -> None:
+        self.path = Path(path)
+        self.run = run
+        self.split = "train"
+
+    def __call__(self, line: str) -> None:
+        from launcher.layout import append_jsonl
+
+        message = _PREFIX.sub("", line.strip())
+        m = _EVAL.match(message)
+        if m:
+            self.split = m.group(1)
+            return
+        values = parse_metrics(message)
+        if values is None:
+            return
+        record: Dict[str, Any] = {"split": self.split, "source": "fairchem", "run": self.run, "time": time.time()}
+        record.update(values)
+        for key in ("step", "epoch"):
+            if key in record and float(record[key]).is_integer() and key == "step":
+                record[key] = int(record[key])
+        append_jsonl(self.path, record)
+        self.split = "train"
