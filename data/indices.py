@@ -134,3 +134,22 @@ def write_indices_record(path: str | os.PathLike,
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
+
+
+def select_split_indices(data_spec: Any, split: str, n: int, *, active: bool) -> np.ndarray:
+    """Indices of ``split`` a run uses, from its ``data`` section (``launcher.schema.DataSpec``).
+
+    ``data.indices`` / ``data.indices_path`` apply only to the active split (train for training
+    tasks, the evaluated split otherwise); every split has its own sampling block.
+    """
+    sampling = getattr(data_spec, f"{split}_indices")
+    return select_indices(
+        n,
+        indices=data_spec.indices if active else None,
+        indices_path=data_spec.indices_path if active else None,
+        max_samples=sampling.max_samples,
+        shuffle=sampling.shuffle,
+        seed=sampling.seed,
+        split_indices_path=sampling.indices_path,
+        split=split,
+    )

@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional
 
 MANIFEST_VERSION = 1
 
@@ -101,21 +101,29 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + os.replace: readers never see half a file."""
+def atomic_write_via(path: Path, write: Callable[[str], None]) -> None:
+    """Have ``write(tmp_path)`` fill a temp file beside ``path``, then os.replace it into place.
+
+    Readers never see half a file; the file gets the permissions a plain open() would give
+    (mkstemp's are 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        write(tmp)
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write_via(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -130,19 +138,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save through a temp file + os.replace (checkpoints are never half written)."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_via(path, lambda tmp: torch.save(obj, tmp))
 
 
 def append_jsonl(path: Path, record: Dict[str, Any]) -> None:
@@ -248,16 +244,27 @@ def write_manifest(
     return manifest
 
 
-def read_manifest(path: Path) -> Dict[str, Any]:
+def read_json_file(path: Path, *, key: str, missing_hint: str = "") -> Any:
+    """Parse a JSON input file; a missing or malformed one is a one-line ConfigError naming ``key``."""
     from launcher.errors import ConfigError
 
     path = Path(path)
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"model.manifest: file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"model.manifest: {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise ConfigError(f"{key}: file not found: {path}{missing_hint}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{key}: expected a file, got a directory: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+        raise ConfigError(f"{key}: {path} is not valid JSON ({where})") from None
+
+
+def read_manifest(path: Path) -> Dict[str, Any]:
+    from launcher.errors import ConfigError
+
+    path = Path(path)
+    m = read_json_file(path, key="model.manifest")
     if not isinstance(m, dict) or "backend" not in m or "weights" not in m:
         raise ConfigError(f"model.manifest: {path} is not an mlip-launch manifest (needs 'backend' and 'weights')")
     return m

@@ -5,7 +5,6 @@ device files; the job itself confirms it with torch.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -37,12 +36,14 @@ def _check_file(key: str, value: Optional[str], problems: List[str], *, kind: st
 
 
 def _check_json(key: str, value: Optional[str], problems: List[str], *, want: type) -> None:
+    from launcher.layout import read_json_file
+
     if not _check_file(key, value, problems):
         return
     try:
-        obj = json.loads(Path(value).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        problems.append(f"{key}: {value} is not valid JSON ({getattr(e, 'msg', e)})")
+        obj = read_json_file(Path(value), key=key)
+    except ConfigError as e:
+        problems.append(str(e))
         return
     if not isinstance(obj, want):
         problems.append(f"{key}: {value} must hold a JSON {want.__name__}")

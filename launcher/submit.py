@@ -236,13 +236,10 @@ def write_record(sweep_dir: Path, params: LauncherParams, folder: Path, outcomes
 
 def read_record(sweep_dir: Path) -> Dict[str, Any]:
     path = _record_path(sweep_dir)
-    try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found (is {sweep_dir} a sweep directory made by a submitit launcher?)") \
-            from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    from launcher.layout import read_json_file
+
+    rec = read_json_file(path, key="SWEEP_DIR",
+                         missing_hint=f" (is {sweep_dir} a sweep directory made by a submitit launcher?)")
     if not isinstance(rec, dict) or "jobs" not in rec or "cluster" not in rec:
         raise ConfigError(f"{path}: not a sweep record (needs 'cluster' and 'jobs')")
     return rec

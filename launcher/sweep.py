@@ -103,7 +103,7 @@ def compose_points(launcher: Any, job_overrides: Sequence[Sequence[str]], initia
 
 
 def launch_sweep(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
-    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.core.utils import JobStatus
 
     from launcher.preflight import check_sweep, print_dry_run
     from launcher.submit import submit_runs

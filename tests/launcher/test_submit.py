@@ -111,7 +111,7 @@ def test_sweep_record_round_trip(tmp_path):
 
 
 def test_missing_or_broken_sweep_record_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="sweep.json: not found"):
+    with pytest.raises(ConfigError, match="SWEEP_DIR: file not found: .*sweep.json .is .* a sweep directory"):
         read_record(tmp_path)
     (tmp_path / "sweep.json").write_text("{nope")
     with pytest.raises(ConfigError, match="not valid JSON"):

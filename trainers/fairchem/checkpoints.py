@@ -8,9 +8,7 @@ finds and copies files.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -36,16 +34,6 @@ def newest(native_dir: Path, name: str = "checkpoint.pt") -> Optional[Path]:
 
 def atomic_copy(src: Path, dst: Path) -> None:
     """Copy through a temp file + os.replace (FairChem overwrites its files in place, so no hard links)."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a copy gets the usual permissions
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from launcher.layout import atomic_write_via
+
+    atomic_write_via(Path(dst), lambda tmp: shutil.copyfile(src, tmp))

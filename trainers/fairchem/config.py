@@ -10,12 +10,12 @@ The flattened config written into the run directory is then self-contained. No t
 from __future__ import annotations
 
 import ast
-import copy
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from launcher.errors import ConfigError
+from launcher.translate import deep_merge  # FairChem's merge too: mappings recursively, lists replaced
 
 # Values that name files FairChem opens itself; checked before anything runs.
 PATH_SUFFIXES = (".pt", ".pth", ".npz", ".npy", ".pkl", ".json", ".yml", ".yaml", ".lmdb", ".aselmdb", ".txt", ".csv")
@@ -84,17 +84,6 @@ def _resolve_values(node: Any, base_dir: Path) -> Any:
     return node
 
 
-def merge_dicts(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
-    """FairChem's merge: mappings merge recursively, anything else (lists too) is replaced."""
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge_dicts(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def load_config(path: str | os.PathLike, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     """Load a FairChem config with its ``includes:`` merged (includes first, the file last) and paths resolved."""
     path = Path(path).expanduser().resolve()
@@ -114,8 +103,8 @@ def load_config(path: str | os.PathLike, _seen: Tuple[Path, ...] = ()) -> Dict[s
             raise ConfigError(
                 f"train.config_yml: {path}: included file '{inc}' not found beside the config or under any of its parent folders"
             )
-        merged = merge_dicts(merged, load_config(found, (*_seen, path)))
-    return merge_dicts(merged, _resolve_values(raw, path.parent))
+        merged = deep_merge(merged, load_config(found, (*_seen, path)))
+    return deep_merge(merged, _resolve_values(raw, path.parent))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,21 +22,11 @@ from launcher.errors import ConfigError
 def split_selection(spec: Any, split: str, *, active: bool) -> Optional[np.ndarray]:
     """The indices ``spec`` selects from ``split``; None when that is the whole split in order."""
     from data.datasets import count
-    from data.indices import select_indices
+    from data.indices import select_split_indices
 
     path = getattr(spec.data, split)
     n = count(path)
-    sampling = getattr(spec.data, f"{split}_indices")
-    idx = select_indices(
-        n,
-        indices=spec.data.indices if active else None,
-        indices_path=spec.data.indices_path if active else None,
-        max_samples=sampling.max_samples,
-        shuffle=sampling.shuffle,
-        seed=sampling.seed,
-        split_indices_path=sampling.indices_path,
-        split=split,
-    )
+    idx = select_split_indices(spec.data, split, n, active=active)
     if idx.size == n and np.array_equal(idx, np.arange(n)):
         return None
     return idx

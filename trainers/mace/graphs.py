@@ -15,19 +15,9 @@ from launcher.errors import ConfigError
 
 def split_indices(spec: Any, split: str, n: int, *, active: bool) -> np.ndarray:
     """Indices of ``split`` used by this run; ``data.indices``/``data.indices_path`` apply to the active split."""
-    from data.indices import select_indices
+    from data.indices import select_split_indices
 
-    sampling = getattr(spec.data, f"{split}_indices")
-    return select_indices(
-        n,
-        indices=spec.data.indices if active else None,
-        indices_path=spec.data.indices_path if active else None,
-        max_samples=sampling.max_samples,
-        shuffle=sampling.shuffle,
-        seed=sampling.seed,
-        split_indices_path=sampling.indices_path,
-        split=split,
-    )
+    return select_split_indices(spec.data, split, n, active=active)
 
 
 def load_split(spec: Any, split: str, *, active: bool, progress: bool = False) -> Tuple[List[Any], np.ndarray]:

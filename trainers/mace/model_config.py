@@ -9,7 +9,6 @@ a resolved model.json rebuilds the exact module with :func:`build_model`, no dat
 from __future__ import annotations
 
 import ast
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -65,13 +64,9 @@ COMPUTED_KEYS = ("atomic_numbers", "atomic_energies", "avg_num_neighbors", "atom
 
 def load_model_json(path: str | Path) -> Dict[str, Any]:
     """Read and check a model.json; unknown keys are a one-line ConfigError listing the valid ones."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"train.input_json: file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"train.input_json: {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    from launcher.layout import read_json_file
+
+    raw = read_json_file(Path(path), key="train.input_json")
     return check_model_config(raw, source=str(path))
 
 
