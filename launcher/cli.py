@@ -65,6 +65,41 @@ def _hydra_entry() -> None:
     hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_run_single)()
 
 
+def _wants_app_help(argv: List[str]) -> bool:
+    return any(a in ("--help", "-h") for a in argv) and "--hydra-help" not in argv
+
+
+def print_app_help(overrides: List[str]) -> None:
+    """``launch --help``: Hydra's app help text, rendered without Hydra listing every plugin group.
+
+    Hydra builds its help by querying each of ~80 config groups (its own plugins' included),
+    which costs more than the rest of start-up; the app's groups are just the folders of conf/.
+    """
+    import string
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
+
+    from launcher.resolvers import conf_dir
+
+    root = conf_dir()
+    with initialize_config_dir(config_dir=str(root), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    template = str(cfg.hydra.help.template)  # resolved while the hydra node is still there
+    groups = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name != "hydra" and any(d.glob("*.yaml")))
+    app_groups = "".join(f"{g}: {', '.join(sorted(p.stem for p in (root / g).glob('*.yaml')))}\n" for g in groups)
+    launchers = sorted(p.stem for p in (root / "hydra" / "launcher").glob("*.yaml"))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    text = string.Template(template).safe_substitute(
+        FLAGS_HELP="(Hydra's flags: launch --hydra-help)",
+        HYDRA_CONFIG_GROUPS=f"hydra/launcher: {', '.join(launchers)}\n",
+        APP_CONFIG_GROUPS=app_groups,
+        CONFIG=OmegaConf.to_yaml(cfg, resolve=False),
+    )
+    print(text)
+
+
 def _missing_option_message(text: str) -> str:
     """Hydra's multi-line 'Could not find group/option' text -> one line with the options."""
     import re
@@ -130,6 +165,9 @@ def main() -> None:
     register()
     register_configs()
     try:
+        if _wants_app_help(sys.argv[1:]):
+            print_app_help([a for a in sys.argv[1:] if not a.startswith("-")])
+            return
         _hydra_entry()
     except SystemExit:
         raise
