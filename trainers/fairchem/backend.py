@@ -196,7 +196,7 @@ class FairchemBackend(Backend):
         python = resolve_python(spec.backend_python)
         cmd = [python, str(CHILD), "run"]
         if mode == "train":
-            cmd += ["--post", str(native / "checkpoints" / ts)]
+            cmd += ["--post", str(native / "checkpoints" / ts), "--mirror", str(layout.checkpoints)]
         cmd += ["--", "--mode", mode, "--config-yml", str(config_path), "--run-dir", str(native),
                 "--timestamp-id", ts, "--seed", str(spec.effective_seed)]
         if spec.train.identifier:
@@ -325,6 +325,7 @@ class FairchemBackend(Backend):
         native = layout.root / NATIVE
         native.mkdir(parents=True, exist_ok=True)
         ts = new_timestamp_id(spec.task, native)
+        ck.remove_stale_temps(native)
         own_last = ck.newest(native)
 
         checkpoint: Optional[str] = None
@@ -351,7 +352,8 @@ class FairchemBackend(Backend):
 
         done: Optional[int] = None
         if continuing:
-            # FairChem writes checkpoint.pt in place: one killed mid-write is unreadable, so an older one is used
+            # our child makes FairChem's checkpoint writes atomic, but a checkpoint from FairChem run directly
+            # (or from an older runner) may be torn by a kill mid-write: then an older one is used
             candidates = [str(checkpoint)]
             if not (spec.model_in or spec.model.manifest or spec.model.weights):
                 candidates += [str(p) for p in ck.newest_first(native) if str(p) != str(checkpoint)]
@@ -387,7 +389,7 @@ class FairchemBackend(Backend):
                 self._execute(plan)
             except signals.Preempted:
                 last = ck.newest(native)
-                if last is not None:  # the standard layout points at the state the requeued job resumes
+                if last is not None:  # normally mirrored by the child already; a no-op then
                     ck.atomic_copy(last, layout.checkpoint)
                 raise
             if not (plan.checkpoint_dir / "checkpoint.pt").is_file() and not (plan.checkpoint_dir / "best_checkpoint.pt").is_file():

@@ -2,13 +2,13 @@
 
 FairChem writes ``<native>/checkpoints/<timestamp_id>/checkpoint.pt`` (full training state) and
 ``best_checkpoint.pt`` (weights of the best validation, EMA applied, no optimizer); parameter
-names carry DDP's ``module.`` prefix. Reading them needs torch, which the launcher process does not
-import: that work runs in the FairChem env (:mod:`trainers.fairchem.child`); this module only
-finds and copies files.
+names carry DDP's ``module.`` prefix. FairChem itself writes them in place; under the launcher
+the child makes each write atomic and links the finished file into the run's ``checkpoints/``.
+Reading them needs torch, which the launcher process does not import: that work runs in the
+FairChem env (:mod:`trainers.fairchem.child`); this module only finds and links/copies files.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import List, Optional
 
@@ -33,7 +33,21 @@ def newest(native_dir: Path, name: str = "checkpoint.pt") -> Optional[Path]:
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
-    """Copy through a temp file + os.replace (FairChem overwrites its files in place, so no hard links)."""
-    from launcher.layout import atomic_write_via
+    """Make ``dst`` the content of ``src`` atomically: a hard link when possible, else a temp copy + os.replace.
 
-    atomic_write_via(Path(dst), lambda tmp: shutil.copyfile(src, tmp))
+    Links are safe: FairChem's checkpoint writes are made atomic by the child (new inode per write),
+    and the launcher only ever replaces files. A 1.5 GB checkpoint is then never copied twice.
+    """
+    from trainers.fairchem.child import link_or_copy
+
+    link_or_copy(str(src), str(dst))
+
+
+def remove_stale_temps(native_dir: Path) -> int:
+    """Delete the temp files of checkpoint writes that were killed (the run dir lock is held); how many."""
+    n = 0
+    for d in checkpoint_dirs(native_dir):
+        for p in d.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n

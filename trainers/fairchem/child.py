@@ -4,7 +4,8 @@ Standalone on purpose (stdlib + the FairChem env's torch/yaml; never imports the
 launcher process stays free of torch, and checkpoints are read and written by the same torch
 that FairChem used.
 
-    python child.py run --post CKPT_DIR -- <fairchem CLI args>    FairChem, then summarize CKPT_DIR
+    python child.py run [--post CKPT_DIR] [--mirror DIR] -- <fairchem CLI args>
+                                                                 FairChem, then summarize CKPT_DIR
     python child.py summarize CKPT_DIR                           summary.json + weights.pt of CKPT_DIR
     python child.py weights-only SRC DST                         fine-tune start: model state only
     python child.py inspect CKPT                                 one JSON line: epoch, step, epochs_done
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 
@@ -30,6 +32,7 @@ def _load(path):
 
 
 def _save(obj, path):
+    """torch.save through a temp file, fsync and os.replace: ``path`` is always a complete file."""
     import torch
 
     d = os.path.dirname(os.path.abspath(path))
@@ -38,11 +41,116 @@ def _save(obj, path):
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def link_or_copy(src, dst):
+    """Atomically make ``dst`` the content of ``src``: a hard link when possible, else a copy.
+
+    A link is safe because every writer of these files (FairChem patched by :func:`install_atomic_checkpoints`,
+    and the launcher) replaces files instead of rewriting them, so no two names ever see a partial write.
+    """
+    import shutil
+
+    d = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(d, exist_ok=True)
+    try:
+        if os.path.samefile(src, dst):
+            return
+    except OSError:
+        pass
+    tmp = os.path.join(d, f".{os.path.basename(dst)}.{os.getpid()}.link.tmp")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # another filesystem, or links not allowed
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class SaveGuard:
+    """Stop signals (SIGTERM, SIGUSR2) wait until a checkpoint being written is complete.
+
+    Outside a save, a stop signal ends FairChem at once with exit 128+signal (``SystemExit``, so
+    ``finally`` blocks still run); during one, it is held and acted on when the save and its
+    mirror are done. Either way the newest complete checkpoint is on disk and mirrored.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+    def __init__(self):
+        self.depth = 0
+        self.pending = None
+
+    def install(self):
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        if self.depth:
+            self.pending = signum
+            return
+        raise SystemExit(128 + signum)
+
+    def __enter__(self):
+        self.depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        self.depth -= 1
+        if not self.depth and self.pending is not None:
+            signum, self.pending = self.pending, None
+            print(f"[mlip-launch] stopping on signal {signal.Signals(signum).name} after the checkpoint write",
+                  flush=True)
+            raise SystemExit(128 + signum)
+        return False
+
+
+def install_atomic_checkpoints(mirror_dir=None, guard=None):
+    """Make FairChem's checkpoint writes atomic, signal-safe, and mirrored into ``mirror_dir``.
+
+    FairChem v1 ``torch.save``s straight onto ``checkpoint.pt``: a job stopped during that write
+    leaves a torn file. Its ``save_checkpoint`` (used by the trainers' ``save``) is replaced in
+    this process with one that writes through a temp file and, once the file is complete, links
+    it into ``mirror_dir`` (the run's standard ``checkpoints/``).
+    """
+    import fairchem.core.common.utils as fc_utils
+    import fairchem.core.trainers.base_trainer as fc_base
+
+    guard = guard or SaveGuard()
+
+    def save_checkpoint(state, checkpoint_dir="checkpoints/", checkpoint_file="checkpoint.pt"):
+        filename = os.path.join(checkpoint_dir, checkpoint_file)
+        with guard:
+            _save(state, filename)
+            if mirror_dir and checkpoint_file in ("checkpoint.pt", "best_checkpoint.pt"):
+                link_or_copy(filename, os.path.join(mirror_dir, checkpoint_file))
+        return filename
+
+    fc_utils.save_checkpoint = save_checkpoint
+    fc_base.save_checkpoint = save_checkpoint
+    return guard
 
 
 def _write_json(obj, path):
@@ -163,13 +271,17 @@ def weights_only(src, dst):
     _save(out, dst)
 
 
-def run(post_dir, fairchem_args):
+def run(post_dir, fairchem_args, mirror_dir=None):
     sys.argv = ["fairchem", *fairchem_args]
+    guard = SaveGuard()
+    guard.install()  # before the slow imports: a stop signal during them ends the process cleanly
     from fairchem.core._cli import main
 
+    install_atomic_checkpoints(mirror_dir, guard)
     main()
     if post_dir:
-        summarize(post_dir)
+        with guard:
+            summarize(post_dir)
 
 
 def main(argv):
@@ -177,12 +289,12 @@ def main(argv):
         raise SystemExit(__doc__)
     cmd, rest = argv[0], argv[1:]
     if cmd == "run":
-        post = None
-        if rest[:1] == ["--post"]:
-            post, rest = rest[1], rest[2:]
+        opts = {"--post": None, "--mirror": None}
+        while rest[:1] and rest[0] in opts and len(rest) > 1:
+            opts[rest[0]], rest = rest[1], rest[2:]
         if rest[:1] == ["--"]:
             rest = rest[1:]
-        run(post, rest)
+        run(opts["--post"], rest, opts["--mirror"])
     elif cmd == "summarize" and len(rest) == 1:
         summarize(rest[0])
     elif cmd == "weights-only" and len(rest) == 2:

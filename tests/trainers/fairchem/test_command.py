@@ -34,7 +34,8 @@ def test_train_command(fairchem_fixtures, tmp_path):
                                   checkpoint=None, n_train=64, timestamp_id="train-x")
     native = layout.root / "fairchem"
     assert plan.command == [
-        sys.executable, str(CHILD), "run", "--post", str(native / "checkpoints" / "train-x"), "--",
+        sys.executable, str(CHILD), "run", "--post", str(native / "checkpoints" / "train-x"),
+        "--mirror", str(layout.checkpoints), "--",
         "--mode", "train", "--config-yml", str(native / "configs" / "train-x.yml"), "--run-dir", str(native),
         "--timestamp-id", "train-x", "--seed", "3", "--identifier", "tiny", "--cpu", "--print-every", "1"]
     cfg = yaml.safe_load(plan.config_text)
