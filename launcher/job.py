@@ -26,6 +26,7 @@ from typing import Any, Dict, Optional
 from launcher.errors import ConfigError
 from launcher.layout import RunLayout, atomic_write_json, atomic_write_text
 from launcher.schema import TRAINING_TASKS, RunSpec
+from launcher.threads import set_thread_defaults
 
 FRESH, RESUME, SKIP, DIFFERENT, FOREIGN, ADD = "fresh", "resume", "skip", "different", "foreign", "add"
 
@@ -145,18 +146,6 @@ def _write_state(layout: RunLayout, **fields: Any) -> Dict[str, Any]:
     return state
 
 
-def _set_threads() -> None:
-    """Explicit thread counts: torch's default oversubscribes a shared node (20-30x slower steps)."""
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-    if not cpus:
-        try:
-            cpus = str(len(os.sched_getaffinity(0)))
-        except AttributeError:  # pragma: no cover
-            cpus = str(os.cpu_count() or 1)
-    os.environ.setdefault("OMP_NUM_THREADS", cpus)
-    os.environ.setdefault("MKL_NUM_THREADS", cpus)
-
-
 def run_job(spec: RunSpec, *, echo=print) -> JobResult:
     """Run one validated spec to completion (or skip/resume it) in its run directory."""
     from launcher import signals
@@ -177,7 +166,7 @@ def run_job(spec: RunSpec, *, echo=print) -> JobResult:
         echo(f"{layout.root}: previous contents moved to {moved}")
         kind = FRESH
 
-    _set_threads()
+    set_thread_defaults(os.environ)
     signals.install_preemption_handler()
     backend = get_backend(spec.backend)
     with _run_lock(layout):

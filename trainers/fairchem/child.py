@@ -6,6 +6,8 @@ that FairChem used.
 
     python child.py run [--post CKPT_DIR] [--mirror DIR] -- <fairchem CLI args>
                                                                  FairChem, then summarize CKPT_DIR
+    python child.py serve                                        import FairChem, then run one command
+                                                                 read from stdin: {"argv": [...], "cwd": DIR}
     python child.py summarize CKPT_DIR                           summary.json + weights.pt of CKPT_DIR
     python child.py weights-only SRC DST                         fine-tune start: model state only
     python child.py inspect CKPT                                 one JSON line: epoch, step, epochs_done
@@ -284,6 +286,27 @@ def run(post_dir, fairchem_args, mirror_dir=None):
             summarize(post_dir)
 
 
+def serve():
+    """Import torch and FairChem now, then run the one command the launcher sends when it has decided it.
+
+    Started by the launcher as soon as it knows a FairChem run is coming (see
+    ``trainers/fairchem/prewarm.py``), so these imports overlap the launcher's own set-up. EOF on
+    stdin (the launcher did not need us, or went away) ends the process.
+    """
+    SaveGuard().install()
+    import fairchem.core._cli  # noqa: F401 - the slow part
+    from fairchem.core.common.utils import setup_imports
+
+    setup_imports()
+    line = sys.stdin.readline()
+    if not line.strip():
+        return
+    msg = json.loads(line)
+    os.chdir(msg["cwd"])
+    print("[mlip-launch] FairChem interpreter started early: imports overlapped the launcher's set-up", flush=True)
+    main(msg["argv"])
+
+
 def main(argv):
     if not argv:
         raise SystemExit(__doc__)
@@ -295,6 +318,8 @@ def main(argv):
         if rest[:1] == ["--"]:
             rest = rest[1:]
         run(opts["--post"], rest, opts["--mirror"])
+    elif cmd == "serve" and not rest:
+        serve()
     elif cmd == "summarize" and len(rest) == 1:
         summarize(rest[0])
     elif cmd == "weights-only" and len(rest) == 2:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional
 
 from launcher.errors import ConfigError
+from launcher.threads import set_thread_defaults
 
 SETUP_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "setup-fairchem-env"
 
@@ -57,17 +58,6 @@ def resolve_python(backend_python: Optional[str]) -> str:
     return found
 
 
-def cpu_count() -> int:
-    """CPUs this job may use: SLURM's allocation, else the affinity mask."""
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
-    if slurm and slurm.isdigit() and int(slurm) > 0:
-        return int(slurm)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def child_env(backend_env: Mapping[str, str], base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     """The FairChem process's environment: ours + ``backend_env``, explicit threads, no wandb surprise.
 
@@ -78,9 +68,7 @@ def child_env(backend_env: Mapping[str, str], base: Optional[Mapping[str, str]] 
     for key in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
         env.pop(key, None)
     env.update({str(k): str(v) for k, v in backend_env.items()})
-    threads = str(cpu_count())
-    env.setdefault("OMP_NUM_THREADS", threads)
-    env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
+    set_thread_defaults(env)
     env.setdefault("PYTHONUNBUFFERED", "1")
     if not env.get("WANDB_API_KEY"):
         env.setdefault("WANDB_MODE", "disabled")

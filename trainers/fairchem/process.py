@@ -71,7 +71,9 @@ def run_process(
     with open(log_path, "a", encoding="utf-8", errors="replace") as log:
         log.write(f"$ {format_command(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(
+        from trainers.fairchem import prewarm
+
+        proc = prewarm.take(cmd, env, cwd) or subprocess.Popen(
             [str(c) for c in cmd], cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
             preexec_fn=_die_with_parent,

@@ -1,0 +1,155 @@
+"""Start FairChem's interpreter while the launcher is still setting the run up.
+
+Importing torch and FairChem takes ~5 s; the launcher needs ~1 s (Hydra composition, preflight, run
+directory, derived config) before it knows FairChem's command. For a single in-process run of a
+FairChem backend, ``launch`` therefore starts the FairChem env's interpreter (``child.py serve``)
+as its first act, so both happen at once, and :func:`take` hands it the command when it is decided.
+
+It is handed the command only when the interpreter, the script and the environment are exactly the
+ones the run would have started; otherwise, or when the run never needs it (dry run, bad input,
+export), it is stopped. Standard library only: this is imported on the CLI's start-up path.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+CHILD = Path(__file__).resolve().with_name("child.py")
+FAIRCHEM_BACKENDS = ("equiformer_v2", "gemnet_oc")
+# Arguments after which no in-process FairChem training follows, or the child's environment is not known yet.
+_NOT_A_SINGLE_RUN = ("-m", "--multirun", "-h", "--help", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion",
+                     "-sc", "--resolve", "-p", "--package")
+
+
+class Prewarm:
+    """One FairChem interpreter importing in the background, waiting for its command on stdin."""
+
+    def __init__(self, python: Optional[str], env: Dict[str, str]) -> None:
+        self.python = python
+        self.env = env
+        self.proc: Optional[subprocess.Popen] = None
+        self._ready = threading.Event()
+        # The thread lives as long as the child: PR_SET_PDEATHSIG fires when the *thread* that
+        # forked the child ends, and it must fire only when the launcher process dies.
+        self._thread = threading.Thread(target=self._start, name="fairchem-prewarm", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        from trainers.fairchem.process import _die_with_parent
+
+        try:
+            if self.python is None:
+                from trainers.fairchem.env import default_python
+
+                self.python = default_python()
+            if self.python is not None:
+                self.proc = subprocess.Popen(
+                    [self.python, str(CHILD), "serve"], cwd="/", env=self.env, stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
+                    preexec_fn=_die_with_parent,
+                )
+        except OSError:
+            self.proc = None
+        finally:
+            self._ready.set()
+        if self.proc is not None:
+            self.proc.wait()
+
+    def matches(self, cmd: Sequence[str], env: Dict[str, str]) -> bool:
+        self._ready.wait()
+        return (self.proc is not None and self.proc.poll() is None and len(cmd) > 2
+                and str(cmd[0]) == self.python and str(cmd[1]) == str(CHILD) and env == self.env)
+
+    def hand_over(self, cmd: Sequence[str], cwd: Path) -> subprocess.Popen:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"argv": [str(c) for c in cmd[2:]], "cwd": str(cwd)}) + "\n")
+        self.proc.stdin.flush()
+        return self.proc
+
+    def close(self) -> None:
+        self._ready.wait()
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()  # EOF: the child exits once its imports are done ...
+            except (OSError, ValueError):
+                pass
+            self.proc.terminate()        # ... or at once
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None
+
+
+_pending: Optional[Prewarm] = None
+
+
+def wanted(argv: Sequence[str], environ: Optional[Dict[str, str]] = None) -> Optional[Dict[str, Optional[str]]]:
+    """For ``launch`` arguments naming a FairChem backend in a single in-process run: what to start.
+
+    Only the plain case qualifies (``backend=`` given on the command line, default launcher, no
+    ``backend_env`` that would change the child's environment); anything else runs as before.
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("MLIP_FAIRCHEM_PREWARM", "1") == "0":
+        return None
+    kv = {}
+    for a in argv:
+        if a in _NOT_A_SINGLE_RUN:
+            return None
+        key, sep, value = a.lstrip("+~").partition("=")
+        if sep:
+            kv[key] = value
+    if kv.get("backend") not in FAIRCHEM_BACKENDS:
+        return None
+    if kv.get("hydra/launcher", "inprocess") != "inprocess" or kv.get("task", "train") == "export":
+        return None
+    if kv.get("dry_run", "false").lower() in ("true", "yes", "1", "on"):
+        return None
+    if any(k == "backend_env" or k.startswith("backend_env.") for k in kv):
+        return None
+    python = kv.get("backend_python") or None
+    if python is not None and "/" not in python:
+        return None  # resolved through PATH by the launcher; not worth second-guessing here
+    return {"python": python}
+
+
+def start(argv: Sequence[str]) -> Optional[Prewarm]:
+    """Start the interpreter for these ``launch`` arguments when :func:`wanted`; never raises."""
+    global _pending
+    try:
+        want = wanted(argv)
+        if want is None or _pending is not None:
+            return None
+        from trainers.fairchem.env import child_env
+
+        _pending = Prewarm(want["python"], child_env({}))
+        atexit.register(discard)
+        return _pending
+    except Exception:  # noqa: BLE001 - an optimization must never stop a run
+        return None
+
+
+def take(cmd: Sequence[str], env: Dict[str, str], cwd: Path) -> Optional[subprocess.Popen]:
+    """The started interpreter running ``cmd`` in ``cwd`` when it matches; else None (and it is stopped)."""
+    global _pending
+    pending, _pending = _pending, None
+    if pending is None:
+        return None
+    if pending.matches(cmd, env):
+        return pending.hand_over(cmd, cwd)
+    pending.close()
+    return None
+
+
+def discard() -> None:
+    global _pending
+    pending, _pending = _pending, None
+    if pending is not None:
+        pending.close()
+
