@@ -8,6 +8,7 @@ DEMO_VERSION = "demo-v1-seed0"
 
 
 def cache_root() -> Path:
+    """``$MLIP_LAUNCH_CACHE``, else ``~/.cache/mlip-launch`` (demo data, benchmark data, the FairChem env)."""
     return Path(os.environ.get("MLIP_LAUNCH_CACHE", "~/.cache/mlip-launch")).expanduser()
 
 

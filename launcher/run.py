@@ -112,6 +112,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from launcher.submit import submit_runs
 
         params = launcher_params_from_map(launcher_map)
+        if len(specs) == 1:
+            from trainers.fairchem import prewarm
+
+            prewarm.start_for_spec(specs[0], params.cluster)  # FairChem's imports overlap preflight and set-up
         labels = [s.run_name for s in specs]
         problems = check_sweep(specs, labels, cluster=params.cluster, gpus_per_node=params.gpus_per_node)
         if problems:

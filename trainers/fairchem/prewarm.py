@@ -120,19 +120,38 @@ def wanted(argv: Sequence[str], environ: Optional[Dict[str, str]] = None) -> Opt
 
 
 def start(argv: Sequence[str]) -> Optional[Prewarm]:
-    """Start the interpreter for these ``launch`` arguments when :func:`wanted`; never raises."""
-    global _pending
+    """``launch``: start the interpreter for these command-line arguments when :func:`wanted`; never raises."""
     try:
         want = wanted(argv)
-        if want is None or _pending is not None:
+        if want is None:
             return None
         from trainers.fairchem.env import child_env
 
-        _pending = Prewarm(want["python"], child_env({}))
-        atexit.register(discard)
-        return _pending
+        return _start(want["python"], child_env({}))
     except Exception:  # noqa: BLE001 - an optimization must never stop a run
         return None
+
+
+def start_for_spec(spec, cluster: str) -> Optional[Prewarm]:
+    """``launch-run``: the same for one parsed run whose job runs in this process; never raises."""
+    try:
+        if (cluster != "inprocess" or spec.backend not in FAIRCHEM_BACKENDS or spec.task == "export"
+                or spec.dry_run or os.environ.get("MLIP_FAIRCHEM_PREWARM", "1") == "0"):
+            return None
+        from trainers.fairchem.env import child_env, resolve_python
+
+        return _start(resolve_python(spec.backend_python), child_env(spec.backend_env))
+    except Exception:  # noqa: BLE001 - bad input is reported by preflight, not here
+        return None
+
+
+def _start(python: Optional[str], env: Dict[str, str]) -> Optional[Prewarm]:
+    global _pending
+    if _pending is not None:
+        return None
+    _pending = Prewarm(python, env)
+    atexit.register(discard)
+    return _pending
 
 
 def take(cmd: Sequence[str], env: Dict[str, str], cwd: Path) -> Optional[subprocess.Popen]:

@@ -80,3 +80,25 @@ def test_bad_input_stops_the_early_interpreter(fairchem_python, tmp_path):
     time.sleep(0.5)
     assert set(_serving()) <= before   # nothing left behind
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.fairchem
+def test_launch_run_uses_the_early_interpreter_too(fairchem_python, fairchem_fixtures, demo_data, tmp_path):
+    from launcher.schema import RunSpec, check
+    from launcher.translate import dump_run_yaml
+
+    spec = RunSpec(backend="equiformer_v2", task="train", run_dir=str(tmp_path / "run"), device="cpu",
+                   backend_python=fairchem_python, backend_env={"OMP_NUM_THREADS": "1"},
+                   backend_args=["--optim.max_epochs=1", "--model.use_pbc_single=True"])
+    spec.train.config_yml = str(TEST_CONFIGS / "test_equiformerv2.yml")
+    spec.data.train, spec.data.val = str(demo_data["train"]), str(demo_data["val"])
+    (tmp_path / "run.yaml").write_text(dump_run_yaml(check(spec)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run([str(LAUNCH.with_name("launch-run")), "--config", str(tmp_path / "run.yaml")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    layout = RunLayout.of(tmp_path / "run")
+    assert "FairChem interpreter started early" in next(layout.logs.glob("fairchem-train-*.log")).read_text()
+    assert layout.best_model.is_file()
