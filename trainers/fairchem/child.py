@@ -280,10 +280,16 @@ def run(post_dir, fairchem_args, mirror_dir=None):
     from fairchem.core._cli import main
 
     install_atomic_checkpoints(mirror_dir, guard)
+    import time
+
+    t0 = time.perf_counter()
     main()
+    t1 = time.perf_counter()
     if post_dir:
         with guard:
             summarize(post_dir)
+        print(f"[mlip-launch] FairChem {t1 - t0:.2f} s; checkpoint summary {time.perf_counter() - t1:.2f} s",
+              flush=True)
 
 
 def serve():
@@ -293,17 +299,24 @@ def serve():
     ``trainers/fairchem/prewarm.py``), so these imports overlap the launcher's own set-up. EOF on
     stdin (the launcher did not need us, or went away) ends the process.
     """
+    import time
+
+    t0 = time.perf_counter()
     SaveGuard().install()
     import fairchem.core._cli  # noqa: F401 - the slow part
     from fairchem.core.common.utils import setup_imports
 
     setup_imports()
+    t1 = time.perf_counter()
     line = sys.stdin.readline()
     if not line.strip():
         return
+    t2 = time.perf_counter()
     msg = json.loads(line)
     os.chdir(msg["cwd"])
-    print("[mlip-launch] FairChem interpreter started early: imports overlapped the launcher's set-up", flush=True)
+    # "then waited": the part of the launcher's set-up that the imports did not cover
+    print(f"[mlip-launch] FairChem interpreter started early: imports {t1 - t0:.2f} s overlapped the launcher's "
+          f"set-up, then waited {t2 - t1:.2f} s for the command", flush=True)
     main(msg["argv"])
 
 
