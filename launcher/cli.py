@@ -159,6 +159,9 @@ def report_config_error(lines: List[str]) -> NoReturn:
 def main() -> None:
     """Console script ``launch``."""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us; we print them as one-liners
+    from trainers.fairchem import prewarm
+
+    prewarm.start(sys.argv[1:])  # first: FairChem's ~5 s of imports overlap all our set-up (only for such runs)
     from launcher.resolvers import register
     from launcher.schema import register_configs
 
@@ -168,9 +171,6 @@ def main() -> None:
         if _wants_app_help(sys.argv[1:]):
             print_app_help([a for a in sys.argv[1:] if not a.startswith("-")])
             return
-        from trainers.fairchem import prewarm
-
-        prewarm.start(sys.argv[1:])  # FairChem's ~5 s of imports overlap our set-up (only for such runs)
         _hydra_entry()
     except SystemExit:
         raise

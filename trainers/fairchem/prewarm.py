@@ -16,8 +16,9 @@ import json
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 CHILD = Path(__file__).resolve().with_name("child.py")
 FAIRCHEM_BACKENDS = ("equiformer_v2", "gemnet_oc")
@@ -33,6 +34,7 @@ class Prewarm:
         self.python = python
         self.env = env
         self.proc: Optional[subprocess.Popen] = None
+        self.started_at = 0.0
         self._ready = threading.Event()
         # The thread lives as long as the child: PR_SET_PDEATHSIG fires when the *thread* that
         # forked the child ends, and it must fire only when the launcher process dies.
@@ -48,6 +50,7 @@ class Prewarm:
 
                 self.python = default_python()
             if self.python is not None:
+                self.started_at = time.time()
                 self.proc = subprocess.Popen(
                     [self.python, str(CHILD), "serve"], cwd="/", env=self.env, stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
@@ -154,14 +157,15 @@ def _start(python: Optional[str], env: Dict[str, str]) -> Optional[Prewarm]:
     return _pending
 
 
-def take(cmd: Sequence[str], env: Dict[str, str], cwd: Path) -> Optional[subprocess.Popen]:
-    """The started interpreter running ``cmd`` in ``cwd`` when it matches; else None (and it is stopped)."""
+def take(cmd: Sequence[str], env: Dict[str, str], cwd: Path) -> Optional[Tuple[subprocess.Popen, float]]:
+    """(the started interpreter, now running ``cmd`` in ``cwd``; when it was started) if it matches, else None
+    (and it is stopped)."""
     global _pending
     pending, _pending = _pending, None
     if pending is None:
         return None
     if pending.matches(cmd, env):
-        return pending.hand_over(cmd, cwd)
+        return pending.hand_over(cmd, cwd), pending.started_at
     pending.close()
     return None
 

@@ -73,11 +73,16 @@ def run_process(
         log.flush()
         from trainers.fairchem import prewarm
 
-        proc = prewarm.take(cmd, env, cwd) or subprocess.Popen(
-            [str(c) for c in cmd], cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
-            preexec_fn=_die_with_parent,
-        )
+        early = prewarm.take(cmd, env, cwd)
+        if early is not None:
+            proc, started_at = early
+        else:
+            started_at = time.time()
+            proc = subprocess.Popen(
+                [str(c) for c in cmd], cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
+                preexec_fn=_die_with_parent,
+            )
         forwarded = threading.Event()
 
         def forward(signum: int) -> None:
@@ -121,5 +126,6 @@ def run_process(
             if proc.stdout is not None:
                 proc.stdout.close()
         wall = time.time() - t0
-        log.write(f"# exit {rc} after {wall:.1f} s\n")
+        # the process's whole life (an early-started one began before t0): what FairChem's CLI alone would take
+        log.write(f"# exit {rc} after {wall:.1f} s; the FairChem process lived {time.time() - started_at:.2f} s\n")
     return ProcessResult(returncode=rc, preempted=forwarded.is_set(), wall_s=wall, log_path=log_path, tail=tail)
