@@ -108,13 +108,13 @@ class FairchemBackend(Backend):
 
     # ------------------------------------------------------------------ checks / dry run
     def preflight(self, spec: RunSpec) -> List[str]:
-        from trainers.fairchem.derive import missing_files
-        from trainers.fairchem.env import resolve_python
         from trainers.fairchem.config import load_config
+        from trainers.fairchem.derive import missing_files
+        from trainers.fairchem.env import check_python
 
         problems: List[str] = []
         try:
-            resolve_python(spec.backend_python)
+            check_python(spec.backend_python, spec.backend_env)
         except ConfigError as e:
             problems.append(str(e))
         if spec.train.config_yml:

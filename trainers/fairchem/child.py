@@ -273,10 +273,38 @@ def weights_only(src, dst):
     _save(out, dst)
 
 
+def _arg(args, name):
+    return args[args.index(name) + 1] if name in args[:-1] else None
+
+
+def check_gpu_extensions(fairchem_args):
+    """GemNet-OC on a GPU needs torch-scatter/torch-sparse built with CUDA kernels; say so before FairChem starts."""
+    import torch
+
+    if "--cpu" in fairchem_args or not torch.cuda.is_available():
+        return
+    import yaml
+
+    config = _arg(fairchem_args, "--config-yml")
+    with open(config) as fh:
+        name = str(((yaml.safe_load(fh) or {}).get("model") or {}).get("name", ""))
+    if "gemnet" not in name:
+        return
+    import torch_scatter  # noqa: F401 - registers the ops
+    import torch_sparse  # noqa: F401
+
+    if torch.ops.torch_sparse.cuda_version() <= 0 or torch.ops.torch_scatter.cuda_version() <= 0:
+        print("error: torch-scatter/torch-sparse in the FairChem env have no CUDA kernels, which GemNet-OC needs on "
+              "a GPU: rebuild the env with MLIP_FAIRCHEM_CUDA_EXT=1 scripts/setup-fairchem-env (needs nvcc 12.x), "
+              "or use device=cpu", flush=True)
+        raise SystemExit(2)
+
+
 def run(post_dir, fairchem_args, mirror_dir=None):
     sys.argv = ["fairchem", *fairchem_args]
     guard = SaveGuard()
     guard.install()  # before the slow imports: a stop signal during them ends the process cleanly
+    check_gpu_extensions(fairchem_args)
     from fairchem.core._cli import main
 
     install_atomic_checkpoints(mirror_dir, guard)

@@ -99,3 +99,21 @@ def test_child_env_and_interpreter_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("MLIP_FAIRCHEM_ENV", str(tmp_path / "absent-env"))
     with pytest.raises(ConfigError, match="setup-fairchem-env"):
         resolve_python(None)
+
+
+def test_a_named_interpreter_without_fairchem_is_refused_before_the_run(tmp_path):
+    import pytest
+
+    from launcher.errors import ConfigError
+    from trainers.fairchem.env import check_python, missing_modules
+
+    assert "fairchem.core" in missing_modules(sys.executable)  # the launcher's own venv has no FairChem
+    with pytest.raises(ConfigError, match=r"backend_python: .* cannot import fairchem\.core"):
+        check_python(sys.executable)
+    assert check_python(sys.executable, {"PYTHONPATH": "/dev/fairchem/src"}) == sys.executable  # development set-up
+
+
+def test_the_provisioned_interpreter_passes_the_check(fairchem_python):
+    from trainers.fairchem.env import check_python
+
+    assert check_python(fairchem_python) == fairchem_python
