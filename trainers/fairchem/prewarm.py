@@ -42,7 +42,7 @@ class Prewarm:
         self._thread.start()
 
     def _start(self) -> None:
-        from trainers.fairchem.process import _die_with_parent
+        from trainers.fairchem.process import die_with_parent
 
         try:
             if self.python is None:
@@ -54,7 +54,7 @@ class Prewarm:
                 self.proc = subprocess.Popen(
                     [self.python, str(CHILD), "serve"], cwd="/", env=self.env, stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent(),
                 )
         except OSError:
             self.proc = None

@@ -38,14 +38,19 @@ class ProcessResult:
         return f"exit code {rc}"
 
 
-def _die_with_parent() -> None:
-    """Linux: FairChem gets SIGTERM if the launcher dies (no orphaned training on a node)."""
+def die_with_parent() -> Optional[Callable[[], None]]:
+    """A ``preexec_fn``: on Linux the child gets SIGTERM if the launcher dies (no orphaned training on a node).
+
+    Prepared in the parent (``ctypes`` loaded, libc opened) so that the forked child only makes one
+    call: importing in a child forked while another thread imports can deadlock.
+    """
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except Exception:  # noqa: BLE001 - best effort, not available everywhere
-        pass
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def format_command(cmd: Sequence[str]) -> str:
@@ -81,7 +86,7 @@ def run_process(
             proc = subprocess.Popen(
                 [str(c) for c in cmd], cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent(),
             )
         forwarded = threading.Event()
 

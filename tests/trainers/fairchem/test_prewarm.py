@@ -102,3 +102,32 @@ def test_launch_run_uses_the_early_interpreter_too(fairchem_python, fairchem_fix
     layout = RunLayout.of(tmp_path / "run")
     assert "FairChem interpreter started early" in next(layout.logs.glob("fairchem-train-*.log")).read_text()
     assert layout.best_model.is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.fairchem
+def test_the_early_interpreter_dies_with_a_killed_launcher(fairchem_python, fairchem_fixtures, demo_data, tmp_path):
+    import signal
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)
+    args = ["backend=equiformer_v2", "device=cpu", f"run_dir={run_dir}", f"backend_python={fairchem_python}",
+            f"train.config_yml={TEST_CONFIGS / 'test_equiformerv2.yml'}", f"data.train={demo_data['train']}",
+            f"data.val={demo_data['val']}", "backend_args=['--optim.max_epochs=50','--model.use_pbc_single=True']"]
+    proc = subprocess.Popen([str(LAUNCH), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            cwd=tmp_path)
+    deadline = time.time() + 300
+    log_text = ""
+    while time.time() < deadline and "FairChem interpreter started early" not in log_text:
+        time.sleep(0.3)
+        log_text = "".join(p.read_text() for p in run_dir.glob("logs/fairchem-*.log"))
+    assert "FairChem interpreter started early" in log_text
+    children = _serving()
+    assert children
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and set(_serving()) & set(children):
+        time.sleep(0.3)
+    assert not set(_serving()) & set(children)   # FairChem does not train on as an orphan
