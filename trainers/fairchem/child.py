@@ -33,16 +33,15 @@ def _load(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def _save(obj, path):
-    """torch.save through a temp file, fsync and os.replace: ``path`` is always a complete file."""
-    import torch
-
+def _atomic_write(path, write):
+    """``write(tmp)`` into a temp file beside ``path``, fsync, umask permissions, os.replace: ``path`` is
+    always a complete file. The temp name starts with '.' and ends in '.tmp' (see remove_stale_temps)."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
@@ -51,6 +50,12 @@ def _save(obj, path):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _save(obj, path):
+    import torch
+
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _umask():
@@ -78,16 +83,14 @@ def link_or_copy(src, dst):
     if os.path.lexists(tmp):
         os.unlink(tmp)
     try:
-        try:
-            os.link(src, tmp)
-        except OSError:  # another filesystem, or links not allowed
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
+        os.link(src, tmp)
+    except OSError:  # another filesystem, or links not allowed
+        _atomic_write(dst, lambda t: shutil.copyfile(src, t))
+        return
+    try:
         os.replace(tmp, dst)
     except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
+        os.unlink(tmp)
         raise
 
 
@@ -156,11 +159,12 @@ def install_atomic_checkpoints(mirror_dir=None, guard=None):
 
 
 def _write_json(obj, path):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".summary.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+            fh.write("\n")
+
+    _atomic_write(path, write)
 
 
 def _plain(x):

@@ -38,35 +38,38 @@ def default_python() -> Optional[str]:
 
 
 REQUIRED_MODULES = ("fairchem.core", "torch_scatter", "torch_sparse")
-_checked: Dict[str, str] = {}
+_checked: Dict[tuple, str] = {}
 
 
-def missing_modules(python: str) -> str:
-    """Which of :data:`REQUIRED_MODULES` ``python`` cannot find ('' when none), without importing them (fast)."""
-    if python not in _checked:
+def missing_modules(python: str, env: Optional[Mapping[str, str]] = None) -> str:
+    """Which of :data:`REQUIRED_MODULES` ``python`` cannot find with environment ``env`` (default: the
+    FairChem process's, :func:`child_env`) -- '' when none; found without importing them (fast)."""
+    env = dict(child_env({}) if env is None else env)
+    key = (python, env.get("PYTHONPATH", ""), env.get("PYTHONHOME", ""))
+    if key not in _checked:
         code = ("import importlib.util as u\n"
                 "def has(m):\n"
                 "    try:\n        return u.find_spec(m) is not None\n"
                 "    except ImportError:\n        return False\n"
                 f"print(','.join(m for m in {REQUIRED_MODULES!r} if not has(m)))")
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         try:
             out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, env=env)
             result = out.stdout.strip() if out.returncode == 0 else ",".join(REQUIRED_MODULES)
         except (OSError, subprocess.TimeoutExpired):
             result = ",".join(REQUIRED_MODULES)
-        _checked[python] = result
-    return _checked[python]
+        _checked[key] = result
+    return _checked[key]
 
 
 def check_python(backend_python: Optional[str], backend_env: Optional[Mapping[str, str]] = None) -> str:
-    """:func:`resolve_python`, plus (for an interpreter the user named) a check that it has FairChem v1.
+    """:func:`resolve_python`, plus (for an interpreter the user named) a check that it finds FairChem v1
+    in the environment its process will get (``backend_env`` included).
 
     The provisioned env is smoke-tested when it is built, so it is not checked again here.
     """
     python = resolve_python(backend_python)
-    if backend_python and not (backend_env or {}).get("PYTHONPATH"):
-        missing = missing_modules(python)
+    if backend_python:
+        missing = missing_modules(python, child_env(backend_env or {}))
         if missing:
             raise ConfigError(f"backend_python: {python} cannot import {missing.replace(',', ', ')}; point it at an "
                               f"interpreter with fairchem-core 1.10, torch-scatter and torch-sparse, or leave it "
