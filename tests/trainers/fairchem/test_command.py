@@ -121,3 +121,21 @@ def test_the_provisioned_interpreter_passes_the_check(fairchem_python):
     from trainers.fairchem.env import check_python
 
     assert check_python(fairchem_python) == fairchem_python
+
+
+def test_setup_script_options_for_cuda_kernels(tmp_path):
+    import os
+    import subprocess
+
+    from trainers.fairchem.env import SETUP_SCRIPT
+
+    def env_dir(**extra):
+        return subprocess.run(["bash", str(SETUP_SCRIPT), "--env-dir"], capture_output=True, text=True,
+                              env={**os.environ, "MLIP_LAUNCH_CACHE": str(tmp_path), **extra})
+
+    cpu, cuda = env_dir(), env_dir(MLIP_FAIRCHEM_CUDA_EXT="1")
+    assert cpu.returncode == 0 and cuda.returncode == 0
+    assert cpu.stdout.strip() != cuda.stdout.strip()          # a separate env for CUDA-kernel extensions
+    assert env_dir(MLIP_FAIRCHEM_CUDA_EXT="0").stdout == cpu.stdout
+    bad = env_dir(MLIP_FAIRCHEM_CUDA_EXT="yes")
+    assert bad.returncode == 1 and bad.stderr.strip() == "setup-fairchem-env: error: MLIP_FAIRCHEM_CUDA_EXT must be 0 or 1"
