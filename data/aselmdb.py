@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 
 from data.shards import ASELMDB_SUFFIX, ShardedDataset, open_env
 from data.structure import Structure

@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Sequence
 
-from launcher.errors import EXIT_CONFIG, ConfigError
+from launcher.core.errors import EXIT_CONFIG, ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 
 from data.structure import Structure
 from data.util import one_line

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Union
 
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 
 from data.aselmdb import AseLmdbDataset, read_ids
 from data.lmdb_dataset import LmdbDataset, encode_key, read_length

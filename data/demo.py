@@ -110,10 +110,10 @@ def make_demo_dataset(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int
 def ensure_demo_dataset(root: str | os.PathLike | None = None, *, seed: int = 0) -> dict[str, Path]:
     """The cached demo dataset ``<root>/demo-v1-seed<seed>/``, generated atomically on first use.
 
-    ``root`` defaults to :func:`launcher.demo_data.cache_root`. Concurrent first uses each build into a private
+    ``root`` defaults to :func:`launcher.core.env.cache_root`. Concurrent first uses each build into a private
     temporary folder; the first rename wins and the others discard their copy.
     """
-    from launcher.demo_data import cache_root
+    from launcher.core.env import cache_root
 
     base = Path(root) if root is not None else cache_root()
     target = base / f"{DEMO_VERSION}-seed{seed}"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 
 from data.util import one_line
 
@@ -137,7 +137,7 @@ def write_indices_record(path: str | os.PathLike,
 
 
 def select_split_indices(data_spec: Any, split: str, n: int, *, active: bool) -> np.ndarray:
-    """Indices of ``split`` a run uses, from its ``data`` section (``launcher.schema.DataSpec``).
+    """Indices of ``split`` a run uses, from its ``data`` section (``launcher.core.schema.DataSpec``).
 
     ``data.indices`` / ``data.indices_path`` apply only to the active split (train for training
     tasks, the evaluated split otherwise); every split has its own sampling block.

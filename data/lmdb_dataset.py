@@ -15,7 +15,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 
 from data.shards import LMDB_SUFFIX, ShardedDataset, open_env
 from data.structure import Structure

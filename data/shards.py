@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 
 from data.util import one_line
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 
 from data.lmdb_dataset import LENGTH_KEY, encode_key
 from data.structure import Structure

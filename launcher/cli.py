@@ -8,20 +8,21 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, List, NoReturn, Optional
+from typing import Any, List, Optional
 
-from launcher.errors import EXIT_CONFIG, EXIT_FAILED, ConfigError, ConfigErrors
+from launcher.core.errors import EXIT_FAILED, ConfigError, ConfigErrors
+from launcher.reporting import config_error_message, report_config_error
 
 
-def _run_single(cfg: Any) -> None:
+def _run_single(cfg: Any, prestarted: Optional[Any] = None) -> None:
     """Hydra's task function for ``launch`` without ``-m``: one run, submitted like a sweep of one."""
     try:
-        _run_single_checked(cfg)
+        _run_single_checked(cfg, prestarted)
     except ConfigError as e:  # exit here: Hydra would add its own multi-line report
         report_config_error(config_error_message(e) or [str(e)])
 
 
-def _run_single_checked(cfg: Any) -> None:
+def _run_single_checked(cfg: Any, prestarted: Optional[Any]) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
@@ -43,7 +44,7 @@ def _run_single_checked(cfg: Any) -> None:
         print_dry_run([spec], [spec.run_name])
         return
     result = submit_runs([spec], params, single_run_submit_dir(spec), overrides=[list(hc.overrides.task)],
-                         wait=params.wait)
+                         wait=params.wait, prestarted=prestarted)
     if result.failed:
         o = result.failed[0]
         print(f"error: run {o.state}: {o.error} (run_dir {o.run_dir}, log {o.log_path})", file=sys.stderr)
@@ -57,12 +58,15 @@ def single_run_submit_dir(spec: Any) -> Path:
     return rd.parent / ".submit" / rd.name
 
 
-def _hydra_entry() -> None:
+def _hydra_entry(prestarted: Optional[Any]) -> None:
     import hydra
 
     from launcher.resolvers import conf_dir
 
-    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_run_single)()
+    def task(cfg: Any) -> None:  # the early-started handle reaches the job through this closure
+        _run_single(cfg, prestarted)
+
+    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(task)()
 
 
 def _wants_app_help(argv: List[str]) -> bool:
@@ -80,6 +84,7 @@ def print_app_help(overrides: List[str]) -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
+    from launcher.core.plugins import backend_names
     from launcher.resolvers import conf_dir
 
     root = conf_dir()
@@ -87,7 +92,9 @@ def print_app_help(overrides: List[str]) -> None:
         cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
     template = str(cfg.hydra.help.template)  # resolved while the hydra node is still there
     groups = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name != "hydra" and any(d.glob("*.yaml")))
-    app_groups = "".join(f"{g}: {', '.join(sorted(p.stem for p in (root / g).glob('*.yaml')))}\n" for g in groups)
+    options = {g: sorted(p.stem for p in (root / g).glob("*.yaml")) for g in groups}
+    options["backend"] = list(backend_names())  # registered backends, wherever their conf file lives
+    app_groups = "".join(f"{g}: {', '.join(opts)}\n" for g, opts in sorted(options.items()))
     launchers = sorted(p.stem for p in (root / "hydra" / "launcher").glob("*.yaml"))
     with open_dict(cfg):
         del cfg["hydra"]
@@ -100,70 +107,22 @@ def print_app_help(overrides: List[str]) -> None:
     print(text)
 
 
-def _missing_option_message(text: str) -> str:
-    """Hydra's multi-line 'Could not find group/option' text -> one line with the options."""
-    import re
-
-    m = re.search(r"Could not find '([^']+)/([^']+)'", text)
-    opts = re.findall(r"^\t(\S+)$", text, flags=re.M)
-    if m:
-        group, option = m.groups()
-        return f"{group}: no option '{option}'; available: {', '.join(opts) or '(none)'}"
-    return text.strip().splitlines()[0]
-
-
-def config_error_message(exc: BaseException) -> Optional[List[str]]:
-    """The one-line message(s) for an exception that is a configuration problem, else None."""
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
-
-    from launcher.schema import _key_error_message, _type_error_message
-
-    if isinstance(exc, ConfigErrors):
-        return list(exc.problems)
-    if isinstance(exc, ConfigError):
-        return [str(exc)]
-    try:
-        from hydra.errors import (ConfigCompositionException, HydraException, MissingConfigException,
-                                  OverrideParseException)
-    except ImportError:  # pragma: no cover
-        return None
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(exc, MissingConfigException):
-        return [_missing_option_message(str(exc))]
-    if isinstance(exc, (ConfigCompositionException, OverrideParseException)) or (
-            isinstance(exc, HydraException) and isinstance(cause, OmegaConfBaseException)):
-        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
-            return [_key_error_message(cause, "command line")]
-        if isinstance(cause, ValidationError):
-            return [_type_error_message(cause, "command line")]
-        if isinstance(cause, MissingConfigException):
-            return [_missing_option_message(str(cause))]
-        return [" ".join(str(exc).split())]
-    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
-        return [_key_error_message(exc, "command line")]
-    if isinstance(exc, ValidationError):
-        return [_type_error_message(exc, "command line")]
-    return None
-
-
-def report_config_error(lines: List[str]) -> NoReturn:
-    if len(lines) == 1:
-        print(f"error: {lines[0]}", file=sys.stderr)
-    else:
-        print(f"error: {len(lines)} problems:", file=sys.stderr)
-        for line in lines:
-            print(f"  {line}", file=sys.stderr)
-    sys.exit(EXIT_CONFIG)
-
-
 def main() -> None:
     """Console script ``launch``."""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us; we print them as one-liners
-    from trainers.fairchem import prewarm
+    from launcher.backends import prestart
 
-    prewarm.start(sys.argv[1:])  # first: FairChem's ~5 s of imports overlap all our set-up (only for such runs)
-    from launcher.resolvers import register
-    from launcher.schema import register_configs
+    # first: a backend's slow start-up (FairChem's ~5 s of imports) overlaps all our set-up
+    early = prestart(sys.argv[1:])
+    try:
+        _main(early)
+    finally:
+        if early is not None:
+            early.close()
+
+
+def _main(early: Optional[Any]) -> None:
+    from launcher.resolvers import register, register_configs
 
     register()
     register_configs()
@@ -171,7 +130,7 @@ def main() -> None:
         if _wants_app_help(sys.argv[1:]):
             print_app_help([a for a in sys.argv[1:] if not a.startswith("-")])
             return
-        _hydra_entry()
+        _hydra_entry(early)
     except SystemExit:
         raise
     except KeyboardInterrupt:

@@ -1,15 +1,11 @@
 """Where the embedded default's demo dataset lives; generated on first use, not at start-up."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from launcher.core.env import cache_root
+
 DEMO_VERSION = "demo-v1-seed0"
-
-
-def cache_root() -> Path:
-    """``$MLIP_LAUNCH_CACHE``, else ``~/.cache/mlip-launch`` (demo data, benchmark data, the FairChem env)."""
-    return Path(os.environ.get("MLIP_LAUNCH_CACHE", "~/.cache/mlip-launch")).expanduser()
 
 
 def demo_root() -> Path:

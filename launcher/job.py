@@ -17,16 +17,16 @@ import contextlib
 import datetime as _dt
 import os
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from launcher.errors import ConfigError
-from launcher.layout import RunLayout, atomic_write_json, atomic_write_text
-from launcher.schema import TRAINING_TASKS, RunSpec
-from launcher.threads import set_thread_defaults
+from launcher.core.atomic import atomic_write_text
+from launcher.core.env import set_thread_defaults
+from launcher.core.errors import ConfigError
+from launcher.core.layout import RunLayout
+from launcher.core.schema import TRAINING_TASKS, RunSpec
 
 FRESH, RESUME, SKIP, DIFFERENT, FOREIGN, ADD = "fresh", "resume", "skip", "different", "foreign", "add"
 
@@ -39,15 +39,6 @@ class JobResult:
     message: str = ""
 
 
-def _read_state(layout: RunLayout) -> Dict[str, Any]:
-    import json
-
-    try:
-        return json.loads(layout.state_json.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
 def _identity_without_length(spec: RunSpec) -> Dict[str, Any]:
     ident = spec.identity()
     ident["train"].pop("epochs", None)
@@ -56,7 +47,7 @@ def _identity_without_length(spec: RunSpec) -> Dict[str, Any]:
 
 def classify(spec: RunSpec, layout: RunLayout) -> str:
     """Decide what launching ``spec`` into its run_dir means (no side effects)."""
-    from launcher.translate import load_run_yaml_spec
+    from launcher.core.specio import load_run_yaml_spec
 
     root = layout.root
     if not root.exists() or (root.is_dir() and not any(root.iterdir())):
@@ -69,7 +60,7 @@ def classify(spec: RunSpec, layout: RunLayout) -> str:
         old = load_run_yaml_spec(layout.run_yaml)
     except ConfigError:
         return FOREIGN
-    state = _read_state(layout)
+    state = layout.read_state()
     if spec.task not in TRAINING_TASKS:
         return ADD if state.get("status") == "finished" or old.task not in TRAINING_TASKS else DIFFERENT
     if spec.task == "resume":
@@ -127,7 +118,7 @@ def _run_lock(layout: RunLayout):
     import fcntl
 
     layout.root.mkdir(parents=True, exist_ok=True)
-    fh = open(layout.root / ".lock", "a+")
+    fh = open(layout.lock, "a+")
     try:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -138,27 +129,23 @@ def _run_lock(layout: RunLayout):
         fh.close()
 
 
-def _write_state(layout: RunLayout, **fields: Any) -> Dict[str, Any]:
-    state = _read_state(layout)
-    state.update(fields)
-    state["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    atomic_write_json(layout.state_json, state)
-    return state
+def run_job(spec: RunSpec, *, echo=print, prestarted: Optional[Any] = None) -> JobResult:
+    """Run one validated spec to completion (or skip/resume it) in its run directory.
 
-
-def run_job(spec: RunSpec, *, echo=print) -> JobResult:
-    """Run one validated spec to completion (or skip/resume it) in its run directory."""
-    from launcher import signals
+    ``prestarted`` is what the backend's ``prestart`` hook returned at launch; it reaches the
+    backend through the JobContext.
+    """
     from launcher.backends import get_backend
-    from launcher.translate import dump_run_yaml
-    from trainers.base import JobContext
+    from launcher.core import preemption
+    from launcher.core.specio import dump_run_yaml
+    from trainers.api import JobContext
 
     layout = RunLayout.of(spec.run_dir)
     kind = classify(spec, layout)
     if kind == SKIP:
         msg = f"{layout.root}: already finished, skipping (launch with overwrite=true to run again)"
         echo(msg)
-        return JobResult(str(layout.root), "skipped", _read_state(layout).get("result", {}), msg)
+        return JobResult(str(layout.root), "skipped", layout.read_state().get("result", {}), msg)
     if kind in (DIFFERENT, FOREIGN):
         if not spec.overwrite:
             raise ConfigError(state_problem(spec) or f"run_dir: {layout.root} cannot be used")
@@ -167,54 +154,39 @@ def run_job(spec: RunSpec, *, echo=print) -> JobResult:
         kind = FRESH
 
     set_thread_defaults(os.environ)
-    signals.install_preemption_handler()
+    preemption.install_preemption_handler()
     backend = get_backend(spec.backend)
     with _run_lock(layout):
         layout.create()
         if kind == ADD:
-            atomic_write_text(layout.root / f"run.{spec.task}.yaml", dump_run_yaml(spec))
+            atomic_write_text(layout.task_yaml(spec.task), dump_run_yaml(spec))
         else:
             atomic_write_text(layout.run_yaml, dump_run_yaml(spec))
-        prev = _read_state(layout)
+        prev = layout.read_state()
         attempt = int(prev.get("attempt", 0)) + 1 if kind == RESUME else 1
         if kind != ADD:
-            _write_state(layout, status="running", task=spec.task, attempt=attempt, host=socket.gethostname(),
+            layout.write_state(status="running", task=spec.task, attempt=attempt, host=socket.gethostname(),
                          pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                          slurm_job_id=os.environ.get("SLURM_JOB_ID"))
-        ctx = JobContext(spec=spec, layout=layout, resume=(kind == RESUME), attempt=attempt)
+        ctx = JobContext(spec=spec, layout=layout, resume=(kind == RESUME), attempt=attempt, prestarted=prestarted)
         if kind == RESUME:
             echo(f"{layout.root}: resuming an unfinished run (attempt {attempt})")
         t0 = time.time()
         try:
             result = backend.run(ctx) or {}
-        except signals.Preempted:
+        except preemption.Preempted:
             if kind != ADD:
-                _write_state(layout, status="preempted", wall_s=time.time() - t0)
+                layout.write_state(status="preempted", wall_s=time.time() - t0)
             echo(f"{layout.root}: preempted; checkpoint saved, the run resumes when launched again")
-            signals.run_deferred_handlers()
+            preemption.run_deferred_handlers()
             return JobResult(str(layout.root), "preempted", {}, "preempted")
         except BaseException as e:
             if kind != ADD:
-                _write_state(layout, status="failed", error=f"{type(e).__name__}: {e}", wall_s=time.time() - t0)
+                layout.write_state(status="failed", error=f"{type(e).__name__}: {e}", wall_s=time.time() - t0)
             raise
         if kind != ADD:
-            _write_state(layout, status="finished", result=result, wall_s=time.time() - t0,
+            layout.write_state(status="finished", result=result, wall_s=time.time() - t0,
                          epochs_done=result.get("epochs_done", spec.train.epochs))
     echo(f"{layout.root}: {spec.task} finished")
     return JobResult(str(layout.root), "finished", result)
 
-
-def main(argv: Optional[list] = None) -> int:  # pragma: no cover - thin wrapper used by tooling
-    """``python -m launcher.job RUN_DIR/run.yaml``: run (or resume) one saved spec."""
-    from launcher.translate import load_run_yaml_spec
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m launcher.job RUN_YAML", file=sys.stderr)
-        return 2
-    run_job(load_run_yaml_spec(Path(args[0])))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

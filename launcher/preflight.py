@@ -5,21 +5,14 @@ device files; the job itself confirms it with torch.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from launcher.errors import ConfigError, NotImplementedBackend
-from launcher.schema import RunSpec, validate
+from launcher.core.env import gpu_visible
+from launcher.core.errors import ConfigError, NotImplementedBackend
+from launcher.core.schema import RunSpec, validate
 
 DATA_SPLITS = ("train", "val", "test")
-
-
-def gpu_visible() -> bool:
-    """A CUDA device is visible to this process (driver files present and not masked out)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    return Path("/proc/driver/nvidia/gpus").is_dir() and any(Path("/proc/driver/nvidia/gpus").iterdir())
 
 
 def _check_file(key: str, value: Optional[str], problems: List[str], *, kind: str = "file") -> bool:
@@ -36,7 +29,7 @@ def _check_file(key: str, value: Optional[str], problems: List[str], *, kind: st
 
 
 def _check_json(key: str, value: Optional[str], problems: List[str], *, want: type) -> None:
-    from launcher.layout import read_json_file
+    from launcher.core.layout import read_json_file
 
     if not _check_file(key, value, problems):
         return
@@ -88,10 +81,6 @@ def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Opti
         _check_json("model.manifest", spec.model.manifest, problems, want=dict)
     if spec.model.weights:
         _check_file("model.weights", spec.model.weights, problems)
-    if spec.backend == "mace":
-        _check_json("train.input_json", spec.train.input_json, problems, want=dict)
-    else:
-        _check_file("train.config_yml", spec.train.config_yml, problems)
 
     if spec.device == "cuda":
         if cluster == "slurm":
@@ -108,16 +97,11 @@ def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Opti
         if sp:
             problems.append(sp)
 
-    if not any(p.startswith(("backend", "train.config_yml", "train.input_json")) for p in problems):
-        try:
-            from launcher.backends import get_backend
+    from launcher.backends import backend_problems
 
-            seen_keys = {p.split(":", 1)[0] for p in problems}
-            # a key already reported by the generic checks is not reported twice
-            problems.extend(p for p in get_backend(spec.backend).preflight(spec)
-                            if p.split(":", 1)[0] not in seen_keys)
-        except NotImplementedBackend as e:
-            problems.append(str(e))
+    seen_keys = {p.split(":", 1)[0] for p in problems}
+    # the backend's own rules and files; a key the generic checks already reported is not reported twice
+    problems.extend(p for p in backend_problems(spec) if p.split(":", 1)[0] not in seen_keys)
     return problems
 
 
@@ -148,9 +132,9 @@ def check_sweep(
 def describe(spec: RunSpec) -> str:
     """What would execute (the trainer entry or the full native command line) and the run_dir state."""
     from launcher.backends import get_backend
+    from launcher.core.layout import RunLayout
     from launcher.job import describe_state
-    from launcher.layout import RunLayout
-    from trainers.base import JobContext
+    from trainers.api import JobContext
 
     layout = RunLayout.of(spec.run_dir)
     try:
@@ -161,7 +145,7 @@ def describe(spec: RunSpec) -> str:
 
 
 def print_dry_run(specs: Sequence[RunSpec], labels: Sequence[str], echo: Callable[[str], None] = print) -> None:
-    from launcher.translate import dump_run_yaml
+    from launcher.core.specio import dump_run_yaml
 
     for spec, label in zip(specs, labels):
         echo(f"=== {label}")

@@ -1,4 +1,5 @@
-"""OmegaConf resolvers the configs in conf/ use; registered before Hydra composes."""
+"""What Hydra needs before it composes: the conf/ folder, the schema in the ConfigStore, the
+OmegaConf resolvers the configs use."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,3 +23,12 @@ def register() -> None:
         OmegaConf.register_new_resolver("mlip_demo", demo_path)
     if not OmegaConf.has_resolver("mlip_or"):
         OmegaConf.register_new_resolver("mlip_or", lambda a, b: b if a in (None, "", "None") else a)
+
+
+def register_configs() -> None:
+    """Register the schema in Hydra's ConfigStore (the primary config extends ``run_schema``)."""
+    from hydra.core.config_store import ConfigStore
+
+    from launcher.core.schema import RunSpec
+
+    ConfigStore.instance().store(name="run_schema", node=RunSpec)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from launcher.errors import EXIT_FAILED, ConfigError, ConfigErrors
+from launcher.core.errors import EXIT_FAILED, ConfigError, ConfigErrors
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,8 +34,8 @@ def _parser() -> argparse.ArgumentParser:
 def _apply_sets(specs, sets: List[str]):
     import yaml
 
-    from launcher.schema import spec_from_dict
-    from launcher.translate import deep_merge, expand_dotted
+    from launcher.core.schema import spec_from_dict
+    from launcher.core.specio import deep_merge, expand_dotted
 
     if not sets:
         return specs
@@ -50,7 +50,7 @@ def _apply_sets(specs, sets: List[str]):
 
 
 def load_specs(config: str, names: List[str], sets: List[str]):
-    from launcher.translate import parse_run_file, resolve_paths, select_runs
+    from launcher.core.specio import parse_run_file, resolve_paths, select_runs
 
     specs, launcher_map = parse_run_file(Path(config))
     specs = select_runs(specs, names, source=config)
@@ -65,8 +65,8 @@ def launcher_params_from_map(launcher_map: dict):
 
     import yaml
 
+    from launcher.params import LauncherParams
     from launcher.resolvers import conf_dir
-    from launcher.submit import LauncherParams
 
     m = dict(launcher_map)
     preset = m.pop("preset", "inprocess")
@@ -85,9 +85,10 @@ def launcher_params_from_map(launcher_map: dict):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from launcher.cli import report_config_error
+    from launcher.reporting import config_error_message, report_config_error
 
     args = _parser().parse_args(argv)
+    early = None
     try:
         specs, launcher_map = load_specs(args.config, args.run, args.set)
         if args.to_overrides:
@@ -112,10 +113,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from launcher.submit import submit_runs
 
         params = launcher_params_from_map(launcher_map)
-        if len(specs) == 1:
-            from trainers.fairchem import prewarm
+        if len(specs) == 1 and params.cluster == "inprocess":
+            from launcher.backends import prestart
 
-            prewarm.start_for_spec(specs[0], params.cluster)  # FairChem's imports overlap preflight and set-up
+            early = prestart([], specs[0])  # a backend's slow start-up overlaps preflight and set-up
         labels = [s.run_name for s in specs]
         problems = check_sweep(specs, labels, cluster=params.cluster, gpus_per_node=params.gpus_per_node)
         if problems:
@@ -125,11 +126,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         sweep_dir = Path(args.config).resolve().parent / "sweeps" / Path(args.config).stem
         result = submit_runs(specs, params, sweep_dir, overrides=[[f"name={n}"] for n in labels],
-                             wait=params.wait)
+                             wait=params.wait, prestarted=early)
     except ConfigError as e:
-        from launcher.cli import config_error_message
-
         report_config_error(config_error_message(e) or [str(e)])
+    finally:
+        if early is not None:
+            early.close()
     if result.failed:
         for o in result.failed:
             print(f"error: run {labels[o.index]} FAILED: {o.error} (run_dir {o.run_dir})", file=sys.stderr)

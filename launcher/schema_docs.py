@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from launcher.schema import CHOICES, RunSpec, iter_fields
+from launcher.core.schema import CHOICES, RunSpec, iter_fields
 
 
 def _type_name(t: typing.Any) -> str:
@@ -35,10 +35,10 @@ def render() -> str:
     lines = [
         "# Run schema reference",
         "",
-        "Generated from `launcher/schema.py` by `python -m launcher.schema_docs`; do not edit by hand.",
+        "Generated from `launcher/core/schema.py` by `python -m launcher.schema_docs`; do not edit by hand.",
         "Every key is reachable from both doors: `launch KEY=VALUE` (Hydra) and a plain `run.yaml`",
         "(`launch-run --config run.yaml`, nested or dotted keys). Cross-field rules are in",
-        "`launcher.schema.validate`; the Hydra door's defaults come from the groups in `conf/`",
+        "`launcher.core.schema.validate`; the Hydra door's defaults come from the groups in `conf/`",
         "(`device: auto` and the demo data there; the plain door uses the schema defaults below).",
         "",
         "| key | type | default | allowed | description |",

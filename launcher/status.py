@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from launcher.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError
+from launcher.core.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ConfigError
 
 EXIT_ACTIVE = 3
 

@@ -10,7 +10,6 @@ submitit is imported only when jobs are submitted (it costs ~0.4 s at start-up o
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -18,58 +17,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from launcher.errors import ConfigError
-from launcher.schema import RunSpec
+from launcher.core.errors import EXIT_PREEMPTED, ConfigError
+from launcher.core.layout import RunLayout
+from launcher.core.schema import RunSpec
+from launcher.params import LauncherParams
 
 CLUSTERS = ("inprocess", "local", "slurm")
 SWEEP_RECORD = "sweep.json"
 RESULT_GRACE_S = 30.0  # how long a COMPLETED job may lack its result file before it counts as failed
-EXIT_PREEMPTED = 143  # the job stopped on a signal after checkpointing; SLURM/submitit run it again
 
 # summary states: a finished job, or where an unfinished one stands
 DONE_OK = ("FINISHED", "SKIPPED")
 NOT_OK = ("FAILED", "CANCELLED", "TIMEOUT")
 ACTIVE = ("PENDING", "RUNNING", "PREEMPTED")
-
-
-@dataclass
-class LauncherParams:
-    """Where and how jobs run (the ``hydra/launcher`` presets and a run.yaml's ``launcher:`` map).
-
-    Mirrors hydra-submitit-launcher's ``SlurmQueueConf`` / ``LocalQueueConf`` keys, plus ``cluster``
-    and ``wait``. ``max_num_timeout`` defaults to 3: with 0, a job that reaches its time limit is
-    not requeued.
-    """
-
-    cluster: str = "inprocess"          # inprocess | local | slurm
-    wait: bool = True                   # wait for the jobs and write the sweep summary
-    submitit_folder: Optional[str] = None   # null: SWEEP_DIR/.submitit/%j
-    timeout_min: int = 60
-    cpus_per_task: Optional[int] = None
-    gpus_per_node: Optional[int] = None
-    tasks_per_node: int = 1
-    mem_gb: Optional[int] = None
-    nodes: int = 1
-    name: str = "mlip-launch"
-    stderr_to_stdout: bool = False
-    partition: Optional[str] = None
-    qos: Optional[str] = None
-    comment: Optional[str] = None
-    constraint: Optional[str] = None
-    exclude: Optional[str] = None
-    account: Optional[str] = None
-    gres: Optional[str] = None
-    cpus_per_gpu: Optional[int] = None
-    gpus_per_task: Optional[int] = None
-    mem_per_gpu: Optional[str] = None
-    mem_per_cpu: Optional[str] = None
-    array_parallelism: int = 256
-    max_num_timeout: int = 3
-    signal_delay_s: int = 120
-    setup: Optional[List[str]] = None
-    srun_args: Optional[List[str]] = None
-    additional_parameters: Dict[str, Any] = field(default_factory=dict)
-    poll_interval_s: float = 5.0        # how often a waiting submitter asks the cluster for job states
 
 
 @dataclass
@@ -224,7 +184,7 @@ def _record_path(sweep_dir: Path) -> Path:
 
 def write_record(sweep_dir: Path, params: LauncherParams, folder: Path, outcomes: Sequence[JobOutcome],
                  array_ids: Sequence[str]) -> Path:
-    from launcher.layout import atomic_write_json
+    from launcher.core.atomic import atomic_write_json
 
     rec = {"cluster": params.cluster, "submitit_folder": str(folder), "array_ids": list(array_ids),
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "params": asdict(params),
@@ -236,7 +196,7 @@ def write_record(sweep_dir: Path, params: LauncherParams, folder: Path, outcomes
 
 def read_record(sweep_dir: Path) -> Dict[str, Any]:
     path = _record_path(sweep_dir)
-    from launcher.layout import read_json_file
+    from launcher.core.layout import read_json_file
 
     rec = read_json_file(path, key="SWEEP_DIR",
                          missing_hint=f" (is {sweep_dir} a sweep directory made by a submitit launcher?)")
@@ -252,13 +212,6 @@ def read_record(sweep_dir: Path) -> Dict[str, Any]:
 def _error_line(trace: str) -> str:
     lines = [ln.strip() for ln in str(trace).strip().splitlines() if ln.strip()]
     return lines[-1] if lines else "failed"
-
-
-def _run_state(run_dir: str) -> Dict[str, Any]:
-    try:
-        return json.loads((Path(run_dir) / "state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def _map_cluster_state(state: str) -> str:
@@ -306,7 +259,7 @@ def outcome_of(job: Any, base: JobOutcome, cluster: str, cluster_state: Optional
             o.error = None
         else:
             o.state, o.error = "FAILED", _error_line(value)
-            o.wall_s = _run_state(o.run_dir).get("wall_s")
+            o.wall_s = RunLayout.of(o.run_dir).read_state().get("wall_s")
         return o
     if cluster == "local":
         alive = _process_alive(int(job.job_id))
@@ -315,7 +268,7 @@ def outcome_of(job: Any, base: JobOutcome, cluster: str, cluster_state: Optional
     else:
         o.state = _map_cluster_state(cluster_state or "UNKNOWN")
     if o.state in NOT_OK:
-        st = _run_state(o.run_dir)
+        st = RunLayout.of(o.run_dir).read_state()
         o.wall_s = st.get("wall_s")
         o.error = st.get("error") or f"job ended {o.cluster_state or o.state} without a result (see {o.log_path})"
     return o
@@ -358,16 +311,16 @@ def outcomes_of(jobs: Sequence[Any], bases: Sequence[JobOutcome], cluster: str) 
 # Submission
 # ---------------------------------------------------------------------------------------------
 
-def _run_inprocess(specs: Sequence[RunSpec], overrides: List[List[str]], echo: Callable[[str], None]
-                   ) -> List[JobOutcome]:
+def _run_inprocess(specs: Sequence[RunSpec], overrides: List[List[str]], echo: Callable[[str], None],
+                   prestarted: Optional[Any] = None) -> List[JobOutcome]:
     from launcher.job import run_job
 
     outcomes: List[JobOutcome] = []
     for i, (spec, ov) in enumerate(zip(specs, overrides)):
         t0 = time.time()
-        log = str(Path(spec.run_dir or ".") / "logs" / "train.log")
+        log = str(RunLayout.of(spec.run_dir or ".").train_log)
         try:
-            res = run_job(spec, echo=echo)
+            res = run_job(spec, echo=echo, prestarted=prestarted if len(specs) == 1 else None)
             state = {"finished": "FINISHED", "skipped": "SKIPPED", "preempted": "PREEMPTED"}[res.status]
             outcomes.append(JobOutcome(i, spec.run_dir or "", state, ov, wall_s=time.time() - t0, log_path=log))
         except Exception as e:  # one failing point does not stop the others
@@ -474,13 +427,15 @@ def submit_runs(
     overrides: Optional[List[List[str]]] = None,
     wait: bool = True,
     echo: Callable[[str], None] = print,
+    prestarted: Optional[Any] = None,
 ) -> SweepResult:
     """Run or submit every spec (already validated and preflighted).
 
     ``inprocess`` runs them here, one after the other. ``local`` / ``slurm`` submit them through
     submitit as one job array; with ``wait`` the call returns when all are done, otherwise at once
     (``launch-status SWEEP_DIR`` reports later). A sweep of several runs writes
-    ``SWEEP_DIR/summary.csv``, ``summary.md`` and ``summary.png``.
+    ``SWEEP_DIR/summary.csv``, ``summary.md`` and ``summary.png``. ``prestarted`` (a backend's
+    early start, see ``trainers.api``) goes to the job of a single in-process run.
     """
     from launcher import summary
 
@@ -488,7 +443,7 @@ def submit_runs(
     sweep_dir = Path(sweep_dir).resolve()
     overrides = overrides or [[] for _ in specs]
     if params.cluster == "inprocess":
-        outcomes = _run_inprocess(specs, overrides, echo)
+        outcomes = _run_inprocess(specs, overrides, echo, prestarted)
         result = SweepResult(sweep_dir, outcomes)
         if len(specs) > 1:
             result.summary_path = summary.write_summary(sweep_dir, outcomes)["csv"]

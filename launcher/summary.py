@@ -14,21 +14,23 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from launcher.core.layout import RunLayout
+
 BASE_COLUMNS = ("index", "state", "overrides", "epochs", "best_epoch")
 TAIL_COLUMNS = ("wall_s", "job_id", "cluster_state", "run_dir", "log_path", "error")
 _NOT_METRICS = {"epoch", "step", "time", "lr", "split", "train_loss"}
 
 
 def _val_records(run_dir: Path) -> List[Dict[str, Any]]:
-    from launcher.layout import read_jsonl
+    from launcher.core.atomic import read_jsonl
 
-    return [r for r in read_jsonl(run_dir / "logs" / "metrics.jsonl") if r.get("split") == "val"]
+    return [r for r in read_jsonl(RunLayout.of(run_dir).metrics_jsonl) if r.get("split") == "val"]
 
 
 def _train_epochs(run_dir: Path) -> Optional[int]:
-    from launcher.layout import read_jsonl
+    from launcher.core.atomic import read_jsonl
 
-    epochs = [r.get("epoch") for r in read_jsonl(run_dir / "logs" / "metrics.jsonl")
+    epochs = [r.get("epoch") for r in read_jsonl(RunLayout.of(run_dir).metrics_jsonl)
               if isinstance(r.get("epoch"), (int, float))]
     return int(max(epochs)) if epochs else None
 
@@ -37,7 +39,7 @@ def best_metrics(run_dir: Path) -> Tuple[Dict[str, float], Optional[int]]:
     """(best validation metrics, their epoch): the manifest's, else the lowest val loss logged."""
     run_dir = Path(run_dir)
     try:
-        m = json.loads((run_dir / "artifacts" / "manifest.json").read_text(encoding="utf-8"))
+        m = json.loads(RunLayout.of(run_dir).manifest.read_text(encoding="utf-8"))
         metrics = {k: v for k, v in (m.get("metrics") or {}).items() if isinstance(v, (int, float))}
         if metrics:
             return metrics, m.get("best_epoch")
@@ -155,7 +157,7 @@ def plot_curves(outcomes: Sequence[Any], path: Path, metric: str = "loss") -> bo
         if drawn <= 16:
             ax.legend(fontsize=7)
         fig.tight_layout()
-        from launcher.layout import atomic_write_bytes
+        from launcher.core.atomic import atomic_write_bytes
 
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
@@ -166,7 +168,7 @@ def plot_curves(outcomes: Sequence[Any], path: Path, metric: str = "loss") -> bo
 
 def write_summary(sweep_dir: Path, outcomes: Sequence[Any]) -> Dict[str, Path]:
     """Write summary.csv / summary.md (always) and summary.png (when any job logged validation)."""
-    from launcher.layout import atomic_write_text
+    from launcher.core.atomic import atomic_write_text
 
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)

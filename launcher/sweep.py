@@ -5,8 +5,8 @@ import os
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
-from launcher.errors import ConfigErrors
-from launcher.schema import RunSpec
+from launcher.core.errors import ConfigErrors
+from launcher.core.schema import RunSpec
 
 
 def launcher_params(hydra_launcher_cfg: Any) -> "Any":
@@ -15,7 +15,7 @@ def launcher_params(hydra_launcher_cfg: Any) -> "Any":
 
     from omegaconf import OmegaConf
 
-    from launcher.submit import LauncherParams
+    from launcher.params import LauncherParams
 
     raw = OmegaConf.to_container(hydra_launcher_cfg, resolve=True) if hydra_launcher_cfg is not None else {}
     names = {f.name for f in fields(LauncherParams)}
@@ -27,7 +27,7 @@ _GROUPS = ("backend", "task", "data", "train", "eval", "experiment")
 
 
 def _leaf_keys() -> Any:
-    from launcher.schema import _leaf_types
+    from launcher.core.schema import _leaf_types
 
     return _leaf_types().keys()
 
@@ -61,8 +61,9 @@ def compose_points(launcher: Any, job_overrides: Sequence[Sequence[str]], initia
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf, open_dict
 
-    from launcher.schema import coerce_leaf, set_key
-    from launcher.translate import resolve_paths, spec_from_hydra_cfg
+    from launcher.core.schema import coerce_leaf, set_key
+    from launcher.core.specio import resolve_paths
+    from launcher.translate import spec_from_hydra_cfg
 
     cfg = launcher.config
     sweep_dir = Path(str(cfg.hydra.sweep.dir))

@@ -13,7 +13,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from launcher.submit import LauncherParams
+from launcher.params import LauncherParams
 
 
 @dataclass

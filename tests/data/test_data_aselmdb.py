@@ -12,7 +12,7 @@ from ase.constraints import FixAtoms
 from data import count, detect_format, open_dataset
 from data.aselmdb import AseLmdbDataset
 from data.convert import convert
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 
 
 def _atoms(i, rng):

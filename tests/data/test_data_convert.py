@@ -6,7 +6,7 @@ from ase.io import read, write
 
 from data import count, open_dataset
 from data.convert import convert, read_structures
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 
 
 def _frames(n=5, seed=0):

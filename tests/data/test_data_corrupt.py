@@ -9,7 +9,7 @@ from torch_geometric.data import Data
 from data import check_readable, count, open_dataset
 from data.lmdb_dataset import LmdbDataset
 from data.writer import write_lmdb
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 
 
 def _raw_lmdb(path, items: dict):

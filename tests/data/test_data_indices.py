@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from data.indices import load_indices_json, select_indices, write_indices_record
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 
 
 def test_default_is_everything_in_order():

@@ -62,7 +62,7 @@ def test_every_group_option_composes(group, option):
     from hydra.core.global_hydra import GlobalHydra
 
     from launcher.resolvers import conf_dir, register
-    from launcher.schema import register_configs
+    from launcher.resolvers import register_configs
     from launcher.translate import spec_from_hydra_cfg
 
     register()

@@ -11,25 +11,36 @@ from pathlib import Path
 import pytest
 
 from launcher import backends
-from launcher.errors import ConfigError, NotImplementedBackend
+from launcher.core.errors import ConfigError, NotImplementedBackend
 from launcher.job import FRESH, RESUME, SKIP, classify, run_job, state_problem
-from launcher.layout import RunLayout
-from launcher.schema import spec_from_dict
-from trainers.base import Backend
+from launcher.core.layout import RunLayout
+from launcher.core.schema import spec_from_dict
+from trainers.api import Backend, unsupported_task
 
 CALLS: list = []
 
 
-class RecordingBackend(Backend):
+class RecordingBackend:
+    name = "recording"
     fail = False
 
-    def train(self, ctx):
+    def check(self, spec):
+        return []
+
+    def describe(self, ctx):
+        return "recording backend"
+
+    def run(self, ctx):
+        if ctx.spec.task not in ("train", "resume"):
+            raise unsupported_task(ctx.spec)
         CALLS.append(("train", ctx.resume, ctx.attempt))
         if RecordingBackend.fail:
             raise RuntimeError("boom")
         return {"epochs_done": ctx.spec.train.epochs}
 
-    resume = train
+
+def test_recording_backend_meets_the_interface():
+    assert isinstance(RecordingBackend(), Backend)
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +120,7 @@ def test_foreign_directory_refused(tmp_path):
 
 
 def test_run_yaml_written_is_absolute_and_reloads_equal(tmp_path):
-    from launcher.translate import load_run_yaml_spec
+    from launcher.core.specio import load_run_yaml_spec
 
     spec = _spec(tmp_path / "r")
     run_job(spec, echo=lambda *_: None)

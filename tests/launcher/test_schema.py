@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from launcher.errors import ConfigError, ConfigErrors
-from launcher.schema import RunSpec, check, leaf_keys, spec_from_dict, validate
+from launcher.core.errors import ConfigError, ConfigErrors
+from launcher.core.schema import RunSpec, check, leaf_keys, spec_from_dict, validate
 
 
 def _spec(**kw) -> RunSpec:
@@ -70,7 +70,10 @@ def test_mapping_required():
     ({"train__progress_bar": "maybe"}, "train.progress_bar"),
 ])
 def test_cross_field_rules(kw, key):
-    problems = validate(_spec(**kw))
+    from launcher.backends import backend_problems
+
+    spec = _spec(**kw)
+    problems = validate(spec) + backend_problems(spec)  # the generic rules, then the backend's own
     assert problems, kw
     assert any(p.startswith(key) for p in problems), problems
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 from launcher.submit import (JobOutcome, LauncherParams, RunJob, SweepResult, _map_cluster_state, check_params,
                              chunks, executor_parameters, read_record, submitit_folder, write_record)
 
@@ -76,7 +76,7 @@ def test_run_job_pickles_and_checkpoint_requeues_the_same_call():
     import cloudpickle
     from submitit.helpers import DelayedSubmission
 
-    from launcher.schema import RunSpec
+    from launcher.core.schema import RunSpec
 
     spec = RunSpec(run_dir="/tmp/x")
     fn = pickle.loads(cloudpickle.dumps(RunJob()))
@@ -138,7 +138,7 @@ def test_presets_compose_through_hydra_and_run_yaml_alike(preset, cluster):
 
     from launcher.resolvers import conf_dir, register
     from launcher.run import launcher_params_from_map
-    from launcher.schema import register_configs
+    from launcher.resolvers import register_configs
     from launcher.sweep import launcher_params
 
     register()

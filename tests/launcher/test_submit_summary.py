@@ -5,7 +5,7 @@ import csv
 import json
 from pathlib import Path
 
-from launcher.layout import append_jsonl
+from launcher.core.atomic import append_jsonl
 from launcher.submit import JobOutcome
 from launcher.summary import best_metrics, rows, write_summary
 

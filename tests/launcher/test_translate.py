@@ -9,10 +9,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from launcher.errors import ConfigError
-from launcher.schema import CHOICES, PATH_KEYS, RunSpec, iter_fields, set_key
-from launcher.translate import (dump_run_yaml, parse_run_file, select_runs, spec_from_hydra_cfg,
-                                spec_to_experiment_yaml, spec_to_overrides)
+from launcher.core.errors import ConfigError
+from launcher.core.schema import CHOICES, PATH_KEYS, RunSpec, iter_fields, set_key
+from launcher.core.specio import dump_run_yaml, parse_run_file, select_runs
+from launcher.translate import spec_from_hydra_cfg, spec_to_experiment_yaml, spec_to_overrides
 
 # ----------------------------------------------------------------------------------------------
 # Generated specs
@@ -83,7 +83,7 @@ def hydra_compose():
     from hydra.core.global_hydra import GlobalHydra
 
     from launcher.resolvers import conf_dir, register
-    from launcher.schema import register_configs
+    from launcher.resolvers import register_configs
 
     register()
     register_configs()
@@ -188,7 +188,7 @@ def test_to_experiment_file_composes_to_the_same_spec(tmp_path, monkeypatch):
 
     from launcher.resolvers import conf_dir, register
     from launcher.run import main
-    from launcher.schema import register_configs
+    from launcher.resolvers import register_configs
 
     f = tmp_path / "run.yaml"
     f.write_text("name: exp1\nbackend: gemnet_oc\ntask: train\nrun_dir: /r\ndevice: cpu\n"

@@ -34,10 +34,10 @@ def test_start_is_idempotent_and_env_points_at_the_cluster(slurm_cluster):
 
 def test_a_hard_killed_job_is_reported_failed_not_waited_on(slurm_cluster, tiny_mace, tmp_path):
     """sacct answers (slurmdbd accounting), so a job killed without a result file ends the wait."""
-    from launcher.schema import spec_from_dict
+    from launcher.core.schema import spec_from_dict
     from launcher.status import sweep_status
     from launcher.submit import LauncherParams, submit_runs
-    from launcher.translate import expand_dotted
+    from launcher.core.specio import expand_dotted
 
     spec = spec_from_dict(expand_dotted({**tiny_mace, "run_dir": str(tmp_path / "run"), "train.epochs": 200},
                                         source="test"))

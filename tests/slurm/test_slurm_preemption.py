@@ -18,16 +18,16 @@ EPOCHS = 120  # headroom: the interruption must land well before a tiny run coul
 
 
 def _train_epochs(run_dir: Path) -> list:
-    from launcher.layout import read_jsonl
+    from launcher.core.atomic import read_jsonl
 
     return [r["epoch"] for r in read_jsonl(run_dir / "logs" / "metrics.jsonl") if r.get("split") == "train"]
 
 
 def test_preempted_and_requeued_jobs_resume_without_repeating_epochs(slurm_cluster, tiny_mace, tmp_path):
-    from launcher.schema import spec_from_dict
+    from launcher.core.schema import spec_from_dict
     from launcher.status import EXIT_ACTIVE, main as status_main, sweep_status
     from launcher.submit import LauncherParams, submit_runs
-    from launcher.translate import expand_dotted
+    from launcher.core.specio import expand_dotted
 
     sweep = tmp_path / "sweep"
     specs = [spec_from_dict(expand_dotted({**tiny_mace, "run_dir": str(sweep / case), "train.epochs": EPOCHS,

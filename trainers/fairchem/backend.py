@@ -16,18 +16,20 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
-from launcher.errors import ConfigError
-from launcher.layout import RunLayout, atomic_write_text
-from launcher.schema import RunSpec
-from trainers.base import Backend, JobContext
+from launcher.core.atomic import atomic_write_text
+from launcher.core.env import gpu_visible
+from launcher.core.errors import ConfigError, FairchemError
+from launcher.core.layout import RunLayout
+from launcher.core.schema import TRAINING_TASKS, RunSpec
+from trainers.api import JobContext, unsupported_task
 from trainers.fairchem import checkpoints as ck
+from trainers.fairchem.models import MODEL_NAMES
 from trainers.fairchem.process import format_command, run_process
 
 CHILD = Path(__file__).resolve().with_name("child.py")
 NATIVE = "fairchem"
-MODEL_NAMES = {"equiformer_v2": ("equiformer_v2", "equiformer_v2_backbone"), "gemnet_oc": ("gemnet_oc", "gemnet_oc_backbone")}
 
 
 # Known FairChem failures on our data -> what to do about them (appended to the error message).
@@ -49,10 +51,6 @@ def hint_for(lines: List[str]) -> str:
         if needle in text:
             return f" (hint: {hint})"
     return ""
-
-
-class FairchemError(RuntimeError):
-    """FairChem failed (non-zero exit, or exit 0 without the outputs it should have written)."""
 
 
 @dataclass
@@ -78,14 +76,8 @@ class Plan:
         return self.native_dir / "results" / self.timestamp_id
 
 
-def _has_gpu() -> bool:
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    return any(Path("/dev").glob("nvidia[0-9]*"))
-
-
 def _use_cpu(spec: RunSpec) -> bool:
-    return spec.device == "cpu" or (spec.device == "auto" and not _has_gpu())
+    return spec.device == "cpu" or (spec.device == "auto" and not gpu_visible())
 
 
 def new_timestamp_id(task: str, native_dir: Path) -> str:
@@ -98,26 +90,45 @@ def new_timestamp_id(task: str, native_dir: Path) -> str:
     return ts
 
 
-class FairchemBackend(Backend):
-    """The FairChem runner behind the common backend interface."""
+class FairchemBackend:
+    """The FairChem runner behind the common backend interface (``trainers.api.Backend``)."""
 
     name = "fairchem"
 
     def __init__(self, echo=None) -> None:
         self.echo = echo or (lambda line: print(line, flush=True))
 
-    # ------------------------------------------------------------------ checks / dry run
-    def preflight(self, spec: RunSpec) -> List[str]:
+    # ------------------------------------------------------------------ start-up / checks / dry run
+    def prestart(self, argv: Sequence[str], spec: Optional[RunSpec] = None):
+        """Start FairChem's interpreter now, so its imports overlap the launcher's set-up (see prewarm)."""
+        from trainers.fairchem import prewarm
+
+        return prewarm.start_for_spec(spec) if spec is not None else prewarm.start(argv)
+
+    def check(self, spec: RunSpec) -> List[str]:
         from trainers.fairchem.config import load_config
         from trainers.fairchem.derive import missing_files
         from trainers.fairchem.env import check_python
 
         problems: List[str] = []
+        t = spec.train
+        if spec.task != "export" and not t.config_yml:
+            problems.append(f"train.config_yml: required for backend={spec.backend} (a FairChem config)")
+        if t.input_json:
+            problems.append(f"train.input_json: only for backend=mace, not backend={spec.backend}")
+        if t.freeze not in (None, "none"):
+            problems.append(f"train.freeze: not supported by backend={spec.backend}")
+        if t.config_yml and not Path(t.config_yml).exists():
+            problems.append(f"train.config_yml: file not found: {t.config_yml}")
+        elif t.config_yml and not Path(t.config_yml).is_file():
+            problems.append(f"train.config_yml: expected a file, got a directory: {t.config_yml}")
+        if problems:  # the keys themselves are wrong: what follows would only repeat it
+            return problems
         try:
             check_python(spec.backend_python, spec.backend_env)
         except ConfigError as e:
             problems.append(str(e))
-        if spec.train.config_yml:
+        if t.config_yml:
             try:
                 cfg = load_config(spec.train.config_yml)
                 problems += missing_files(cfg)
@@ -130,8 +141,6 @@ class FairchemBackend(Backend):
                                     f"for backend={spec.backend}")
             except ConfigError as e:
                 problems.append(str(e))
-        if spec.train.freeze not in (None, "none"):
-            problems.append(f"train.freeze: not supported by backend={spec.backend}")
         return problems
 
     def describe(self, ctx: JobContext) -> str:
@@ -141,7 +150,7 @@ class FairchemBackend(Backend):
             if spec.task == "export":
                 source = self._model_source(spec, layout, describe=True)
                 return f"{CHILD} export {source} -> {layout.artifacts}"
-            native = layout.root / NATIVE
+            native = layout.native(NATIVE)
             ts = new_timestamp_id(spec.task, native)
             mode = "predict" if spec.task in ("evaluate", "infer") else "train"
             data = self._data_paths(spec, mode, layout, ts, materialize=False)
@@ -178,7 +187,7 @@ class FairchemBackend(Backend):
         from trainers.fairchem.derive import derive_config
         from trainers.fairchem.env import child_env, resolve_python
 
-        native = layout.root / NATIVE
+        native = layout.native(NATIVE)
         ts = timestamp_id or new_timestamp_id(spec.task, native)
         user_env = {**os.environ, **{str(k): str(v) for k, v in spec.backend_env.items()}}
         derived = derive_config(
@@ -210,11 +219,11 @@ class FairchemBackend(Backend):
         cmd += derived.passthrough
         return Plan(mode=mode, timestamp_id=ts, native_dir=native, config_path=config_path,
                     config_text=dump_config(derived.config, "\n".join(header)), command=cmd,
-                    env=child_env(spec.backend_env), log_path=layout.logs / f"fairchem-{ts}.log",
+                    env=child_env(spec.backend_env), log_path=layout.native_log(NATIVE, ts),
                     notes=derived.notes)
 
-    def _execute(self, plan: Plan) -> None:
-        from launcher import signals
+    def _execute(self, plan: Plan, early: Optional[Any] = None) -> None:
+        from launcher.core import preemption
 
         atomic_write_text(plan.config_path, plan.config_text)
         for note in plan.notes:
@@ -228,9 +237,10 @@ class FairchemBackend(Backend):
             self.echo(line)
             tap(line)
 
-        res = run_process(plan.command, env=plan.env, cwd=plan.native_dir, log_path=plan.log_path, echo=tee)
+        res = run_process(plan.command, env=plan.env, cwd=plan.native_dir, log_path=plan.log_path, echo=tee,
+                          early=early)
         if res.preempted:
-            raise signals.Preempted(f"FairChem stopped on a preemption signal ({res.describe_exit()})")
+            raise preemption.Preempted(f"FairChem stopped on a preemption signal ({res.describe_exit()})")
         if res.returncode != 0:
             last = next((line for line in reversed(res.tail) if line.strip()), "")
             raise FairchemError(f"FairChem --mode {plan.mode} failed ({res.describe_exit()}): {last.strip()[:300]}"
@@ -250,13 +260,14 @@ class FairchemBackend(Backend):
 
     def _model_source(self, spec: RunSpec, layout: RunLayout, describe: bool = False) -> Optional[str]:
         """The FairChem checkpoint (or bare weights) that finetune/resume/evaluate/infer/export start from."""
-        from launcher.layout import manifest_weights_path, read_manifest
+        from launcher.core.layout import manifest_weights_path, read_manifest
 
-        native = layout.root / NATIVE
+        native = layout.native(NATIVE)
         if spec.model_in:
             p = Path(spec.model_in)
             if p.is_dir():  # a run directory of ours
-                for cand in (p / "artifacts" / "fairchem_checkpoint.pt", p / "checkpoints" / "checkpoint.pt"):
+                theirs = RunLayout.of(p)
+                for cand in (theirs.native_checkpoint, theirs.checkpoint):
                     if cand.is_file():
                         return str(cand)
                 raise ConfigError(f"model_in: {p} holds no FairChem checkpoint (artifacts/fairchem_checkpoint.pt)")
@@ -298,7 +309,7 @@ class FairchemBackend(Backend):
             if path and materialize:
                 idx = split_selection(spec, split, active=(split == "train"))
                 if idx is not None:
-                    target = layout.root / NATIVE / "data" / f"{split}-{ts}.lmdb"
+                    target = layout.native(NATIVE) / "data" / f"{split}-{ts}.lmdb"
                     path = str(write_subset(path, idx, target))
                     self.echo(f"[fairchem] data.{split}: {len(idx)} selected records copied to {path}")
             out[split] = path
@@ -309,20 +320,21 @@ class FairchemBackend(Backend):
 
         return count(path) if path else None
 
-    # ------------------------------------------------------------------ training tasks
-    def train(self, ctx: JobContext) -> Dict[str, Any]:
-        return self._train_like(ctx)
-
-    def finetune(self, ctx: JobContext) -> Dict[str, Any]:
-        return self._train_like(ctx)
-
-    def resume(self, ctx: JobContext) -> Dict[str, Any]:
-        return self._train_like(ctx)
+    # ------------------------------------------------------------------ tasks
+    def run(self, ctx: JobContext) -> Dict[str, Any]:
+        task = ctx.spec.task
+        if task in TRAINING_TASKS:
+            return self._train_like(ctx)
+        if task in ("evaluate", "infer"):
+            return self._predict(ctx, with_metrics=(task == "evaluate"))
+        if task == "export":
+            return self._export(ctx)
+        raise unsupported_task(ctx.spec)
 
     def _train_like(self, ctx: JobContext) -> Dict[str, Any]:
         spec, layout = ctx.spec, ctx.layout
         layout.create()
-        native = layout.root / NATIVE
+        native = layout.native(NATIVE)
         native.mkdir(parents=True, exist_ok=True)
         ts = new_timestamp_id(spec.task, native)
         ck.remove_stale_temps(native)
@@ -383,11 +395,11 @@ class FairchemBackend(Backend):
         if continuing and spec.task != "resume" and done is not None and max_epochs is not None and done >= max_epochs:
             self.echo(f"[fairchem] {checkpoint} already trained {done}/{max_epochs} epochs: nothing left to train")
         else:
-            from launcher import signals
+            from launcher.core import preemption
 
             try:
-                self._execute(plan)
-            except signals.Preempted:
+                self._execute(plan, early=ctx.prestarted)
+            except preemption.Preempted:
                 last = ck.newest(native)
                 if last is not None:  # normally mirrored by the child already; a no-op then
                     ck.atomic_copy(last, layout.checkpoint)
@@ -399,13 +411,13 @@ class FairchemBackend(Backend):
 
     def _finalize(self, spec: RunSpec, layout: RunLayout) -> Dict[str, Any]:
         """Mirror the newest checkpoints into the standard layout and export the best weights."""
-        native = layout.root / NATIVE
+        native = layout.native(NATIVE)
         last = ck.newest(native)
         if last is not None:
             ck.atomic_copy(last, layout.checkpoint)
         best = ck.newest(native, "best_checkpoint.pt")
         if best is not None:
-            ck.atomic_copy(best, layout.checkpoints / "best_checkpoint.pt")
+            ck.atomic_copy(best, layout.best_checkpoint)
         source = best or last
         if source is None:
             raise FairchemError(f"no FairChem checkpoint in {native}/checkpoints to export")
@@ -443,10 +455,10 @@ class FairchemBackend(Backend):
     def _write_artifacts(self, spec: RunSpec, layout: RunLayout, source: Path, weights: Path,
                          summary: Dict[str, Any]) -> Dict[str, Any]:
         """artifacts/best_model.pt (bare state dict), fairchem_checkpoint.pt (untouched), manifest.json."""
-        from launcher.layout import package_versions, write_manifest
+        from launcher.core.layout import package_versions, write_manifest
 
         ck.atomic_copy(weights, layout.best_model)
-        ck.atomic_copy(source, layout.artifacts / "fairchem_checkpoint.pt")
+        ck.atomic_copy(source, layout.native_checkpoint)
         versions = {**package_versions(["mlip-launch"]), **(summary.get("versions") or {})}
         model = dict(summary.get("model") or {})
         return write_manifest(
@@ -454,7 +466,7 @@ class FairchemBackend(Backend):
             data={s: getattr(spec.data, s) for s in ("train", "val", "test") if getattr(spec.data, s)},
             metrics=summary.get("val_metrics") or {}, versions=versions,
             extra={"fairchem": {
-                "checkpoint": "fairchem_checkpoint.pt",
+                "checkpoint": layout.native_checkpoint.name,
                 "source": str(source),
                 "best": bool(summary.get("best", source.name == "best_checkpoint.pt")),
                 "trainer": summary.get("trainer"),
@@ -471,12 +483,6 @@ class FairchemBackend(Backend):
         )
 
     # ------------------------------------------------------------------ evaluate / infer / export
-    def evaluate(self, ctx: JobContext) -> Dict[str, Any]:
-        return self._predict(ctx, with_metrics=True)
-
-    def infer(self, ctx: JobContext) -> Dict[str, Any]:
-        return self._predict(ctx, with_metrics=False)
-
     def _predict(self, ctx: JobContext, *, with_metrics: bool) -> Dict[str, Any]:
         import numpy as np
 
@@ -485,7 +491,7 @@ class FairchemBackend(Backend):
 
         spec, layout = ctx.spec, ctx.layout
         layout.create()
-        native = layout.root / NATIVE
+        native = layout.native(NATIVE)
         native.mkdir(parents=True, exist_ok=True)
         ts = new_timestamp_id(spec.task, native)
         split = spec.eval.split
@@ -510,7 +516,7 @@ class FairchemBackend(Backend):
 
         plan = self.plan(spec, layout, mode="predict", data={"test": path}, checkpoint=source, n_train=None,
                          timestamp_id=ts)
-        self._execute(plan)
+        self._execute(plan, early=ctx.prestarted)
         npz = find_predictions(plan.results_dir)
         metrics = evaluate_predictions(npz, labels, index, layout.eval_dir, with_metrics=with_metrics,
                                        energy_only=spec.eval.energy_only)
@@ -519,11 +525,11 @@ class FairchemBackend(Backend):
                                                for k, v in metrics.items()))
         return {"metrics": metrics, "eval_dir": str(layout.eval_dir), "predictions": str(npz), "model": str(source)}
 
-    def export(self, ctx: JobContext) -> Dict[str, Any]:
+    def _export(self, ctx: JobContext) -> Dict[str, Any]:
         spec, layout = ctx.spec, ctx.layout
         layout.create()
         source = Path(self._model_source(spec, layout) or "")
-        native = layout.root / NATIVE
+        native = layout.native(NATIVE)
         out = native / "export" / new_timestamp_id("export", native)
         self._child(spec, "export", str(source), str(out))
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))

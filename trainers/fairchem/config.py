@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from launcher.errors import ConfigError
-from launcher.translate import deep_merge  # FairChem's merge too: mappings recursively, lists replaced
+from launcher.core.errors import ConfigError
+from launcher.core.specio import deep_merge  # FairChem's merge too: mappings recursively, lists replaced
 
 # Values that name files FairChem opens itself; checked before anything runs.
 PATH_SUFFIXES = (".pt", ".pth", ".npz", ".npy", ".pkl", ".json", ".yml", ".yaml", ".lmdb", ".aselmdb", ".txt", ".csv")

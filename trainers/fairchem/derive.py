@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 from trainers.fairchem.config import get_dotted, load_config, looks_like_path, set_dotted, split_backend_args
 
 SPLITS = ("train", "val", "test")

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
-from launcher.errors import ConfigError
-from launcher.threads import set_thread_defaults
+from launcher.core.errors import ConfigError
+from launcher.core.env import set_thread_defaults
 
 SETUP_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "setup-fairchem-env"
 

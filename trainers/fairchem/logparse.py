@@ -36,7 +36,7 @@ class MetricsTap:
         self.split = "train"
 
     def __call__(self, line: str) -> None:
-        from launcher.layout import append_jsonl
+        from launcher.core.atomic import append_jsonl
 
         message = _PREFIX.sub("", line.strip())
         m = _EVAL.match(message)

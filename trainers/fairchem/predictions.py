@@ -2,7 +2,7 @@
 
 FairChem's ``predict`` writes one row per unique ``"{sid}_{fid}"`` id, sorted by that string, and
 forces of free atoms only (``fixed == 0``). We map ids back to dataset indices from the labels
-in the LMDB, compute the metrics with the shared :mod:`launcher.metrics`, and write the same
+in the LMDB, compute the metrics with the shared :mod:`launcher.core.metrics`, and write the same
 files the core trainer writes. Forces of fixed atoms, which FairChem does not output, are NaN
 in ``predictions_forces.npz`` and left out of the force metrics.
 """
@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 
 
 @dataclass
@@ -138,7 +138,7 @@ def evaluate_predictions(
     energy_only: bool = False,
 ) -> Dict[str, Any]:
     """Write metrics.json/csv (when ``with_metrics``), predictions.csv and predictions_forces.npz."""
-    from launcher.metrics import compute_metrics, write_eval_outputs
+    from launcher.core.metrics import compute_metrics, write_eval_outputs
 
     pred = align(npz_path, labels)
     forces = None if energy_only else pred["forces"]

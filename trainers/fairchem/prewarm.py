@@ -7,7 +7,9 @@ as its first act, so both happen at once, and :func:`take` hands it the command 
 
 It is handed the command only when the interpreter, the script and the environment are exactly the
 ones the run would have started; otherwise, or when the run never needs it (dry run, bad input,
-export), it is stopped. Standard library only: this is imported on the CLI's start-up path.
+export), it is stopped. The :class:`Prewarm` handle is what the backend's ``prestart`` hook returns:
+it travels with the run's JobContext to the FairChem runner, never through a module global.
+Standard library only: this is imported on the CLI's start-up path.
 """
 from __future__ import annotations
 
@@ -20,8 +22,10 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
+from trainers.fairchem.models import BACKENDS as FAIRCHEM_BACKENDS
+from trainers.fairchem.process import die_with_parent
+
 CHILD = Path(__file__).resolve().with_name("child.py")
-FAIRCHEM_BACKENDS = ("equiformer_v2", "gemnet_oc")
 # Arguments after which no in-process FairChem training follows, or the child's environment is not known yet.
 _NOT_A_SINGLE_RUN = ("-m", "--multirun", "-h", "--help", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion",
                      "-sc", "--resolve", "-p", "--package")
@@ -40,10 +44,9 @@ class Prewarm:
         # forked the child ends, and it must fire only when the launcher process dies.
         self._thread = threading.Thread(target=self._start, name="fairchem-prewarm", daemon=True)
         self._thread.start()
+        atexit.register(self.close)
 
     def _start(self) -> None:
-        from trainers.fairchem.process import die_with_parent
-
         try:
             if self.python is None:
                 from trainers.fairchem.env import default_python
@@ -74,6 +77,16 @@ class Prewarm:
         self.proc.stdin.flush()
         return self.proc
 
+    def take(self, cmd: Sequence[str], env: Dict[str, str], cwd: Path) -> Optional[Tuple[subprocess.Popen, float]]:
+        """(the started interpreter, now running ``cmd`` in ``cwd``; when it was started) if it matches,
+        else None (and it is stopped). Either way the handle is spent."""
+        if self.matches(cmd, env):
+            proc, started_at = self.hand_over(cmd, cwd), self.started_at
+            self.proc = None  # the runner owns it now: close() must not stop it
+            return proc, started_at
+        self.close()
+        return None
+
     def close(self) -> None:
         self._ready.wait()
         if self.proc is not None and self.proc.poll() is None:
@@ -87,9 +100,6 @@ class Prewarm:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.proc = None
-
-
-_pending: Optional[Prewarm] = None
 
 
 def wanted(argv: Sequence[str], environ: Optional[Dict[str, str]] = None) -> Optional[Dict[str, Optional[str]]]:
@@ -130,49 +140,19 @@ def start(argv: Sequence[str]) -> Optional[Prewarm]:
             return None
         from trainers.fairchem.env import child_env
 
-        return _start(want["python"], child_env({}))
+        return Prewarm(want["python"], child_env({}))
     except Exception:  # noqa: BLE001 - an optimization must never stop a run
         return None
 
 
-def start_for_spec(spec, cluster: str) -> Optional[Prewarm]:
+def start_for_spec(spec) -> Optional[Prewarm]:
     """``launch-run``: the same for one parsed run whose job runs in this process; never raises."""
     try:
-        if (cluster != "inprocess" or spec.backend not in FAIRCHEM_BACKENDS or spec.task == "export"
-                or spec.dry_run or os.environ.get("MLIP_FAIRCHEM_PREWARM", "1") == "0"):
+        if (spec.backend not in FAIRCHEM_BACKENDS or spec.task == "export" or spec.dry_run
+                or os.environ.get("MLIP_FAIRCHEM_PREWARM", "1") == "0"):
             return None
         from trainers.fairchem.env import child_env, resolve_python
 
-        return _start(resolve_python(spec.backend_python), child_env(spec.backend_env))
+        return Prewarm(resolve_python(spec.backend_python), child_env(spec.backend_env))
     except Exception:  # noqa: BLE001 - bad input is reported by preflight, not here
         return None
-
-
-def _start(python: Optional[str], env: Dict[str, str]) -> Optional[Prewarm]:
-    global _pending
-    if _pending is not None:
-        return None
-    _pending = Prewarm(python, env)
-    atexit.register(discard)
-    return _pending
-
-
-def take(cmd: Sequence[str], env: Dict[str, str], cwd: Path) -> Optional[Tuple[subprocess.Popen, float]]:
-    """(the started interpreter, now running ``cmd`` in ``cwd``; when it was started) if it matches, else None
-    (and it is stopped)."""
-    global _pending
-    pending, _pending = _pending, None
-    if pending is None:
-        return None
-    if pending.matches(cmd, env):
-        return pending.hand_over(cmd, cwd), pending.started_at
-    pending.close()
-    return None
-
-
-def discard() -> None:
-    global _pending
-    pending, _pending = _pending, None
-    if pending is not None:
-        pending.close()
-

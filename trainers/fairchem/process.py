@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 # How long FairChem gets to exit after a forwarded signal before it is killed.
 STOP_GRACE_S = 60.0
@@ -65,9 +65,14 @@ def run_process(
     log_path: Path,
     echo: Optional[Callable[[str], None]] = None,
     tail_lines: int = 40,
+    early: Optional[Any] = None,
 ) -> ProcessResult:
-    """Run ``cmd``; every output line goes to ``log_path`` and to ``echo`` (stdout by default)."""
-    from launcher import signals
+    """Run ``cmd``; every output line goes to ``log_path`` and to ``echo`` (stdout by default).
+
+    ``early`` is an interpreter started at launch (``prewarm.Prewarm``): it runs ``cmd`` if it
+    matches, else it is stopped and a new process starts.
+    """
+    from launcher.core import preemption
 
     echo = echo or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,11 +81,9 @@ def run_process(
     with open(log_path, "a", encoding="utf-8", errors="replace") as log:
         log.write(f"$ {format_command(cmd)}\n")
         log.flush()
-        from trainers.fairchem import prewarm
-
-        early = prewarm.take(cmd, env, cwd)
-        if early is not None:
-            proc, started_at = early
+        taken = early.take(cmd, env, cwd) if early is not None else None
+        if taken is not None:
+            proc, started_at = taken
         else:
             started_at = time.time()
             proc = subprocess.Popen(
@@ -102,8 +105,8 @@ def run_process(
                 killer.daemon = True
                 killer.start()
 
-        remove = signals.add_listener(forward)
-        if signals.preemption_requested():
+        remove = preemption.add_listener(forward)
+        if preemption.preemption_requested():
             forward(signal.SIGTERM)
         try:
             assert proc.stdout is not None

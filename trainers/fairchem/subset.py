@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 
 
 def split_selection(spec: Any, split: str, *, active: bool) -> Optional[np.ndarray]:

@@ -10,8 +10,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List
 
-from launcher.errors import ConfigError
-from trainers.base import Backend, JobContext
+from launcher.core.errors import ConfigError
+from launcher.core.schema import TRAINING_TASKS
+from trainers.api import JobContext, unsupported_task
 
 # e3nn's TorchScript compilation warns once per block on torch 2.13: noise, not a problem
 warnings.filterwarnings("ignore", message=r"The TorchScript type system")
@@ -30,26 +31,36 @@ def _default_dtype(name: str):
         torch.set_default_dtype(old)
 
 
-class MaceBackend(Backend):
+class MaceBackend:
+    """The core MACE trainer behind the common backend interface (``trainers.api.Backend``)."""
+
     name = "mace"
 
     # ---------------------------------------------------------------- checks
-    def preflight(self, spec: Any) -> List[str]:
+    def check(self, spec: Any) -> List[str]:
+        from launcher.core.layout import read_json_file
+
         problems: List[str] = []
         t = spec.train
-        if spec.task == "train" and t.input_json:
+        if spec.task == "train" and not t.input_json:
+            problems.append("train.input_json: required for backend=mace task=train (a model.json)")
+        if t.config_yml:
+            problems.append("train.config_yml: only for FairChem backends, not backend=mace")
+        if not t.input_json:
+            return problems
+        try:
+            obj = read_json_file(Path(t.input_json), key="train.input_json")
+        except ConfigError as e:
+            return problems + [str(e)]
+        if not isinstance(obj, dict):
+            return problems + [f"train.input_json: {t.input_json} must hold a JSON dict"]
+        if spec.task == "train":
             from trainers.mace.model_config import load_model_json
 
             try:
                 load_model_json(t.input_json)
             except ConfigError as e:
                 problems.append(str(e))
-        if spec.model_in and not Path(spec.model_in).exists():
-            problems.append(f"model_in: file not found: {spec.model_in}")
-        if spec.model.manifest and not Path(spec.model.manifest).exists():
-            problems.append(f"model.manifest: file not found: {spec.model.manifest}")
-        if spec.model.weights and not Path(spec.model.weights).exists():
-            problems.append(f"model.weights: file not found: {spec.model.weights}")
         return problems
 
     def describe(self, ctx: JobContext) -> str:
@@ -83,20 +94,21 @@ class MaceBackend(Backend):
                     trainer.close()
         return result
 
-    def train(self, ctx: JobContext) -> Dict[str, Any]:
-        return self._train(ctx)
-
-    def finetune(self, ctx: JobContext) -> Dict[str, Any]:
-        return self._train(ctx)
-
-    def resume(self, ctx: JobContext) -> Dict[str, Any]:
-        return self._train(ctx)
+    def run(self, ctx: JobContext) -> Dict[str, Any]:
+        task = ctx.spec.task
+        if task in TRAINING_TASKS:
+            return self._train(ctx)
+        if task in ("evaluate", "infer"):
+            return self._predict(ctx, with_metrics=(task == "evaluate"))
+        if task == "export":
+            return self._export(ctx)
+        raise unsupported_task(ctx.spec)
 
     # ---------------------------------------------------------------- evaluation
     def _predict(self, ctx: JobContext, *, with_metrics: bool) -> Dict[str, Any]:
         import numpy as np
 
-        from launcher.metrics import compute_metrics, write_eval_outputs
+        from launcher.core.metrics import compute_metrics, write_eval_outputs
         from trainers.mace import graphs
         from trainers.mace.loop import head_of, progress_enabled, select_device, set_threads
         from trainers.mace.model_config import heads_of
@@ -137,17 +149,11 @@ class MaceBackend(Backend):
             metrics.update({"split": split, "head": head, "model": loaded.source, "dataset": getattr(spec.data, split)})
         ctx.layout.eval_dir.mkdir(parents=True, exist_ok=True)
         write_eval_outputs(ctx.layout.eval_dir, metrics, idx, out["energy"], natoms, out["forces"])
-        graphs.record_indices(ctx.layout.logs, {split: idx}, name=f"indices.{spec.task}.json")
+        graphs.record_indices(ctx.layout.indices_json(spec.task), {split: idx})
         return {"split": split, "n_structures": int(len(idx)), **({"metrics": metrics} if metrics else {})}
 
-    def evaluate(self, ctx: JobContext) -> Dict[str, Any]:
-        return self._predict(ctx, with_metrics=True)
-
-    def infer(self, ctx: JobContext) -> Dict[str, Any]:
-        return self._predict(ctx, with_metrics=False)
-
     # ---------------------------------------------------------------- export
-    def export(self, ctx: JobContext) -> Dict[str, Any]:
+    def _export(self, ctx: JobContext) -> Dict[str, Any]:
         from trainers.mace.export import mace_model_path, write_artifacts
         from trainers.mace.model_io import load_model
 
@@ -158,7 +164,7 @@ class MaceBackend(Backend):
             if loaded.checkpoint is not None:
                 metrics = loaded.checkpoint.get("loop", {}).get("best_metrics", {})
             elif spec.model.manifest or (spec.model_in and str(spec.model_in).endswith(".json")):
-                from launcher.layout import read_manifest
+                from launcher.core.layout import read_manifest
 
                 metrics = read_manifest(Path(spec.model.manifest or spec.model_in)).get("metrics", {})
             write_artifacts(ctx.layout, loaded.config, spec=spec, metrics=metrics, state=loaded.model.state_dict(),

@@ -3,16 +3,13 @@
 torchrun sets ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``/``MASTER_*``; under SLURM (submitit with
 several tasks) submitit's helper exports the same variables. Rank 0 alone writes to the run dir.
 
-``python -m trainers.mace.distributed RUN_YAML`` is the per-process entry for multi-process
-runs: rank 0 goes through ``launcher.job.run_job`` (run-dir state, lock, resume decision), the
-other ranks join the backend directly and take the resume decision from rank 0.
+``python -m launcher.worker RUN_YAML`` is the per-process entry of a multi-process run.
 """
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass
@@ -107,35 +104,3 @@ def setup(device_type: str) -> Dist:
     td.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world)
     return Dist(rank=rank, world=world, local_rank=local, initialized_here=True)
 
-
-def main(argv: Optional[list] = None) -> int:
-    """Per-process entry of a multi-process run (torchrun / srun)."""
-    from launcher.job import run_job
-    from launcher.layout import RunLayout
-    from launcher.translate import load_run_yaml_spec
-    from trainers.base import JobContext
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m trainers.mace.distributed RUN_YAML", file=sys.stderr)
-        return 2
-    spec = load_run_yaml_spec(args[0])
-    rank, _, _ = world_from_env()
-    if rank == 0:
-        result = run_job(spec)
-        return 0 if result.status in ("finished", "skipped") else 1
-    from launcher.job import SKIP, classify
-
-    if classify(spec, RunLayout.of(spec.run_dir)) == SKIP:
-        return 0                  # rank 0 skips the finished run too: nobody joins the group
-    from trainers.mace.backend import MaceBackend
-
-    backend = MaceBackend()
-    backend.name = spec.backend
-    # resume is decided by rank 0 (run_job) and broadcast inside the backend
-    backend.run(JobContext(spec=spec, layout=RunLayout.of(spec.run_dir), resume=False, extra={"follower": True}))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from launcher.layout import RunLayout, atomic_torch_save, package_versions, write_manifest
+from launcher.core.atomic import atomic_torch_save
+from launcher.core.layout import RunLayout, package_versions, write_manifest
 
 
 def mace_model_path(layout: RunLayout) -> Path:
-    return layout.artifacts / "best_model.model"
+    return layout.mace_model
 
 
 def write_artifacts(layout: RunLayout, cfg: Dict[str, Any], *, spec: Any, metrics: Optional[Dict[str, Any]] = None,

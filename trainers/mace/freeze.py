@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 
 
 class HeadFreeze:

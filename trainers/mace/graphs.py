@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 
 
 def split_indices(spec: Any, split: str, n: int, *, active: bool) -> np.ndarray:
@@ -95,12 +95,12 @@ def collate(items: Sequence[Any]) -> Any:
     return Batch.from_data_list(list(items))
 
 
-def record_indices(logs: Path, selected: Dict[str, np.ndarray], name: str = "indices.json") -> Path:
-    """``logs/indices.json`` (training) or ``logs/indices.<task>.json``: the indices each split
-    used (the file is itself a valid indices_path)."""
+def record_indices(path: Path, selected: Dict[str, np.ndarray]) -> Path:
+    """The indices each split used, at ``RunLayout.indices_json(...)`` (the file is itself a valid
+    indices_path)."""
     from data.indices import write_indices_record
 
-    return write_indices_record(Path(logs) / name, selected)
+    return write_indices_record(Path(path), selected)
 
 
 def sha_sources(spec: Any, splits: Sequence[str]) -> Dict[str, Optional[str]]:

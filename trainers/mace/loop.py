@@ -21,18 +21,14 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from launcher.errors import ConfigError
-from launcher.layout import atomic_torch_save
+from launcher.core.atomic import atomic_torch_save
+from launcher.core.errors import ConfigError, TrainingDiverged
 from trainers.mace.freeze import HeadFreeze
 from trainers.mace.model_io import CHECKPOINT_FORMAT
 from trainers.mace.optim import make_optimizer, make_scheduler, scheduler_length
 from trainers.mace.order import epoch_order, rank_batches, rng_state, seed_everything, set_rng_state
 from trainers.mace.runlog import RunLog
 
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the last good checkpoint is kept as it was."""
 
 
 @dataclass
@@ -140,7 +136,7 @@ class Trainer:
         if spec.data.val:
             val_s, val_idx = graphs.load_split(spec, "val", active=False, progress=self.progress)
         if self.main:
-            graphs.record_indices(self.layout.logs, {"train": train_idx, "val": val_idx})
+            graphs.record_indices(self.layout.indices_json(), {"train": train_idx, "val": val_idx})
 
         seed_everything(self.seed)
         if ckpt is not None:
@@ -387,7 +383,7 @@ class Trainer:
             yield [next(it) for _ in g]
 
     def train(self) -> Dict[str, Any]:
-        from launcher import signals
+        from launcher.core import preemption
 
         t, st = self.spec.train, self.state
         cycles = t.cycle_steps > 0
@@ -422,10 +418,10 @@ class Trainer:
                         self.save_checkpoint()
                     if st.stopped:
                         break
-                if self.dist.any(signals.preemption_requested()):
+                if self.dist.any(preemption.preemption_requested()):
                     self.save_checkpoint()
                     self.log.info(f"preempted at epoch {st.epoch + 1} update {st.update_step}: checkpoint written")
-                    raise signals.Preempted()
+                    raise preemption.Preempted()
             if bar is not None:
                 bar.close()
             if st.stopped:

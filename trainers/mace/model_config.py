@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 
 MODEL_KINDS = ("MACE", "ScaleShiftMACE")
 SCALINGS = ("rms_forces_scaling", "std_scaling", "no_scaling")
@@ -64,7 +64,7 @@ COMPUTED_KEYS = ("atomic_numbers", "atomic_energies", "avg_num_neighbors", "atom
 
 def load_model_json(path: str | Path) -> Dict[str, Any]:
     """Read and check a model.json; unknown keys are a one-line ConfigError listing the valid ones."""
-    from launcher.layout import read_json_file
+    from launcher.core.layout import read_json_file
 
     raw = read_json_file(Path(path), key="train.input_json")
     return check_model_config(raw, source=str(path))
@@ -348,6 +348,6 @@ def o3_mul(irreps: Any) -> int:
 
 
 def save_model_json(cfg: Dict[str, Any], path: Path) -> None:
-    from launcher.layout import atomic_write_json
+    from launcher.core.atomic import atomic_write_json
 
     atomic_write_json(Path(path), {k: _jsonable(v) for k, v in cfg.items()})

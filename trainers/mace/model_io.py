@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 
 CHECKPOINT_FORMAT = "mlip-launch/mace-checkpoint"
 
@@ -108,7 +108,7 @@ def load_model(spec: Any, *, prefer: str = "best") -> LoadedModel:
     """
     import torch
 
-    from launcher.layout import manifest_weights_path, read_manifest
+    from launcher.core.layout import RunLayout, manifest_weights_path, read_manifest
     from trainers.mace.model_config import check_model_config, config_from_module, load_model_json
 
     dtype = torch.get_default_dtype()
@@ -117,7 +117,8 @@ def load_model(spec: Any, *, prefer: str = "best") -> LoadedModel:
     weights = Path(spec.model.weights) if spec.model.weights else None
 
     if model_in is not None and model_in.is_dir():
-        cands = [model_in / "checkpoints" / "checkpoint.pt", model_in / "artifacts" / "manifest.json"]
+        theirs = RunLayout.of(model_in)
+        cands = [theirs.checkpoint, theirs.manifest]
         if prefer == "best":
             cands.reverse()
         for cand in cands:
@@ -173,7 +174,7 @@ def export_mace_model(model: Any, path: Path) -> None:
     """A mace ``.model`` (pickled module, CPU) that ``MACECalculator`` loads; written atomically."""
     import copy
 
-    from launcher.layout import atomic_torch_save
+    from launcher.core.atomic import atomic_torch_save
 
     m = copy.deepcopy(model).to("cpu")
     m.eval()

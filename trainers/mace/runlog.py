@@ -6,7 +6,8 @@ import sys
 import time
 from typing import Any, Dict
 
-from launcher.layout import RunLayout, append_jsonl, atomic_write_text, read_jsonl
+from launcher.core.atomic import append_jsonl, atomic_write_text, read_jsonl
+from launcher.core.layout import RunLayout
 
 
 class RunLog:

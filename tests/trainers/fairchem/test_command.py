@@ -5,9 +5,9 @@ import sys
 
 import yaml
 
-from launcher.layout import RunLayout
-from launcher.schema import RunSpec
-from trainers.base import JobContext
+from launcher.core.layout import RunLayout
+from launcher.core.schema import RunSpec
+from trainers.api import JobContext
 from trainers.fairchem.backend import CHILD, FairchemBackend, is_training_checkpoint, new_timestamp_id
 
 from .conftest import TEST_CONFIGS
@@ -84,7 +84,7 @@ def test_checkpoint_or_bare_weights_told_apart_without_torch_in_the_launcher(tmp
 def test_child_env_and_interpreter_errors(tmp_path, monkeypatch):
     import pytest
 
-    from launcher.errors import ConfigError
+    from launcher.core.errors import ConfigError
     from trainers.fairchem.env import child_env, resolve_python
 
     env = child_env({"FOO": "1"}, base={"PYTHONPATH": "/launcher/site", "PATH": "/bin", "SLURM_CPUS_PER_TASK": "3"})
@@ -104,7 +104,7 @@ def test_child_env_and_interpreter_errors(tmp_path, monkeypatch):
 def test_a_named_interpreter_without_fairchem_is_refused_before_the_run(tmp_path):
     import pytest
 
-    from launcher.errors import ConfigError
+    from launcher.core.errors import ConfigError
     from trainers.fairchem.env import check_python, missing_modules
 
     assert "fairchem.core" in missing_modules(sys.executable)  # the launcher's own venv has no FairChem

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 from trainers.fairchem.config import find_relative, load_config, parse_value, split_backend_args
 
 from .conftest import OC22, TEST_CONFIGS

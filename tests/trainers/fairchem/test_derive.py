@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 from trainers.fairchem.derive import derive_config, missing_files, steps_per_epoch
 
 from .conftest import OC22, TEST_CONFIGS

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from launcher.job import run_job
-from launcher.layout import RunLayout
-from launcher.schema import RunSpec, check
-from trainers.base import JobContext
+from launcher.core.layout import RunLayout
+from launcher.core.schema import RunSpec, check
+from trainers.api import JobContext
 from trainers.fairchem.backend import FairchemBackend
 
 from .conftest import TEST_CONFIGS
@@ -199,13 +199,13 @@ def test_preempted_job_stops_cleanly_and_resumes_when_relaunched(fairchem_python
     import sys
     import time
 
-    from launcher.translate import dump_run_yaml
+    from launcher.core.specio import dump_run_yaml
 
     run_dir = tmp_path / "preempt"
     spec = make_spec(run_dir, "equiformer_v2", demo_data, args=["--optim.max_epochs=4"])
     run_yaml = tmp_path / "run.yaml"
     run_yaml.write_text(dump_run_yaml(spec))
-    cmd = [sys.executable, "-m", "launcher.job", str(run_yaml)]
+    cmd = [sys.executable, "-m", "launcher.worker", str(run_yaml)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:

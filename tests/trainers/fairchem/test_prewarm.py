@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.layout import RunLayout
+from launcher.core.layout import RunLayout
 from trainers.fairchem.prewarm import wanted
 
 from .conftest import TEST_CONFIGS
@@ -85,8 +85,8 @@ def test_bad_input_stops_the_early_interpreter(fairchem_python, tmp_path):
 @pytest.mark.slow
 @pytest.mark.fairchem
 def test_launch_run_uses_the_early_interpreter_too(fairchem_python, fairchem_fixtures, demo_data, tmp_path):
-    from launcher.schema import RunSpec, check
-    from launcher.translate import dump_run_yaml
+    from launcher.core.schema import RunSpec, check
+    from launcher.core.specio import dump_run_yaml
 
     spec = RunSpec(backend="equiformer_v2", task="train", run_dir=str(tmp_path / "run"), device="cpu",
                    backend_python=fairchem_python, backend_env={"OMP_NUM_THREADS": "1"},

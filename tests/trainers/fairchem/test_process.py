@@ -6,7 +6,7 @@ import sys
 import threading
 import time
 
-from launcher import signals
+from launcher.core import preemption
 from trainers.fairchem.process import format_command, run_process
 
 
@@ -23,14 +23,14 @@ def test_output_is_streamed_and_logged(tmp_path):
 
 
 def test_preemption_signal_is_forwarded_to_the_child(tmp_path):
-    signals.reset()
+    preemption.reset()
     cmd = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"]
     seen = []
 
     def preempt_when_started():
         while "started" not in seen:
             time.sleep(0.05)
-        signals.request_preemption(signal.SIGUSR2)
+        preemption.request_preemption(signal.SIGUSR2)
 
     t = threading.Thread(target=preempt_when_started)
     t.start()
@@ -39,7 +39,7 @@ def test_preemption_signal_is_forwarded_to_the_child(tmp_path):
         res = run_process(cmd, env={}, cwd=tmp_path, log_path=tmp_path / "p.log", echo=seen.append)
     finally:
         t.join()
-        signals.reset()
+        preemption.reset()
     assert res.preempted
     assert res.returncode == -signal.SIGUSR2 and "SIGUSR2" in res.describe_exit()
     assert time.time() - t0 < 30

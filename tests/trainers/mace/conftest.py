@@ -45,8 +45,8 @@ def tiny_model_json(tmp_path_factory) -> Path:
 
 def make_spec(run_dir: Path, splits: Dict[str, Path], **over: Any):
     """A validated RunSpec for the core trainer on CPU, float32, tiny and quiet."""
-    from launcher.schema import check, spec_from_dict
-    from launcher.translate import deep_merge, resolve_paths
+    from launcher.core.schema import check, spec_from_dict
+    from launcher.core.specio import deep_merge, resolve_paths
 
     base = {
         "backend": "mace", "task": "train", "run_dir": str(run_dir), "device": "cpu",

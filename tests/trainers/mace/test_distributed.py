@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 def test_two_process_gloo_run(tiny_data, tiny_model_json, tmp_path):
     import torch
 
-    from launcher.layout import RunLayout, read_jsonl
-    from launcher.translate import dump_run_yaml
+    from launcher.core.atomic import read_jsonl
+    from launcher.core.layout import RunLayout
+    from launcher.core.specio import dump_run_yaml
 
     run_dir = tmp_path / "ddp"
     spec = make_spec(run_dir, tiny_data, train={"input_json": str(tiny_model_json), "epochs": 2, "batch_size": 4})
@@ -25,7 +26,7 @@ def test_two_process_gloo_run(tiny_data, tiny_model_json, tmp_path):
     spec_file.write_text(dump_run_yaml(spec))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "trainers.mace.distributed", str(spec_file)]
+           "-m", "launcher.worker", str(spec_file)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
     lay = RunLayout.of(run_dir)

@@ -1,4 +1,4 @@
-"""launcher.metrics: the cross-backend metric definitions and eval files."""
+"""launcher.core.metrics: the cross-backend metric definitions and eval files."""
 from __future__ import annotations
 
 import csv
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from launcher.metrics import compute_metrics, write_eval_outputs
+from launcher.core.metrics import compute_metrics, write_eval_outputs
 
 
 def test_compute_metrics_values():

@@ -54,7 +54,7 @@ def test_finetune_from_mace_run_train_model(mace_model, tiny_data, tmp_path):
     import torch
 
     from launcher.job import run_job
-    from launcher.layout import RunLayout, read_manifest
+    from launcher.core.layout import RunLayout, read_manifest
     from trainers.mace.model_io import load_mace_module
 
     base = load_mace_module(mace_model)
@@ -141,7 +141,7 @@ def test_two_heads_head_only_changes_only_that_head(tiny_data, tmp_path):
 def test_unknown_head_and_missing_elements_are_config_errors(tiny_data, tmp_path):
     import torch
 
-    from launcher.errors import ConfigError
+    from launcher.core.errors import ConfigError
     from launcher.job import run_job
 
     torch.set_default_dtype(torch.float32)

@@ -14,7 +14,8 @@ def test_cycles_accumulation_scheduler_and_patience(tiny_data, tiny_model_json, 
     import torch
 
     from launcher.job import run_job
-    from launcher.layout import RunLayout, read_jsonl
+    from launcher.core.atomic import read_jsonl
+    from launcher.core.layout import RunLayout
 
     run_dir = tmp_path / "cyc"
     spec = make_spec(run_dir, tiny_data, train={

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from launcher.errors import ConfigError
+from launcher.core.errors import ConfigError
 from trainers.mace import model_config as mc
 
 from .conftest import TINY_MODEL

@@ -19,7 +19,7 @@ import json, sys, warnings
 warnings.filterwarnings("ignore")
 sys.path.insert(0, {repo!r})
 from launcher.job import run_job
-from launcher.schema import spec_from_dict
+from launcher.core.schema import spec_from_dict
 run_job(spec_from_dict(json.loads(sys.argv[1])), echo=lambda *_: None)
 """
 
@@ -66,7 +66,7 @@ def reference(tiny_data, tiny_model_json, tmp_path_factory):
 
 def test_kill9_then_relaunch_is_bit_identical(reference, tiny_data, tiny_model_json, tmp_path):
     from launcher.job import run_job
-    from launcher.layout import read_jsonl
+    from launcher.core.atomic import read_jsonl
 
     run_dir = tmp_path / "run"
     spec = make_spec(run_dir, tiny_data, **_train_over(tiny_model_json))
@@ -97,7 +97,7 @@ def test_kill9_then_relaunch_is_bit_identical(reference, tiny_data, tiny_model_j
 
 
 def test_preempted_mid_epoch_then_resume_task_is_bit_identical(reference, tiny_data, tiny_model_json, tmp_path):
-    from launcher import signals
+    from launcher.core import preemption
     from launcher.job import run_job
     from trainers.mace import loop
 
@@ -110,7 +110,7 @@ def test_preempted_mid_epoch_then_resume_task_is_bit_identical(reference, tiny_d
         out = orig(self, micro)
         calls["n"] += 1
         if calls["n"] == 9:                 # mid epoch 2
-            signals.request_preemption()
+            preemption.request_preemption()
         return out
 
     loop.Trainer._update = update_then_preempt
@@ -118,7 +118,7 @@ def test_preempted_mid_epoch_then_resume_task_is_bit_identical(reference, tiny_d
         first = run_job(spec, echo=lambda *_: None)
     finally:
         loop.Trainer._update = orig
-        signals.reset()
+        preemption.reset()
     assert first.status == "preempted"
     import torch
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from launcher.layout import read_jsonl
+from launcher.core.atomic import read_jsonl
 
 from .conftest import make_spec
 
@@ -31,7 +31,7 @@ def test_train_writes_full_layout(trained):
 
     spec, result = trained
     root = result.run_dir
-    from launcher.layout import RunLayout, read_manifest, sha256_file
+    from launcher.core.layout import RunLayout, read_manifest, sha256_file
 
     lay = RunLayout.of(root)
     for p in (lay.run_yaml, lay.best_model, lay.model_json, lay.manifest, lay.checkpoint, lay.train_log,
@@ -59,7 +59,7 @@ def test_train_writes_full_layout(trained):
 
 def test_evaluate_infer_and_mace_calculator_agree(trained, tmp_path, tiny_data):
     from launcher.job import run_job
-    from launcher.layout import RunLayout
+    from launcher.core.layout import RunLayout
 
     spec, result = trained
     lay = RunLayout.of(result.run_dir)
@@ -104,7 +104,7 @@ def test_export_task_from_checkpoint(trained, tmp_path, tiny_data):
     import torch
 
     from launcher.job import run_job
-    from launcher.layout import RunLayout, read_manifest
+    from launcher.core.layout import RunLayout, read_manifest
 
     spec, result = trained
     lay = RunLayout.of(result.run_dir)
@@ -131,13 +131,13 @@ def _param_names(ck):
 
 
 def test_bad_model_json_is_one_line_config_error(tmp_path, tiny_data):
-    from launcher.errors import ConfigError
+    from launcher.core.errors import ConfigError
     from trainers.mace.backend import MaceBackend
 
     bad = tmp_path / "m.json"
     bad.write_text(json.dumps({"num_channels": 8, "learning_rate": 1}))
     spec = make_spec(tmp_path / "r", tiny_data, train={"input_json": str(bad)})
-    problems = MaceBackend().preflight(spec)
+    problems = MaceBackend().check(spec)
     assert len(problems) == 1 and "unknown key 'learning_rate'" in problems[0]
     from launcher.job import run_job
 

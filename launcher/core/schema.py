@@ -14,12 +14,12 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from launcher.errors import ConfigError, ConfigErrors
+from launcher.core.errors import ConfigError, ConfigErrors
+from launcher.core.plugins import backend_names
 
 SCHEMA_VERSION = 1
 
-BACKENDS = ("mace", "equiformer_v2", "gemnet_oc")
-FAIRCHEM_BACKENDS = ("equiformer_v2", "gemnet_oc")
+BACKENDS = backend_names()  # the entry-point group mlip_launch.backends (launcher.core.plugins)
 TASKS = ("train", "finetune", "resume", "evaluate", "infer", "export")
 TRAINING_TASKS = ("train", "finetune", "resume")
 DEVICES = ("cuda", "cpu", "auto")
@@ -145,7 +145,7 @@ class ModelSpec:
 class RunSpec:
     """One run: everything a job needs, whichever front door produced it."""
 
-    backend: str = _f("mace", "mace | equiformer_v2 | gemnet_oc")
+    backend: str = _f("mace", "a registered backend: mace | equiformer_v2 | gemnet_oc (docs/architecture.md: adding one)")
     task: str = _f("train", "train | finetune | resume | evaluate | infer | export")
     run_dir: Optional[str] = _f(None, "output directory of the run (required)")
     name: Optional[str] = _f(None, "run name (selects runs of a runs: list with --run; defaults to the run_dir's name)")
@@ -166,10 +166,6 @@ class RunSpec:
     @property
     def effective_seed(self) -> int:
         return self.seed if self.train.seed is None else int(self.train.seed)
-
-    @property
-    def is_fairchem(self) -> bool:
-        return self.backend in FAIRCHEM_BACKENDS
 
     @property
     def run_name(self) -> str:
@@ -361,7 +357,8 @@ class _KeyLike(Exception):
 
 
 def validate(spec: RunSpec) -> List[str]:
-    """Cross-field rules. Returns every problem found (empty list = valid), one line each."""
+    """Cross-field rules every backend shares. Returns every problem found (empty list = valid), one
+    line each; a backend's own rules are its ``check()`` (run by preflight)."""
     p: List[str] = []
     for key, options in CHOICES.items():
         value = get_key(spec, key)
@@ -406,7 +403,7 @@ def validate(spec: RunSpec) -> List[str]:
         if ms is not None and ms < 1:
             p.append(f"data.{split}.max_samples: must be >= 1 or null, got {ms}")
 
-    task, backend = spec.task, spec.backend
+    task = spec.task
     has_model = bool(spec.model_in or spec.model.manifest or spec.model.weights)
     if task in ("finetune", "export") and not has_model:
         p.append(f"model_in: required for task={task} (or model.manifest / model.weights)")
@@ -419,18 +416,6 @@ def validate(spec: RunSpec) -> List[str]:
         split = spec.eval.split
         if not getattr(spec.data, split, None):
             p.append(f"data.{split}: required for task={task} with eval.split={split}")
-    if backend == "mace":
-        if task == "train" and not t.input_json:
-            p.append("train.input_json: required for backend=mace task=train (a model.json)")
-        if t.config_yml:
-            p.append("train.config_yml: only for FairChem backends, not backend=mace")
-    elif backend in FAIRCHEM_BACKENDS:
-        if task in ("train", "finetune", "resume", "evaluate", "infer") and not t.config_yml:
-            p.append(f"train.config_yml: required for backend={backend} (a FairChem config)")
-        if t.input_json:
-            p.append(f"train.input_json: only for backend=mace, not backend={backend}")
-        if t.freeze not in (None, "none"):
-            p.append(f"train.freeze: not supported by backend={backend}")
     if t.freeze == "head_only" and task not in ("finetune", "resume"):
         p.append("train.freeze: head_only needs task=finetune (a pretrained model to freeze)")
     return p
@@ -443,10 +428,3 @@ def check(spec: RunSpec) -> RunSpec:
         raise ConfigErrors(problems)
     return spec
 
-
-def register_configs() -> None:
-    """Register the schema in Hydra's ConfigStore (the primary config extends ``run_schema``)."""
-    from hydra.core.config_store import ConfigStore
-
-    cs = ConfigStore.instance()
-    cs.store(name="run_schema", node=RunSpec)

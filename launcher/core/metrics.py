@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
+
+from launcher.core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 METRIC_KEYS = (
     "n_structures", "n_atoms",
@@ -69,12 +70,6 @@ def compute_metrics(
     return out
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    from launcher.layout import atomic_write_text
-
-    atomic_write_text(path, text)
-
-
 def write_eval_outputs(
     out_dir: Path,
     metrics: Optional[Dict[str, Any]],
@@ -84,8 +79,6 @@ def write_eval_outputs(
     forces: Any = None,
 ) -> Dict[str, Path]:
     """Write the eval files atomically; ``metrics=None`` (infer) writes predictions only."""
-    from launcher.layout import atomic_write_bytes, atomic_write_json
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: Dict[str, Path] = {}
@@ -96,7 +89,7 @@ def write_eval_outputs(
         keys = [k for k in METRIC_KEYS if k in metrics] + sorted(k for k in metrics if k not in METRIC_KEYS)
         w.writerow(keys)
         w.writerow(["" if metrics[k] is None else metrics[k] for k in keys])
-        _atomic_text(out_dir / "metrics.csv", buf.getvalue())
+        atomic_write_text(out_dir / "metrics.csv", buf.getvalue())
         written["metrics.json"] = out_dir / "metrics.json"
         written["metrics.csv"] = out_dir / "metrics.csv"
     idx = np.asarray(index, dtype=np.int64).reshape(-1)
@@ -109,7 +102,7 @@ def write_eval_outputs(
     w.writerow(["index", "energy", "energy_per_atom", "natoms"])
     for i, e, n in zip(idx, en, na):
         w.writerow([int(i), repr(float(e)), repr(float(e) / int(n)), int(n)])
-    _atomic_text(out_dir / "predictions.csv", buf.getvalue())
+    atomic_write_text(out_dir / "predictions.csv", buf.getvalue())
     written["predictions.csv"] = out_dir / "predictions.csv"
     if forces is not None:
         f = _concat(forces)
@@ -121,6 +114,3 @@ def write_eval_outputs(
         written["predictions_forces.npz"] = out_dir / "predictions_forces.npz"
     return written
 
-
-def read_metrics(out_dir: Path) -> Dict[str, Any]:
-    return json.loads((Path(out_dir) / "metrics.json").read_text(encoding="utf-8"))

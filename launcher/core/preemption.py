@@ -10,12 +10,13 @@ import signal
 import threading
 from typing import Callable, List
 
+from launcher.core.errors import Preempted
+
+__all__ = ["Preempted", "preemption_requested", "request_preemption", "add_listener", "reset",
+           "install_preemption_handler", "run_deferred_handlers"]
+
 _requested = threading.Event()
 _listeners: List[Callable[[int], None]] = []
-
-
-class Preempted(Exception):
-    """Raised by a trainer after it saved its checkpoint in answer to a preemption signal."""
 
 
 def preemption_requested() -> bool:

@@ -9,6 +9,8 @@ run_dir/
   logs/                      train.log, metrics.jsonl, native backend stdout, plots
   state.json                 run state: running | finished | failed (written by launcher.job)
 ```
+
+Every path inside a run directory comes from :class:`RunLayout`; no other module joins one by hand.
 """
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional
+
+from launcher.core.atomic import atomic_write_json
+from launcher.core.errors import ConfigError
 
 MANIFEST_VERSION = 1
 
@@ -84,83 +88,63 @@ class RunLayout:
         """evaluate/infer outputs: metrics.json, metrics.csv, predictions.csv, predictions_forces.npz."""
         return self.root / "eval"
 
+    @property
+    def lock(self) -> Path:
+        """The file a running job holds an exclusive lock on (one job per run directory)."""
+        return self.root / ".lock"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """Full training state of the best validation epoch (native backends keep one)."""
+        return self.checkpoints / "best_checkpoint.pt"
+
+    @property
+    def mace_model(self) -> Path:
+        """The whole-module MACE export that mace's own tools (MACECalculator) load."""
+        return self.artifacts / "best_model.model"
+
+    @property
+    def native_checkpoint(self) -> Path:
+        """A native backend's own checkpoint format, untouched, next to the common artifacts."""
+        return self.artifacts / "fairchem_checkpoint.pt"
+
+    def task_yaml(self, task: str) -> Path:
+        """Where evaluate/infer/export record their spec when they add to a finished run."""
+        return self.root / f"run.{task}.yaml"
+
+    def indices_json(self, task: Optional[str] = None) -> Path:
+        """The indices each split used: ``logs/indices.json`` (training) or ``logs/indices.<task>.json``."""
+        return self.logs / ("indices.json" if task is None else f"indices.{task}.json")
+
+    def native(self, name: str) -> Path:
+        """The folder a native backend keeps its own tree in (e.g. ``fairchem/``)."""
+        return self.root / name
+
+    def native_log(self, name: str, run_id: str) -> Path:
+        """Console output of one native backend invocation."""
+        return self.logs / f"{name}-{run_id}.log"
+
     def create(self) -> "RunLayout":
         for d in (self.root, self.artifacts, self.checkpoints, self.logs):
             d.mkdir(parents=True, exist_ok=True)
         return self
 
+    # ---- state.json ----
+    def read_state(self) -> Dict[str, Any]:
+        """The run's state record; {} when absent or unreadable (a run that never started)."""
+        try:
+            state = json.loads(self.state_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return state if isinstance(state, dict) else {}
 
-# ---------------------------------------------------------------------------------------------
-# Atomic writes
-# ---------------------------------------------------------------------------------------------
-
-def _umask_mode() -> int:
-    """0666 less the process umask: what a plain open() would give (mkstemp makes 0600 files)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_via(path: Path, write: Callable[[str], None]) -> None:
-    """Have ``write(tmp_path)`` fill a temp file beside ``path``, then os.replace it into place.
-
-    Readers never see half a file; the file gets the permissions a plain open() would give
-    (mkstemp's are 0600).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write_via(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save through a temp file + os.replace (checkpoints are never half written)."""
-    import torch
-
-    atomic_write_via(path, lambda tmp: torch.save(obj, tmp))
-
-
-def append_jsonl(path: Path, record: Dict[str, Any]) -> None:
-    """One line per record, flushed at once, so a crash loses at most the line being written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, sort_keys=True, default=float) + "\n")
-        fh.flush()
-
-
-def read_jsonl(path: Path) -> list:
-    out = []
-    if not Path(path).exists():
-        return out
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line after a hard kill
-    return out
+    def write_state(self, **fields: Any) -> Dict[str, Any]:
+        """Update state.json with ``fields`` (atomically) and return the new record."""
+        state = self.read_state()
+        state.update(fields)
+        state["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        atomic_write_json(self.state_json, state)
+        return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +200,7 @@ def write_manifest(
     ``data`` maps split names to dataset paths; their sha256 is recorded so a result can be
     traced to the exact files it came from.
     """
-    from launcher.schema import SCHEMA_VERSION
+    from launcher.core.schema import SCHEMA_VERSION
 
     weights = Path(weights)
     manifest: Dict[str, Any] = {
@@ -246,8 +230,6 @@ def write_manifest(
 
 def read_json_file(path: Path, *, key: str, missing_hint: str = "") -> Any:
     """Parse a JSON input file; a missing or malformed one is a one-line ConfigError naming ``key``."""
-    from launcher.errors import ConfigError
-
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -261,8 +243,6 @@ def read_json_file(path: Path, *, key: str, missing_hint: str = "") -> Any:
 
 
 def read_manifest(path: Path) -> Dict[str, Any]:
-    from launcher.errors import ConfigError
-
     path = Path(path)
     m = read_json_file(path, key="model.manifest")
     if not isinstance(m, dict) or "backend" not in m or "weights" not in m:

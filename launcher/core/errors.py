@@ -1,0 +1,48 @@
+"""Every error type the launcher turns into a one-line message, and the process exit codes."""
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """Bad configuration or input: one line naming the key or file and what was expected.
+
+    The CLI prints ``error: <message>`` and exits with :data:`EXIT_CONFIG`; nothing has been
+    written to any run directory when it is raised.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration problems found together (preflight lists all, not only the first)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
+class NotImplementedBackend(RuntimeError):
+    """A backend name with no registered implementation, or a task a backend does not run."""
+
+
+class Preempted(Exception):
+    """Raised by a trainer after it saved its checkpoint in answer to a preemption signal."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the run stops instead of writing garbage checkpoints."""
+
+
+class BackendFailed(RuntimeError):
+    """A native backend process failed (non-zero exit, or exit 0 without the outputs it should write)."""
+
+
+class FairchemError(BackendFailed):
+    """FairChem failed (non-zero exit, or exit 0 without the outputs it should have written)."""
+
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_PREEMPTED = 143  # a job stopped on a signal after checkpointing; SLURM/submitit run it again
