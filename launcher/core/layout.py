@@ -243,13 +243,65 @@ def read_json_file(path: Path, *, key: str, missing_hint: str = "") -> Any:
 
 
 def read_manifest(path: Path) -> Dict[str, Any]:
+    """A model manifest in either form we read, as its raw mapping.
+
+    - ours (``manifest_version``): ``backend``, ``weights: {path, sha256}``, ``model`` (the model config);
+    - the original implementation's bundles (``schema_version: v1``): ``backend``, ``weights`` and
+      ``source`` as ``{path, format, sha256}``, ``config`` (the model config), ``io``, ``rebuildable``.
+
+    Read the parts through :func:`manifest_model_config` and :func:`manifest_weights_path`, which
+    understand both; :func:`verify_manifest_weights` checks the recorded sha256.
+    """
     path = Path(path)
     m = read_json_file(path, key="model.manifest")
-    if not isinstance(m, dict) or "backend" not in m or "weights" not in m:
-        raise ConfigError(f"model.manifest: {path} is not an mlip-launch manifest (needs 'backend' and 'weights')")
+    if not isinstance(m, dict) or "backend" not in m or not ("weights" in m or "source" in m):
+        raise ConfigError(f"model.manifest: {path} is not a model manifest (needs 'backend' and 'weights')")
+    if "schema_version" in m and "manifest_version" not in m and str(m["schema_version"]) != "v1":
+        raise ConfigError(f"model.manifest: {path} has schema_version {m['schema_version']!r}; this version "
+                          "reads v1 bundles and its own manifests")
+    for part in ("weights", "source"):
+        entry = m.get(part)
+        if entry is not None and not (isinstance(entry, dict) and entry.get("path")):
+            raise ConfigError(f"model.manifest: {path}: '{part}' must be a mapping with a 'path'")
     return m
 
 
-def manifest_weights_path(manifest_path: Path, manifest: Dict[str, Any]) -> Path:
-    p = Path(manifest["weights"]["path"])
+def manifest_form(manifest: Dict[str, Any]) -> str:
+    """``mlip-launch`` for our own manifests, ``v1`` for the original implementation's bundles."""
+    return "mlip-launch" if "manifest_version" in manifest else "v1"
+
+
+def manifest_model_config(manifest: Dict[str, Any]) -> Dict[str, Any]:
+    """The model configuration a manifest carries (ours: ``model``; v1 bundles: ``config``)."""
+    cfg = manifest.get("model") if manifest_form(manifest) == "mlip-launch" else manifest.get("config")
+    return dict(cfg) if isinstance(cfg, dict) else {}
+
+
+def _manifest_file(manifest_path: Path, entry: Dict[str, Any]) -> Path:
+    p = Path(str(entry["path"])).expanduser()
     return p if p.is_absolute() else (Path(manifest_path).parent / p).resolve()
+
+
+def manifest_weights_path(manifest_path: Path, manifest: Dict[str, Any]) -> Path:
+    """The weights a manifest names (a relative path is relative to the manifest's folder)."""
+    entry = manifest.get("weights") or manifest.get("source")
+    return _manifest_file(manifest_path, entry)
+
+
+def verify_manifest_weights(manifest_path: Path, manifest: Dict[str, Any], weights: Path,
+                            key: str = "model.manifest") -> None:
+    """Refuse weights whose sha256 differs from the one the manifest records for them.
+
+    Only the file the manifest names is checked (``model.weights`` pointing elsewhere is the user's
+    override); a manifest without a sha256 is taken as it is.
+    """
+    entry = manifest.get("weights") or manifest.get("source") or {}
+    want = entry.get("sha256") if isinstance(entry, dict) else None
+    if not want or Path(weights).resolve() != manifest_weights_path(manifest_path, manifest).resolve():
+        return
+    if not Path(weights).is_file():
+        raise ConfigError(f"{key}: {manifest_path} names weights {weights}, which do not exist")
+    got = sha256_file(Path(weights))
+    if got != want:
+        raise ConfigError(f"{key}: {weights} has sha256 {got[:12]}..., but {manifest_path} records {want[:12]}... "
+                          "(a different or damaged file)")

@@ -108,7 +108,7 @@ def load_model(spec: Any, *, prefer: str = "best") -> LoadedModel:
     """
     import torch
 
-    from launcher.core.layout import RunLayout, manifest_weights_path, read_manifest
+    from launcher.core.layout import RunLayout, manifest_model_config, manifest_weights_path, read_manifest
     from trainers.mace.model_config import check_model_config, config_from_module, load_model_json
 
     dtype = torch.get_default_dtype()
@@ -155,7 +155,7 @@ def load_model(spec: Any, *, prefer: str = "best") -> LoadedModel:
         manifest = read_manifest(manifest_path)
         if manifest.get("backend") != "mace":
             raise ConfigError(f"model.manifest: {manifest_path} is a {manifest.get('backend')} model, not mace")
-        cfg = check_model_config(manifest.get("model") or {}, source=str(manifest_path))
+        cfg = check_model_config(manifest_model_config(manifest), source=str(manifest_path))
         if weights is None:
             weights = manifest_weights_path(manifest_path, manifest)
     if cfg is None and spec.train.input_json:
