@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from launcher.core.env import gpu_visible
 from launcher.core.errors import ConfigError, NotImplementedBackend
-from launcher.core.schema import RunSpec, validate
+from launcher.core.schema import RunSpec, cuda_index, is_cuda, validate
 
 DATA_SPLITS = ("train", "val", "test")
 
@@ -82,13 +82,17 @@ def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Opti
     if spec.model.weights:
         _check_file("model.weights", spec.model.weights, problems)
 
-    if spec.device == "cuda":
+    if is_cuda(spec.device):  # cuda or cuda:N (the job checks N against the GPUs torch sees)
+        index = cuda_index(spec.device)
         if cluster == "slurm":
             if not gpus_per_node:
-                problems.append("device: cuda needs GPUs on the SLURM nodes: use hydra/launcher=slurm_gpu "
+                problems.append(f"device: {spec.device} needs GPUs on the SLURM nodes: use hydra/launcher=slurm_gpu "
                                 "(or set hydra.launcher.gpus_per_node), or device=cpu")
+            elif index is not None and index >= gpus_per_node:
+                problems.append(f"device: {spec.device} but each SLURM job gets {gpus_per_node} GPU(s) "
+                                f"(cuda:0..cuda:{gpus_per_node - 1})")
         elif not gpu_visible():
-            problems.append("device: cuda requested but no GPU is visible here; use device=cpu (or device=auto)")
+            problems.append(f"device: {spec.device} requested but no GPU is visible here; use device=cpu (or device=auto)")
 
     if spec.run_dir:
         from launcher.job import state_problem

@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a schema key in every selected run (dotted key, YAML value)")
     p.add_argument("--to-overrides", action="store_true",
-                   help="print the equivalent `launch` command-line overrides and exit")
+                   help="print the equivalent `launch` command-line overrides, one line per run, each "
+                        "token quoted for bash (paste the line after `launch`), and exit")
     p.add_argument("--to-experiment", metavar="DIR",
                    help="write each run as DIR/NAME.yaml, a Hydra experiment (`launch +experiment=NAME`), and exit")
     return p
@@ -52,7 +53,8 @@ def _apply_sets(specs, sets: List[str]):
 def load_specs(config: str, names: List[str], sets: List[str]):
     from launcher.core.specio import parse_run_file, resolve_paths, select_runs
 
-    specs, launcher_map = parse_run_file(Path(config))
+    supplied = [item.split("=", 1)[0] for item in sets if "=" in item]  # --set may name a required key
+    specs, launcher_map = parse_run_file(Path(config), supplied=supplied)
     specs = select_runs(specs, names, source=config)
     if sets:
         specs = [resolve_paths(s, Path.cwd()) for s in _apply_sets(specs, sets)]
@@ -92,10 +94,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         specs, launcher_map = load_specs(args.config, args.run, args.set)
         if args.to_overrides:
-            from launcher.translate import spec_to_overrides
+            from launcher.translate import spec_to_shell_line
 
             for s in specs:
-                print(" ".join(spec_to_overrides(s)))
+                print(spec_to_shell_line(s))
             return 0
         if args.to_experiment:
             from launcher.translate import spec_to_experiment_yaml

@@ -6,18 +6,22 @@ reading and writing is :mod:`launcher.core.specio`.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, List, Optional
 
 from launcher.core.errors import ConfigError
 from launcher.core.schema import RunSpec, get_key, spec_from_dict
-from launcher.core.specio import resolve_paths
+from launcher.core.specio import escape_interpolation, escape_strings, resolve_paths
 
 
 # --------------------------------------------------------------------------------------------
 
+_PLAIN = re.compile(r"[A-Za-z0-9_./-]+")  # strings Hydra's grammar takes unquoted (others are quoted)
+
+
 def _override_value(value: Any) -> str:
-    """Format a value for a Hydra command-line override (quoted where the grammar needs it)."""
+    """Format a value for a Hydra command-line override (quoted unless plainly safe)."""
     import json
 
     if value is None:
@@ -27,7 +31,7 @@ def _override_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        if value == "" or any(c in value for c in " ,:[]{}()='\"\\*?$") or value.lower() in ("null", "true", "false"):
+        if not _PLAIN.fullmatch(value) or value.lower() in ("null", "true", "false", "nan", "inf", "-inf", "+inf"):
             return _quote(value)
         try:
             float(value)
@@ -42,11 +46,34 @@ def _override_value(value: Any) -> str:
 
 
 def _quote(value: str) -> str:
-    """Single-quote for Hydra's grammar: escape quotes, and backslashes only where they precede one."""
-    import re
-
-    body = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value).replace("'", "\\'")
+    """Single-quote for Hydra's grammar: ``${`` escaped (a literal, not an interpolation), then quotes
+    escaped, and backslashes only where they precede a quote or the end."""
+    body = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, escape_interpolation(value)).replace("'", "\\'")
     return "'" + body + "'"
+
+
+def _strings(value: Any):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def _check_expressible(key: str, value: Any) -> None:
+    """Refuse what no Hydra override can carry (one line naming the key) instead of printing a broken line."""
+    if any("\n" in s or "\r" in s for s in _strings(value)):
+        raise ConfigError(f"{key}: a value holds a line break, which a Hydra override cannot carry; "
+                          f"use launch-run --config, or --to-experiment")
+    if isinstance(value, dict):
+        bad = [k for k in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k))]
+        if bad:
+            raise ConfigError(f"{key}: key '{bad[0]}' is not a plain name ([A-Za-z_][A-Za-z0-9_]*), which a "
+                              f"Hydra override needs; use launch-run --config, or --to-experiment")
 
 
 def spec_to_overrides(spec: RunSpec, *, only_changed: bool = True) -> List[str]:
@@ -66,9 +93,18 @@ def spec_to_overrides(spec: RunSpec, *, only_changed: bool = True) -> List[str]:
         value = get_key(spec, key)
         if only_changed and value == get_key(defaults, key) and key not in GROUP_SET_KEYS:
             continue
+        _check_expressible(key, value)
         prefix = "++" if key in ("backend_env",) else ""
         out.append(f"{prefix}{key}={_override_value(value)}")
     return out
+
+
+def spec_to_shell_line(spec: RunSpec) -> str:
+    """``spec_to_overrides`` as one bash line: each token quoted (``shlex.quote``) so that bash hands
+    Hydra exactly the override token, whatever the values hold (spaces, ``=``, quotes, brackets, ``$``)."""
+    import shlex
+
+    return " ".join(shlex.quote(token) for token in spec_to_overrides(spec))
 
 
 # keys a config group may set: always emitted so composition with groups round-trips
@@ -82,7 +118,7 @@ def spec_to_experiment_yaml(spec: RunSpec) -> str:
     """A ``conf/experiment/NAME.yaml`` (``launch +experiment=NAME``) equal to ``spec``."""
     import yaml
 
-    body = spec.to_dict()
+    body = escape_strings(spec.to_dict())
     backend, task = body.pop("backend"), body.pop("task")
     lines = [
         "# @package _global_",

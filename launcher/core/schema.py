@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -22,13 +24,17 @@ SCHEMA_VERSION = 1
 BACKENDS = backend_names()  # the entry-point group mlip_launch.backends (launcher.core.plugins)
 TASKS = ("train", "finetune", "resume", "evaluate", "infer", "export")
 TRAINING_TASKS = ("train", "finetune", "resume")
-DEVICES = ("cuda", "cpu", "auto")
+DEVICES = ("cuda", "cpu", "auto", "cuda:N")   # cuda:N = the GPU with index N (a torch device string)
+DATA_FORMATS = ("lmdb",)
+REQUIRED_RUN_KEYS = ("backend", "task", "run_dir")   # every run of a plain run.yaml names them
+PLATEAU_PATIENCE_DEFAULT = 50                         # train.patience: null (mace_run_train's value)
 
 # Keys whose value must be one of a fixed set: checked by validate(), listed in the docs.
 CHOICES: Dict[str, tuple] = {
     "backend": BACKENDS,
     "task": TASKS,
     "device": DEVICES,
+    "data.format": DATA_FORMATS,
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.scheduler": ("plateau", "cosine", "step", "none"),
     "train.scheduler_step_unit": ("epoch", "cycle"),
@@ -37,6 +43,24 @@ CHOICES: Dict[str, tuple] = {
     "train.dtype": ("float64", "float32"),
     "eval.split": ("test", "val", "train"),
 }
+
+_CUDA_INDEX = re.compile(r"cuda:(0|[1-9][0-9]*)")
+
+
+def cuda_index(device: str) -> Optional[int]:
+    """N of a ``cuda:N`` device string, else None (``cuda`` itself included)."""
+    m = _CUDA_INDEX.fullmatch(str(device))
+    return int(m.group(1)) if m else None
+
+
+def is_cuda(device: str) -> bool:
+    """``cuda`` or ``cuda:N``: the run needs a GPU (``auto`` does not)."""
+    return device == "cuda" or cuda_index(device) is not None
+
+
+def device_ok(device: Any) -> bool:
+    return device in ("cuda", "cpu", "auto") or (isinstance(device, str) and cuda_index(device) is not None)
+
 
 # Keys holding filesystem paths: resolved to absolute paths by the front doors.
 PATH_KEYS = (
@@ -78,6 +102,9 @@ class IndexSampling:
 class DataSpec:
     """Datasets: a FairChem-format LMDB file, or a folder of ``*.lmdb`` shards read as one."""
 
+    format: str = _f("lmdb", "dataset format; lmdb is the only one: a FairChem v1 LMDB file, a folder of "
+                             "*.lmdb shards read as one, or ASE-database .aselmdb files (other formats: "
+                             "convert them with launch-data convert)")
     train: Optional[str] = _f(None, "training LMDB file or folder of *.lmdb shards")
     val: Optional[str] = _f(None, "validation LMDB (best model and early stop use it)")
     test: Optional[str] = _f(None, "test LMDB (evaluate/infer read it unless eval.split says otherwise)")
@@ -105,16 +132,23 @@ class TrainSpec:
     accum_steps: int = _f(1, "micro-batches accumulated per optimizer update")
     max_grad_norm: Optional[float] = _f(10.0, "gradient clipping norm (null = off)")
     save_every: int = _f(1, "write checkpoints/checkpoint.pt every N epochs (or cycles)")
-    log_every: Optional[int] = _f(None, "log every N update steps (null = about 20 logs per epoch)")
+    log_every: Optional[int] = _f(None, "every N optimizer updates, one progress line on the console and in logs/train.log "
+                                        "(step, epoch, loss, lr, structures/s) and a train record in logs/metrics.jsonl "
+                                        "(null = about 20 per epoch)")
     progress_bar: str = _f("auto", "tqdm progress bars: auto (only on a TTY) | true | false")
-    progress_mininterval: float = _f(0.5, "tqdm refresh interval in seconds")
+    progress_mininterval: float = _f(0.5, "minimum seconds between refreshes of every tqdm bar of the run "
+                                          "(reading data, building graphs, training, predicting)")
     freeze: Optional[str] = _f(None, "null | head_only (train only the readout of train.head_key)")
     energy_weight: float = _f(1.0, "weight of the energy loss")
     force_weight: float = _f(1.0, "weight of the force loss")
     head_key: str = _f("omat_pbe", "head of a multi-head model to train/evaluate (ignored by single-head models)")
-    early_stop_factor: Optional[float] = _f(None, "stop when val loss exceeds this factor times the best val loss (null = off)")
-    patience: Optional[int] = _f(None, "stop after this many evaluations without val improvement (null = off)")
-    scheduler: str = _f("plateau", "plateau (ReduceLROnPlateau, factor 0.8, patience 50) | cosine (to 0 over the run) | step (halves the lr 4 times over the run) | none")
+    early_stop_factor: Optional[float] = _f(None, "stop training after ceil(early_stop_factor x patience) consecutive "
+                                                  "evaluations without val loss improvement (patience: train.patience, 50 "
+                                                  "when null); any value > 0, 1 included; null = off")
+    patience: Optional[int] = _f(None, "patience of the plateau scheduler: evaluations without val loss improvement before "
+                                       "ReduceLROnPlateau lowers the lr (>= 1; null = 50); also the unit of "
+                                       "train.early_stop_factor (patience alone never stops training)")
+    scheduler: str = _f("plateau", "plateau (ReduceLROnPlateau, factor 0.8, patience train.patience) | cosine (to 0 over the run) | step (halves the lr 4 times over the run) | none")
     scheduler_step_unit: str = _f("epoch", "step the scheduler per epoch | per cycle")
     cycle_steps: int = _f(0, "optimizer updates per cycle (<= 0 off); evaluation and checkpoint every cycle; forces drop_last")
     drop_last: bool = _f(False, "drop the last incomplete training batch")
@@ -145,13 +179,15 @@ class ModelSpec:
 class RunSpec:
     """One run: everything a job needs, whichever front door produced it."""
 
-    backend: str = _f("mace", "a registered backend: mace | equiformer_v2 | gemnet_oc (docs/architecture.md: adding one)")
-    task: str = _f("train", "train | finetune | resume | evaluate | infer | export")
-    run_dir: Optional[str] = _f(None, "output directory of the run (required)")
+    backend: str = _f("mace", "a registered backend: mace | equiformer_v2 | gemnet_oc (docs/architecture.md: adding one); "
+                              "required in every run of a run.yaml (the default is the Hydra door's backend group)")
+    task: str = _f("train", "train | finetune | resume | evaluate | infer | export; required in every run of a run.yaml "
+                            "(the default is the Hydra door's task group)")
+    run_dir: Optional[str] = _f(None, "output directory of the run (required; the Hydra door defaults it to runs/DATE/TIME)")
     name: Optional[str] = _f(None, "run name (selects runs of a runs: list with --run; defaults to the run_dir's name)")
     model_in: Optional[str] = _f(None, "checkpoint / model file (required for finetune, export; resume defaults to the run's own checkpoint)")
     model: ModelSpec = _f(factory=ModelSpec, doc="model source via manifest/weights")
-    device: str = _f("cuda", "cuda | cpu | auto (cuda when available)")
+    device: str = _f("cuda", "cuda | cuda:N (the GPU with index N) | cpu | auto (cuda when available)")
     seed: int = _f(0, "global seed (train.seed defaults to it)")
     backend_python: Optional[str] = _f(None, "interpreter of the FairChem environment (default: the one scripts/setup-fairchem-env made)")
     backend_env: Dict[str, str] = _f(factory=dict, doc="extra environment variables for native backend runs")
@@ -189,6 +225,19 @@ class RunSpec:
         for k in ("num_workers", "progress_bar", "progress_mininterval", "log_every"):
             d["train"].pop(k, None)
         return d
+
+
+def plateau_patience(train: TrainSpec) -> int:
+    """ReduceLROnPlateau's patience: ``train.patience``, or 50 when it is null."""
+    return PLATEAU_PATIENCE_DEFAULT if train.patience is None else int(train.patience)
+
+
+def early_stop_evals(train: TrainSpec) -> Optional[int]:
+    """Consecutive evaluations without val improvement that stop training:
+    ``ceil(early_stop_factor x patience)`` (at least 1), or None when ``train.early_stop_factor`` is null."""
+    if train.early_stop_factor is None:
+        return None
+    return max(1, math.ceil(float(train.early_stop_factor) * plateau_patience(train) - 1e-9))
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,7 +413,14 @@ def validate(spec: RunSpec) -> List[str]:
         value = get_key(spec, key)
         if isinstance(value, str) and key == "train.progress_bar":
             value = value.lower()
-        if value not in options:
+        if key == "device":
+            if not device_ok(value):
+                p.append(f"device: '{value}' is not one of cuda, cuda:N (N a GPU index: 0, 1, ...), cpu, auto")
+        elif key == "data.format":
+            if value not in options:
+                p.append(f"data.format: '{value}' is not supported; the only allowed value is lmdb (FairChem LMDB "
+                         f"files, folders of *.lmdb shards, .aselmdb; convert others with launch-data convert)")
+        elif value not in options:
             p.append(f"{key}: '{value}' is not one of {', '.join(str(o) for o in options if o is not None)}")
     if not spec.run_dir:
         p.append("run_dir: required (the run's output directory)")
@@ -388,8 +444,8 @@ def validate(spec: RunSpec) -> List[str]:
         p.append(f"train.progress_mininterval: must be >= 0, got {t.progress_mininterval}")
     if t.ema_decay is not None and not (0.0 < t.ema_decay < 1.0):
         p.append(f"train.ema_decay: must be in (0, 1) or null, got {t.ema_decay}")
-    if t.early_stop_factor is not None and t.early_stop_factor <= 1.0:
-        p.append(f"train.early_stop_factor: must be > 1 or null, got {t.early_stop_factor}")
+    if t.early_stop_factor is not None and not (t.early_stop_factor > 0 and math.isfinite(t.early_stop_factor)):
+        p.append(f"train.early_stop_factor: must be > 0 or null, got {t.early_stop_factor}")
     if t.patience is not None and t.patience < 1:
         p.append(f"train.patience: must be >= 1 or null, got {t.patience}")
     if t.energy_weight < 0 or t.force_weight < 0 or (t.energy_weight == 0 and t.force_weight == 0):

@@ -3,7 +3,9 @@
 A plain ``run.yaml`` is either one run (a mapping of schema keys) or a ``runs:`` list. In the
 list form, the other top-level keys are defaults every run starts from, and a top-level
 ``launcher:`` mapping picks the submission preset (see ``conf/hydra/launcher/``). Keys may be
-nested (``data: {train: x}``) or dotted (``data.train: x``). Relative paths resolve against the
+nested (``data: {train: x}``) or dotted (``data.train: x``). Every run must name ``backend``,
+``task`` and ``run_dir`` (directly or through the list's defaults): this door has no hidden defaults
+for them, unlike the Hydra door's config groups. Relative paths resolve against the
 YAML file's folder; ``run_dir/run.yaml`` holds the resolved spec with absolute paths.
 """
 from __future__ import annotations
@@ -11,10 +13,11 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from launcher.core.errors import ConfigError
-from launcher.core.schema import PATH_KEYS, RunSpec, get_key, set_key, spec_from_dict
+from launcher.core.errors import ConfigError, ConfigErrors
+from launcher.core.schema import (CHOICES, PATH_KEYS, REQUIRED_RUN_KEYS, RunSpec, get_key, set_key,
+                                  spec_from_dict)
 
 RUNS_KEY = "runs"
 LAUNCHER_KEY = "launcher"
@@ -57,6 +60,25 @@ def deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def escape_interpolation(value: str) -> str:
+    """``value`` as OmegaConf text that reads back as exactly ``value``: each ``${`` (with the backslashes
+    before it doubled) escaped, so a literal is not taken for an interpolation."""
+    import re
+
+    return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+
+
+def escape_strings(obj: Any) -> Any:
+    """``obj`` (nested dicts/lists) with every string passed through :func:`escape_interpolation`."""
+    if isinstance(obj, str):
+        return escape_interpolation(obj)
+    if isinstance(obj, dict):
+        return {k: escape_strings(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [escape_strings(v) for v in obj]
+    return obj
+
+
 def resolve_paths(spec: RunSpec, base_dir: Path) -> RunSpec:
     """Make every path key absolute against base_dir (``~`` expanded). Commands stay as given."""
     for key in PATH_KEYS:
@@ -97,8 +119,27 @@ def _load_yaml(path: Path) -> Any:
         raise ConfigError(f"--config: {path} is not valid YAML{where}") from None
 
 
-def parse_run_file(path: Path) -> Tuple[List[RunSpec], Dict[str, Any]]:
-    """Read a plain run.yaml: returns (specs, launcher settings). Paths absolute, specs unvalidated."""
+def _required_hint(key: str) -> str:
+    if key == "run_dir":
+        return "the run's output directory"
+    return "one of " + ", ".join(CHOICES[key])
+
+
+def missing_required(mapping: Dict[str, Any], *, source: str, supplied: Iterable[str] = ()) -> List[str]:
+    """One line per key of ``REQUIRED_RUN_KEYS`` that ``mapping`` (a nested run mapping) lacks or leaves
+    empty; keys in ``supplied`` are set later (``launch-run --set``) and are not reported."""
+    supplied = set(supplied)
+    return [f"{source}: {key}: required in every run ({_required_hint(key)})"
+            for key in REQUIRED_RUN_KEYS if key not in supplied and mapping.get(key) in (None, "")]
+
+
+def parse_run_file(path: Path, *, supplied: Iterable[str] = ()) -> Tuple[List[RunSpec], Dict[str, Any]]:
+    """Read a plain run.yaml: returns (specs, launcher settings). Paths absolute, specs unvalidated.
+
+    Every run must name ``backend``, ``task`` and ``run_dir`` after the ``runs:`` defaults are merged
+    (``supplied``: top-level keys an override sets in every run). Bad keys and missing keys of all runs
+    are raised together as one :class:`ConfigErrors`, one line each.
+    """
     path = Path(path).expanduser().resolve()
     raw = _load_yaml(path)
     if raw is None:
@@ -121,10 +162,18 @@ def parse_run_file(path: Path) -> Tuple[List[RunSpec], Dict[str, Any]]:
             entries.append((f"{path}: runs[{i}]", deep_merge(defaults, expand_dotted(entry, source=f"{path}: runs[{i}]"))))
     else:
         entries = [(str(path), expand_dotted(raw, source=str(path)))]
-    specs = []
+    specs, problems = [], []
+    supplied = list(supplied)
     for source, mapping in entries:
-        spec = spec_from_dict(mapping, source=source)
-        specs.append(resolve_paths(spec, path.parent))
+        try:
+            spec = spec_from_dict(mapping, source=source)
+        except ConfigError as e:
+            problems.extend(e.problems if isinstance(e, ConfigErrors) else [str(e)])
+        else:
+            specs.append(resolve_paths(spec, path.parent))
+        problems.extend(missing_required(mapping, source=source, supplied=supplied))
+    if problems:
+        raise ConfigErrors(problems)
     names = [s.run_name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -150,7 +199,8 @@ def dump_run_yaml(spec: RunSpec) -> str:
     import yaml
 
     header = "# Resolved mlip-launch run spec. Re-run as is: launch-run --config run.yaml\n"
-    return header + yaml.safe_dump(spec.to_dict(), sort_keys=False, default_flow_style=False)
+    # a literal "${" is escaped: reading the file back must give the same strings, not interpolations
+    return header + yaml.safe_dump(escape_strings(spec.to_dict()), sort_keys=False, default_flow_style=False)
 
 
 def load_run_yaml_spec(path: Path) -> RunSpec:

@@ -185,7 +185,7 @@ def test_plain_door_runs_list_with_selection_dry_run(tmp_path, demo_data, capsys
 
     f = tmp_path / "runs.yaml"
     f.write_text(yaml.safe_dump({
-        "backend": "mace", "device": "cpu",
+        "backend": "mace", "task": "train", "device": "cpu",
         "train": {"input_json": str(REPO / "conf" / "mace" / "small.json"), "epochs": 1},
         "data": {k: str(v) for k, v in demo_data.items()},
         "runs": [{"name": n, "run_dir": f"out/{n}"} for n in ("a", "b", "c")],
@@ -200,7 +200,7 @@ def test_plain_door_bad_input_exit_2(tmp_path, capsys):
     from launcher.run import main
 
     f = tmp_path / "run.yaml"
-    f.write_text(json.dumps({"backend": "mace", "run_dir": "x", "train": {"epochz": 1}}))
+    f.write_text(json.dumps({"backend": "mace", "task": "train", "run_dir": "x", "train": {"epochz": 1}}))
     with pytest.raises(SystemExit) as e:
         main(["--config", str(f)])
     assert e.value.code == 2

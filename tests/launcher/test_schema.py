@@ -58,7 +58,15 @@ def test_mapping_required():
     ({"train__cycle_steps": 5}, "train.drop_last"),
     ({"train__scheduler_step_unit": "cycle"}, "train.scheduler_step_unit"),
     ({"train__ema_decay": 1.0}, "train.ema_decay"),
-    ({"train__early_stop_factor": 0.5}, "train.early_stop_factor"),
+    ({"train__early_stop_factor": 0.0}, "train.early_stop_factor"),
+    ({"train__early_stop_factor": -1.0}, "train.early_stop_factor"),
+    ({"train__patience": 0}, "train.patience"),
+    ({"device": "cuda:"}, "device"),
+    ({"device": "cuda:-1"}, "device"),
+    ({"device": "cuda:x"}, "device"),
+    ({"device": "cuda:01"}, "device"),
+    ({"device": "cpu:0"}, "device"),
+    ({"data__format": "extxyz"}, "data.format"),
     ({"train__freeze": "head_only"}, "train.freeze"),
     ({"train__input_json": None}, "train.input_json"),
     ({"task": "finetune"}, "model_in"),
@@ -76,6 +84,39 @@ def test_cross_field_rules(kw, key):
     problems = validate(spec) + backend_problems(spec)  # the generic rules, then the backend's own
     assert problems, kw
     assert any(p.startswith(key) for p in problems), problems
+
+
+@pytest.mark.parametrize("kw", [
+    {"train__early_stop_factor": 1.0}, {"train__early_stop_factor": 0.5}, {"train__early_stop_factor": 2.5},
+    {"train__patience": 1, "train__early_stop_factor": 3.0}, {"train__patience": 7},
+    {"device": "cuda"}, {"device": "cuda:0"}, {"device": "cuda:12"}, {"device": "auto"},
+    {"data__format": "lmdb"},
+])
+def test_accepted_values(kw):
+    assert validate(_spec(**kw)) == []
+
+
+def test_bad_data_format_is_one_line_naming_the_key_and_the_allowed_value():
+    (line,) = validate(_spec(data__format="xyz"))
+    assert line.startswith("data.format: 'xyz'") and "lmdb" in line and "\n" not in line
+
+
+@pytest.mark.parametrize("factor, patience, evals", [
+    (None, 5, None), (1.0, None, 50), (1.0, 4, 4), (2.0, 3, 6), (1.5, 5, 8), (1.1, 10, 11), (0.01, 5, 1),
+])
+def test_early_stop_evals_is_factor_times_patience(factor, patience, evals):
+    from launcher.core.schema import early_stop_evals, plateau_patience
+
+    t = _spec(train__early_stop_factor=factor, train__patience=patience).train
+    assert early_stop_evals(t) == evals
+    assert plateau_patience(t) == (50 if patience is None else patience)
+
+
+def test_cuda_index():
+    from launcher.core.schema import cuda_index, is_cuda
+
+    assert [cuda_index(d) for d in ("cuda", "cuda:0", "cuda:7", "cpu", "auto", "cuda:-1")] == [None, 0, 7, None, None, None]
+    assert [is_cuda(d) for d in ("cuda", "cuda:3", "cpu", "auto")] == [True, True, False, False]
 
 
 def test_cycle_steps_with_drop_last_is_valid():

@@ -26,8 +26,12 @@ _tricky = st.text(alphabet="ab ,:=[]{}'\"\\*?0", min_size=1, max_size=10)
 
 
 def _strategy(key: str, t: typing.Any):
+    if key == "device":  # "cuda:N" stands for cuda:0, cuda:1, ...
+        return st.sampled_from(["cuda", "cpu", "auto"]) | st.integers(0, 15).map(lambda n: f"cuda:{n}")
     if key in CHOICES:
         return st.sampled_from(CHOICES[key])
+    if key == "run_dir":  # required in every run of a run.yaml
+        return _paths
     if key in PATH_KEYS:
         return st.none() | _paths
     origin = typing.get_origin(t)
@@ -139,7 +143,7 @@ def test_single_run_relative_paths_resolve_against_the_yaml(tmp_path):
 def test_runs_list_with_shared_defaults_and_selection(tmp_path):
     f = tmp_path / "runs.yaml"
     f.write_text(yaml.safe_dump({
-        "backend": "mace", "device": "cpu", "train": {"epochs": 2, "input_json": "m.json"},
+        "backend": "mace", "task": "train", "device": "cpu", "train": {"epochs": 2, "input_json": "m.json"},
         "launcher": {"preset": "inprocess"},
         "runs": [
             {"name": "a", "run_dir": "ra", "train.lr": 0.001},
@@ -163,7 +167,7 @@ def test_runs_list_with_shared_defaults_and_selection(tmp_path):
     ("- a\n- b\n", "must hold a mapping"),
     ("runs: []\n", "non-empty list"),
     ("runs:\n  - 3\n", r"runs\[0\] must be a mapping"),
-    ("runs:\n  - {run_dir: a}\n  - {run_dir: a}\n", "run names must be unique"),
+    ("backend: mace\ntask: train\nruns:\n  - {run_dir: a}\n  - {run_dir: a}\n", "run names must be unique"),
     ("train: {lrr: 1}\n", "unknown key 'train.lrr'"),
     ("train: [\n", "not valid YAML at line"),
     ("launcher: 3\nrun_dir: x\n", "'launcher' must be a mapping"),

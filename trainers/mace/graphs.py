@@ -21,8 +21,9 @@ def split_indices(spec: Any, split: str, n: int, *, active: bool) -> np.ndarray:
 
 
 def load_split(spec: Any, split: str, *, active: bool, progress: bool = False) -> Tuple[List[Any], np.ndarray]:
-    """(structures, indices) of one split of ``spec.data``."""
+    """(structures, indices) of one split of ``spec.data``; the bar refreshes every ``train.progress_mininterval`` s."""
     from data.lmdb_dataset import LmdbDataset
+    from data.util import progress_bar
 
     path = getattr(spec.data, split)
     if not path:
@@ -30,11 +31,8 @@ def load_split(spec: Any, split: str, *, active: bool, progress: bool = False) -
     ds = LmdbDataset(path)
     try:
         idx = split_indices(spec, split, len(ds), active=active)
-        it = idx
-        if progress:
-            from tqdm import tqdm
-
-            it = tqdm(idx, desc=f"read {split}", unit="struct", mininterval=0.5, leave=False)
+        it = progress_bar(idx, progress, desc=f"read {split}", unit="struct",
+                          mininterval=spec.train.progress_mininterval, leave=False)
         structures = [ds[int(i)] for i in it]
     finally:
         ds.close()
@@ -53,17 +51,16 @@ def check_elements(structures: Sequence[Any], zs: Sequence[int], *, what: str) -
 
 
 def to_atomic_data(structures: Sequence[Any], zs: Sequence[int], r_max: float, heads: Sequence[str],
-                   head: str, *, progress: bool = False) -> List[Any]:
-    """``AtomicData`` (torch default dtype) for each structure, labelled for ``head``."""
+                   head: str, *, progress: bool = False, mininterval: float = 0.5) -> List[Any]:
+    """``AtomicData`` (torch default dtype) for each structure, labelled for ``head``; ``mininterval``:
+    seconds between refreshes of the bar (``train.progress_mininterval``)."""
     from mace.data import AtomicData, Configuration
     from mace.tools.utils import AtomicNumberTable
 
-    table = AtomicNumberTable([int(z) for z in zs])
-    it: Any = structures
-    if progress:
-        from tqdm import tqdm
+    from data.util import progress_bar
 
-        it = tqdm(structures, desc="graphs", unit="struct", mininterval=0.5, leave=False)
+    table = AtomicNumberTable([int(z) for z in zs])
+    it: Any = progress_bar(structures, progress, desc="graphs", unit="struct", mininterval=mininterval, leave=False)
     out = []
     for s in it:
         props: Dict[str, Any] = {}

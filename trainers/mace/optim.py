@@ -1,14 +1,16 @@
 """Optimizers and learning-rate schedules of the core trainer.
 
-``adam`` is mace_run_train's (amsgrad); ``plateau`` is its ReduceLROnPlateau (factor 0.8,
-patience 50). ``step`` halves the lr four times over the run; ``cosine`` anneals to 0 over the
-run, in epochs or cycles (``train.scheduler_step_unit``).
+``adam`` is mace_run_train's (amsgrad); ``plateau`` is its ReduceLROnPlateau (factor 0.8; patience
+``train.patience``, 50 when null, as mace_run_train). ``step`` halves the lr four times over the run;
+``cosine`` anneals to 0 over the run, in epochs or cycles (``train.scheduler_step_unit``).
 """
 from __future__ import annotations
 
 from typing import Any, List
 
-PLATEAU_FACTOR, PLATEAU_PATIENCE = 0.8, 50          # mace_run_train's ReduceLROnPlateau
+from launcher.core.schema import plateau_patience
+
+PLATEAU_FACTOR = 0.8                                 # mace_run_train's ReduceLROnPlateau
 STEP_GAMMA = 0.5                                     # scheduler=step: halve the lr ...
 STEP_PARTS = 4                                       # ... four times over the run
 
@@ -36,7 +38,8 @@ def make_scheduler(spec: Any, opt: Any, length: int) -> Any:
 
     kind = spec.train.scheduler
     if kind == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=PLATEAU_FACTOR,
+                                                          patience=plateau_patience(spec.train))
     if kind == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=length)
     if kind == "step":

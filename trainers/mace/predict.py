@@ -27,19 +27,19 @@ def batches(graphs: Sequence[Any], batch_size: int):
 
 
 def predict(model: Any, graphs: Sequence[Any], *, batch_size: int, device: Any, compute_force: bool = True,
-            amp: bool = False, progress: bool = False, desc: str = "predict") -> Dict[str, Any]:
-    """Energies (float64 numpy, one per graph) and forces (a list of (n_i, 3) arrays or None)."""
+            amp: bool = False, progress: bool = False, desc: str = "predict",
+            mininterval: float = 0.5) -> Dict[str, Any]:
+    """Energies (float64 numpy, one per graph) and forces (a list of (n_i, 3) arrays or None); ``mininterval``:
+    seconds between refreshes of the bar (``train.progress_mininterval``)."""
     import torch
 
     model.eval()
     energies: List[np.ndarray] = []
     forces: Optional[List[np.ndarray]] = [] if compute_force else None
-    it: Any = batches(graphs, batch_size)
-    if progress:
-        from tqdm import tqdm
+    from data.util import progress_bar
 
-        it = tqdm(it, total=(len(graphs) + batch_size - 1) // batch_size, desc=desc, unit="batch",
-                  mininterval=0.5, leave=False)
+    it: Any = progress_bar(batches(graphs, batch_size), progress, total=(len(graphs) + batch_size - 1) // batch_size,
+                           desc=desc, unit="batch", mininterval=mininterval, leave=False)
     for batch in it:
         batch = batch.to(device)
         ctx = torch.enable_grad() if compute_force else torch.no_grad()

@@ -15,6 +15,7 @@ class RunLog:
 
     def __init__(self, layout: RunLayout, enabled: bool, echo: bool = True) -> None:
         self.layout, self.enabled, self.echo = layout, enabled, echo
+        self.bars = False  # tqdm bars are on: console lines go through tqdm.write so bars stay intact
         self.t0 = time.time()
 
     def info(self, msg: str) -> None:
@@ -24,7 +25,12 @@ class RunLog:
         with open(self.layout.train_log, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
         if self.echo:
-            print(line, file=sys.stderr, flush=True)
+            if self.bars:
+                from tqdm import tqdm
+
+                tqdm.write(line, file=sys.stderr)
+            else:
+                print(line, file=sys.stderr, flush=True)
 
     def metrics(self, record: Dict[str, Any]) -> None:
         if self.enabled:
