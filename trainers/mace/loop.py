@@ -8,6 +8,11 @@ the work since its last checkpoint and ends bit-identical on CPU.
 
 Units: a micro-step is one backward on a micro-batch; an update is one ``optimizer.step()``
 after ``accum_steps`` micro-steps; ``log_every``, ``cycle_steps`` and progress bars count updates.
+
+Early stop and the plateau scheduler share one notion of progress: an evaluation "improves" when its
+val loss is below the best so far. ``train.patience`` (null = 50) is ReduceLROnPlateau's patience;
+``train.early_stop_factor`` stops training after ``ceil(early_stop_factor x patience)`` consecutive
+evaluations without improvement (``launcher.core.schema.early_stop_evals``).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import numpy as np
 
 from launcher.core.atomic import atomic_torch_save
 from launcher.core.errors import ConfigError, TrainingDiverged
+from launcher.core.schema import cuda_index, early_stop_evals, plateau_patience
 from trainers.mace.freeze import HeadFreeze
 from trainers.mace.model_io import CHECKPOINT_FORMAT
 from trainers.mace.optim import make_optimizer, make_scheduler, scheduler_length
@@ -55,12 +61,20 @@ def progress_enabled(setting: str, is_main: bool) -> bool:
 
 
 def select_device(spec: Any) -> Any:
+    """``device``: cpu, cuda, cuda:N (the GPU with index N) or auto (cuda when available, else cpu)."""
     import torch
 
     if spec.device == "cpu":
         return torch.device("cpu")
-    if spec.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' requested but no GPU is visible; set device=cpu (or auto)")
+    index = cuda_index(spec.device)
+    if (spec.device == "cuda" or index is not None) and not torch.cuda.is_available():
+        raise ConfigError(f"device: '{spec.device}' requested but no GPU is visible; set device=cpu (or auto)")
+    if index is not None:
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"device: '{spec.device}' requested but only {count} GPU(s) are visible "
+                              f"(cuda:0..cuda:{count - 1})")
+        return torch.device("cuda", index)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -116,6 +130,7 @@ class Trainer:
         self.amp = bool(t.amp and self.device.type == "cuda")
         self.seed = spec.effective_seed
         self.progress = progress_enabled(t.progress_bar, self.main)
+        self.log.bars = self.progress
 
         # ---- where the model and training state come from
         ckpt = None
@@ -161,8 +176,11 @@ class Trainer:
         self.heads = heads_of(cfg)
         self.head = head_of(cfg, t.head_key)
         self.model = model.to(self.device)
-        self.train_graphs = graphs.to_atomic_data(train_s, zs, cfg["r_max"], self.heads, self.head, progress=self.progress)
-        self.val_graphs = graphs.to_atomic_data(val_s, zs, cfg["r_max"], self.heads, self.head, progress=self.progress)
+        mi = t.progress_mininterval
+        self.train_graphs = graphs.to_atomic_data(train_s, zs, cfg["r_max"], self.heads, self.head,
+                                                  progress=self.progress, mininterval=mi)
+        self.val_graphs = graphs.to_atomic_data(val_s, zs, cfg["r_max"], self.heads, self.head,
+                                                progress=self.progress, mininterval=mi)
         self.n_train_structures = len(train_s)
         if len(self.train_graphs) < self.dist.world:
             raise ConfigError(f"data.train: {len(self.train_graphs)} structures for {self.dist.world} processes")
@@ -194,6 +212,7 @@ class Trainer:
 
             self.ddp_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.log_every = t.log_every or max(1, self.updates_per_epoch // 20)
+        self.stop_after = early_stop_evals(t)  # None: no early stop
 
         self.state = LoopState()
         if ckpt is not None:
@@ -212,6 +231,9 @@ class Trainer:
         self.log.info(f"task={spec.task} model={self.source} params={nparams} trainable={ntrain} head={self.head} "
                       f"train={len(self.train_graphs)} val={len(self.val_graphs)} dtype={t.dtype} device={self.device} "
                       f"world={self.dist.world} threads={torch.get_num_threads()} updates/epoch={self.updates_per_epoch}")
+        if self.stop_after is not None:
+            self.log.info(f"early stop after {self.stop_after} evaluations without val improvement "
+                          f"(early_stop_factor {t.early_stop_factor} x patience {plateau_patience(t)})")
 
     # ------------------------------------------------------------------ checkpoint
     def _checkpoint(self) -> Dict[str, Any]:
@@ -302,10 +324,10 @@ class Trainer:
         self.log.info(f"eval {split} epoch={rec['epoch']} step={st.update_step} loss={_fmt(loss)} "
                       f"E_rmse/atom={m.get('energy_rmse_per_atom')} F_rmse={m.get('force_rmse')} lr={lr:.3g}"
                       + (" *best*" if improved else ""))
-        if t.patience is not None and st.bad_evals >= t.patience:
-            st.stopped = f"patience: {st.bad_evals} evaluations without improvement"
-        elif t.early_stop_factor is not None and loss is not None and loss > t.early_stop_factor * st.best_loss:
-            st.stopped = f"early_stop_factor: loss {loss:.6g} > {t.early_stop_factor} x best {st.best_loss:.6g}"
+        if self.stop_after is not None and st.bad_evals >= self.stop_after:
+            st.stopped = (f"early_stop_factor: {st.bad_evals} evaluations without {split} improvement "
+                          f"(early_stop_factor {t.early_stop_factor} x patience {plateau_patience(t)}); "
+                          f"best loss {_fmt(st.best_loss)} at epoch {st.best_epoch}")
         if st.stopped:
             self.log.info(f"stopping early ({st.stopped})")
         unit = "cycle" if kind == "cycle" else "epoch"
@@ -382,6 +404,21 @@ class Trainer:
         for g in groups[start:]:
             yield [next(it) for _ in g]
 
+    def _log_progress(self, loss: float, structures: int) -> None:
+        """The ``train.log_every`` line: step, epoch, loss, lr and throughput since the last such line."""
+        now = time.time()
+        self._window[1] += structures
+        if self.state.update_step % self.log_every:
+            return
+        t0, n = self._window
+        rate = n * self.dist.world / max(now - t0, 1e-9)  # every rank trains on equally many structures
+        lr = self.opt.param_groups[0]["lr"]
+        st = self.state
+        self.log.metrics({"epoch": st.epoch + 1, "step": st.update_step, "split": "train", "loss": loss, "lr": lr})
+        self.log.info(f"train step={st.update_step} epoch={st.epoch + 1}/{self.spec.train.epochs} loss={loss:.6g} "
+                      f"lr={lr:.3g} throughput={rate:.1f} structures/s")
+        self._window = [time.time(), 0]
+
     def train(self) -> Dict[str, Any]:
         from launcher.core import preemption
 
@@ -399,6 +436,7 @@ class Trainer:
                 bar = tqdm(total=len(groups), initial=st.updates_in_epoch, desc=f"epoch {st.epoch + 1}/{t.epochs}",
                            unit="step", mininterval=t.progress_mininterval, leave=False)
             te = time.time()
+            self._window = [te, 0]   # (start, structures) of the throughput of the next log_every line
             for u, micro in enumerate(self._groups(groups, st.updates_in_epoch), start=st.updates_in_epoch):
                 self.model.train()
                 loss = self._update(micro)
@@ -409,15 +447,14 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
-                if st.update_step % self.log_every == 0:
-                    self.log.metrics({"epoch": st.epoch + 1, "step": st.update_step, "split": "train",
-                                      "loss": loss, "lr": self.opt.param_groups[0]["lr"]})
+                self._log_progress(loss, sum(int(b.ptr.numel()) - 1 for b in micro))
                 if cycles and st.update_step % t.cycle_steps == 0:
                     self.evaluate_point("cycle")
                     if st.eval_count % t.save_every == 0 or st.stopped:
                         self.save_checkpoint()
                     if st.stopped:
                         break
+                    self._window = [time.time(), 0]  # evaluation time is not training throughput
                 if self.dist.any(preemption.preemption_requested()):
                     self.save_checkpoint()
                     self.log.info(f"preempted at epoch {st.epoch + 1} update {st.update_step}: checkpoint written")
