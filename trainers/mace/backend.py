@@ -134,7 +134,8 @@ class MaceBackend:
                 warnings.warn("eval.amp: autocast is CUDA-only; evaluating on CPU without it", stacklevel=2)
             out = predict(loaded.model.to(device), data, batch_size=spec.data.batch_size, device=device,
                           compute_force=compute_force, amp=spec.eval.amp, desc=spec.task,
-                          progress=progress_enabled(spec.train.progress_bar, True))
+                          progress=progress_enabled(spec.train.progress_bar, True),
+                          mininterval=spec.train.progress_mininterval)
         natoms = np.array([s.natoms for s in structures], dtype=np.int64)
         metrics = None
         if with_metrics:
