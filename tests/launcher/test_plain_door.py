@@ -168,3 +168,31 @@ def test_run_yaml_keeps_literal_dollar_braces(tmp_path):
     f.write_text(dump_run_yaml(spec))
     (back,), _ = parse_run_file(f)
     assert back == spec
+
+
+# ----------------------------------------------------------------------------------------------
+# device: cuda:N is checked like cuda before anything runs
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device, gpu, cluster, gpus_per_node, want", [
+    ("cuda:1", False, "inprocess", None, "device: cuda:1 requested but no GPU is visible here"),
+    ("cuda:1", True, "inprocess", None, None),
+    ("cuda:0", False, "slurm", None, "device: cuda:0 needs GPUs on the SLURM nodes"),
+    ("cuda:1", False, "slurm", 1, "device: cuda:1 but each SLURM job gets 1 GPU(s)"),
+    ("cuda:1", False, "slurm", 2, None),
+    ("cuda", False, "inprocess", None, "device: cuda requested but no GPU is visible here"),
+])
+def test_preflight_gpu_check_treats_cuda_n_like_cuda(tmp_path, monkeypatch, device, gpu, cluster, gpus_per_node,
+                                                     want):
+    from launcher import preflight
+    from launcher.core.schema import spec_from_dict
+
+    monkeypatch.setattr(preflight, "gpu_visible", lambda: gpu)
+    spec = spec_from_dict({"backend": "mace", "task": "train", "run_dir": str(tmp_path / "r"), "device": device,
+                           "data": {"train": str(tmp_path / "t.lmdb")}, "train": {"input_json": str(tmp_path / "m.json")}})
+    lines = [p for p in preflight.check_spec(spec, cluster=cluster, gpus_per_node=gpus_per_node)
+             if p.startswith("device")]
+    if want is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and lines[0].startswith(want), lines
