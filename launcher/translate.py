@@ -46,10 +46,12 @@ def _override_value(value: Any) -> str:
 
 
 def _quote(value: str) -> str:
-    """Single-quote for Hydra's grammar: ``${`` escaped (a literal, not an interpolation), then quotes
-    escaped, and backslashes only where they precede a quote or the end."""
-    body = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, escape_interpolation(value)).replace("'", "\\'")
-    return "'" + body + "'"
+    """Quote for Hydra's grammar: ``${`` escaped (a literal, not an interpolation), then the quote
+    character escaped, and backslashes only where they precede it or the end. Double quotes unless the
+    value holds one and no single quote: the shell line (single-quoted tokens) stays readable."""
+    q = "'" if '"' in value and "'" not in value else '"'
+    body = re.sub(r"(\\+)(?=" + q + r"|$)", lambda m: m.group(1) * 2, escape_interpolation(value))
+    return q + body.replace(q, "\\" + q) + q
 
 
 def _strings(value: Any):
