@@ -103,6 +103,11 @@ class RunLayout:
         """The whole-module MACE export that mace's own tools (MACECalculator) load."""
         return self.artifacts / "best_model.model"
 
+    def mace_head_model(self, head: str) -> Path:
+        """A single-head MACE export of one head of a multi-head model (``task=export``, ``train.head_key``)."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in head)
+        return self.artifacts / f"best_model.{safe}.model"
+
     @property
     def native_checkpoint(self) -> Path:
         """A native backend's own checkpoint format, untouched, next to the common artifacts."""

@@ -54,7 +54,7 @@ class MaceBackend:
             return problems + [str(e)]
         if not isinstance(obj, dict):
             return problems + [f"train.input_json: {t.input_json} must hold a JSON dict"]
-        if spec.task == "train":
+        if spec.task in ("train", "finetune"):
             from trainers.mace.model_config import load_model_json
 
             try:
@@ -168,7 +168,14 @@ class MaceBackend:
                 from launcher.core.layout import read_manifest
 
                 metrics = read_manifest(Path(spec.model.manifest or spec.model_in)).get("metrics", {})
+            from trainers.mace.loop import head_of
+            from trainers.mace.model_config import heads_of
+
+            head = head_of(loaded.config, spec.train.head_key) if len(heads_of(loaded.config)) > 1 else None
             write_artifacts(ctx.layout, loaded.config, spec=spec, metrics=metrics, state=loaded.model.state_dict(),
-                            extra={"source_model": loaded.source})
-        return {"exported_from": loaded.source, "artifacts": str(ctx.layout.artifacts),
-                "mace_model": str(mace_model_path(ctx.layout))}
+                            extra={"source_model": loaded.source}, head=head)
+        out = {"exported_from": loaded.source, "artifacts": str(ctx.layout.artifacts),
+               "mace_model": str(mace_model_path(ctx.layout))}
+        if head is not None:
+            out.update({"head": head, "head_model": str(ctx.layout.mace_head_model(head))})
+        return out

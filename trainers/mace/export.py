@@ -2,7 +2,8 @@
 
 ``best_model.pt`` is a state dict (``weights_only``-loadable); ``model.json`` is the resolved
 config that rebuilds the module; ``best_model.model`` is the same model as a mace ``.model``
-file for ``MACECalculator`` and mace's own tools.
+file for ``MACECalculator`` and mace's own tools. ``task=export`` of a multi-head model also
+writes ``best_model.<head>.model``, the head ``train.head_key`` names on its own.
 """
 from __future__ import annotations
 
@@ -18,8 +19,12 @@ def mace_model_path(layout: RunLayout) -> Path:
 
 
 def write_artifacts(layout: RunLayout, cfg: Dict[str, Any], *, spec: Any, metrics: Optional[Dict[str, Any]] = None,
-                    state: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Write (or complete) the artifacts from ``state`` (default: the best_model.pt on disk)."""
+                    state: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None,
+                    head: Optional[str] = None) -> Dict[str, Any]:
+    """Write (or complete) the artifacts from ``state`` (default: the best_model.pt on disk).
+
+    ``head`` (a head of a multi-head model) adds ``best_model.<head>.model``: that head alone.
+    """
     import torch
 
     from trainers.mace.model_config import build_model, heads_of, save_model_json
@@ -33,6 +38,13 @@ def write_artifacts(layout: RunLayout, cfg: Dict[str, Any], *, spec: Any, metric
     model = build_model(cfg)
     model.load_state_dict(state)
     export_mace_model(model, mace_model_path(layout))
+    head_info: Dict[str, Any] = {}
+    if head is not None and len(heads_of(cfg)) > 1:
+        from trainers.mace.model_io import select_head
+
+        single, _ = select_head(model, cfg, head)
+        export_mace_model(single, layout.mace_head_model(head))
+        head_info = {"head": head, "head_model": layout.mace_head_model(head).name}
     data = {s: getattr(spec.data, s) for s in ("train", "val", "test") if getattr(spec.data, s)}
     info = {
         "task": spec.task,
@@ -44,6 +56,7 @@ def write_artifacts(layout: RunLayout, cfg: Dict[str, Any], *, spec: Any, metric
         "model_json": layout.model_json.name,
     }
     info.update(extra or {})
+    info.update(head_info)
     return write_manifest(layout, backend="mace", weights=layout.best_model, model_config=cfg,
                           heads=heads_of(cfg), data=data, metrics=metrics or {},
                           versions=package_versions(["mlip-launch", "torch", "mace-torch", "e3nn"]), extra=info)

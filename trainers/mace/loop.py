@@ -166,6 +166,8 @@ class Trainer:
         else:  # finetune
             loaded = load_model(spec)
             cfg, model, self.source = loaded.config, loaded.model, loaded.source
+            for note in loaded.notes:   # what loading decided (weights checked, heads added ...)
+                self.log.info(note)
         self.cfg = cfg
         zs = cfg["atomic_numbers"]
         graphs.check_elements(train_s, zs, what=f"data.train ({spec.data.train})")

@@ -49,6 +49,9 @@ DEFAULTS: Dict[str, Any] = {
     "use_edge_irreps_first": False,
     "readout": "NonLinearReadoutBlock",
     "heads": None,
+    # finetune with heads the base model lacks: where each new head's readout (and, unless given, its
+    # E0s and scale/shift) comes from -- a head of the base model, "fresh", or {new_head: either}
+    "head_init": None,
     "scaling": "rms_forces_scaling",
     "E0s": "average",
     # computed from the training data unless given
@@ -70,10 +73,19 @@ def load_model_json(path: str | Path) -> Dict[str, Any]:
     return check_model_config(raw, source=str(path))
 
 
-def check_model_config(raw: Any, *, source: str = "model.json") -> Dict[str, Any]:
-    """Defaults filled in, unknown keys and bad choices refused (one line each)."""
+def our_keys(raw: Any, *, source: str = "model.json") -> Dict[str, Any]:
+    """The keys a model description gives, under our names: the original implementation's form
+    (``model_type``, ``z_table``, ``e0_values`` ...) is mapped, ours is returned as it is."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a JSON object of MACE hyperparameters")
+    from trainers.mace.origin_format import config_from_origin, is_origin_form
+
+    return config_from_origin(raw, source=source) if is_origin_form(raw) else dict(raw)
+
+
+def check_model_config(raw: Any, *, source: str = "model.json") -> Dict[str, Any]:
+    """Defaults filled in, unknown keys and bad choices refused (one line each). Either form is accepted."""
+    raw = our_keys(raw, source=source)
     unknown = [k for k in raw if k not in DEFAULTS]
     if unknown:
         import difflib
@@ -102,6 +114,10 @@ def check_model_config(raw: Any, *, source: str = "model.json") -> Dict[str, Any
     cfg["r_max"] = float(cfg["r_max"])
     if cfg["heads"] is not None and (not isinstance(cfg["heads"], list) or not cfg["heads"]):
         raise ConfigError(f"{source}: heads: expected a non-empty list of head names")
+    hi = cfg["head_init"]
+    if hi is not None and not isinstance(hi, str) and not (
+            isinstance(hi, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in hi.items())):
+        raise ConfigError(f"{source}: head_init: expected a head name, 'fresh', or {{new_head: head name or 'fresh'}}")
     return cfg
 
 
