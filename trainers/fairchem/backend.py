@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from launcher.core.atomic import atomic_write_text
 from launcher.core.env import gpu_visible
@@ -76,6 +76,29 @@ class Plan:
         return self.native_dir / "results" / self.timestamp_id
 
 
+def _user_set(spec: RunSpec, key: str) -> bool:
+    from trainers.fairchem.derive import user_set_keys
+
+    return key in user_set_keys(spec)
+
+
+def _unreadable_formats(spec: RunSpec) -> List[str]:
+    """data.* files FairChem v1's LMDB reader cannot open (ASE databases), one line each."""
+    from data.datasets import detect_format
+
+    problems = []
+    for split in ("train", "val", "test"):
+        path = getattr(spec.data, split)
+        try:
+            fmt = detect_format(path) if path else None
+        except (ConfigError, OSError):
+            continue  # reported by the generic data checks
+        if fmt == "aselmdb":
+            problems.append(f"data.{split}: {path} is an ASE database (.aselmdb); backend={spec.backend} reads "
+                            "FairChem v1 LMDBs (PyG records): convert it with launch-data convert")
+    return problems
+
+
 def _use_cpu(spec: RunSpec) -> bool:
     return spec.device == "cpu" or (spec.device == "auto" and not gpu_visible())
 
@@ -106,45 +129,58 @@ class FairchemBackend:
         return prewarm.start_for_spec(spec) if spec is not None else prewarm.start(argv)
 
     def check(self, spec: RunSpec) -> List[str]:
-        from trainers.fairchem.config import load_config
-        from trainers.fairchem.derive import missing_files
+        """Preflight: every run key honoured or refused (one line each), the config and its files, the env."""
+        from trainers.fairchem.config import set_dotted, split_backend_args
+        from trainers.fairchem.derive import missing_files, refused_keys
         from trainers.fairchem.env import check_python
 
         problems: List[str] = []
         t = spec.train
-        if spec.task != "export" and not t.config_yml:
-            problems.append(f"train.config_yml: required for backend={spec.backend} (a FairChem config)")
-        if t.input_json:
-            problems.append(f"train.input_json: only for backend=mace, not backend={spec.backend}")
-        if t.freeze not in (None, "none"):
-            problems.append(f"train.freeze: not supported by backend={spec.backend}")
+        if spec.task == "train" and not t.config_yml:
+            problems.append(f"train.config_yml: required for backend={spec.backend} task=train (a FairChem config)")
         if t.config_yml and not Path(t.config_yml).exists():
             problems.append(f"train.config_yml: file not found: {t.config_yml}")
         elif t.config_yml and not Path(t.config_yml).is_file():
             problems.append(f"train.config_yml: expected a file, got a directory: {t.config_yml}")
-        if problems:  # the keys themselves are wrong: what follows would only repeat it
-            return problems
+        refused = refused_keys(spec) + _unreadable_formats(spec)
+        if problems:  # the config itself is wrong: what follows would only repeat it
+            return problems + refused
+        problems += refused
         try:
             check_python(spec.backend_python, spec.backend_env)
         except ConfigError as e:
             problems.append(str(e))
-        if t.config_yml:
-            try:
-                cfg = load_config(spec.train.config_yml)
-                problems += missing_files(cfg)
-                name = (cfg.get("model") or {}).get("name")
-                allowed = MODEL_NAMES.get(spec.backend, ())
-                if name is None:
-                    problems.append(f"train.config_yml: {spec.train.config_yml}: no model.name")
-                elif allowed and name not in allowed:
-                    problems.append(f"train.config_yml: model.name is '{name}', expected {' or '.join(allowed)} "
-                                    f"for backend={spec.backend}")
-            except ConfigError as e:
-                problems.append(str(e))
+        if spec.task == "export":
+            return problems
+        try:
+            source = self._model_source(spec, RunLayout.of(spec.run_dir), describe=True)
+            base, origin, _notes = self._base_config(spec, source)
+        except ConfigError as e:
+            return problems + [str(e)]
+        from trainers.fairchem.config import load_config
+
+        try:
+            cfg = load_config(base) if isinstance(base, str) else dict(base)
+        except ConfigError as e:
+            return problems + [str(e)]
+        overrides, _ = split_backend_args(spec.backend_args)
+        for key, value in overrides:
+            set_dotted(cfg, key, value)
+        problems += missing_files(cfg, origin)
+        name = (cfg.get("model") or {}).get("name") if isinstance(cfg.get("model"), dict) else None
+        allowed = MODEL_NAMES.get(spec.backend, ())
+        if name is None:
+            problems.append(f"{origin}: no model.name")
+        elif allowed and name not in allowed:
+            problems.append(f"{origin}: model.name is '{name}', expected {' or '.join(allowed)} "
+                            f"for backend={spec.backend}")
+        problems += [p for p in refused_keys(spec, cfg) if p not in refused]  # those that depend on the config
         return problems
 
     def describe(self, ctx: JobContext) -> str:
         """The FairChem command this spec runs, its derived config path and the launcher's adjustments."""
+        from trainers.fairchem.subset import split_selection
+
         spec, layout = ctx.spec, ctx.layout
         try:
             if spec.task == "export":
@@ -154,14 +190,30 @@ class FairchemBackend:
             ts = new_timestamp_id(spec.task, native)
             mode = "predict" if spec.task in ("evaluate", "infer") else "train"
             data = self._data_paths(spec, mode, layout, ts, materialize=False)
-            checkpoint = None if spec.task == "train" else self._model_source(spec, layout, describe=True)
+            source = None if spec.task == "train" else self._model_source(spec, layout, describe=True)
+            checkpoint = source
             notes = []
             if spec.task == "finetune":
                 notes.append(f"fine-tune start: weights-only copy of {checkpoint}")
                 checkpoint = str(native / "init" / f"{ts}-weights.pt")
-            n_train = self._count(data.get("train")) if mode == "train" else None
+
+            def selection(split: str, active: bool) -> Any:
+                try:
+                    return split_selection(spec, split, active=active)
+                except (ConfigError, OSError):  # unreadable data: preflight reports it under data.*
+                    return None
+
+            n_train = None
+            if mode == "train" and data.get("train"):
+                sel = selection("train", True)
+                n_train = len(sel) if sel is not None else self._count(data.get("train"))
+            if mode == "predict":
+                samples = [(data["test"], selection(spec.eval.split, True))]
+            else:
+                samples = [(data[s], selection(s, s == "train")) for s in ("train", "val", "test") if data.get(s)]
             plan = self.plan(spec, layout, mode=mode, data=data, checkpoint=checkpoint, n_train=n_train,
-                             timestamp_id=ts)
+                             timestamp_id=ts, source=source, samples=samples,
+                             resume_target=spec.train.epochs if _user_set(spec, "train.epochs") else None)
         except ConfigError as e:
             return f"(not runnable: {e})"
         lines = [format_command(plan.command), f"# derived config: {plan.config_path}"]
@@ -169,6 +221,80 @@ class FairchemBackend:
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ planning
+    def _base_config(self, spec: RunSpec, source: Optional[str]) -> Tuple[Any, str, List[str]]:
+        """The config a run starts from: (``train.config_yml``'s path or a loaded config, the key it came from,
+        notes).
+
+        A model that was trained (fine-tune, resume, evaluate, infer) is always rebuilt with the model config
+        it was trained with: that of its manifest, else the one its checkpoint carries. ``train.config_yml``,
+        when given, supplies the rest (optimizer, losses, dataset settings); without it the whole config
+        saved with the model is used.
+        """
+        from trainers.fairchem.config import load_config
+
+        saved, where, key = (None, None, None) if spec.task == "train" else self._saved_config(spec, source)
+        notes: List[str] = []
+        if spec.train.config_yml:
+            if saved is None or not isinstance(saved.get("model"), dict):
+                return spec.train.config_yml, "train.config_yml", notes
+            cfg = load_config(spec.train.config_yml)
+            if cfg.get("model") != saved["model"]:
+                notes.append(f"model: as trained, from {where} (train.config_yml's model section is not used)")
+                cfg["model"] = saved["model"]
+            return cfg, "train.config_yml", notes
+        if saved is None:
+            what = f"{where} carries no FairChem config" if where else "no model source"
+            raise ConfigError(f"train.config_yml: required for backend={spec.backend} task={spec.task} here ({what}); "
+                              "name a FairChem config, or a model with one (model.manifest, or a FairChem checkpoint "
+                              "as model_in)")
+        if not isinstance(saved.get("optim"), dict) and spec.task in TRAINING_TASKS:
+            raise ConfigError(f"train.config_yml: required for backend={spec.backend} task={spec.task}: {where} "
+                              "carries the model but no training settings")
+        notes.append(f"config: the one saved with the model, from {where}")
+        return saved, key, notes
+
+    def _saved_config(self, spec: RunSpec, source: Optional[str]) -> Tuple[Optional[Dict[str, Any]], Optional[str],
+                                                                          Optional[str]]:
+        """(the runnable config saved with the model, where it was read, the run key naming it)."""
+        from launcher.core.layout import manifest_form, manifest_model_config, read_manifest
+        from trainers.fairchem.checkpoints import read_checkpoint_config
+        from trainers.fairchem.derive import model_section, runnable_config
+
+        if spec.model.manifest and not spec.model_in:
+            mpath = Path(spec.model.manifest)
+            m = read_manifest(mpath)
+            if manifest_form(m) == "v1":
+                cfg = manifest_model_config(m)
+                if cfg:
+                    return runnable_config(cfg), str(mpath), "model.manifest"
+            else:
+                ours = self._manifest_checkpoint(mpath, m)
+                full = read_checkpoint_config(ours) if ours is not None else None
+                if full:
+                    cfg = runnable_config(full)
+                    model = model_section({"model": m.get("model")}) if m.get("model") else None
+                    if model:
+                        cfg["model"] = model
+                    return cfg, str(mpath), "model.manifest"
+                model = model_section({"model": m.get("model")}) if m.get("model") else None
+                if model:
+                    return {"model": model}, str(mpath), "model.manifest"
+        if source and Path(source).is_file():
+            full = read_checkpoint_config(Path(source))
+            if full:
+                return runnable_config(full), str(source), "model_in" if spec.model_in else "model.weights"
+            return None, str(source), None
+        return None, source, None
+
+    @staticmethod
+    def _manifest_checkpoint(mpath: Path, m: Dict[str, Any]) -> Optional[Path]:
+        fc = (m.get("fairchem") or {}).get("checkpoint")
+        if fc:
+            p = Path(fc) if os.path.isabs(fc) else mpath.parent / fc
+            if p.is_file():
+                return p
+        return None
+
     def plan(
         self,
         spec: RunSpec,
@@ -181,46 +307,65 @@ class FairchemBackend:
         epochs_done: Optional[int] = None,
         resume_target: Optional[int] = None,
         timestamp_id: Optional[str] = None,
+        source: Optional[str] = None,
+        samples: Optional[Sequence[Tuple[Optional[str], Any]]] = None,
     ) -> Plan:
-        """Derive the config and the command for one FairChem run (nothing is written)."""
+        """Derive the config and the command for one FairChem run (nothing is written).
+
+        ``source`` is the model the run starts from as the user named it (its saved config rebuilds the
+        model; default: ``checkpoint``); ``samples`` the (path, selection) the data sample is drawn from
+        (default: every split of ``data`` in full).
+        """
         from trainers.fairchem.config import dump_config
-        from trainers.fairchem.derive import derive_config
-        from trainers.fairchem.env import child_env, resolve_python
+        from trainers.fairchem.derive import child_options, derive_config
+        from trainers.fairchem.env import child_env, device_env, resolve_python
+        from trainers.fairchem.subset import sample_data
 
         native = layout.native(NATIVE)
         ts = timestamp_id or new_timestamp_id(spec.task, native)
         user_env = {**os.environ, **{str(k): str(v) for k, v in spec.backend_env.items()}}
+        base, origin, notes = self._base_config(spec, source if source is not None else checkpoint)
+        if samples is None:
+            samples = [(path, None) for path in data.values() if path]
         derived = derive_config(
-            spec.train.config_yml, mode=mode, data=data, backend_args=list(spec.backend_args), env=user_env,
-            n_train=n_train, epochs_done=epochs_done, resume_target=resume_target,
+            base, mode=mode, data=data, backend_args=list(spec.backend_args), env=user_env,
+            n_train=n_train, epochs_done=epochs_done, resume_target=resume_target, spec=spec,
+            sample=sample_data(samples), origin=origin,
         )
-        max_epochs = (derived.config.get("optim") or {}).get("max_epochs")
-        if mode == "train" and spec.task != "resume" and max_epochs is not None and spec.train.epochs != max_epochs:
-            derived.notes.append(f"train.epochs={spec.train.epochs} is not used by FairChem backends: optim.max_epochs="
-                                 f"{max_epochs} from the config applies (change it with backend_args "
-                                 "--optim.max_epochs=N)")
+        notes = notes + derived.notes
         config_path = native / "configs" / f"{ts}.yml"
-        header = [f"Derived by mlip-launch from {spec.train.config_yml} for task={spec.task} (FairChem --mode {mode}).",
-                  *derived.notes]
         python = resolve_python(spec.backend_python)
         cmd = [python, str(CHILD), "run"]
         if mode == "train":
             cmd += ["--post", str(native / "checkpoints" / ts), "--mirror", str(layout.checkpoints)]
+            opts, opt_notes = child_options(spec, derived.config, str(layout.train_log))
+            cmd += opts
+            notes += opt_notes
         cmd += ["--", "--mode", mode, "--config-yml", str(config_path), "--run-dir", str(native),
                 "--timestamp-id", ts, "--seed", str(spec.effective_seed)]
         if spec.train.identifier:
             cmd += ["--identifier", spec.train.identifier]
+        amp_key = "train.amp" if mode == "train" else "eval.amp"
+        amp = spec.train.amp if mode == "train" else spec.eval.amp
         if _use_cpu(spec):
             cmd += ["--cpu"]
-        elif spec.train.amp if mode == "train" else spec.eval.amp:
+            if amp:
+                notes.append(f"{amp_key}: autocast is CUDA-only; running on CPU without it")
+        elif amp:
             cmd += ["--amp"]
         if checkpoint:
             cmd += ["--checkpoint", str(checkpoint)]
         cmd += derived.passthrough
+        env = child_env(spec.backend_env)
+        gpu = device_env(spec.device, spec.backend_env)
+        if gpu:
+            env.update(gpu)
+            notes.append(f"device={spec.device}: CUDA_VISIBLE_DEVICES={gpu['CUDA_VISIBLE_DEVICES']} for FairChem")
+        what = spec.train.config_yml if origin == "train.config_yml" else f"the config saved with the model ({origin})"
+        header = [f"Derived by mlip-launch from {what} for task={spec.task} (FairChem --mode {mode}).", *notes]
         return Plan(mode=mode, timestamp_id=ts, native_dir=native, config_path=config_path,
                     config_text=dump_config(derived.config, "\n".join(header)), command=cmd,
-                    env=child_env(spec.backend_env), log_path=layout.native_log(NATIVE, ts),
-                    notes=derived.notes)
+                    env=env, log_path=layout.native_log(NATIVE, ts), notes=notes)
 
     def _execute(self, plan: Plan, early: Optional[Any] = None) -> None:
         from launcher.core import preemption
@@ -260,7 +405,7 @@ class FairchemBackend:
 
     def _model_source(self, spec: RunSpec, layout: RunLayout, describe: bool = False) -> Optional[str]:
         """The FairChem checkpoint (or bare weights) that finetune/resume/evaluate/infer/export start from."""
-        from launcher.core.layout import manifest_weights_path, read_manifest
+        from launcher.core.layout import manifest_weights_path, read_manifest, verify_manifest_weights
 
         native = layout.native(NATIVE)
         if spec.model_in:
@@ -275,13 +420,24 @@ class FairchemBackend:
                 raise ConfigError(f"model_in: file not found: {p}")
             return str(p)
         if spec.model.manifest:
-            m = read_manifest(Path(spec.model.manifest))
-            fc = (m.get("fairchem") or {}).get("checkpoint")
-            if fc:
-                p = Path(fc) if os.path.isabs(fc) else Path(spec.model.manifest).parent / fc
-                if p.is_file():
-                    return str(p)
-            return str(manifest_weights_path(Path(spec.model.manifest), m))
+            mpath = Path(spec.model.manifest)
+            m = read_manifest(mpath)
+            if spec.model.weights:  # the user's weights override the manifest's (its config still applies)
+                if not Path(spec.model.weights).is_file():
+                    raise ConfigError(f"model.weights: file not found: {spec.model.weights}")
+                if not describe:  # checked when they are the very file the manifest names
+                    verify_manifest_weights(mpath, m, Path(spec.model.weights))
+                return str(spec.model.weights)
+            ours = self._manifest_checkpoint(mpath, m)
+            if ours is not None:
+                return str(ours)
+            weights = manifest_weights_path(mpath, m)
+            if not weights.is_file():
+                raise ConfigError(f"model.manifest: {mpath} names weights {weights}, which do not exist "
+                                  "(set model.weights to their local copy)")
+            if not describe:
+                verify_manifest_weights(mpath, m, weights)
+            return str(weights)
         if spec.model.weights:
             return str(spec.model.weights)
         if spec.task in ("resume", "evaluate", "infer", "export"):
@@ -318,7 +474,12 @@ class FairchemBackend:
     def _count(self, path: Optional[str]) -> Optional[int]:
         from data.datasets import count
 
-        return count(path) if path else None
+        if not path:
+            return None
+        try:
+            return count(path)
+        except (ConfigError, OSError):
+            return None
 
     # ------------------------------------------------------------------ tasks
     def run(self, ctx: JobContext) -> Dict[str, Any]:
@@ -341,6 +502,7 @@ class FairchemBackend:
         own_last = ck.newest(native)
 
         checkpoint: Optional[str] = None
+        source: Optional[str] = None
         continuing = False
         if spec.task == "resume":
             if spec.model_in or spec.model.manifest or spec.model.weights:
@@ -357,6 +519,8 @@ class FairchemBackend:
             self.echo(f"[fairchem] continuing the interrupted run from {own_last}")
         elif spec.task == "finetune":
             source = self._model_source(spec, layout)
+            if not Path(source).is_file():
+                raise ConfigError(f"model_in: file not found: {source}")
             init = native / "init" / f"{ts}-weights.pt"
             self._child(spec, "weights-only", str(source), str(init))
             self.echo(f"[fairchem] fine-tuning from {source} (weights only: fresh optimizer, epoch 0)")
@@ -388,9 +552,12 @@ class FairchemBackend:
 
         data = self._data_paths(spec, "train", layout, ts, materialize=True)
         n_train = self._count(data["train"])
+        if source is None and spec.task == "finetune" and continuing:
+            source = self._model_source(spec, layout)
         plan = self.plan(spec, layout, mode="train", data=data, checkpoint=checkpoint, n_train=n_train,
                          epochs_done=done if spec.task == "resume" else None,
-                         resume_target=spec.train.epochs, timestamp_id=ts)
+                         resume_target=spec.train.epochs if _user_set(spec, "train.epochs") else None,
+                         timestamp_id=ts, source=source)
         max_epochs = _max_epochs(plan.config_text)
         if continuing and spec.task != "resume" and done is not None and max_epochs is not None and done >= max_epochs:
             self.echo(f"[fairchem] {checkpoint} already trained {done}/{max_epochs} epochs: nothing left to train")
@@ -498,7 +665,7 @@ class FairchemBackend:
         src = getattr(spec.data, split)
         if not src:
             raise ConfigError(f"data.{split}: required for task={spec.task} with eval.split={split}")
-        source = self._model_source(spec, layout)
+        model = source = self._model_source(spec, layout)
         if not is_training_checkpoint(source):
             wrapped = native / "init" / f"{ts}-weights.pt"
             self._child(spec, "weights-only", str(source), str(wrapped))
@@ -515,7 +682,7 @@ class FairchemBackend:
             self.echo(f"[fairchem] data.{split}: {len(index)} records copied to {path} (unique ids for predictions)")
 
         plan = self.plan(spec, layout, mode="predict", data={"test": path}, checkpoint=source, n_train=None,
-                         timestamp_id=ts)
+                         timestamp_id=ts, source=model)
         self._execute(plan, early=ctx.prestarted)
         npz = find_predictions(plan.results_dir)
         metrics = evaluate_predictions(npz, labels, index, layout.eval_dir, with_metrics=with_metrics,

@@ -51,3 +51,58 @@ def remove_stale_temps(native_dir: Path) -> int:
             p.unlink(missing_ok=True)
             n += 1
     return n
+
+
+class _Anything:
+    """Stands in for whatever a checkpoint's pickle names besides plain containers (tensors, torch types)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __call__(self, *args, **kwargs) -> "_Anything":
+        return _Anything()
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+_PLAIN = {("collections", "OrderedDict"), ("collections", "defaultdict"), ("builtins", "set"),
+          ("builtins", "frozenset"), ("builtins", "slice"), ("builtins", "complex")}
+
+
+def read_checkpoint_config(path: Path) -> Optional[dict]:
+    """The FairChem ``config`` a checkpoint carries, read without torch (only the pickle's small ``data.pkl``
+    of a zip-format torch file; tensors become placeholders). None when the file has none, or is not a
+    zip-format torch file (a bare state dict, a legacy file)."""
+    import pickle
+    import zipfile
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) in _PLAIN:
+                return super().find_class(module, name)
+            return _Anything
+
+        def persistent_load(self, pid):
+            return None
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            pkl = next((n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if pkl is None:
+                return None
+            with zf.open(pkl) as fh:
+                obj = Unpickler(fh).load()
+    except (OSError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError):
+        return None
+    cfg = obj.get("config") if isinstance(obj, dict) else None
+    return _plain(cfg) if isinstance(cfg, dict) else None
+
+
+def _plain(node):
+    """The config with placeholders dropped (a config is plain YAML data)."""
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items() if not isinstance(v, _Anything)}
+    if isinstance(node, (list, tuple)):
+        return [_plain(v) for v in node if not isinstance(v, _Anything)]
+    return node

@@ -7,17 +7,24 @@ and logged), so the file in the run directory explains itself:
 - the logger becomes tensorboard unless the config asks for another logger that can work
   (wandb without ``WANDB_API_KEY`` fails at start-up);
 - predictions are written in float32 (FairChem's default is float16);
+- the run keys the user set (``train.*``, ``eval.*``, ``data.batch_size`` with a value other than the
+  schema default) override the matching FairChem settings (:data:`KEY_MAP`); keys left at their
+  defaults leave FairChem's tuned config as it is;
 - ``backend_args`` of the form ``--a.b=value`` are applied after all of the above;
+- then what the data needs, decided from a bounded sample of the selected records: per-structure
+  graphs (``model.use_pbc_single``) when periodic and non-periodic cells are mixed, and GemNet-OC's
+  ``qint_tags`` widened when some structures have no atom with a quadruplet tag;
 - then, only where the run would otherwise leave nothing behind: validation/checkpointing at least
   once per epoch (FairChem saves ``checkpoint.pt`` only every ``eval_every`` steps, which a short run
   may never reach), and on resume ``optim.max_epochs`` raised above the epochs already done.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from launcher.core.errors import ConfigError
 from trainers.fairchem.config import get_dotted, load_config, looks_like_path, set_dotted, split_backend_args
@@ -59,7 +66,7 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
 
 
 def derive_config(
-    config_yml: str,
+    config_yml: Union[str, os.PathLike, Dict[str, Any]],
     *,
     mode: str,
     data: Dict[str, Optional[str]],
@@ -68,19 +75,31 @@ def derive_config(
     n_train: Optional[int] = None,
     epochs_done: Optional[int] = None,
     resume_target: Optional[int] = None,
+    spec: Any = None,
+    sample: Optional["DataSample"] = None,
+    origin: str = "train.config_yml",
 ) -> Derived:
     """Build the config for ``mode`` (``train`` or ``predict``).
 
-    ``data`` maps split -> LMDB path (for predict, only ``test`` is read). ``n_train`` lets the
-    per-epoch checkpoint policy work; ``epochs_done``/``resume_target`` drive the resume rule.
+    ``config_yml`` is a FairChem config file, or an already loaded config (from a manifest or a
+    checkpoint; ``origin`` names the key it came from). ``data`` maps split -> LMDB path (for predict,
+    only ``test`` is read). ``n_train`` lets the per-epoch checkpoint policy work;
+    ``epochs_done``/``resume_target`` drive the resume rule. ``spec`` (a RunSpec) brings the run keys
+    the user set (:func:`apply_run_keys`); ``sample`` what the data needs (:func:`apply_data_needs`).
     """
     if mode not in ("train", "predict"):
         raise ValueError(f"mode must be train or predict, got {mode!r}")
-    config = load_config(config_yml)
+    if isinstance(config_yml, dict):
+        config = copy.deepcopy(config_yml)
+        where = origin
+    else:
+        config = load_config(config_yml)
+        where = f"{origin}: {config_yml}"
     notes: List[str] = []
     if "model" not in config or not isinstance(config["model"], dict) or "name" not in config["model"]:
-        raise ConfigError(f"train.config_yml: {config_yml}: no 'model' section with a 'name'")
-    config.setdefault("optim", {})
+        raise ConfigError(f"{where}: no 'model' section with a 'name'")
+    if not isinstance(config.get("optim"), dict):
+        config["optim"] = {}
 
     # ---- data ----
     datasets = _datasets(config)
@@ -140,6 +159,11 @@ def derive_config(
         notes.append(f"logger: tensorboard (config asked for {logger_name or 'the default wandb'}; "
                      "no WANDB_API_KEY/WANDB_MODE set)")
 
+    # ---- the run keys the user set ----
+    set_by_keys: Dict[str, str] = {}
+    if spec is not None:
+        set_by_keys = apply_run_keys(config, spec, mode=mode, n_train=n_train, notes=notes)
+
     # ---- backend_args (last word on the config) ----
     overrides, passthrough = split_backend_args(backend_args)
     for key, value in overrides:
@@ -147,6 +171,17 @@ def derive_config(
     overridden = [k for k, _ in overrides]
     if overrides:
         notes.append("backend_args applied: " + " ".join(f"--{k}={v!r}" for k, v in overrides))
+    for key in overridden:
+        for dotted, run_key in set_by_keys.items():
+            if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
+                notes.append(f"backend_args --{key} replaces what {run_key} set")
+
+    if spec is not None and mode == "train":
+        apply_patience(config, spec, overridden, notes)
+
+    # ---- what the data needs ----
+    if sample is not None:
+        notes += apply_data_needs(config, sample, overridden)
 
     # ---- schedule policies that keep a run from leaving nothing behind ----
     optim = config["optim"]
@@ -154,7 +189,7 @@ def derive_config(
         spe = steps_per_epoch(n_train, int(optim.get("batch_size", 1)))
         for key in ("eval_every", "checkpoint_every"):
             value = optim.get(key)
-            if f"optim.{key}" in overridden or value is None or value == -1:
+            if f"optim.{key}" in overridden or f"optim.{key}" in set_by_keys or value is None or value == -1:
                 continue
             if isinstance(value, (int, float)) and value > spe:
                 optim[key] = spe
@@ -162,6 +197,17 @@ def derive_config(
                              "validation/checkpoint would happen within an epoch)")
         if optim.get("eval_every") is None and optim.get("checkpoint_every") is None:
             pass  # FairChem's default: every len(train_loader) steps, i.e. once per epoch
+    if mode == "train" and spec is not None and "train.save_every" in user_set_keys(spec):
+        every = int(spec.train.save_every)
+        if n_train is None:
+            raise ConfigError("train.save_every: the number of training structures is not known, so epochs cannot "
+                              "be turned into FairChem's optim.checkpoint_every steps")
+        if "optim.checkpoint_every" not in overridden:
+            spe = steps_per_epoch(n_train, int(optim.get("batch_size", 1)))
+            old = optim.get("checkpoint_every", "unset")
+            optim["checkpoint_every"] = every * spe
+            notes.append(f"optim.checkpoint_every: {old} -> {every * spe} (train.save_every={every} epochs of "
+                         f"{spe} steps)")
     if mode == "train" and epochs_done is not None:
         max_epochs = int(optim.get("max_epochs", 1))
         if epochs_done >= max_epochs:
@@ -171,7 +217,7 @@ def derive_config(
     return Derived(config=config, passthrough=passthrough, notes=notes, overridden=overridden)
 
 
-def missing_files(config: Dict[str, Any]) -> List[str]:
+def missing_files(config: Dict[str, Any], origin: str = "train.config_yml") -> List[str]:
     """Problems with files the config names (scale file, linear references), one line each."""
     problems: List[str] = []
     datasets = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
@@ -185,6 +231,393 @@ def missing_files(config: Dict[str, Any]) -> List[str]:
             keys = [(key, get_dotted(config, key))]
         for dotted, value in keys:
             if isinstance(value, str) and value and looks_like_path(value) and not os.path.exists(value):
-                problems.append(f"train.config_yml: {dotted}: file not found: {value} (relative paths are "
-                                "searched beside the config and in its parent folders)")
+                fix = (" (relative paths are searched beside the config and in its parent folders)"
+                       if origin == "train.config_yml" else f" (point it at a local file with backend_args --{dotted}=PATH)")
+                problems.append(f"{origin}: {dotted}: file not found: {value}{fix}")
     return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# The run keys (train.*, eval.*, data.batch_size) -> FairChem
+# ---------------------------------------------------------------------------------------------
+
+#: What each run key becomes in a FairChem run (the derived config, the FairChem CLI or child.py's
+#: options). Only keys the user set (a value other than the schema default) take effect.
+KEY_MAP: Dict[str, str] = {
+    "train.epochs": "optim.max_epochs",
+    "train.batch_size": "optim.batch_size",
+    "data.batch_size": "optim.eval_batch_size",
+    "train.lr": "optim.lr_initial",
+    "train.optimizer": "optim.optimizer (adam -> Adam, adamw -> AdamW, sgd -> SGD; optimizer_params the new "
+                       "optimizer does not take are dropped)",
+    "train.weight_decay": "optim.optimizer_params.weight_decay (and optim.weight_decay where the config has it, "
+                          "which FairChem reads first)",
+    "train.energy_weight": "the energy loss coefficient: loss_functions[energy].coefficient, or "
+                           "optim.energy_coefficient in a legacy config",
+    "train.force_weight": "the forces loss coefficient: loss_functions[forces].coefficient, or "
+                          "optim.force_coefficient in a legacy config",
+    "train.max_grad_norm": "optim.clip_grad_norm (null: removed, no clipping)",
+    "train.num_workers": "optim.num_workers",
+    "train.ema_decay": "optim.ema_decay",
+    "train.save_every": "optim.checkpoint_every = save_every x steps per epoch",
+    "train.patience": "optim.patience when optim.scheduler is ReduceLROnPlateau (refused otherwise)",
+    "train.progress_bar": "false: hide_eval_progressbar: true (FairChem's validation/prediction bars)",
+    "train.amp": "--amp (CUDA only: on CPU a note and no effect)",
+    "eval.amp": "--amp in predict mode (CUDA only: on CPU a note and no effect)",
+    "train.seed": "--seed (always passed: train.seed, else seed)",
+    "train.identifier": "--identifier",
+    "train.accum_steps": "child.py --accum-steps N",
+    "train.freeze": "head_only: child.py --freeze head_only",
+    "train.early_stop_factor": "child.py --early-stop N, N = ceil(factor x patience); patience = train.patience, "
+                               "else the config's ReduceLROnPlateau patience, else 50",
+    "train.log_every": "child.py --log-every N --progress-log logs/train.log",
+    "train.config_yml": "the FairChem config (optional when the model comes from a manifest or checkpoint)",
+    "train.dtype": "float32 is what FairChem computes in (nothing to change); float64, the schema default "
+                   "(mace_run_train's), is not applied: FairChem models run in float32 (amp: train.amp)",
+    "eval.split": "the LMDB FairChem predicts on",
+    "eval.energy_only": "forces left out of the evaluation files and metrics",
+}
+
+#: Keys FairChem has no meaning for: refused (one line each) when the user sets them.
+REFUSED: Dict[str, str] = {
+    "train.input_json": "a MACE model.json; FairChem backends take train.config_yml",
+    "train.head_key": "FairChem models have a single head",
+    "train.scheduler": "the scheduler is the FairChem config's optim.scheduler (set it with backend_args "
+                       "--optim.scheduler=...)",
+    "train.scheduler_step_unit": "FairChem steps its scheduler per optimizer step, or per validation for "
+                                 "ReduceLROnPlateau",
+    "train.cycle_steps": "FairChem has no cycles; validation/checkpoints follow optim.eval_every and "
+                         "train.save_every",
+    "train.drop_last": "FairChem's sampler always keeps the last batch",
+    "train.progress_mininterval": "FairChem's progress bars have no refresh setting",
+}
+
+OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
+_ADAM_PARAMS = {"betas", "eps", "weight_decay", "amsgrad", "foreach", "maximize", "capturable", "differentiable",
+                "fused"}
+OPTIMIZER_PARAMS = {"Adam": _ADAM_PARAMS, "AdamW": _ADAM_PARAMS,
+                    "SGD": {"momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach",
+                            "differentiable", "fused"}}
+PLATEAU = "ReduceLROnPlateau"
+DEFAULT_PATIENCE = 50
+TORCH_PLATEAU_PATIENCE = 10      # ReduceLROnPlateau's own default, when the config names no patience
+
+
+def _run_key_values(spec: Any) -> Iterable[Tuple[str, Any, Any]]:
+    """``(dotted key, value, schema default)`` of every train.*/eval.* key and data.batch_size."""
+    from launcher.core.schema import RunSpec, get_key, iter_fields
+
+    default = RunSpec()
+    for key, _f, _t in iter_fields():
+        if key.split(".", 1)[0] in ("train", "eval") or key == "data.batch_size":
+            yield key, get_key(spec, key), get_key(default, key)
+
+
+def _same(key: str, value: Any, default: Any) -> bool:
+    if key == "train.progress_bar":
+        return str(value).lower() == str(default).lower()
+    if isinstance(value, float) or isinstance(default, float):
+        try:
+            return value is not None and default is not None and float(value) == float(default)
+        except (TypeError, ValueError):
+            return False
+    return value == default
+
+
+def user_set_keys(spec: Any) -> Dict[str, Any]:
+    """The run keys whose value differs from the schema default (what the user asked for)."""
+    return {k: v for k, v, d in _run_key_values(spec) if not _same(k, v, d)}
+
+
+def optim_scheduler(config: Dict[str, Any]) -> Optional[str]:
+    optim = config.get("optim") if isinstance(config.get("optim"), dict) else {}
+    return optim.get("scheduler")
+
+
+def plateau_patience(config: Dict[str, Any]) -> Optional[int]:
+    """The patience of the config's ReduceLROnPlateau scheduler, None when it has another scheduler."""
+    if optim_scheduler(config) != PLATEAU:
+        return None
+    return int(config["optim"].get("patience", TORCH_PLATEAU_PATIENCE))
+
+
+def refused_keys(spec: Any, config: Optional[Dict[str, Any]] = None) -> List[str]:
+    """One line per run key the user set that this FairChem run cannot honour (``config``: the FairChem
+    config with backend_args applied, when known)."""
+    backend = spec.backend
+    problems: List[str] = []
+    for key, value in user_set_keys(spec).items():
+        if key == "train.input_json":
+            problems.append(f"train.input_json: only for backend=mace, not backend={backend} (FairChem backends take "
+                            "train.config_yml)")
+        elif key in REFUSED:
+            problems.append(f"{key}: not supported by backend={backend} ({REFUSED[key]}); leave it unset")
+        elif key not in KEY_MAP:
+            problems.append(f"{key}: not supported by backend={backend}; leave it unset")
+        elif key == "train.freeze" and value not in (None, "none", "head_only"):
+            problems.append(f"train.freeze: '{value}' is not supported by backend={backend} (head_only or null)")
+        elif key == "train.patience" and config is not None and spec.task in ("train", "finetune", "resume"):
+            scheduler = optim_scheduler(config)
+            if scheduler != PLATEAU:
+                problems.append(f"train.patience: backend={backend} applies it to FairChem's ReduceLROnPlateau "
+                                f"scheduler, but the config's optim.scheduler is {scheduler or 'unset (LambdaLR)'}; "
+                                f"leave train.patience unset or add backend_args --optim.scheduler={PLATEAU}")
+    return problems
+
+
+def _note_set(notes: List[str], dotted: str, old: Any, new: Any, key: str) -> None:
+    notes.append(f"{dotted}: {'unset' if old is _UNSET else old} -> {new} ({key})")
+
+
+_UNSET = object()
+
+
+def _set_loss_coefficient(config: Dict[str, Any], target: str, value: float, key: str, notes: List[str]) -> str:
+    loss_fns = config.get("loss_functions")
+    if isinstance(loss_fns, list) and loss_fns:
+        found = False
+        for i, entry in enumerate(loss_fns):
+            if isinstance(entry, dict) and isinstance(entry.get(target), dict):
+                old = entry[target].get("coefficient", 1)
+                entry[target]["coefficient"] = value
+                _note_set(notes, f"loss_functions[{i}].{target}.coefficient", old, value, key)
+                found = True
+        if not found:
+            raise ConfigError(f"{key}: the FairChem config's loss_functions has no '{target}' loss to weight")
+        return "loss_functions"
+    legacy = {"energy": "energy_coefficient", "forces": "force_coefficient"}[target]
+    optim = config["optim"]
+    old = optim.get(legacy, _UNSET)
+    optim[legacy] = value
+    _note_set(notes, f"optim.{legacy}", old, value, key)
+    return f"optim.{legacy}"
+
+
+def apply_run_keys(config: Dict[str, Any], spec: Any, *, mode: str, n_train: Optional[int],
+                   notes: List[str]) -> Dict[str, str]:
+    """Apply the run keys the user set to ``config`` (in place); returns {dotted config key: run key}.
+
+    Keys left at their schema defaults change nothing. ``train.save_every`` is applied by
+    :func:`derive_config` (it needs the final batch size); CLI flags and child.py options by the backend.
+    """
+    wanted = user_set_keys(spec)
+    optim = config["optim"]
+    done: Dict[str, str] = {}
+
+    def put(dotted_in_optim: str, key: str, value: Any) -> None:
+        old = optim.get(dotted_in_optim, _UNSET)
+        optim[dotted_in_optim] = value
+        _note_set(notes, f"optim.{dotted_in_optim}", old, value, key)
+        done[f"optim.{dotted_in_optim}"] = key
+
+    if "data.batch_size" in wanted:
+        put("eval_batch_size", "data.batch_size", int(spec.data.batch_size))
+    if "train.num_workers" in wanted:
+        put("num_workers", "train.num_workers", int(spec.train.num_workers))
+    if "train.progress_bar" in wanted and str(spec.train.progress_bar).lower() == "false":
+        old = config.get("hide_eval_progressbar", _UNSET)
+        config["hide_eval_progressbar"] = True
+        _note_set(notes, "hide_eval_progressbar", old, True, "train.progress_bar=false")
+        done["hide_eval_progressbar"] = "train.progress_bar"
+    if mode != "train":
+        return done
+    t = spec.train
+    if "train.epochs" in wanted:
+        put("max_epochs", "train.epochs", int(t.epochs))
+    if "train.batch_size" in wanted:
+        put("batch_size", "train.batch_size", int(t.batch_size))
+    if "train.lr" in wanted:
+        put("lr_initial", "train.lr", float(t.lr))
+    if "train.optimizer" in wanted:
+        name = OPTIMIZERS[t.optimizer]
+        put("optimizer", "train.optimizer", name)
+        params = optim.get("optimizer_params")
+        if isinstance(params, dict):
+            dropped = sorted(k for k in params if k not in OPTIMIZER_PARAMS[name])
+            if dropped:
+                optim["optimizer_params"] = {k: v for k, v in params.items() if k not in dropped}
+                notes.append(f"optim.optimizer_params: {', '.join(dropped)} dropped ({name} does not take "
+                             f"{'it' if len(dropped) == 1 else 'them'})")
+    if "train.weight_decay" in wanted:
+        wd = float(t.weight_decay)
+        params = optim.get("optimizer_params")
+        if not isinstance(params, dict):
+            params = optim["optimizer_params"] = {}
+        old = params.get("weight_decay", _UNSET)
+        params["weight_decay"] = wd
+        _note_set(notes, "optim.optimizer_params.weight_decay", old, wd, "train.weight_decay")
+        done["optim.optimizer_params.weight_decay"] = "train.weight_decay"
+        if "weight_decay" in optim:  # FairChem 1.10 reads optim.weight_decay first
+            put("weight_decay", "train.weight_decay", wd)
+    if "train.energy_weight" in wanted:
+        done[_set_loss_coefficient(config, "energy", float(t.energy_weight), "train.energy_weight", notes)] = \
+            "train.energy_weight"
+    if "train.force_weight" in wanted:
+        done[_set_loss_coefficient(config, "forces", float(t.force_weight), "train.force_weight", notes)] = \
+            "train.force_weight"
+    if "train.max_grad_norm" in wanted:
+        if t.max_grad_norm is None:
+            old = optim.pop("clip_grad_norm", _UNSET)
+            notes.append(f"optim.clip_grad_norm: {'unset' if old is _UNSET else old} -> removed, no clipping "
+                         "(train.max_grad_norm: null)")
+            done["optim.clip_grad_norm"] = "train.max_grad_norm"
+        else:
+            put("clip_grad_norm", "train.max_grad_norm", float(t.max_grad_norm))
+    if "train.ema_decay" in wanted:
+        put("ema_decay", "train.ema_decay", float(t.ema_decay))
+    return done
+
+
+def apply_patience(config: Dict[str, Any], spec: Any, overridden: List[str], notes: List[str]) -> None:
+    """train.patience -> optim.patience of a ReduceLROnPlateau scheduler (also one named in backend_args);
+    an optim.patience given in backend_args stays."""
+    if "train.patience" not in user_set_keys(spec) or optim_scheduler(config) != PLATEAU:
+        return
+    if "optim.patience" in overridden:
+        notes.append("backend_args --optim.patience replaces what train.patience set")
+        return
+    optim = config["optim"]
+    old = optim.get("patience", _UNSET)
+    optim["patience"] = int(spec.train.patience)
+    _note_set(notes, "optim.patience", old, optim["patience"], "train.patience")
+
+
+def early_stop_evals(spec: Any, config: Dict[str, Any]) -> Optional[int]:
+    """N of child.py's --early-stop: ceil(early_stop_factor x patience), patience = train.patience, else the
+    config's ReduceLROnPlateau patience, else 50. None when train.early_stop_factor is null."""
+    factor = spec.train.early_stop_factor
+    if factor is None:
+        return None
+    patience = spec.train.patience
+    if patience is None:
+        patience = plateau_patience(config)
+    if patience is None:
+        patience = DEFAULT_PATIENCE
+    return max(1, math.ceil(float(factor) * int(patience) - 1e-9))
+
+
+def child_options(spec: Any, config: Dict[str, Any], progress_log: str) -> Tuple[List[str], List[str]]:
+    """child.py run options (before ``--``) for the run keys FairChem's trainer has no setting for, and notes."""
+    t = spec.train
+    wanted = user_set_keys(spec)
+    opts: List[str] = []
+    notes: List[str] = []
+    if "train.accum_steps" in wanted:
+        opts += ["--accum-steps", str(int(t.accum_steps))]
+        notes.append(f"train.accum_steps={t.accum_steps}: gradients of {t.accum_steps} batches per optimizer step")
+    if t.freeze == "head_only":
+        opts += ["--freeze", "head_only"]
+        notes.append("train.freeze=head_only: only the output head is trained")
+    n = early_stop_evals(spec, config)
+    if n is not None:
+        opts += ["--early-stop", str(n)]
+        notes.append(f"train.early_stop_factor={t.early_stop_factor}: training stops after {n} validations "
+                     "without improvement")
+    if t.log_every is not None:
+        opts += ["--log-every", str(int(t.log_every)), "--progress-log", str(progress_log)]
+    return opts, notes
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs that come with a model (a checkpoint's, a v1 manifest bundle's) -> a config FairChem runs
+# ---------------------------------------------------------------------------------------------
+
+#: Top-level keys of a checkpoint's config that describe the run that made it, not a run to make.
+RUN_RECORD_KEYS = ("cmd", "slurm", "gpus", "noddp", "amp", "gp_gpus", "local_rank", "world_size",
+                   "distributed_backend", "submit", "summit", "mode", "identifier", "timestamp_id", "seed",
+                   "is_debug", "run_dir", "print_every", "checkpoint", "cpu", "model_attributes",
+                   "val_dataset", "test_dataset", "relax_dataset")
+#: A checkpoint records the task name where the config named the trainer.
+TASK_TO_TRAINER = {"s2ef": "forces", "is2re": "energy"}
+
+
+def runnable_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """A config FairChem can start from, made from one saved with a model.
+
+    Accepts a FairChem checkpoint's ``config`` and the original implementation's v1 bundles (legacy
+    ``model: NAME`` + ``model_attributes``, ``dataset``/``val_dataset``/``test_dataset``): the model becomes
+    ``model: {name, ...}``, the datasets ``dataset: {train, val, test}``, and the record of the old run
+    (``cmd``, ``slurm``, ...) is dropped.
+    """
+    cfg = copy.deepcopy(dict(cfg))
+    model = cfg.get("model")
+    if isinstance(model, str):
+        attrs = cfg.get("model_attributes")
+        cfg["model"] = {"name": model, **(dict(attrs) if isinstance(attrs, dict) else {})}
+    elif isinstance(model, dict) and "name" not in model and isinstance(cfg.get("model_attributes"), dict):
+        cfg["model"] = {**cfg["model_attributes"], **model}
+    ds = cfg.get("dataset")
+    flat = isinstance(ds, dict) and not any(k in ds for k in (*SPLITS, "relax"))
+    if flat or any(k in cfg for k in ("val_dataset", "test_dataset", "relax_dataset")):
+        new: Dict[str, Any] = {}
+        if isinstance(ds, dict) and flat and ds:
+            new["train"] = ds
+        elif isinstance(ds, dict):
+            new.update(ds)
+        for split, key in (("val", "val_dataset"), ("test", "test_dataset"), ("relax", "relax_dataset")):
+            if isinstance(cfg.get(key), dict) and cfg[key]:
+                new[split] = cfg[key]
+        cfg["dataset"] = new
+    trainer = cfg.get("trainer")
+    if trainer in TASK_TO_TRAINER:
+        cfg["trainer"] = TASK_TO_TRAINER[trainer]
+    for key in RUN_RECORD_KEYS:
+        cfg.pop(key, None)
+    for key in ("loss_fns", "eval_metrics"):   # early FairChem 2 names
+        if key in cfg and {"loss_fns": "loss_functions", "eval_metrics": "evaluation_metrics"}[key] not in cfg:
+            cfg[{"loss_fns": "loss_functions", "eval_metrics": "evaluation_metrics"}[key]] = cfg.pop(key)
+    if cfg.get("loss_functions") == {}:
+        cfg.pop("loss_functions")
+    return cfg
+
+
+def model_section(cfg: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The ``model: {name, ...}`` of a saved config in either form, or None."""
+    model = runnable_config({k: cfg[k] for k in ("model", "model_attributes") if k in cfg}).get("model")
+    return dict(model) if isinstance(model, dict) and model.get("name") else None
+
+
+# ---------------------------------------------------------------------------------------------
+# What the data needs (decided from a bounded sample of the selected records)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class DataSample:
+    """PBC settings and atom tags seen in a sample of the records a run reads."""
+
+    n: int = 0
+    pbc: set = field(default_factory=set)                   # distinct (bool, bool, bool)
+    tag_sets: List[frozenset] = field(default_factory=list)  # per sampled record, its distinct tags
+
+    def add(self, pbc: Any, tags: Any) -> None:
+        self.n += 1
+        if pbc is not None:
+            self.pbc.add(tuple(bool(x) for x in pbc))
+        if tags is not None:
+            self.tag_sets.append(frozenset(int(x) for x in tags))
+
+    @property
+    def mixed_pbc(self) -> bool:
+        return len(self.pbc) > 1
+
+
+def apply_data_needs(config: Dict[str, Any], sample: DataSample, overridden: List[str]) -> List[str]:
+    """Settings the sampled data needs to run at all; one note each. Settings given in backend_args stay."""
+    notes: List[str] = []
+    model = config["model"]
+    name = str(model.get("name", ""))
+    if sample.mixed_pbc and model.get("use_pbc", True) and not model.get("use_pbc_single", False) \
+            and "model.use_pbc_single" not in overridden:
+        model["use_pbc_single"] = True
+        kinds = ", ".join("".join("T" if x else "F" for x in p) for p in sorted(sample.pbc))
+        notes.append(f"model.use_pbc_single: True (the data mixes periodic and non-periodic cells, pbc {kinds}, "
+                     "which FairChem cannot batch together; graphs are built per structure)")
+    if "gemnet_oc" in name and model.get("quad_interaction", False) and "model.qint_tags" not in overridden:
+        qint = list(model.get("qint_tags") if model.get("qint_tags") is not None else [0, 1, 2])
+        lacking = [tags for tags in sample.tag_sets if not tags & set(qint)]
+        if lacking:
+            extra = sorted(set().union(*lacking) - set(qint))
+            model["qint_tags"] = sorted(set(qint) | set(extra))
+            notes.append(f"model.qint_tags: {qint} -> {model['qint_tags']} ({len(lacking)} of {sample.n} sampled "
+                         f"structures have no atom tagged {qint}, and GemNet-OC's quadruplets need one)")
+    return notes

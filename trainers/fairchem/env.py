@@ -113,3 +113,24 @@ def child_env(backend_env: Mapping[str, str], base: Optional[Mapping[str, str]] 
     if not env.get("WANDB_API_KEY"):
         env.setdefault("WANDB_MODE", "disabled")
     return env
+
+
+def cuda_index(device: str) -> Optional[int]:
+    """N of a ``cuda:N`` device, else None."""
+    import re
+
+    m = re.fullmatch(r"cuda:(\d+)", str(device or ""))
+    return int(m.group(1)) if m else None
+
+
+def device_env(device: str, backend_env: Mapping[str, str], base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """``CUDA_VISIBLE_DEVICES`` for ``device: cuda:N`` (FairChem then uses its cuda:0): GPU N of those visible
+    to the launcher; nothing when ``backend_env`` sets it, or for any other device."""
+    n = cuda_index(device)
+    if n is None or "CUDA_VISIBLE_DEVICES" in backend_env:
+        return {}
+    base = os.environ if base is None else base
+    visible = [v.strip() for v in str(base.get("CUDA_VISIBLE_DEVICES", "")).split(",") if v.strip()]
+    if visible and n < len(visible):
+        return {"CUDA_VISIBLE_DEVICES": visible[n]}
+    return {"CUDA_VISIBLE_DEVICES": str(n)}

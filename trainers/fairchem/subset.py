@@ -75,3 +75,88 @@ def write_subset(src: str | Path, indices: Sequence[int], out: Path, *, rekey: b
     if not out.stat().st_size:
         raise ConfigError(f"{out}: writing the selected records failed")
     return out
+
+
+SAMPLE_LIMIT = 256   # records read per split to decide what the data needs (evenly spread over the selection)
+
+
+class _Stub:
+    """Stands in for torch_geometric's classes: the record's state lands in ``__dict__``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def _record_fields(raw: bytes, names: Sequence[str]) -> Optional[dict]:
+    """``names`` of a pickled PyG record as numpy, without importing torch; None when it needs torch."""
+    import io
+
+    from data.fastpickle import _NumpyRecordUnpickler
+
+    class Unpickler(_NumpyRecordUnpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if module == "torch_geometric" or module.startswith("torch_geometric."):
+                return _Stub
+            return super().find_class(module, name)
+
+    try:
+        obj = Unpickler(io.BytesIO(raw)).load()
+    except Exception:  # noqa: BLE001 - anything unusual: the full reader decides
+        return None
+    state = getattr(obj, "__dict__", None)
+    if not isinstance(state, dict):
+        return None
+    store = state.get("_store")
+    mapping = getattr(store, "__dict__", {}).get("_mapping") if store is not None else state
+    if not isinstance(mapping, dict):
+        return None
+    return {n: (np.asarray(mapping[n]) if mapping.get(n) is not None else None) for n in names}
+
+
+def sample_indices(n: int, selection: Optional[Sequence[int]], limit: int = SAMPLE_LIMIT) -> np.ndarray:
+    """At most ``limit`` indices spread evenly over ``selection`` (all of ``range(n)`` when None)."""
+    pool = np.arange(n) if selection is None else np.asarray(selection, dtype=np.int64)
+    if pool.size <= limit:
+        return pool
+    return pool[np.linspace(0, pool.size - 1, limit).round().astype(np.int64)]
+
+
+def sample_data(sources: Sequence[tuple], limit: int = SAMPLE_LIMIT):
+    """PBC settings and atom tags of a bounded sample of ``sources`` = [(path, selection or None)], as a
+    :class:`trainers.fairchem.derive.DataSample` (FairChem LMDBs are read without torch)."""
+    from data.datasets import count, detect_format, open_dataset
+    from trainers.fairchem.derive import DataSample
+
+    sample = DataSample()
+    for path, selection in sources:
+        if not path:
+            continue
+        try:
+            n = count(path)
+        except (ConfigError, OSError):
+            continue  # unreadable data is preflight's to report (data.*), not this sample's
+        idx = sample_indices(n, selection, limit)
+        if detect_format(path) == "lmdb":
+            from data.lmdb_dataset import LmdbDataset
+
+            ds = LmdbDataset(path)
+            try:
+                for i in idx:
+                    fields = _record_fields(ds.get_bytes(int(i)), ("pbc", "tags"))
+                    if fields is None:
+                        s = ds[int(i)]
+                        fields = {"pbc": s.pbc, "tags": s.tags}
+                    sample.add(None if fields["pbc"] is None else fields["pbc"].reshape(-1), fields["tags"])
+            finally:
+                ds.close()
+        else:
+            ds = open_dataset(path)
+            try:
+                for i in idx:
+                    s = ds[int(i)]
+                    sample.add(s.pbc, s.tags)
+            finally:
+                close = getattr(ds, "close", None)
+                if close:
+                    close()
+    return sample
