@@ -143,11 +143,13 @@ class TrainSpec:
     force_weight: float = _f(1.0, "weight of the force loss")
     head_key: str = _f("omat_pbe", "head of a multi-head model to train/evaluate (ignored by single-head models)")
     early_stop_factor: Optional[float] = _f(None, "stop training after ceil(early_stop_factor x patience) consecutive "
-                                                  "evaluations without val loss improvement (patience: train.patience, 50 "
-                                                  "when null); any value > 0, 1 included; null = off")
-    patience: Optional[int] = _f(None, "patience of the plateau scheduler: evaluations without val loss improvement before "
-                                       "ReduceLROnPlateau lowers the lr (>= 1; null = 50); also the unit of "
-                                       "train.early_stop_factor (patience alone never stops training)")
+                                                  "evaluations without val loss improvement (patience: the plateau "
+                                                  "patience in effect, see train.patience); any value > 0, 1 included; "
+                                                  "null = off")
+    patience: Optional[int] = _f(None, "patience of the ReduceLROnPlateau scheduler: evaluations without val loss "
+                                       "improvement before it lowers the lr (>= 1; null = 50 for MACE, the FairChem "
+                                       "config's own patience, else 50); also the unit of train.early_stop_factor "
+                                       "(patience alone never stops training)")
     scheduler: str = _f("plateau", "plateau (ReduceLROnPlateau, factor 0.8, patience train.patience) | cosine (to 0 over the run) | step (halves the lr 4 times over the run) | none")
     scheduler_step_unit: str = _f("epoch", "step the scheduler per epoch | per cycle")
     cycle_steps: int = _f(0, "optimizer updates per cycle (<= 0 off); evaluation and checkpoint every cycle; forces drop_last")
