@@ -116,7 +116,7 @@ def load_model(spec: Any, *, prefer: str = "best") -> LoadedModel:
     training checkpoint (``prefer="checkpoint"``), whichever it has when the preferred is missing.
     """
     loaded = _load_base(spec, prefer=prefer)
-    if spec.task == "finetune" and loaded.checkpoint is None and spec.train.input_json:
+    if spec.task == "finetune" and spec.train.input_json:
         loaded = add_heads(spec, loaded)
     return loaded
 
@@ -143,6 +143,19 @@ def _first_heads(cfg: Dict[str, Any], n: int) -> Dict[str, Any]:
         if cfg.get(key) is not None:
             out[key] = list(np.atleast_1d(np.asarray(cfg[key], dtype=np.float64)))[:n]
     return out
+
+
+def _e0_like_state(cfg: Dict[str, Any], state: Dict[str, Any]) -> Dict[str, Any]:
+    """One head's E0s as a row or as a one-row table, whichever the weights hold (mace writes both)."""
+    import numpy as np
+
+    e0 = state.get("atomic_energies_fn.atomic_energies")
+    if e0 is None or cfg.get("atomic_energies") is None:
+        return cfg
+    given = np.asarray(cfg["atomic_energies"], dtype=np.float64)
+    if given.size == e0.numel() and given.ndim != e0.dim() and e0.dim() in (1, 2):
+        return {**cfg, "atomic_energies": given.reshape(tuple(e0.shape)).tolist()}
+    return cfg
 
 
 def _check_io(manifest_path: Path, manifest: Dict[str, Any]) -> None:
@@ -250,6 +263,7 @@ def _load_base(spec: Any, *, prefer: str) -> LoadedModel:
                      f"heads are taken to be its first {n_state} ({', '.join(heads[:n_state])})")
         cfg = _first_heads(cfg, n_state)
         raw = None   # the description is of the larger model: checked when the heads are added
+    cfg = _e0_like_state(cfg, state)
     model = _from_config_and_state(cfg, state, str(weights))
     if raw is not None and is_origin_form(raw):
         verify_against_module(raw, model, source=cfg_source)

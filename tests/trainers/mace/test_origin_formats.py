@@ -178,3 +178,15 @@ def test_weights_that_differ_from_the_manifest_sha256_are_refused(bundle, tiny_d
     (copy / "raw" / bundle["model"].name).write_bytes(b"x" + bundle["model"].read_bytes())
     with pytest.raises(ConfigError, match="small-mh.model has sha256"):
         load_model(spec)
+
+
+def test_preflight_reports_an_unmappable_original_key(bundle, tiny_data, tmp_path):
+    from trainers.mace.backend import MaceBackend
+
+    raw = {**json.loads(bundle["model_json"].read_text()), "use_cueq": True}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(raw))
+    spec = make_spec(tmp_path / "r", tiny_data, task="finetune", model={"manifest": str(bundle["manifest"])},
+                     train={"input_json": str(path)})
+    problems = MaceBackend().check(spec)
+    assert len(problems) == 1 and "'use_cueq'" in problems[0] and str(path) in problems[0]
