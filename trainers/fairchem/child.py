@@ -4,7 +4,7 @@ Standalone on purpose (stdlib + the FairChem env's torch/yaml; never imports the
 launcher process stays free of torch, and checkpoints are read and written by the same torch
 that FairChem used.
 
-    python child.py run [--post CKPT_DIR] [--mirror DIR] -- <fairchem CLI args>
+    python child.py run [--post CKPT_DIR] [--mirror DIR] [training options] -- <fairchem CLI args>
                                                                  FairChem, then summarize CKPT_DIR
     python child.py serve                                        import FairChem, then run one command
                                                                  read from stdin: {"argv": [...], "cwd": DIR}
@@ -12,6 +12,14 @@ that FairChem used.
     python child.py weights-only SRC DST                         fine-tune start: model state only
     python child.py inspect CKPT                                 one JSON line: epoch, step, epochs_done
     python child.py export CKPT OUT_DIR                          weights.pt + summary.json of one file
+
+Training options of ``run`` (FairChem v1 has no such knobs; see :class:`TrainOptions`):
+
+    --accum-steps N        one optimizer update every N micro-batches (FairChem's step = one update)
+    --freeze head_only     train only the model's energy/force output head (equiformer_v2, gemnet_oc)
+    --early-stop N         stop after N validations in a row without a better primary val metric
+    --log-every N          every N optimizer updates one progress line on stdout (and in --progress-log)
+    --progress-log FILE    append the progress lines (and the early-stop line) to FILE
 """
 from __future__ import annotations
 
@@ -304,7 +312,402 @@ def check_gpu_extensions(fairchem_args):
         raise SystemExit(2)
 
 
-def run(post_dir, fairchem_args, mirror_dir=None):
+# ------------------------------------------------------------------------------ training options of `run`
+
+# The output head of each model a training option can restrict training to: the modules that FairChem 1.10's own
+# backbone/heads split of the same model puts into its heads. EquiformerV2Backbone + EqV2ScalarHead/EqV2VectorHead
+# hold energy_block and force_block; GemNetOCBackbone + GemNetOCEnergyAndGradForceHead/GemNetOCForceHead hold the
+# output MLPs out_mlp_E/out_mlp_F and the final layers out_energy/out_forces (the per-block out_blocks, which
+# read the interaction blocks, stay in the backbone).
+HEAD_MODULES = {
+    "equiformer_v2": ("energy_block", "force_block"),
+    "gemnet_oc": ("out_mlp_E", "out_energy", "out_mlp_F", "out_forces"),
+}
+FREEZE_CHOICES = ("none", "head_only")
+STATE_KEY = "mlip_launch"  # our part of a training checkpoint: {"accum_steps": N, "bad_validations": n}
+RUN_FLAGS = ("--post", "--mirror", "--accum-steps", "--freeze", "--early-stop", "--log-every", "--progress-log")
+
+
+def _die(message):
+    print(f"error: {message}", flush=True)
+    raise SystemExit(2)
+
+
+class TrainOptions:
+    """Training knobs FairChem v1 lacks, applied inside its trainer by :func:`install_training_options`.
+
+    ``accum_steps``: one optimizer update every N micro-batches (FairChem batches). Each micro-batch loss is
+    scaled by 1/k, k the micro-batches of its group (N, or fewer for the last group of an epoch, which still
+    steps), so an update applies the mean gradient of its group; gradient clipping, the AMP scaler and the EMA
+    act once per update. FairChem's ``step`` counts optimizer updates, ceil(batches / N) per epoch: so do the
+    checkpoint's ``step``, ``eval_every``, ``checkpoint_every``, ``print_every``, the logger and the lr
+    scheduler (EquiformerV2's trainer converts its epoch-based scheduler lengths with that count too).
+
+    ``freeze='head_only'``: parameters outside :data:`HEAD_MODULES` get ``requires_grad=False`` and are left out
+    of the optimizer (and so of the EMA); other models are refused.
+
+    ``early_stop``: stop after N validations in a row whose primary metric is no better than the best so far
+    (FairChem's own test, the one that writes best_checkpoint.pt); ``checkpoint.pt`` is written and FairChem
+    ends normally (exit 0). The count survives a resume (kept in the checkpoint under :data:`STATE_KEY`).
+
+    ``log_every``: every N optimizer updates one line ``step S | epoch E | loss L | lr X | T structures/s`` on
+    stdout, appended to ``progress_log`` too: L is the mean training loss of the micro-batches since the previous
+    line, X the lr of the last update, T the structures trained per second of training (validation and
+    checkpoint writes excluded) over the same span, counted over all processes.
+    """
+
+    def __init__(self, accum_steps=1, freeze=None, early_stop=None, log_every=None, progress_log=None):
+        self.accum_steps = accum_steps
+        self.freeze = None if freeze in (None, "none") else freeze
+        self.early_stop = early_stop
+        self.log_every = log_every
+        self.progress_log = progress_log
+
+    def __repr__(self):
+        return f"TrainOptions({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+def _whole(flag, value):
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or str(n) != str(value).strip():
+        _die(f"{flag} must be a whole number >= 1, got {value!r}")
+    return n
+
+
+def parse_run_args(args):
+    """``run``'s own options (all before ``--``) -> (post_dir, mirror_dir, TrainOptions, FairChem's arguments)."""
+    values, rest = {}, list(args)
+    while rest[:1] and rest[0] in RUN_FLAGS:
+        if len(rest) < 2:
+            _die(f"{rest[0]} needs a value")
+        values[rest[0]], rest = rest[1], rest[2:]
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    freeze = values.get("--freeze")
+    if freeze is not None and freeze not in FREEZE_CHOICES:
+        _die(f"--freeze must be one of {', '.join(FREEZE_CHOICES)}, got {freeze!r}")
+    whole = {flag: _whole(flag, values[flag]) for flag in ("--accum-steps", "--early-stop", "--log-every")
+             if flag in values}
+    options = TrainOptions(accum_steps=whole.get("--accum-steps", 1), freeze=freeze,
+                           early_stop=whole.get("--early-stop"), log_every=whole.get("--log-every"),
+                           progress_log=values.get("--progress-log"))
+    return values.get("--post"), values.get("--mirror"), options, rest
+
+
+def head_modules(model_name):
+    """The top-level modules that make up ``model_name``'s output head; a one-line error for other models."""
+    if model_name not in HEAD_MODULES:
+        _die(f"--freeze head_only: no output head is defined for model '{model_name}' "
+             f"(only for {' and '.join(HEAD_MODULES)})")
+    return HEAD_MODULES[model_name]
+
+
+def freeze_to_head(model, model_name):
+    """``requires_grad=False`` on every parameter outside the head; (head parameters, all parameters, head modules)."""
+    heads = head_modules(model_name)
+    n_head = n_all = 0
+    found = []
+    for name, p in model.named_parameters():
+        n_all += p.numel()
+        top = name.split(".", 1)[0]
+        if top in heads:
+            n_head += p.numel()
+            if top not in found:
+                found.append(top)
+        else:
+            p.requires_grad_(False)
+    if not found:
+        _die(f"--freeze head_only: model '{model_name}' has none of the head modules {', '.join(heads)}")
+    return n_head, n_all, found
+
+
+class _Batches:
+    """Stands in for the train loader while a trainer turns epochs into steps: len() = optimizer updates per epoch."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+
+class _KeepGrads:
+    """FairChem's ``_backward`` starts with ``optimizer.zero_grad()``; inside this block that call keeps the
+    gradients the earlier micro-batches of the group accumulated (an instance attribute shadows the method)."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def __enter__(self):
+        self.optimizer.zero_grad = lambda *args, **kwargs: None
+        return self
+
+    def __exit__(self, *exc):
+        del self.optimizer.zero_grad
+        return False
+
+
+class _Progress:
+    """What the progress line reports, summed since the previous line."""
+
+    def __init__(self, options, world):
+        self.options, self.world = options, world
+        self.reset()
+
+    def reset(self):
+        self.loss = 0.0
+        self.batches = 0
+        self.structures = 0
+        self.seconds = 0.0
+
+    def line(self, step, epoch, lr):
+        loss = self.loss / self.batches if self.batches else float("nan")
+        rate = self.structures * self.world / self.seconds if self.seconds > 0 else float("nan")
+        lr = float("nan") if lr is None else float(lr)
+        return f"step {step} | epoch {epoch:.3f} | loss {loss:.6g} | lr {lr:.3e} | {rate:.1f} structures/s"
+
+
+def _announce(options, line):
+    """One line on stdout (the launcher's console and FairChem log) and in the progress log."""
+    print(line, flush=True)
+    if options.progress_log:
+        with open(options.progress_log, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+
+def install_training_options(options):
+    """Patch FairChem's trainers in this process to honour ``options`` (a :class:`TrainOptions`).
+
+    ``OCPTrainer.train`` (FairChem's forces/energy/ocp trainers and ``equiformerv2_forces``) is replaced with
+    :func:`train` below, FairChem 1.10's loop with micro-batch groups, the early stop and the progress line
+    added: with the default options it trains exactly as FairChem's own loop. Trainers with a loop of their
+    own are refused when an option needs the loop.
+    """
+    import contextlib
+    import logging
+    import time
+
+    import torch
+    import fairchem.core.trainers.base_trainer as fc_base
+    from fairchem.core.common import distutils
+    from fairchem.core.models.equiformer_v2.trainers.forces_trainer import EquiformerV2ForcesTrainer
+    from fairchem.core.modules.scaling.util import ensure_fitted
+    from fairchem.core.trainers.ocp_trainer import OCPTrainer
+    from torch.nn.parallel import DistributedDataParallel
+
+    BaseTrainer = fc_base.BaseTrainer
+    accum = options.accum_steps
+    extra = {"accum_steps": accum}  # written into every training checkpoint under STATE_KEY
+    if options.progress_log:
+        os.makedirs(os.path.dirname(os.path.abspath(options.progress_log)), exist_ok=True)
+
+    # -- checkpoints carry our state; a loaded one hands it to the loop
+    inner_save = fc_base.save_checkpoint
+
+    def save_checkpoint(state, checkpoint_dir="checkpoints/", checkpoint_file="checkpoint.pt"):
+        if "optimizer" in state:  # a training checkpoint (best_checkpoint.pt holds the model only)
+            state = {**state, STATE_KEY: dict(extra)}
+        return inner_save(state, checkpoint_dir=checkpoint_dir, checkpoint_file=checkpoint_file)
+
+    fc_base.save_checkpoint = save_checkpoint
+
+    load_checkpoint_orig = BaseTrainer.load_checkpoint
+
+    def load_checkpoint(self, checkpoint_path, checkpoint=None, inference_only=False):
+        if checkpoint is None and os.path.isfile(checkpoint_path):  # loaded as FairChem does, once
+            logging.info(f"Loading checkpoint from: {checkpoint_path}")
+            checkpoint = torch.load(checkpoint_path, map_location=torch.device("cpu") if self.cpu else self.device)
+        if checkpoint is not None and not inference_only:
+            self._mlip_resumed = dict(checkpoint.get(STATE_KEY) or {})
+        return load_checkpoint_orig(self, checkpoint_path, checkpoint=checkpoint, inference_only=inference_only)
+
+    BaseTrainer.load_checkpoint = load_checkpoint
+
+    # -- head_only: frozen before the optimizer, the EMA (and DistributedDataParallel) see the parameters
+    load_model_orig = BaseTrainer.load_model
+
+    def load_model(self):
+        load_model_orig(self)
+        if options.freeze == "head_only":
+            model = self._unwrapped_model
+            n_head, n_all, found = freeze_to_head(model, self.config["model"].get("name"))
+            if isinstance(self.model, DistributedDataParallel):
+                self.model = DistributedDataParallel(model)  # re-wrapped: DDP expects gradients for what it holds
+            if distutils.is_master():
+                print(f"[mlip-launch] freeze head_only: training {n_head} of {n_all} parameters "
+                      f"({', '.join(found)})", flush=True)
+
+    BaseTrainer.load_model = load_model
+
+    load_optimizer_orig = BaseTrainer.load_optimizer
+
+    def load_optimizer(self):
+        needs_loop = accum > 1 or options.early_stop or options.log_every
+        if needs_loop and type(self).train is not train:
+            _die(f"--accum-steps/--early-stop/--log-every: trainer '{self.config.get('trainer')}' "
+                 f"({type(self).__name__}) runs a training loop of its own; they work with FairChem's "
+                 "forces, energy and equiformerv2_forces trainers")
+        load_optimizer_orig(self)
+        if options.freeze:
+            for group in self.optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if p.requires_grad]
+
+    BaseTrainer.load_optimizer = load_optimizer
+
+    # -- EquiformerV2's trainer turns epoch-based scheduler lengths into steps with len(train_loader)
+    load_extras_orig = EquiformerV2ForcesTrainer.load_extras
+
+    def load_extras(self):
+        loader = self.train_loader
+        if accum > 1 and loader is not None:
+            self.train_loader = _Batches(math.ceil(len(loader) / accum))
+        try:
+            load_extras_orig(self)
+        finally:
+            self.train_loader = loader
+
+    EquiformerV2ForcesTrainer.load_extras = load_extras
+
+    # -- the loop: OCPTrainer.train of FairChem 1.10, one iteration per optimizer update
+    def train(self, disable_eval_tqdm: bool = False) -> None:
+        ensure_fitted(self._unwrapped_model, warn=True)
+        n_batches = len(self.train_loader)
+        per_epoch = math.ceil(n_batches / accum)  # optimizer updates (FairChem steps) per epoch
+        eval_every = self.config["optim"].get("eval_every", per_epoch)
+        checkpoint_every = self.config["optim"].get("checkpoint_every", eval_every)
+        primary_metric = self.evaluation_metrics.get(
+            "primary_metric", self.evaluator.task_primary_metric[self.name]
+        )
+        if not hasattr(self, "primary_metric") or self.primary_metric != primary_metric:
+            self.best_val_metric = 1e9 if "mae" in primary_metric else -1.0
+        else:
+            primary_metric = self.primary_metric
+        self.metrics = {}
+        master = distutils.is_master()
+
+        resumed = getattr(self, "_mlip_resumed", None) or {}
+        saved_accum = int(resumed.get("accum_steps", 1))
+        if self.step and saved_accum != accum:
+            done = int(round(float(self.epoch) * n_batches))  # micro-batches trained, from the saved epoch
+            epoch_int, in_epoch = divmod(done, n_batches)
+            step = epoch_int * per_epoch + in_epoch // accum
+            if master:
+                print(f"[mlip-launch] the checkpoint counts {saved_accum} micro-batch(es) per step, this run "
+                      f"{accum}: step {self.step} -> {step} (epoch {float(self.epoch):.3f}); the lr scheduler "
+                      "continues from its saved state", flush=True)
+            self.step = step
+        bad = int(resumed.get("bad_validations", 0))
+        extra["bad_validations"] = bad
+        if options.early_stop and self.val_loader is None and master:
+            print(f"[mlip-launch] --early-stop {options.early_stop}: no validation set, so no early stop", flush=True)
+
+        ddp = isinstance(self.model, DistributedDataParallel)
+        progress = _Progress(options, distutils.get_world_size())
+        stopped = False
+        start_epoch = self.step // per_epoch
+        for epoch_int in range(start_epoch, self.config["optim"]["max_epochs"]):
+            skip_updates = self.step % per_epoch
+            self.train_sampler.set_epoch_and_start_iteration(epoch_int, skip_updates * accum)
+            train_loader_iter = iter(self.train_loader)
+
+            for update in range(skip_updates, per_epoch):
+                first, end = update * accum, min((update + 1) * accum, n_batches)
+                self.step = epoch_int * per_epoch + update + 1
+                t0 = time.perf_counter()
+                self.model.train()
+                self.optimizer.zero_grad()
+                for i in range(first, end):
+                    self.epoch = epoch_int + (i + 1) / n_batches
+                    last = i == end - 1
+                    batch = next(train_loader_iter)
+                    # DDP: gradients are reduced once per update, on the last micro-batch
+                    with contextlib.nullcontext() if last or not ddp else self.model.no_sync():
+                        with torch.autocast("cuda", enabled=self.scaler is not None):
+                            out = self._forward(batch)
+                            loss = self._compute_loss(out, batch)
+                        self.metrics = self._compute_metrics(out, batch, self.evaluator, self.metrics)
+                        value = loss.item()
+                        self.metrics = self.evaluator.update("loss", value, self.metrics)
+                        progress.loss += value
+                        progress.batches += 1
+                        progress.structures += batch.natoms.numel()
+                        if end - first > 1:
+                            loss = loss / (end - first)
+                        loss = self.scaler.scale(loss) if self.scaler else loss
+                        if last:  # FairChem's backward + update (shared-parameter scaling, AMP, clipping, EMA)
+                            with _KeepGrads(self.optimizer):
+                                self._backward(loss)
+                        else:
+                            loss.backward()
+                progress.seconds += time.perf_counter() - t0
+
+                # Log metrics.
+                log_dict = {k: self.metrics[k]["metric"] for k in self.metrics}
+                log_dict.update({"lr": self.scheduler.get_lr(), "epoch": self.epoch, "step": self.step})
+                if self.step % self.config["cmd"]["print_every"] == 0 and master:
+                    log_str = [f"{k}: {v:.2e}" for k, v in log_dict.items()]
+                    logging.info(", ".join(log_str))
+                    self.metrics = {}
+
+                if self.logger is not None:
+                    self.logger.log(log_dict, step=self.step, split="train")
+
+                if options.log_every and self.step % options.log_every == 0:
+                    if master:
+                        _announce(options, progress.line(self.step, self.epoch, log_dict["lr"]))
+                    progress.reset()
+
+                if checkpoint_every != -1 and self.step % checkpoint_every == 0:
+                    self.save(checkpoint_file="checkpoint.pt", training_state=True)
+
+                # Evaluate on val set every `eval_every` updates.
+                if self.step % eval_every == 0:
+                    if self.val_loader is not None:
+                        best = self.best_val_metric
+                        val_metrics = self.validate(split="val", disable_tqdm=disable_eval_tqdm)
+                        self.update_best(primary_metric, val_metrics, disable_eval_tqdm=disable_eval_tqdm)
+                        if options.early_stop:
+                            metric = val_metrics[primary_metric]["metric"]
+                            better = metric < best if "mae" in primary_metric else metric > best
+                            bad = 0 if better else bad + 1
+                            extra["bad_validations"] = bad
+                            stopped = bad >= options.early_stop
+
+                    if self.config["task"].get("eval_relaxations", False):
+                        if "relax_dataset" not in self.config["task"]:
+                            logging.warning("Cannot evaluate relaxations, relax_dataset not specified")
+                        else:
+                            self.run_relaxations()
+
+                if stopped:
+                    if master:
+                        _announce(options, f"[mlip-launch] early stop: {bad} validations in a row without a better "
+                                           f"val {primary_metric} (best {float(self.best_val_metric):.6g}); stopping "
+                                           f"at step {self.step}, epoch {self.epoch:.3f}")
+                    self.save(checkpoint_file="checkpoint.pt", training_state=True)
+                    break
+
+                if self.scheduler.scheduler_type == "ReduceLROnPlateau":
+                    if self.step % eval_every == 0:
+                        self.scheduler.step(metrics=val_metrics[primary_metric]["metric"])
+                else:
+                    self.scheduler.step()
+
+            torch.cuda.empty_cache()
+            if stopped:
+                break
+
+            if checkpoint_every == -1:
+                self.save(checkpoint_file="checkpoint.pt", training_state=True)
+
+    OCPTrainer.train = train
+    return train
+
+
+def run(post_dir, fairchem_args, mirror_dir=None, options=None):
     sys.argv = ["fairchem", *fairchem_args]
     guard = SaveGuard()
     guard.install()  # before the slow imports: a stop signal during them ends the process cleanly
@@ -312,6 +715,7 @@ def run(post_dir, fairchem_args, mirror_dir=None):
     from fairchem.core._cli import main
 
     install_atomic_checkpoints(mirror_dir, guard)
+    install_training_options(options or TrainOptions())
     import time
 
     t0 = time.perf_counter()
@@ -357,12 +761,8 @@ def main(argv):
         raise SystemExit(__doc__)
     cmd, rest = argv[0], argv[1:]
     if cmd == "run":
-        opts = {"--post": None, "--mirror": None}
-        while rest[:1] and rest[0] in opts and len(rest) > 1:
-            opts[rest[0]], rest = rest[1], rest[2:]
-        if rest[:1] == ["--"]:
-            rest = rest[1:]
-        run(opts["--post"], rest, opts["--mirror"])
+        post_dir, mirror_dir, options, fairchem_args = parse_run_args(rest)
+        run(post_dir, fairchem_args, mirror_dir, options)
     elif cmd == "serve" and not rest:
         serve()
     elif cmd == "summarize" and len(rest) == 1:

@@ -1,7 +1,9 @@
 """FairChem's metric log lines -> ``logs/metrics.jsonl`` records (the same file the core trainer writes).
 
 FairChem logs training metrics as ``energy_mae: 1.2e+00, ..., epoch: 1.0e+00, step: 1.3e+01`` and,
-after ``Evaluating on val.``, the split's metrics in the same ``key: value`` form.
+after ``Evaluating on val.``, the split's metrics in the same ``key: value`` form. Our child's progress
+line (``--log-every``), ``step 40 | epoch 1.250 | loss 3.1 | lr 2.500e-03 | 85.2 structures/s``, becomes a
+train record with ``"kind": "progress"``.
 """
 from __future__ import annotations
 
@@ -13,6 +15,17 @@ from typing import Any, Dict, Optional
 _PREFIX = re.compile(r"^.*?\((?:INFO|WARNING|DEBUG)\): ")
 _PAIR = re.compile(r"^([A-Za-z_][\w/]*): ([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf))$")
 _EVAL = re.compile(r"^Evaluating on (\w+)\.$")
+_NUM = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf))"
+_PROGRESS = re.compile(rf"^step (\d+) \| epoch {_NUM} \| loss {_NUM} \| lr {_NUM} \| {_NUM} structures/s$")
+
+
+def parse_progress(line: str) -> Optional[Dict[str, Any]]:
+    """``{"step": 40, "epoch": 1.25, "loss": 3.1, "lr": 0.0025, "structures_per_s": 85.2}`` for a progress line."""
+    m = _PROGRESS.match(line.strip())
+    if not m:
+        return None
+    return {"step": int(m.group(1)), "epoch": float(m.group(2)), "loss": float(m.group(3)), "lr": float(m.group(4)),
+            "structures_per_s": float(m.group(5))}
 
 
 def parse_metrics(message: str) -> Optional[Dict[str, float]]:
@@ -39,6 +52,11 @@ class MetricsTap:
         from launcher.core.atomic import append_jsonl
 
         message = _PREFIX.sub("", line.strip())
+        progress = parse_progress(message)
+        if progress is not None:
+            append_jsonl(self.path, {"split": "train", "source": "fairchem", "kind": "progress", "run": self.run,
+                                     "time": time.time(), **progress})
+            return
         m = _EVAL.match(message)
         if m:
             self.split = m.group(1)
