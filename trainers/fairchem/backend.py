@@ -232,8 +232,12 @@ class FairchemBackend:
         """
         from trainers.fairchem.config import load_config
 
-        saved, where, key = (None, None, None) if spec.task == "train" else self._saved_config(spec, source)
+        saved_notes: List[str] = []
+        saved, where, key = (None, None, None) if spec.task == "train" else self._saved_config(spec, source,
+                                                                                                 saved_notes)
         notes: List[str] = []
+        if spec.train.config_yml is None:
+            notes += saved_notes
         if spec.train.config_yml:
             if saved is None or not isinstance(saved.get("model"), dict):
                 return spec.train.config_yml, "train.config_yml", notes
@@ -253,8 +257,8 @@ class FairchemBackend:
         notes.append(f"config: the one saved with the model, from {where}")
         return saved, key, notes
 
-    def _saved_config(self, spec: RunSpec, source: Optional[str]) -> Tuple[Optional[Dict[str, Any]], Optional[str],
-                                                                          Optional[str]]:
+    def _saved_config(self, spec: RunSpec, source: Optional[str], notes: Optional[List[str]] = None
+                      ) -> Tuple[Optional[Dict[str, Any]], Optional[str], Optional[str]]:
         """(the runnable config saved with the model, where it was read, the run key naming it)."""
         from launcher.core.layout import manifest_form, manifest_model_config, read_manifest
         from trainers.fairchem.checkpoints import read_checkpoint_config
@@ -266,12 +270,12 @@ class FairchemBackend:
             if manifest_form(m) == "v1":
                 cfg = manifest_model_config(m)
                 if cfg:
-                    return runnable_config(cfg), str(mpath), "model.manifest"
+                    return runnable_config(cfg, notes), str(mpath), "model.manifest"
             else:
                 ours = self._manifest_checkpoint(mpath, m)
                 full = read_checkpoint_config(ours) if ours is not None else None
                 if full:
-                    cfg = runnable_config(full)
+                    cfg = runnable_config(full, notes)
                     model = model_section({"model": m.get("model")}) if m.get("model") else None
                     if model:
                         cfg["model"] = model
@@ -282,7 +286,8 @@ class FairchemBackend:
         if source and Path(source).is_file():
             full = read_checkpoint_config(Path(source))
             if full:
-                return runnable_config(full), str(source), "model_in" if spec.model_in else "model.weights"
+                return (runnable_config(full, notes), str(source),
+                        "model_in" if spec.model_in else "model.weights")
             return None, str(source), None
         return None, source, None
 

@@ -356,6 +356,9 @@ def refused_keys(spec: Any, config: Optional[Dict[str, Any]] = None) -> List[str
             problems.append(f"{key}: not supported by backend={backend}; leave it unset")
         elif key == "train.freeze" and value not in (None, "none", "head_only"):
             problems.append(f"train.freeze: '{value}' is not supported by backend={backend} (head_only or null)")
+        elif key == "train.early_stop_factor" and spec.task in ("train", "finetune", "resume") and not spec.data.val:
+            problems.append(f"train.early_stop_factor: needs data.val with backend={backend} (it counts validations "
+                            "without improvement)")
         elif key == "train.patience" and config is not None and spec.task in ("train", "finetune", "resume"):
             scheduler = optim_scheduler(config)
             if scheduler != PLATEAU:
@@ -531,7 +534,7 @@ RUN_RECORD_KEYS = ("cmd", "slurm", "gpus", "noddp", "amp", "gp_gpus", "local_ran
 TASK_TO_TRAINER = {"s2ef": "forces", "is2re": "energy"}
 
 
-def runnable_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+def runnable_config(cfg: Dict[str, Any], notes: Optional[List[str]] = None) -> Dict[str, Any]:
     """A config FairChem can start from, made from one saved with a model.
 
     Accepts a FairChem checkpoint's ``config`` and the original implementation's v1 bundles (legacy
@@ -563,12 +566,36 @@ def runnable_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
         cfg["trainer"] = TASK_TO_TRAINER[trainer]
     for key in RUN_RECORD_KEYS:
         cfg.pop(key, None)
+    _scheduler_epochs_back_to_epochs(cfg, notes if notes is not None else [])
     for key in ("loss_fns", "eval_metrics"):   # early FairChem 2 names
         if key in cfg and {"loss_fns": "loss_functions", "eval_metrics": "evaluation_metrics"}[key] not in cfg:
             cfg[{"loss_fns": "loss_functions", "eval_metrics": "evaluation_metrics"}[key]] = cfg.pop(key)
     if cfg.get("loss_functions") == {}:
         cfg.pop("loss_functions")
     return cfg
+
+
+def _scheduler_epochs_back_to_epochs(cfg: Dict[str, Any], notes: List[str]) -> None:
+    """EquiformerV2's trainer rewrites ``optim.scheduler_params.*epochs*`` in place from epochs to steps
+    (``epochs`` = max_epochs x steps per epoch) before the config is saved; a run started from that config
+    would multiply them again. Saved that way, they are turned back into epochs."""
+    optim = cfg.get("optim")
+    sp = optim.get("scheduler_params") if isinstance(optim, dict) else None
+    if not isinstance(sp, dict):
+        return
+    total, max_epochs = sp.get("epochs"), optim.get("max_epochs")
+    if not (isinstance(total, (int, float)) and isinstance(max_epochs, (int, float)) and 0 < max_epochs < total):
+        return
+    per_epoch = total / max_epochs
+    if abs(per_epoch - round(per_epoch)) > 1e-6:
+        return
+    for key, value in list(sp.items()):
+        if "epochs" in key and isinstance(value, (int, float)):
+            sp[key] = value / per_epoch
+        elif "epochs" in key and isinstance(value, list):
+            sp[key] = [v / per_epoch if isinstance(v, (int, float)) else v for v in value]
+    notes.append(f"optim.scheduler_params: *epochs* values saved in steps ({round(per_epoch)} per epoch) turned "
+                 "back into epochs (FairChem's EquiformerV2 trainer converts them again)")
 
 
 def model_section(cfg: Dict[str, Any]) -> Optional[Dict[str, Any]]:

@@ -195,6 +195,14 @@ def test_child_options_for_what_fairchems_trainer_has_no_setting_for(fairchem_fi
     assert plan.command.index("--") == plan.command.index("run") + 1
 
 
+def test_early_stop_without_validation_data_is_refused(fairchem_fixtures, tmp_path):
+    spec = _spec(tmp_path, train__early_stop_factor=2.0)
+    assert FairchemBackend().check(spec) == []
+    spec.data.val = None
+    assert FairchemBackend().check(spec) == ["train.early_stop_factor: needs data.val with backend=equiformer_v2 "
+                                             "(it counts validations without improvement)"]
+
+
 def test_early_stop_patience_from_the_key_the_config_or_50():
     spec = RunSpec()
     spec.train.early_stop_factor = 1.5
@@ -266,8 +274,12 @@ def test_demo_data_needs_no_backend_args(fairchem_fixtures, demo_data, tmp_path)
 
 def test_v1_bundle_config_becomes_a_runnable_config(shared_dir):
     m = json.loads((V1_BUNDLES / "equiformer_v2_oc22" / "manifest_bundle" / "manifest.json").read_text())
-    cfg = runnable_config(m["config"])
+    notes = []
+    cfg = runnable_config(m["config"], notes)
     assert cfg["model"]["name"] == "equiformer_v2" and cfg["model"]["num_layers"] == 18
+    # saved after EquiformerV2's trainer turned scheduler epochs into steps: back in epochs (0.1 warmup of 6)
+    sp = cfg["optim"]["scheduler_params"]
+    assert sp["epochs"] == 6 and sp["warmup_epochs"] == pytest.approx(0.1, rel=1e-4) and len(notes) == 1
     assert "model_attributes" not in cfg and "cmd" not in cfg and "slurm" not in cfg and "val_dataset" not in cfg
     assert cfg["dataset"]["train"]["target_std"] == pytest.approx(25.119809935106424)
     assert cfg["dataset"]["val"]["src"].endswith("val_id_30k")
