@@ -226,7 +226,8 @@ def test_accumulation_steps_the_optimizer_once_per_group(small, fairchem_python)
     by8 = inspect(fairchem_python, run8.checkpoint)
     assert by8["step"] == 1 and by8["optimizer_steps"] == [1]  # 1/8 of the 8 updates of accum 1
     assert by8["epoch"] == 1.0 and by8["mlip_launch"]["accum_steps"] == 8
-    by3 = inspect(fairchem_python, train(fairchem_python, small["root"], "accum3", cfg, "--accum-steps", "3").checkpoint)
+    run3 = train(fairchem_python, small["root"], "accum3", cfg, "--accum-steps", "3")
+    by3 = inspect(fairchem_python, run3.checkpoint)
     assert by3["step"] == 3 and by3["optimizer_steps"] == [3]  # 3 + 3 + 2: the short last group steps too
 
 
@@ -235,8 +236,9 @@ def test_accumulation_steps_the_optimizer_once_per_group(small, fairchem_python)
 def test_an_accumulated_update_equals_one_larger_batch(small, fairchem_python):
     """SGD without clipping, 8 structures of 8 atoms: 4 micro-batches of 1 per update = batches of 4."""
     root = small["root"]
-    common = ["--optim.max_epochs=1", "--optim.optimizer=SGD", "--optim.optimizer_params={}", "--optim.lr_initial=0.002",
-              "--optim.clip_grad_norm=0", "--optim.eval_every=2"]  # checkpoints every 2 updates
+    common = ["--optim.max_epochs=1", "--optim.optimizer=SGD", "--optim.optimizer_params={}",
+              "--optim.lr_initial=0.002", "--optim.clip_grad_norm=0",
+              "--optim.eval_every=2"]  # (no val set) checkpoints every 2 updates
     big = write_config(root / "batch4.yml", small["eight"], [*common, "--optim.batch_size=4"], 8)
     micro = write_config(root / "batch1.yml", small["eight"], [*common, "--optim.batch_size=1"], 8)
     a = train(fairchem_python, root, "batch4", big)
