@@ -1,7 +1,8 @@
 """Real FairChem runs on the demo LMDB: train, resume, fine-tune, evaluate, infer, export (slow).
 
-FairChem's own test configs run unchanged apart from our data paths; the epoch count comes
-through backend_args, as a user would shorten a run.
+FairChem's own test configs run unchanged apart from our data paths and the epoch count
+(``train.epochs``); no backend_args: the demo data mixes bulk (periodic) and slab (non-periodic z)
+cells, and the launcher sets what that needs (per-structure graphs, GemNet-OC's quadruplet tags) itself.
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from launcher.job import run_job
 from launcher.core.layout import RunLayout
-from launcher.core.schema import RunSpec, check
+from launcher.core.schema import IndexSampling, RunSpec, check
 from trainers.api import JobContext
 from trainers.fairchem.backend import FairchemBackend
 
@@ -28,23 +30,17 @@ CONFIGS = {"equiformer_v2": TEST_CONFIGS / "test_equiformerv2.yml", "gemnet_oc":
 RELOAD = Path(__file__).with_name("reload_weights.py")
 
 
-# The demo data mixes bulk (periodic) and slab (non-periodic z) cells; FairChem batches need one PBC
-# setting unless graphs are built per structure.
-PER_STRUCTURE_PBC = "--model.use_pbc_single=True"
-# GemNet-OC's quadruplets use atoms tagged 1/2 (OC20 adsorbate/surface); a batch of bulk cells (all tag 0)
-# has none and crashes, so the demo data needs tag 0 included.
-BULK_QINT = "--model.qint_tags=[0,1,2]"
-
-
-def make_spec(run_dir: Path, backend: str, data: dict, task: str = "train", args=("--optim.max_epochs=2",),
+def make_spec(run_dir: Path, backend: str, data: dict, task: str = "train", args=(), epochs=2, config=True,
               **kw) -> RunSpec:
     env = {"OMP_NUM_THREADS": "1"}
     if os.environ.get("MLIP_FAIRCHEM_TEST_PYTHONPATH"):  # development against a partial env
         env["PYTHONPATH"] = os.environ["MLIP_FAIRCHEM_TEST_PYTHONPATH"]
     spec = RunSpec(backend=backend, task=task, run_dir=str(run_dir), device="cpu", seed=0, backend_env=env,
-                   backend_python=os.environ.get("MLIP_FAIRCHEM_PYTHON"),
-                   backend_args=[*args, PER_STRUCTURE_PBC, *([BULK_QINT] if backend == "gemnet_oc" else [])])
-    spec.train.config_yml = str(CONFIGS[backend])
+                   backend_python=os.environ.get("MLIP_FAIRCHEM_PYTHON"), backend_args=list(args))
+    if epochs is not None:
+        spec.train.epochs = epochs
+    if config:
+        spec.train.config_yml = str(CONFIGS[backend])
     for split in ("train", "val", "test"):
         setattr(spec.data, split, str(data[split]))
     for k, v in kw.items():
@@ -53,6 +49,8 @@ def make_spec(run_dir: Path, backend: str, data: dict, task: str = "train", args
             setattr(getattr(spec, section), key, v)
         else:
             setattr(spec, k, v)
+    if task != "train" and not config:
+        spec.train.config_yml = None
     return check(spec)
 
 
@@ -131,11 +129,23 @@ def test_evaluate_agrees_with_fairchems_own_validation(trained, demo_data):
     assert res.result["metrics"]["energy_mae"] == ours["energy_mae"]
 
 
+def _derived(run_dir: Path, task: str) -> str:
+    cfgs = sorted((Path(run_dir) / "fairchem" / "configs").glob(f"{task}-*.yml"), key=lambda p: p.stat().st_mtime)
+    return cfgs[-1].read_text()
+
+
 def test_evaluate_gemnet_oc_on_test_and_infer(trained, demo_data):
+    """The model is rebuilt as trained (per-structure graphs, widened qint_tags), not from config_yml."""
     run_dir, _ = trained["gemnet_oc"]
     layout = RunLayout.of(run_dir)
+    model = json.loads(layout.manifest.read_text())["model"]
+    assert model["use_pbc_single"] is True and model["qint_tags"] == [0, 1, 2]   # what training set
     best = str(layout.checkpoints / "best_checkpoint.pt")
     res, _ = run(make_spec(run_dir, "gemnet_oc", demo_data, task="evaluate", model_in=best))
+    derived = _derived(run_dir, "evaluate")
+    cfg = yaml.safe_load(derived)
+    assert cfg["model"] == model and "# model: as trained, from " in derived
+    assert "model.use_pbc_single: True (the data mixes" not in derived          # not re-decided from the data
     m = json.loads((layout.eval_dir / "metrics.json").read_text())
     assert m["n_structures"] == 16 and m["n_atoms"] > 16
     assert all(np.isfinite(m[k]) for k in ("energy_mae", "energy_rmse", "energy_mae_per_atom", "force_mae", "force_rmse"))
@@ -154,11 +164,12 @@ def test_resume_continues_from_the_run_dirs_checkpoint(trained, demo_data, tmp_p
     src, _ = trained["equiformer_v2"]
     run_dir = tmp_path / "resumed"
     shutil.copytree(src, run_dir)
-    spec = make_spec(run_dir, "equiformer_v2", demo_data, task="resume", **{"train.epochs": 3})
+    spec = make_spec(run_dir, "equiformer_v2", demo_data, task="resume", config=False, **{"train.epochs": 3})
     result = FairchemBackend(echo=lambda line: None).run(JobContext(spec=spec, layout=RunLayout.of(run_dir)))
     assert result["epochs_done"] == 3
     cfgs = sorted((run_dir / "fairchem" / "configs").glob("resume-*.yml"))
-    assert len(cfgs) == 1 and "optim.max_epochs: 2 -> 3" in cfgs[0].read_text()
+    text = cfgs[0].read_text()                             # no config_yml: the checkpoint's config, 2 epochs
+    assert len(cfgs) == 1 and "optim.max_epochs: 2 -> 3 (train.epochs)" in text and "config: the one saved" in text
     log = next(RunLayout.of(run_dir).logs.glob("fairchem-resume-*.log")).read_text()
     assert "Loading checkpoint from" in log
 
@@ -168,7 +179,7 @@ def test_finetune_starts_from_weights_with_a_fresh_optimizer(trained, demo_data,
     run_dir = tmp_path / "ft"
     spec = make_spec(run_dir, "equiformer_v2", demo_data, task="finetune",
                      model_in=str(RunLayout.of(src).artifacts / "fairchem_checkpoint.pt"),
-                     args=["--optim.max_epochs=1", "--optim.lr_initial=0.001"])
+                     epochs=1, **{"train.lr": 0.001})
     res, _ = run(spec)
     assert res.status == "finished" and res.result["epochs_done"] == 1
     init = list((run_dir / "fairchem" / "init").glob("*-weights.pt"))
@@ -177,6 +188,91 @@ def test_finetune_starts_from_weights_with_a_fresh_optimizer(trained, demo_data,
 
     ck = torch.load(init[0], map_location="cpu", weights_only=False)
     assert "optimizer" not in ck and "epoch" not in ck and "state_dict" in ck
+
+
+def test_evaluate_a_model_trained_with_use_pbc_single_from_its_manifest(fairchem_python, fairchem_fixtures,
+                                                                         demo_data, tmp_path):
+    """GemNet-OC trained with --model.use_pbc_single=True evaluates with no config_yml and with one that lacks it."""
+    src = tmp_path / "gemnet-single"
+    few = {"data.train_indices": IndexSampling(max_samples=12, shuffle=True, seed=1),
+           "data.val_indices": IndexSampling(max_samples=4)}
+    res, _ = run(make_spec(src, "gemnet_oc", demo_data, epochs=1, args=["--model.use_pbc_single=True"], **few))
+    assert res.status == "finished"
+    manifest = RunLayout.of(src).manifest
+    assert json.loads(manifest.read_text())["model"]["use_pbc_single"] is True
+    for name, kw in (("from-manifest", {"config": False, "model.manifest": str(manifest)}),
+                     ("with-config", {"model_in": str(src)})):            # a run directory: its checkpoint
+        run_dir = tmp_path / name
+        spec = make_spec(run_dir, "gemnet_oc", demo_data, task="evaluate", epochs=None,
+                         **{"data.test_indices": IndexSampling(max_samples=6)}, **kw)
+        res, _ = run(spec)
+        assert res.status == "finished", res.message
+        metrics = json.loads((RunLayout.of(run_dir).eval_dir / "metrics.json").read_text())
+        assert metrics["n_structures"] == 6 and np.isfinite(metrics["force_mae"])
+        derived = _derived(run_dir, "evaluate")
+        assert yaml.safe_load(derived)["model"]["use_pbc_single"] is True
+        assert ("# model: as trained, from " if name == "with-config" else "# config: the one saved") in derived
+        assert "(the data mixes" not in derived                              # the trained config, not the data
+
+
+@pytest.mark.parametrize("backend", ["equiformer_v2", "gemnet_oc"])
+def test_finetune_from_our_manifest_without_config_yml(trained, demo_data, tmp_path, backend):
+    """The manifest of a model this launcher trained is all a fine-tune needs; run keys override its config."""
+    src, _ = trained[backend]
+    run_dir = tmp_path / f"ft-{backend}"
+    spec = make_spec(run_dir, backend, demo_data, task="finetune", config=False, epochs=1,
+                     **{"model.manifest": str(RunLayout.of(src).manifest), "train.lr": 5e-4,
+                        "train.optimizer": "sgd", "train.batch_size": 4,
+                        "data.train_indices": IndexSampling(max_samples=12, shuffle=True, seed=1),
+                        "data.val_indices": IndexSampling(max_samples=4)})
+    res, _ = run(spec)
+    assert res.status == "finished" and res.result["epochs_done"] == 1, res.message
+    derived = _derived(run_dir, "finetune")
+    cfg = yaml.safe_load(derived)
+    assert f"# config: the one saved with the model, from {RunLayout.of(src).manifest}" in derived
+    for line in ("optim.lr_initial: 0.0025 -> 0.0005 (train.lr)", "optim.optimizer: AdamW -> SGD (train.optimizer)",
+                 "optim.batch_size: 5 -> 4 (train.batch_size)", "optim.max_epochs: 2 -> 1 (train.epochs)"):
+        assert f"# {line}" in derived
+    assert cfg["model"] == json.loads(RunLayout.of(src).manifest.read_text())["model"]
+    assert cfg["dataset"]["train"]["src"].endswith(".lmdb") and "cmd" not in cfg
+
+
+def test_finetune_from_a_v1_bundle(trained, demo_data, tmp_path):
+    """The original implementation's manifest form (legacy model/model_attributes config, bare weights with a
+    sha256), made from a model trained here: fine-tuned with model.manifest + model.weights and no config_yml."""
+    from launcher.core.layout import sha256_file
+    from trainers.fairchem.checkpoints import read_checkpoint_config
+
+    src, _ = trained["equiformer_v2"]
+    layout = RunLayout.of(src)
+    saved = read_checkpoint_config(layout.native_checkpoint)
+    model = dict(saved["model"])
+    legacy = {**{k: v for k, v in saved.items() if k not in ("model", "dataset", "val_dataset")},
+              "model": model.pop("name"), "model_attributes": model,
+              "dataset": {k: v for k, v in saved["dataset"].items() if k != "src"}}
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    shutil.copy(layout.best_model, bundle / "best_model.pt")
+    manifest = {"schema_version": "v1", "backend": "equiformer_v2", "rebuildable": True,
+                "weights": {"path": str(bundle / "best_model.pt"), "format": "torch",
+                            "sha256": sha256_file(bundle / "best_model.pt")},
+                "config": legacy}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    run_dir = tmp_path / "ft-v1"
+    spec = make_spec(run_dir, "equiformer_v2", demo_data, task="finetune", config=False, epochs=1,
+                     **{"model.manifest": str(bundle / "manifest.json"), "model.weights": str(bundle / "best_model.pt"),
+                        "data.train_indices": IndexSampling(max_samples=8), "data.val_indices": IndexSampling(max_samples=4)})
+    res, _ = run(spec)
+    assert res.status == "finished" and res.result["epochs_done"] == 1, res.message
+    cfg = yaml.safe_load(_derived(run_dir, "finetune"))
+    assert cfg["model"]["name"] == "equiformer_v2" and "model_attributes" not in cfg
+    # a damaged copy of the weights the manifest names is refused before FairChem starts
+    (bundle / "best_model.pt").write_bytes(b"not the weights")
+    from launcher.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.manifest: .*best_model\.pt has sha256 .*, but .* records"):
+        run(make_spec(tmp_path / "ft-v1-bad", "equiformer_v2", demo_data, task="finetune", config=False, epochs=1,
+                      **{"model.manifest": str(bundle / "manifest.json")}))
 
 
 def test_export_task_from_a_checkpoint(trained, demo_data, fairchem_python, tmp_path):
@@ -202,7 +298,7 @@ def test_preempted_job_stops_cleanly_and_resumes_when_relaunched(fairchem_python
     from launcher.core.specio import dump_run_yaml
 
     run_dir = tmp_path / "preempt"
-    spec = make_spec(run_dir, "equiformer_v2", demo_data, args=["--optim.max_epochs=4"])
+    spec = make_spec(run_dir, "equiformer_v2", demo_data, epochs=4)
     run_yaml = tmp_path / "run.yaml"
     run_yaml.write_text(dump_run_yaml(spec))
     cmd = [sys.executable, "-m", "launcher.worker", str(run_yaml)]
@@ -255,7 +351,7 @@ def test_oc22_production_config_shrunk_through_backend_args(fairchem_python, fai
     common = ["--optim.max_epochs=1", "--optim.num_workers=0", "--optim.batch_size=8", "--optim.eval_batch_size=8",
               "--dataset.train.format=lmdb",  # our records are not OC22 records (no 'oc22' field)
               "--optim.load_balancing_on_error=warn_and_no_balance"]  # no metadata.npz (atom counts) beside our LMDB
-    spec = make_spec(tmp_path / "run", backend, demo_data, args=[*common, *shrink])
+    spec = make_spec(tmp_path / "run", backend, demo_data, args=[*common, *shrink], epochs=None)
     spec.train.config_yml = str(OC22 / rel)
     res, out = run(check(spec))
     assert res.status == "finished" and res.result["epochs_done"] == 1
