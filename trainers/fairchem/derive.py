@@ -60,9 +60,11 @@ def wandb_configured(env: Dict[str, str]) -> bool:
     return bool(env.get("WANDB_API_KEY")) or env.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun")
 
 
-def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """Batches per epoch of FairChem's single-process sampler (no drop_last)."""
-    return max(1, math.ceil(n_train / max(1, batch_size)))
+def steps_per_epoch(n_train: int, batch_size: int, accum_steps: int = 1) -> int:
+    """FairChem steps (optimizer updates) per epoch of its single-process sampler (no drop_last): one per
+    batch, or per ``accum_steps`` batches with child.py's --accum-steps (the last group of an epoch steps too)."""
+    batches = max(1, math.ceil(n_train / max(1, batch_size)))
+    return max(1, math.ceil(batches / max(1, accum_steps)))
 
 
 def derive_config(
@@ -185,8 +187,9 @@ def derive_config(
 
     # ---- schedule policies that keep a run from leaving nothing behind ----
     optim = config["optim"]
+    accum = int(spec.train.accum_steps) if spec is not None else 1
     if mode == "train" and n_train is not None:
-        spe = steps_per_epoch(n_train, int(optim.get("batch_size", 1)))
+        spe = steps_per_epoch(n_train, int(optim.get("batch_size", 1)), accum)
         for key in ("eval_every", "checkpoint_every"):
             value = optim.get(key)
             if f"optim.{key}" in overridden or f"optim.{key}" in set_by_keys or value is None or value == -1:
@@ -203,7 +206,7 @@ def derive_config(
             raise ConfigError("train.save_every: the number of training structures is not known, so epochs cannot "
                               "be turned into FairChem's optim.checkpoint_every steps")
         if "optim.checkpoint_every" not in overridden:
-            spe = steps_per_epoch(n_train, int(optim.get("batch_size", 1)))
+            spe = steps_per_epoch(n_train, int(optim.get("batch_size", 1)), accum)
             old = optim.get("checkpoint_every", "unset")
             optim["checkpoint_every"] = every * spe
             notes.append(f"optim.checkpoint_every: {old} -> {every * spe} (train.save_every={every} epochs of "

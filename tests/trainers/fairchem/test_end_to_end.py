@@ -237,6 +237,27 @@ def test_finetune_from_our_manifest_without_config_yml(trained, demo_data, tmp_p
     assert cfg["dataset"]["train"]["src"].endswith(".lmdb") and "cmd" not in cfg
 
 
+def test_run_keys_reach_childs_training_options(trained, demo_data, tmp_path):
+    """accum_steps, freeze, early_stop_factor and log_every run inside FairChem's trainer (child.py)."""
+    src, _ = trained["equiformer_v2"]
+    run_dir = tmp_path / "ft-options"
+    spec = make_spec(run_dir, "equiformer_v2", demo_data, task="finetune", config=False, epochs=2,
+                     **{"model.manifest": str(RunLayout.of(src).manifest), "train.accum_steps": 2,
+                        "train.freeze": "head_only", "train.early_stop_factor": 2.0, "train.patience": 1,
+                        "train.log_every": 1, "train.batch_size": 2,
+                        "data.train_indices": IndexSampling(max_samples=8), "data.val_indices": IndexSampling(max_samples=4)})
+    res, out = run(spec)
+    assert res.status == "finished", res.message
+    fairchem_log = next(RunLayout.of(run_dir).logs.glob("fairchem-finetune-*.log")).read_text()
+    command = fairchem_log.splitlines()[0]                            # "$ <the command>"
+    assert (f"--accum-steps 2 --freeze head_only --early-stop 2 --log-every 1 --progress-log "
+            f"{RunLayout.of(run_dir).train_log} --") in command
+    progress = RunLayout.of(run_dir).train_log.read_text().splitlines()
+    assert [line.split(" | ")[0] for line in progress if line.startswith("step ")][:4] == [
+        "step 1", "step 2", "step 3", "step 4"]                       # 8 structures / batch 2 / accum 2 = 2 per epoch
+    assert "freeze head_only: training" in fairchem_log
+
+
 def test_finetune_from_a_v1_bundle(trained, demo_data, tmp_path):
     """The original implementation's manifest form (legacy model/model_attributes config, bare weights with a
     sha256), made from a model trained here: fine-tuned with model.manifest + model.weights and no config_yml."""

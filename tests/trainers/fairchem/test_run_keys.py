@@ -190,6 +190,8 @@ def test_child_options_for_what_fairchems_trainer_has_no_setting_for(fairchem_fi
         "--accum-steps", "8", "--freeze", "head_only", "--early-stop", "5", "--log-every", "5",
         "--progress-log", str(layout.train_log)]
     assert plan.command[0:2] == [sys.executable, str(CHILD)]
+    # FairChem's step is one optimizer update: 64 structures / batch 5 = 13 batches = 2 updates of 8
+    assert _cfg(plan)["optim"]["eval_every"] == 2
     # predict runs get none of them
     plan = _plan(spec, mode="predict")
     assert plan.command.index("--") == plan.command.index("run") + 1
