@@ -260,36 +260,54 @@ class FairchemBackend:
     def _saved_config(self, spec: RunSpec, source: Optional[str], notes: Optional[List[str]] = None
                       ) -> Tuple[Optional[Dict[str, Any]], Optional[str], Optional[str]]:
         """(the runnable config saved with the model, where it was read, the run key naming it)."""
+        from launcher.core.layout import manifest_form, manifest_weights_path, read_manifest
+        from trainers.fairchem.checkpoints import read_checkpoint_config
+        from trainers.fairchem.derive import runnable_config
+
+        if spec.model.manifest and not spec.model_in:
+            cfg = self._manifest_config(Path(spec.model.manifest), notes)
+            if cfg is not None:
+                return cfg, str(spec.model.manifest), "model.manifest"
+        if source and Path(source).is_file():
+            key = "model_in" if spec.model_in else "model.weights"
+            full = read_checkpoint_config(Path(source))
+            if full:
+                return runnable_config(full, notes), str(source), key
+            beside = Path(source).parent / "manifest.json"
+            if beside.is_file() and not spec.model.manifest:  # bare weights exported beside one of our manifests
+                try:
+                    m = read_manifest(beside)
+                    if (manifest_form(m) == "mlip-launch"
+                            and manifest_weights_path(beside, m).resolve() == Path(source).resolve()):
+                        cfg = self._manifest_config(beside, notes)
+                        if cfg is not None:
+                            return cfg, str(beside), key
+                except ConfigError:
+                    pass
+            return None, str(source), None
+        return None, source, None
+
+    def _manifest_config(self, mpath: Path, notes: Optional[List[str]]) -> Optional[Dict[str, Any]]:
+        """The config a manifest carries: a v1 bundle's ``config``; ours: its FairChem checkpoint's (or the
+        one recorded in the manifest) with the manifest's model section, or that model section alone."""
         from launcher.core.layout import manifest_form, manifest_model_config, read_manifest
         from trainers.fairchem.checkpoints import read_checkpoint_config
         from trainers.fairchem.derive import model_section, runnable_config
 
-        if spec.model.manifest and not spec.model_in:
-            mpath = Path(spec.model.manifest)
-            m = read_manifest(mpath)
-            if manifest_form(m) == "v1":
-                cfg = manifest_model_config(m)
-                if cfg:
-                    return runnable_config(cfg, notes), str(mpath), "model.manifest"
-            else:
-                ours = self._manifest_checkpoint(mpath, m)
-                full = read_checkpoint_config(ours) if ours is not None else None
-                if full:
-                    cfg = runnable_config(full, notes)
-                    model = model_section({"model": m.get("model")}) if m.get("model") else None
-                    if model:
-                        cfg["model"] = model
-                    return cfg, str(mpath), "model.manifest"
-                model = model_section({"model": m.get("model")}) if m.get("model") else None
-                if model:
-                    return {"model": model}, str(mpath), "model.manifest"
-        if source and Path(source).is_file():
-            full = read_checkpoint_config(Path(source))
-            if full:
-                return (runnable_config(full, notes), str(source),
-                        "model_in" if spec.model_in else "model.weights")
-            return None, str(source), None
-        return None, source, None
+        m = read_manifest(mpath)
+        if manifest_form(m) == "v1":
+            cfg = manifest_model_config(m)
+            return runnable_config(cfg, notes) if cfg else None
+        ours = self._manifest_checkpoint(mpath, m)
+        full = read_checkpoint_config(ours) if ours is not None else None
+        full = full or (m.get("fairchem") or {}).get("config")
+        model = model_section({"model": m.get("model")}) if m.get("model") else None
+        if full:
+            cfg = runnable_config(full, notes)
+            if model:
+                cfg["model"] = model
+            return cfg
+        return {"model": model} if model else None
 
     @staticmethod
     def _manifest_checkpoint(mpath: Path, m: Dict[str, Any]) -> Optional[Path]:
@@ -625,7 +643,7 @@ class FairchemBackend:
         return json.loads(summary_path.read_text(encoding="utf-8"))
 
     def _write_artifacts(self, spec: RunSpec, layout: RunLayout, source: Path, weights: Path,
-                         summary: Dict[str, Any]) -> Dict[str, Any]:
+                         summary: Dict[str, Any], config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """artifacts/best_model.pt (bare state dict), fairchem_checkpoint.pt (untouched), manifest.json."""
         from launcher.core.layout import package_versions, write_manifest
 
@@ -649,6 +667,7 @@ class FairchemBackend:
                 "best_val_metric": summary.get("best_val_metric"),
                 "n_parameters": summary.get("n_parameters"),
                 "config_yml": spec.train.config_yml,
+                **({"config": config} if config else {}),   # when the checkpoint carries none (bare weights)
                 "load": "state dict without the 'module.' prefix; build the model from 'model' with "
                         "fairchem.core.common.registry and load_state_dict(strict=True)",
             }},
@@ -706,7 +725,13 @@ class FairchemBackend:
         self._child(spec, "export", str(source), str(out))
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         summary["best"] = source.name == "best_checkpoint.pt"
-        manifest = self._write_artifacts(spec, layout, source, out / "weights.pt", summary)
+        config = None
+        if not summary.get("model"):  # bare weights: the model config comes from the manifest they came with
+            saved, _where, _key = self._saved_config(spec, str(source))
+            if saved and isinstance(saved.get("model"), dict):
+                summary["model"] = saved["model"]
+                config = saved
+        manifest = self._write_artifacts(spec, layout, source, out / "weights.pt", summary, config=config)
         return {"best_model": str(layout.best_model), "weights_sha256": manifest["weights"]["sha256"],
                 "epochs_done": summary.get("epochs_done")}
 

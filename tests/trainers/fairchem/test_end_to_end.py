@@ -287,6 +287,18 @@ def test_finetune_from_a_v1_bundle(trained, demo_data, tmp_path):
     assert res.status == "finished" and res.result["epochs_done"] == 1, res.message
     cfg = yaml.safe_load(_derived(run_dir, "finetune"))
     assert cfg["model"]["name"] == "equiformer_v2" and "model_attributes" not in cfg
+    # export from the bundle alone: our manifest keeps its model config; evaluate from the exported weights
+    res, _ = run(make_spec(tmp_path / "export-v1", "equiformer_v2", demo_data, task="export", config=False,
+                           epochs=None, **{"model.manifest": str(bundle / "manifest.json")}))
+    exported = RunLayout.of(tmp_path / "export-v1")
+    ours = json.loads(exported.manifest.read_text())
+    assert ours["model"] == cfg["model"] and ours["fairchem"]["config"]["model"] == cfg["model"]
+    res, _ = run(make_spec(tmp_path / "eval-v1", "equiformer_v2", demo_data, task="evaluate", config=False,
+                           epochs=None, model_in=str(exported.best_model),
+                           **{"data.test_indices": IndexSampling(max_samples=4)}))
+    assert res.status == "finished" and res.result["metrics"]["n_structures"] == 4
+    assert f"# config: the one saved with the model, from {exported.manifest}" in _derived(tmp_path / "eval-v1",
+                                                                                         "evaluate")
     # a damaged copy of the weights the manifest names is refused before FairChem starts
     (bundle / "best_model.pt").write_bytes(b"not the weights")
     from launcher.core.errors import ConfigError
