@@ -232,7 +232,9 @@ class Trainer:
         ntrain = sum(p.numel() for p in params)
         self.log.info(f"task={spec.task} model={self.source} params={nparams} trainable={ntrain} head={self.head} "
                       f"train={len(self.train_graphs)} val={len(self.val_graphs)} dtype={t.dtype} device={self.device} "
-                      f"world={self.dist.world} threads={torch.get_num_threads()} updates/epoch={self.updates_per_epoch}")
+                      f"world={self.dist.world} threads={torch.get_num_threads()} updates/epoch={self.updates_per_epoch} "
+                      f"optimizer={t.optimizer} lr={t.lr:g} weight_decay={t.weight_decay:g} batch_size={t.batch_size} "
+                      f"accum_steps={t.accum_steps} amp={t.amp}")
         if self.stop_after is not None:
             self.log.info(f"early stop after {self.stop_after} evaluations without val improvement "
                           f"(early_stop_factor {t.early_stop_factor} x patience {plateau_patience(t)})")
