@@ -242,6 +242,11 @@ def early_stop_evals(train: TrainSpec) -> Optional[int]:
     return max(1, math.ceil(float(train.early_stop_factor) * plateau_patience(train) - 1e-9))
 
 
+def log_every_updates(train: TrainSpec, updates_per_epoch: int) -> int:
+    """Optimizer updates between two progress lines: ``train.log_every``, or about 20 lines per epoch."""
+    return int(train.log_every) if train.log_every else max(1, int(updates_per_epoch) // 20)
+
+
 # --------------------------------------------------------------------------------------------
 # Walking the schema (docs, translator, hypothesis tests all use these)
 # --------------------------------------------------------------------------------------------

@@ -361,7 +361,7 @@ class FairchemBackend:
         cmd = [python, str(CHILD), "run"]
         if mode == "train":
             cmd += ["--post", str(native / "checkpoints" / ts), "--mirror", str(layout.checkpoints)]
-            opts, opt_notes = child_options(spec, derived.config, str(layout.train_log))
+            opts, opt_notes = child_options(spec, derived.config, str(layout.train_log), n_train=n_train)
             cmd += opts
             notes += opt_notes
         cmd += ["--", "--mode", mode, "--config-yml", str(config_path), "--run-dir", str(native),

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from launcher.core.errors import ConfigError
+from launcher.core.schema import log_every_updates
 from trainers.fairchem.config import get_dotted, load_config, looks_like_path, set_dotted, split_backend_args
 
 SPLITS = ("train", "val", "test")
@@ -502,8 +503,13 @@ def early_stop_evals(spec: Any, config: Dict[str, Any]) -> Optional[int]:
     return max(1, math.ceil(float(factor) * int(patience) - 1e-9))
 
 
-def child_options(spec: Any, config: Dict[str, Any], progress_log: str) -> Tuple[List[str], List[str]]:
-    """child.py run options (before ``--``) for the run keys FairChem's trainer has no setting for, and notes."""
+def child_options(spec: Any, config: Dict[str, Any], progress_log: str,
+                  n_train: Optional[int] = None) -> Tuple[List[str], List[str]]:
+    """child.py run options (before ``--``) for the run keys FairChem's trainer has no setting for, and notes.
+
+    Progress lines go to the console and ``progress_log`` (the run's train.log) in every training run:
+    every ``train.log_every`` updates, or about 20 per epoch when it is null (as the core trainer does).
+    """
     t = spec.train
     wanted = user_set_keys(spec)
     opts: List[str] = []
@@ -519,8 +525,10 @@ def child_options(spec: Any, config: Dict[str, Any], progress_log: str) -> Tuple
         opts += ["--early-stop", str(n)]
         notes.append(f"train.early_stop_factor={t.early_stop_factor}: training stops after {n} validations "
                      "without improvement")
-    if t.log_every is not None:
-        opts += ["--log-every", str(int(t.log_every)), "--progress-log", str(progress_log)]
+    accum = int(t.accum_steps) if "train.accum_steps" in wanted else 1
+    batch = int((config.get("optim") or {}).get("batch_size") or 1)
+    per_epoch = steps_per_epoch(n_train, batch, accum) if n_train else 20
+    opts += ["--log-every", str(log_every_updates(t, per_epoch)), "--progress-log", str(progress_log)]
     return opts, notes
 
 

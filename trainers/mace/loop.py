@@ -28,7 +28,7 @@ import numpy as np
 
 from launcher.core.atomic import atomic_torch_save
 from launcher.core.errors import ConfigError, TrainingDiverged
-from launcher.core.schema import cuda_index, early_stop_evals, plateau_patience
+from launcher.core.schema import cuda_index, early_stop_evals, log_every_updates, plateau_patience
 from trainers.mace.freeze import HeadFreeze
 from trainers.mace.model_io import CHECKPOINT_FORMAT
 from trainers.mace.optim import make_optimizer, make_scheduler, scheduler_length
@@ -213,7 +213,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.ddp_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.log_every = t.log_every or max(1, self.updates_per_epoch // 20)
+        self.log_every = log_every_updates(t, self.updates_per_epoch)
         self.stop_after = early_stop_evals(t)  # None: no early stop
 
         self.state = LoopState()

@@ -197,6 +197,17 @@ def test_child_options_for_what_fairchems_trainer_has_no_setting_for(fairchem_fi
     assert plan.command.index("--") == plan.command.index("run") + 1
 
 
+def test_progress_lines_reach_train_log_without_log_every(fairchem_fixtures, tmp_path):
+    """As the core trainer: about 20 progress lines per epoch when train.log_every is null."""
+    spec = _spec(tmp_path)
+    cmd = _plan(spec).command
+    assert cmd[cmd.index("--log-every") + 1] == "1"           # 64 structures / batch 5: 13 updates per epoch
+    assert cmd[cmd.index("--progress-log") + 1] == str(RunLayout.of(spec.run_dir).train_log)
+    spec.train.log_every = 7
+    cmd = _plan(spec).command
+    assert cmd[cmd.index("--log-every") + 1] == "7"
+
+
 def test_early_stop_without_validation_data_is_refused(fairchem_fixtures, tmp_path):
     spec = _spec(tmp_path, train__early_stop_factor=2.0)
     assert FairchemBackend().check(spec) == []
