@@ -48,7 +48,31 @@ def render() -> str:
         allowed = ", ".join(str(c) for c in CHOICES.get(key, ()) if c is not None)
         doc = f.metadata.get("doc", "").replace("|", "\\|")
         lines.append(f"| `{key}` | {_type_name(t)} | `{_default(f)}` | {allowed} | {doc} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _backend_table()) + "\n"
+
+
+def _backend_table() -> list:
+    """Every key x registered backend: how it is honoured, or why it is refused (from each backend's
+    ``key_docs``); keys no backend documents are the launcher's own and mean the same everywhere."""
+    from launcher.backends import get_backend
+    from launcher.core.plugins import backend_targets
+
+    columns: dict = {}
+    for name, target in backend_targets().items():
+        columns.setdefault(target, []).append(name)
+    docs = [(", ".join(names), getattr(get_backend(names[0]), "key_docs", {}) or {}) for names in columns.values()]
+    lines = ["", "## How each backend honours the keys", "",
+             "A key a backend cannot honour is refused by its preflight check, one line naming the key, before "
+             "anything runs. For FairChem backends a key left at its schema default leaves FairChem's config as it "
+             "is; a key set to another value overrides it as below. Keys not listed are the launcher's own and "
+             "mean the same for every backend.", "",
+             "| key | " + " | ".join(f"`{n}`" for n, _ in docs) + " |",
+             "| --- |" + " --- |" * len(docs)]
+    keys = [k for k, _f, _t in iter_fields(RunSpec) if any(k in d for _, d in docs)]
+    for key in keys:
+        cells = [d.get(key, "as the launcher").replace("|", "\\|") for _, d in docs]
+        lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ preflight and dry runs import the backend module.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, runtime_checkable
 
 from launcher.core.errors import NotImplementedBackend
 from launcher.core.layout import RunLayout
-from launcher.core.schema import RunSpec
+from launcher.core.schema import TRAINING_TASKS, RunSpec
 
 
 @runtime_checkable
@@ -69,3 +69,17 @@ def prestart_of(backend: Any, argv: Sequence[str], spec: Optional[RunSpec] = Non
 
 def unsupported_task(spec: RunSpec) -> NotImplementedBackend:
     return NotImplementedBackend(f"backend={spec.backend}: task={spec.task} is not implemented yet")
+
+
+def run_task(ctx: JobContext, *, train: Callable[[JobContext], Dict[str, Any]],
+             predict: Callable[..., Dict[str, Any]], export: Callable[[JobContext], Dict[str, Any]]) -> Dict[str, Any]:
+    """Dispatch ``ctx.spec.task``: train/finetune/resume -> ``train``, evaluate/infer -> ``predict`` (with
+    ``with_metrics``), export -> ``export``. A backend whose tasks split this way calls it from ``run``."""
+    task = ctx.spec.task
+    if task in TRAINING_TASKS:
+        return train(ctx)
+    if task in ("evaluate", "infer"):
+        return predict(ctx, with_metrics=(task == "evaluate"))
+    if task == "export":
+        return export(ctx)
+    raise unsupported_task(ctx.spec)

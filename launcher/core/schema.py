@@ -156,7 +156,7 @@ class TrainSpec:
     drop_last: bool = _f(False, "drop the last incomplete training batch")
     dtype: str = _f("float64", "float64 (as mace_run_train) | float32 (~2x faster on CPU)")
     ema_decay: Optional[float] = _f(None, "exponential moving average of weights (e.g. 0.99; null = off)")
-    config_yml: Optional[str] = _f(None, "FairChem config (required for equiformer_v2 / gemnet_oc)")
+    config_yml: Optional[str] = _f(None, "FairChem config for equiformer_v2 / gemnet_oc: required for task=train; optional when model.manifest or model_in brings the model's config (then it supplies the rest)")
     identifier: Optional[str] = _f(None, "FairChem run identifier")
 
 

@@ -23,7 +23,7 @@ from launcher.core.env import gpu_visible
 from launcher.core.errors import ConfigError, FairchemError
 from launcher.core.layout import RunLayout
 from launcher.core.schema import TRAINING_TASKS, RunSpec
-from trainers.api import JobContext, unsupported_task
+from trainers.api import JobContext, run_task
 from trainers.fairchem import checkpoints as ck
 from trainers.fairchem.models import MODEL_NAMES
 from trainers.fairchem.process import format_command, run_process
@@ -120,6 +120,17 @@ class FairchemBackend:
 
     def __init__(self, echo=None) -> None:
         self.echo = echo or (lambda line: print(line, flush=True))
+
+    @property
+    def key_docs(self) -> Dict[str, str]:
+        """How each run key reaches FairChem (docs/schema.md's backend table)."""
+        from trainers.fairchem.derive import KEY_MAP, REFUSED
+
+        return {**KEY_MAP, **{k: f"refused: {v}" for k, v in REFUSED.items()},
+                "device": "cpu: --cpu; cuda / auto: FairChem's GPU; cuda:N: CUDA_VISIBLE_DEVICES=N for its process",
+                "backend_python": "the interpreter FairChem runs in (default: the env scripts/setup-fairchem-env made)",
+                "backend_env": "extra environment of FairChem's process",
+                "backend_args": "FairChem config overrides (--a.b=value) and CLI flags, applied last"}
 
     # ------------------------------------------------------------------ start-up / checks / dry run
     def prestart(self, argv: Sequence[str], spec: Optional[RunSpec] = None):
@@ -506,14 +517,7 @@ class FairchemBackend:
 
     # ------------------------------------------------------------------ tasks
     def run(self, ctx: JobContext) -> Dict[str, Any]:
-        task = ctx.spec.task
-        if task in TRAINING_TASKS:
-            return self._train_like(ctx)
-        if task in ("evaluate", "infer"):
-            return self._predict(ctx, with_metrics=(task == "evaluate"))
-        if task == "export":
-            return self._export(ctx)
-        raise unsupported_task(ctx.spec)
+        return run_task(ctx, train=self._train_like, predict=self._predict, export=self._export)
 
     def _train_like(self, ctx: JobContext) -> Dict[str, Any]:
         spec, layout = ctx.spec, ctx.layout

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from launcher.core.errors import ConfigError
-from launcher.core.schema import TRAINING_TASKS
-from trainers.api import JobContext, unsupported_task
+from trainers.api import JobContext, run_task
 
 # e3nn's TorchScript compilation warns once per block on torch 2.13: noise, not a problem
 warnings.filterwarnings("ignore", message=r"The TorchScript type system")
@@ -31,10 +30,59 @@ def _default_dtype(name: str):
         torch.set_default_dtype(old)
 
 
+#: Keys the core trainer has no use for: refused when set (the docs table lists them too).
+REFUSED = {
+    "train.config_yml": "a FairChem config; the core trainer takes train.input_json",
+    "train.identifier": "names FairChem runs; a MACE run is named by run_dir / name",
+    "backend_python": "the interpreter of a native backend; MACE trains in the launcher's own process",
+    "backend_env": "environment of a native backend's process; MACE trains in the launcher's own process",
+    "backend_args": "command-line arguments of a native backend; MACE has none",
+}
+
+#: How the core trainer honours each run key (docs/schema.md's backend table).
+KEY_DOCS = {
+    "train.input_json": "model.json (mace_run_train names, or the original implementation's form); required for "
+                        "task=train; on finetune it may add heads",
+    "train.epochs": "epochs to train (resume: the total to reach)",
+    "train.batch_size": "structures per micro-batch and process",
+    "train.num_workers": "DataLoader workers",
+    "train.seed": "seed of the model init, shuffling and sampling (else seed)",
+    "train.lr": "the optimizer's learning rate",
+    "train.weight_decay": "the optimizer's weight decay",
+    "train.optimizer": "adam (amsgrad, as mace_run_train), adamw, sgd",
+    "train.amp": "CUDA autocast in training (on CPU a note and no effect)",
+    "train.accum_steps": "micro-batches per optimizer update",
+    "train.max_grad_norm": "gradient clipping per update",
+    "train.save_every": "checkpoint every N epochs (or cycles)",
+    "train.log_every": "a progress line (step, epoch, loss, lr, structures/s) on the console and in train.log",
+    "train.progress_bar": "tqdm bars",
+    "train.progress_mininterval": "refresh interval of every bar of the run",
+    "train.freeze": "head_only: only the readout of train.head_key trains",
+    "train.energy_weight": "weight of the energy term of the loss",
+    "train.force_weight": "weight of the force term of the loss",
+    "train.head_key": "head of a multi-head model to train / evaluate / export",
+    "train.early_stop_factor": "stop after ceil(factor x patience) evaluations without val improvement",
+    "train.patience": "ReduceLROnPlateau's patience (null: 50)",
+    "train.scheduler": "plateau, cosine, step or none",
+    "train.scheduler_step_unit": "scheduler step per epoch or per cycle",
+    "train.cycle_steps": "updates per cycle; evaluation and checkpoint each cycle",
+    "train.drop_last": "drop the last incomplete batch",
+    "train.dtype": "float64 or float32 model and data",
+    "train.ema_decay": "exponential moving average of the weights",
+    "data.batch_size": "batch size of evaluate / infer",
+    "eval.energy_only": "energies only in evaluate / infer",
+    "eval.amp": "CUDA autocast in evaluate / infer",
+    "eval.split": "the split evaluate / infer read",
+    "device": "cpu, cuda, cuda:N or auto",
+    **{k: f"refused: {v}" for k, v in REFUSED.items()},
+}
+
+
 class MaceBackend:
     """The core MACE trainer behind the common backend interface (``trainers.api.Backend``)."""
 
     name = "mace"
+    key_docs = KEY_DOCS
 
     # ---------------------------------------------------------------- checks
     def check(self, spec: Any) -> List[str]:
@@ -46,6 +94,10 @@ class MaceBackend:
             problems.append("train.input_json: required for backend=mace task=train (a model.json)")
         if t.config_yml:
             problems.append("train.config_yml: only for FairChem backends, not backend=mace")
+        for key, value in (("train.identifier", t.identifier), ("backend_python", spec.backend_python),
+                           ("backend_env", spec.backend_env), ("backend_args", spec.backend_args)):
+            if value:
+                problems.append(f"{key}: {REFUSED[key]}; leave it unset with backend=mace")
         if not t.input_json:
             return problems
         try:
@@ -95,14 +147,7 @@ class MaceBackend:
         return result
 
     def run(self, ctx: JobContext) -> Dict[str, Any]:
-        task = ctx.spec.task
-        if task in TRAINING_TASKS:
-            return self._train(ctx)
-        if task in ("evaluate", "infer"):
-            return self._predict(ctx, with_metrics=(task == "evaluate"))
-        if task == "export":
-            return self._export(ctx)
-        raise unsupported_task(ctx.spec)
+        return run_task(ctx, train=self._train, predict=self._predict, export=self._export)
 
     # ---------------------------------------------------------------- evaluation
     def _predict(self, ctx: JobContext, *, with_metrics: bool) -> Dict[str, Any]:
