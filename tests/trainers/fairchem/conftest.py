@@ -28,3 +28,13 @@ def fairchem_python() -> str:
     if not py:
         pytest.skip("FairChem env not provisioned (run scripts/setup-fairchem-env)")
     return py
+
+
+def empty_lmdbs(tmp_path, *names):
+    """Empty placeholder files named like datasets: for planning tests that never open the data."""
+    out = {}
+    for n in names:
+        p = tmp_path / f"{n}.lmdb"
+        p.write_bytes(b"")
+        out[n] = str(p)
+    return out

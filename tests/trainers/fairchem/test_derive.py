@@ -6,19 +6,10 @@ import pytest
 from launcher.core.errors import ConfigError
 from trainers.fairchem.derive import derive_config, missing_files, steps_per_epoch
 
-from .conftest import OC22, TEST_CONFIGS
+from .conftest import empty_lmdbs as _lmdbs, OC22, TEST_CONFIGS
 
 EQV2_TEST = TEST_CONFIGS / "test_equiformerv2.yml"
 EQV2_121M = OC22 / "equiformer_v2" / "equiformer_v2_N@18_L@6_M@2_e4_f100_121M.yml"
-
-
-def _lmdbs(tmp_path, *names):
-    out = {}
-    for n in names:
-        p = tmp_path / f"{n}.lmdb"
-        p.write_bytes(b"")
-        out[n] = str(p)
-    return out
 
 
 def test_train_injects_data_and_keeps_the_model_unchanged(fairchem_fixtures, tmp_path):

@@ -22,7 +22,7 @@ from trainers.fairchem.backend import CHILD, FairchemBackend
 from trainers.fairchem.config import load_config
 from trainers.fairchem.derive import DataSample, apply_data_needs, derive_config, early_stop_evals, runnable_config
 
-from .conftest import SHARED, TEST_CONFIGS
+from .conftest import empty_lmdbs as _lmdbs, SHARED, TEST_CONFIGS
 
 EQV2 = TEST_CONFIGS / "test_equiformerv2.yml"
 GEMNET = TEST_CONFIGS / "test_gemnet_oc.yml"
@@ -35,15 +35,6 @@ def _any_interpreter(monkeypatch):
     import trainers.fairchem.env as env
 
     monkeypatch.setattr(env, "check_python", lambda python, backend_env=None: python)
-
-
-def _lmdbs(tmp_path, *names):
-    out = {}
-    for n in names:
-        p = tmp_path / f"{n}.lmdb"
-        p.write_bytes(b"")
-        out[n] = str(p)
-    return out
 
 
 def _spec(tmp_path, backend="equiformer_v2", config=EQV2, **kw) -> RunSpec:

@@ -55,3 +55,11 @@ def make_spec(run_dir: Path, splits: Dict[str, Path], **over: Any):
     }
     spec = spec_from_dict(deep_merge(base, over))
     return check(resolve_paths(spec, Path.cwd()))
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_data, tmp_path_factory):
+    """A v1 manifest bundle of a real small multi-head MACE model (built once per session folder)."""
+    from . import mh_bundle
+
+    return mh_bundle.write_bundle(tmp_path_factory.getbasetemp() / "mh-bundle", tiny_data["train"])

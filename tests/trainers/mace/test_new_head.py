@@ -17,11 +17,6 @@ ALL_HEADS = mb.HEADS + [mb.NEW_HEAD]
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_data, tmp_path_factory):
-    return mb.write_bundle(tmp_path_factory.getbasetemp() / "mh-bundle", tiny_data["train"])
-
-
-@pytest.fixture(scope="module")
 def val_structures(tiny_data):
     from data.lmdb_dataset import LmdbDataset
 
@@ -40,7 +35,6 @@ def _oc22_json(bundle, path, **extra):
 def _load(spec):
     import torch
 
-    from launcher.core.schema import RunSpec  # noqa: F401 - spec already built
     from trainers.mace.model_io import load_model
     from trainers.mace.order import seed_everything
 

@@ -19,11 +19,6 @@ from .conftest import make_spec
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_data, tmp_path_factory):
-    return mb.write_bundle(tmp_path_factory.getbasetemp() / "mh-bundle", tiny_data["train"])
-
-
-@pytest.fixture(scope="module")
 def val_structures(tiny_data):
     from data.lmdb_dataset import LmdbDataset
 
