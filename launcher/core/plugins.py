@@ -13,13 +13,56 @@ GROUP = "mlip_launch.backends"
 
 @functools.lru_cache(maxsize=1)
 def backend_targets() -> Dict[str, str]:
-    """Registered backend name -> ``module:Class``, in name order (the first registration of a name wins)."""
-    from importlib.metadata import entry_points
-
+    """Registered backend name -> ``module:Class``, in name order (the first registration of a name wins,
+    in ``sys.path`` order, as for ``importlib.metadata.entry_points``)."""
     found: Dict[str, str] = {}
-    for ep in entry_points(group=GROUP):
-        found.setdefault(ep.name, ep.value)
+    for name, value in _scan_entry_points(GROUP):
+        found.setdefault(name, value)
     return dict(sorted(found.items()))
+
+
+def _scan_entry_points(group: str):
+    """``(name, value)`` of ``group`` in the ``entry_points.txt`` of every distribution on ``sys.path``.
+
+    The same files ``importlib.metadata`` reads, without importing it: that import alone costs ~30 ms,
+    5% of ``launch --help``, which reads the group on every start.
+    """
+    import os
+    import sys
+
+    seen = set()
+    for entry in sys.path:
+        try:
+            names = sorted(os.listdir(entry or "."))
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith((".dist-info", ".egg-info")):
+                continue
+            dist = name.rsplit("-", 1)[0].lower().replace("_", "-") if name.endswith(".dist-info") else name
+            if dist in seen:
+                continue  # a distribution found earlier on the path shadows this copy
+            seen.add(dist)
+            try:
+                with open(os.path.join(entry or ".", name, "entry_points.txt"), encoding="utf-8") as fh:
+                    text = fh.read()
+            except OSError:
+                continue
+            yield from _group_entries(text, group)
+
+
+def _group_entries(text: str, group: str):
+    """The ``name = value`` lines of one ``[group]`` section of an entry_points.txt (INI syntax)."""
+    current = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = line[1:-1].strip()
+        elif current == group and "=" in line:
+            key, _, value = line.partition("=")
+            yield key.strip(), value.strip()
 
 
 def backend_names() -> Tuple[str, ...]:

@@ -171,3 +171,13 @@ def test_without_its_entry_point_the_backend_is_refused(plugin_dir, demo_data, t
     assert res.returncode == 2
     assert res.stderr.startswith("error: backend: no option 'fake'")
     assert not (tmp_path / "run" / "run.yaml").exists()
+
+
+@pytest.mark.parametrize("group", ["mlip_launch.backends", "console_scripts", "hydra.plugins"])
+def test_registry_scan_reads_what_importlib_metadata_reads(group):
+    """The start-up scan of entry_points.txt files finds exactly what importlib.metadata finds."""
+    from importlib.metadata import entry_points
+
+    from launcher.core.plugins import _scan_entry_points
+
+    assert sorted(set(_scan_entry_points(group))) == sorted({(e.name, e.value) for e in entry_points(group=group)})
