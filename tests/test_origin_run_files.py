@@ -63,8 +63,9 @@ def test_original_finetune_file_trains_on_all_three_backends(shared_dir, demo_da
         manifest, weights = stand_ins[run["backend"]]
         run["model"] = {"manifest": str(manifest), "weights": str(weights)}
         run["data"]["train"] = run["data"]["val"] = str(demo_data["val"])   # the same file, as the original
-    # what only this machine needs: the CPU, FairChem's interpreter, one thread
-    original.update({"device": "cpu", "backend_python": fairchem_python, "backend_env": {"OMP_NUM_THREADS": "1"}})
+        if run["backend"] != "mace":  # FairChem's interpreter and process environment (MACE refuses both)
+            run.update({"backend_python": fairchem_python, "backend_env": {"OMP_NUM_THREADS": "1"}})
+    original["device"] = "cpu"   # what only this machine needs
     cfg = tmp_path / "finetune_acc8_test.yaml"
     cfg.write_text(yaml.safe_dump(original, sort_keys=False))
 
