@@ -234,12 +234,15 @@ def plateau_patience(train: TrainSpec) -> int:
     return PLATEAU_PATIENCE_DEFAULT if train.patience is None else int(train.patience)
 
 
-def early_stop_evals(train: TrainSpec) -> Optional[int]:
+def early_stop_evals(train: TrainSpec, default_patience: int = PLATEAU_PATIENCE_DEFAULT) -> Optional[int]:
     """Consecutive evaluations without val improvement that stop training:
-    ``ceil(early_stop_factor x patience)`` (at least 1), or None when ``train.early_stop_factor`` is null."""
+    ``ceil(early_stop_factor x patience)`` (at least 1), or None when ``train.early_stop_factor`` is null.
+    ``patience`` is ``train.patience``, else ``default_patience`` (a backend whose config names its own
+    plateau patience passes that)."""
     if train.early_stop_factor is None:
         return None
-    return max(1, math.ceil(float(train.early_stop_factor) * plateau_patience(train) - 1e-9))
+    patience = default_patience if train.patience is None else int(train.patience)
+    return max(1, math.ceil(float(train.early_stop_factor) * patience - 1e-9))
 
 
 def log_every_updates(train: TrainSpec, updates_per_epoch: int) -> int:

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from launcher.core.errors import ConfigError
-from launcher.core.schema import log_every_updates
+from launcher.core.schema import PLATEAU_PATIENCE_DEFAULT, log_every_updates
+from launcher.core.schema import early_stop_evals as schema_early_stop_evals
 from trainers.fairchem.config import get_dotted, load_config, looks_like_path, set_dotted, split_backend_args
 
 SPLITS = ("train", "val", "test")
@@ -303,7 +304,6 @@ OPTIMIZER_PARAMS = {"Adam": _ADAM_PARAMS, "AdamW": _ADAM_PARAMS,
                     "SGD": {"momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach",
                             "differentiable", "fused"}}
 PLATEAU = "ReduceLROnPlateau"
-DEFAULT_PATIENCE = 50
 TORCH_PLATEAU_PATIENCE = 10      # ReduceLROnPlateau's own default, when the config names no patience
 
 
@@ -492,15 +492,8 @@ def apply_patience(config: Dict[str, Any], spec: Any, overridden: List[str], not
 def early_stop_evals(spec: Any, config: Dict[str, Any]) -> Optional[int]:
     """N of child.py's --early-stop: ceil(early_stop_factor x patience), patience = train.patience, else the
     config's ReduceLROnPlateau patience, else 50. None when train.early_stop_factor is null."""
-    factor = spec.train.early_stop_factor
-    if factor is None:
-        return None
-    patience = spec.train.patience
-    if patience is None:
-        patience = plateau_patience(config)
-    if patience is None:
-        patience = DEFAULT_PATIENCE
-    return max(1, math.ceil(float(factor) * int(patience) - 1e-9))
+    from_config = plateau_patience(config)
+    return schema_early_stop_evals(spec.train, PLATEAU_PATIENCE_DEFAULT if from_config is None else from_config)
 
 
 def child_options(spec: Any, config: Dict[str, Any], progress_log: str,

@@ -9,6 +9,7 @@ from typing import Dict, Mapping, Optional
 
 from launcher.core.errors import ConfigError
 from launcher.core.env import set_thread_defaults
+from launcher.core.schema import cuda_index
 
 SETUP_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "setup-fairchem-env"
 
@@ -113,14 +114,6 @@ def child_env(backend_env: Mapping[str, str], base: Optional[Mapping[str, str]] 
     if not env.get("WANDB_API_KEY"):
         env.setdefault("WANDB_MODE", "disabled")
     return env
-
-
-def cuda_index(device: str) -> Optional[int]:
-    """N of a ``cuda:N`` device, else None."""
-    import re
-
-    m = re.fullmatch(r"cuda:(\d+)", str(device or ""))
-    return int(m.group(1)) if m else None
 
 
 def device_env(device: str, backend_env: Mapping[str, str], base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
