@@ -35,6 +35,7 @@ CHOICES: Dict[str, tuple] = {
     "task": TASKS,
     "device": DEVICES,
     "data.format": DATA_FORMATS,
+    "data.cache": ("auto", "memory", "none"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.scheduler": ("plateau", "cosine", "step", "none"),
     "train.scheduler_step_unit": ("epoch", "cycle"),
@@ -114,6 +115,15 @@ class DataSpec:
     val_indices: IndexSampling = _f(factory=IndexSampling, doc="sampling of the val split")
     test_indices: IndexSampling = _f(factory=IndexSampling, doc="sampling of the test split")
     batch_size: int = _f(16, "batch size of evaluate / infer")
+    cache: str = _f("auto", "how the MACE trainer holds the graphs of train/val: none (stream: train.num_workers "
+                            "read, unpickle and build graphs per batch; each process reads only its share) | memory "
+                            "(build every graph once before training) | auto (memory when the estimate fits "
+                            "data.cache_budget_gb, else none); FairChem always streams")
+    cache_budget_gb: float = _f(4.0, "data.cache=auto caches only when the estimated size of all graphs of one "
+                                     "process is at most this many GB")
+    stats_samples: int = _f(5000, "the statistics a new model needs before training (E0s average, scale/shift, "
+                                  "avg_num_neighbors) are computed from at most this many training structures "
+                                  "(all of them when fewer), stated in train.log and stored in the manifest")
 
 
 @dataclass
@@ -440,6 +450,10 @@ def validate(spec: RunSpec) -> List[str]:
     for key, value in positive.items():
         if value is None or value < 1:
             p.append(f"{key}: must be >= 1, got {value}")
+    if not (spec.data.cache_budget_gb >= 0 and math.isfinite(spec.data.cache_budget_gb)):
+        p.append(f"data.cache_budget_gb: must be a number >= 0, got {spec.data.cache_budget_gb}")
+    if spec.data.stats_samples is None or spec.data.stats_samples < 1:
+        p.append(f"data.stats_samples: must be >= 1, got {spec.data.stats_samples}")
     if t.num_workers < 0:
         p.append(f"train.num_workers: must be >= 0, got {t.num_workers}")
     if t.lr <= 0:

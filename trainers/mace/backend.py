@@ -70,6 +70,11 @@ KEY_DOCS = {
     "train.dtype": "float64 or float32 model and data",
     "train.ema_decay": "exponential moving average of the weights",
     "data.batch_size": "batch size of evaluate / infer",
+    "data.cache": "none: train/val graphs streamed per batch by train.num_workers (each rank reads its share); "
+                  "memory: built once before training; auto: memory if the estimate fits data.cache_budget_gb",
+    "data.cache_budget_gb": "the memory budget of data.cache=auto (per process)",
+    "data.stats_samples": "size of the seeded sample of the training split that E0s, scale/shift and "
+                          "avg_num_neighbors of a new model come from (task=train, new heads of a finetune)",
     "eval.energy_only": "energies only in evaluate / infer",
     "eval.amp": "CUDA autocast in evaluate / infer",
     "eval.split": "the split evaluate / infer read",
@@ -139,7 +144,8 @@ class MaceBackend:
                 if trainer.main:
                     write_artifacts(ctx.layout, trainer.cfg, spec=ctx.spec, metrics=result["best_metrics"],
                                     extra={"epochs_done": result["epochs_done"], "best_epoch": result["best_epoch"],
-                                           "source_model": trainer.source, "head": trainer.head})
+                                           "source_model": trainer.source, "head": trainer.head,
+                                           "statistics": trainer.statistics})
                 trainer.dist.barrier()
             finally:
                 if hasattr(trainer, "dist"):

@@ -1,7 +1,6 @@
-"""From LMDB splits to mace's ``AtomicData`` graphs, built once and kept in memory.
+"""From LMDB entries to mace's ``AtomicData`` graphs (one structure at a time), and collation.
 
-Neighbour lists are the costly part of mace's data pipeline; converting every structure once
-per run (not per epoch) keeps the loop as fast as a hand-written one.
+The trainer streams them (``trainers.mace.stream``) or caches them; evaluate reads its split here.
 """
 from __future__ import annotations
 
@@ -50,40 +49,48 @@ def check_elements(structures: Sequence[Any], zs: Sequence[int], *, what: str) -
         raise ConfigError(f"{what}: the model has no parameters for elements {names}; it knows Z={sorted(have)}")
 
 
+def atomic_table(zs: Sequence[int]) -> Any:
+    from mace.tools.utils import AtomicNumberTable
+
+    return AtomicNumberTable([int(z) for z in zs])
+
+
+def to_graph(s: Any, table: Any, r_max: float, heads: Sequence[str], head: str) -> Any:
+    """One :class:`data.structure.Structure` as mace's ``AtomicData`` (torch default dtype), labelled for
+    ``head``; a missing energy or forces label gets weight 0."""
+    from mace.data import AtomicData, Configuration
+
+    props: Dict[str, Any] = {}
+    weights: Dict[str, float] = {}
+    if s.energy is not None:
+        props["energy"] = float(s.energy)
+    else:
+        weights["energy"] = 0.0
+    if s.forces is not None:
+        props["forces"] = np.asarray(s.forces, dtype=np.float64)
+    else:
+        weights["forces"] = 0.0
+    cfg = Configuration(
+        atomic_numbers=np.asarray(s.numbers, dtype=np.int64),
+        positions=np.asarray(s.positions, dtype=np.float64),
+        properties=props,
+        property_weights=weights,
+        cell=np.asarray(s.cell, dtype=np.float64),
+        pbc=tuple(bool(p) for p in s.pbc),
+        head=head,
+    )
+    return AtomicData.from_config(cfg, z_table=table, cutoff=float(r_max), heads=list(heads))
+
+
 def to_atomic_data(structures: Sequence[Any], zs: Sequence[int], r_max: float, heads: Sequence[str],
                    head: str, *, progress: bool = False, mininterval: float = 0.5) -> List[Any]:
     """``AtomicData`` (torch default dtype) for each structure, labelled for ``head``; ``mininterval``:
     seconds between refreshes of the bar (``train.progress_mininterval``)."""
-    from mace.data import AtomicData, Configuration
-    from mace.tools.utils import AtomicNumberTable
-
     from data.util import progress_bar
 
-    table = AtomicNumberTable([int(z) for z in zs])
+    table = atomic_table(zs)
     it: Any = progress_bar(structures, progress, desc="graphs", unit="struct", mininterval=mininterval, leave=False)
-    out = []
-    for s in it:
-        props: Dict[str, Any] = {}
-        weights: Dict[str, float] = {}
-        if s.energy is not None:
-            props["energy"] = float(s.energy)
-        else:
-            weights["energy"] = 0.0
-        if s.forces is not None:
-            props["forces"] = np.asarray(s.forces, dtype=np.float64)
-        else:
-            weights["forces"] = 0.0
-        cfg = Configuration(
-            atomic_numbers=np.asarray(s.numbers, dtype=np.int64),
-            positions=np.asarray(s.positions, dtype=np.float64),
-            properties=props,
-            property_weights=weights,
-            cell=np.asarray(s.cell, dtype=np.float64),
-            pbc=tuple(bool(p) for p in s.pbc),
-            head=head,
-        )
-        out.append(AtomicData.from_config(cfg, z_table=table, cutoff=float(r_max), heads=list(heads)))
-    return out
+    return [to_graph(s, table, r_max, heads, head) for s in it]
 
 
 def collate(items: Sequence[Any]) -> Any:

@@ -146,51 +146,56 @@ class Trainer:
                 raise ConfigError(f"run_dir: {self.layout.root} holds no checkpoint to resume")
         self.ckpt = ckpt
 
-        train_s, train_idx = graphs.load_split(spec, "train", active=True, progress=self.progress)
-        val_s, val_idx = ([], np.zeros(0, dtype=np.int64))
-        if spec.data.val:
-            val_s, val_idx = graphs.load_split(spec, "val", active=False, progress=self.progress)
+        from trainers.mace import stream
+
+        train_idx = stream.split_indices(spec, "train", active=True)
+        val_idx = stream.split_indices(spec, "val", active=False) if spec.data.val else np.zeros(0, dtype=np.int64)
         if self.main:
             graphs.record_indices(self.layout.indices_json(), {"train": train_idx, "val": val_idx})
+        if len(train_idx) < self.dist.world:
+            raise ConfigError(f"data.train: {len(train_idx)} structures for {self.dist.world} processes")
 
         seed_everything(self.seed)
+        sample = None
         if ckpt is not None:
             cfg = ckpt["model_config"]
             model = build_model(cfg)
             model.load_state_dict(ckpt["model"])
             self.source = ckpt.get("source", "checkpoint")
+            self.statistics = ckpt.get("statistics") or {"from": "checkpoint"}
         elif spec.task == "train":
-            cfg = resolve(load_model_json(t.input_json), train_s, source=t.input_json)
+            t0 = time.time()
+            sample, pos, n = stream.stats_sample(spec, train_idx, progress=self.progress)
+            cfg = resolve(load_model_json(t.input_json), sample, source=t.input_json)
+            self.statistics = {"from": "training data", "sample": int(len(pos)), "of": int(n),
+                               "seed": int(spec.effective_seed), "limit": int(spec.data.stats_samples)}
+            self.log.info(f"statistics (E0s, avg_num_neighbors, scale/shift) from {len(pos)} of {n} training "
+                          f"structures{' (all)' if len(pos) == n else f' (seeded sample; data.stats_samples={spec.data.stats_samples})'} "
+                          f"in {time.time() - t0:.1f}s")
             model = build_model(cfg)
             self.source = "init"
         else:  # finetune
             loaded = load_model(spec)
             cfg, model, self.source = loaded.config, loaded.model, loaded.source
+            self.statistics = {"from": f"base model {loaded.source}"}
             for note in loaded.notes:   # what loading decided (weights checked, heads added ...)
                 self.log.info(note)
         self.cfg = cfg
         zs = cfg["atomic_numbers"]
-        graphs.check_elements(train_s, zs, what=f"data.train ({spec.data.train})")
-        if val_s:
-            graphs.check_elements(val_s, zs, what=f"data.val ({spec.data.val})")
+        if sample is not None:   # an early, clear error for the common case; streaming checks every entry
+            graphs.check_elements(sample, zs, what=f"data.train ({spec.data.train})")
         from trainers.mace.model_config import heads_of
 
         self.heads = heads_of(cfg)
         self.head = head_of(cfg, t.head_key)
         self.model = model.to(self.device)
-        mi = t.progress_mininterval
-        self.train_graphs = graphs.to_atomic_data(train_s, zs, cfg["r_max"], self.heads, self.head,
-                                                  progress=self.progress, mininterval=mi)
-        self.val_graphs = graphs.to_atomic_data(val_s, zs, cfg["r_max"], self.heads, self.head,
-                                                progress=self.progress, mininterval=mi)
-        self.n_train_structures = len(train_s)
-        if len(self.train_graphs) < self.dist.world:
-            raise ConfigError(f"data.train: {len(self.train_graphs)} structures for {self.dist.world} processes")
+        self.train_graphs, self.val_graphs = self._graph_sources(train_idx, val_idx, sample)
+        self.n_train_structures = len(train_idx)
 
         self.freeze = None
         if t.freeze == "head_only":
-            sample = graphs.collate(self.train_graphs[: min(len(self.train_graphs), t.batch_size)]).to(self.device)
-            self.freeze = HeadFreeze(self.model, sample, len(self.heads))
+            first = graphs.collate([self.train_graphs[i] for i in range(min(len(self.train_graphs), t.batch_size))])
+            self.freeze = HeadFreeze(self.model, first.to(self.device), len(self.heads))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = make_optimizer(spec, params)
         n_batches = len(rank_batches(np.arange(len(self.train_graphs)), t.batch_size, t.drop_last, self.dist.rank, self.dist.world))
@@ -239,6 +244,33 @@ class Trainer:
             self.log.info(f"early stop after {self.stop_after} evaluations without val improvement "
                           f"(early_stop_factor {t.early_stop_factor} x patience {plateau_patience(t)})")
 
+    def _graph_sources(self, train_idx: np.ndarray, val_idx: np.ndarray, sample: Optional[List[Any]]) -> tuple:
+        """Train and val graphs as streamed datasets, or built once into memory (``data.cache``)."""
+        from trainers.mace import graphs, stream
+
+        spec, t = self.spec, self.spec.train
+        tp = stream.trust_pickles(spec)
+        train = stream.SplitGraphs(spec.data.train, train_idx, self.cfg["atomic_numbers"], self.cfg["r_max"],
+                                   self.heads, self.head, what=f"data.train ({spec.data.train})", trust_pickles=tp)
+        val = stream.SplitGraphs(spec.data.val, val_idx, self.cfg["atomic_numbers"], self.cfg["r_max"], self.heads,
+                                 self.head, what=f"data.val ({spec.data.val})", trust_pickles=tp) \
+            if spec.data.val else []
+        n = len(train) + len(val)
+        probe = [train[j] for j in range(min(len(train), 16))]
+        per_graph = float(np.mean([stream.graph_nbytes(g) for g in probe])) if probe else 0.0
+        decision = stream.decide_cache(spec.data.cache, spec.data.cache_budget_gb, per_graph, n)
+        self.cache = decision.cache
+        self.log.info(f"graphs: {'cached in memory' if decision.cache else 'streamed'} ({decision.reason}; "
+                      f"{len(train)} train + {len(val)} val, ~{per_graph / 1024:.1f} kB each, "
+                      f"num_workers={t.num_workers})")
+        if not decision.cache:
+            return train, val
+        mi, nw = t.progress_mininterval, t.num_workers
+        train_g = stream.materialize(train, num_workers=nw, progress=self.progress, mininterval=mi, desc="graphs train")
+        val_g = stream.materialize(val, num_workers=nw, progress=self.progress, mininterval=mi, desc="graphs val") \
+            if len(val) else []
+        return train_g, val_g
+
     # ------------------------------------------------------------------ checkpoint
     def _checkpoint(self) -> Dict[str, Any]:
         return {
@@ -258,6 +290,7 @@ class Trainer:
             "seed": self.seed,
             "dtype": self.spec.train.dtype,
             "head": self.head,
+            "statistics": self.statistics,
         }
 
     def save_checkpoint(self) -> None:
@@ -295,10 +328,11 @@ class Trainer:
         train_loss = st.train_sums[0] / st.train_sums[1] if st.train_sums[1] else None
         st.train_sums = [0.0, 0.0]
         if self.val_graphs:
-            shard = self.val_graphs[self.dist.rank::self.dist.world]
+            shard = list(range(self.dist.rank, len(self.val_graphs), self.dist.world))
             with self._ema_weights():
-                sums = error_sums(self.model, shard, batch_size=t.batch_size, device=self.device,
-                                  compute_force=True, amp=self.amp)
+                sums = error_sums(self.model, self.val_graphs, batch_size=t.batch_size, device=self.device,
+                                  compute_force=True, amp=self.amp, positions=shard,
+                                  num_workers=0 if self.cache else t.num_workers)
             sums = self.dist.all_sum(sums)
             m = metrics_from_sums(sums, energy_weight=t.energy_weight, force_weight=t.force_weight)
             split = "val"
@@ -390,21 +424,12 @@ class Trainer:
         return total
 
     def _groups(self, groups: List[List[List[int]]], start: int):
-        """Collated micro-batches of updates ``start..``; with ``num_workers`` they are built ahead
-        in worker processes (the graphs are cached, so workers only collate)."""
-        from trainers.mace.graphs import collate
-
-        nw = self.spec.train.num_workers
-        if nw <= 0:
-            for g in groups[start:]:
-                yield [collate([self.train_graphs[i] for i in idx]) for idx in g]
-            return
-        import torch
+        """Collated micro-batches of updates ``start..``; with ``train.num_workers`` they are read (streaming)
+        or collated (cache) ahead in worker processes."""
+        from trainers.mace.stream import loader
 
         flat = [idx for g in groups[start:] for idx in g]
-        loader = torch.utils.data.DataLoader(self.train_graphs, batch_sampler=flat, collate_fn=collate,
-                                             num_workers=nw, prefetch_factor=2, persistent_workers=False)
-        it = iter(loader)
+        it = loader(self.train_graphs, flat, num_workers=self.spec.train.num_workers)
         for g in groups[start:]:
             yield [next(it) for _ in g]
 
@@ -441,11 +466,21 @@ class Trainer:
                            unit="step", mininterval=t.progress_mininterval, leave=False)
             te = time.time()
             self._window = [te, 0]   # (start, structures) of the throughput of the next log_every line
-            for u, micro in enumerate(self._groups(groups, st.updates_in_epoch), start=st.updates_in_epoch):
+            wait = 0.0               # seconds this rank waited for its next batch (data loading not hidden)
+            feed = self._groups(groups, st.updates_in_epoch)
+            u = first = st.updates_in_epoch
+            while True:
+                tw = time.perf_counter()
+                micro = next(feed, None)
+                if micro is None:
+                    break
+                if u > first:   # the first batch of an epoch always waits (worker start-up)
+                    wait += time.perf_counter() - tw
+                u += 1
                 self.model.train()
                 loss = self._update(micro)
                 st.update_step += 1
-                st.updates_in_epoch = u + 1
+                st.updates_in_epoch = u
                 st.train_sums[0] += loss
                 st.train_sums[1] += 1
                 if bar is not None:
@@ -463,13 +498,16 @@ class Trainer:
                     self.save_checkpoint()
                     self.log.info(f"preempted at epoch {st.epoch + 1} update {st.update_step}: checkpoint written")
                     raise preemption.Preempted()
+            feed.close()
             if bar is not None:
                 bar.close()
             if st.stopped:
                 break
             st.epoch += 1
             st.updates_in_epoch = 0
-            self.log.info(f"epoch {st.epoch}/{t.epochs} done in {time.time() - te:.2f}s")
+            took = time.time() - te
+            self.log.info(f"epoch {st.epoch}/{t.epochs} done in {took:.2f}s (data wait {wait:.2f}s = "
+                          f"{100 * wait / max(took, 1e-9):.1f}% of it, after the first batch)")
             if not cycles:
                 self.evaluate_point("epoch")
                 if st.eval_count % t.save_every == 0 or st.stopped or st.epoch == t.epochs:

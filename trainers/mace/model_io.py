@@ -442,9 +442,9 @@ def add_heads(spec: Any, base: LoadedModel) -> LoadedModel:
 
     def training_structures() -> List[Any]:
         if not structures:
-            from trainers.mace import graphs
+            from trainers.mace import stream
 
-            structures.extend(graphs.load_split(spec, "train", active=True)[0])
+            structures.extend(stream.stats_sample(spec)[0])   # bounded: data.stats_samples
         return structures
 
     e0_rows, scales, shifts, notes = [], [], [], list(base.notes)

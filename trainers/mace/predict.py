@@ -19,11 +19,14 @@ def autocast(device: Any, enabled: bool):
     return contextlib.nullcontext()
 
 
-def batches(graphs: Sequence[Any], batch_size: int):
-    from trainers.mace.graphs import collate
+def batches(graphs: Sequence[Any], batch_size: int, positions: Optional[Sequence[int]] = None,
+            num_workers: int = 0):
+    """Collated batches of ``graphs`` (a list or a streamed dataset) at ``positions`` (default: all), in order."""
+    from trainers.mace.stream import loader
 
-    for i in range(0, len(graphs), batch_size):
-        yield collate(graphs[i:i + batch_size])
+    pos = list(range(len(graphs))) if positions is None else list(positions)
+    yield from loader(graphs, [pos[i:i + batch_size] for i in range(0, len(pos), batch_size)],
+                      num_workers=num_workers)
 
 
 def predict(model: Any, graphs: Sequence[Any], *, batch_size: int, device: Any, compute_force: bool = True,
@@ -54,13 +57,14 @@ def predict(model: Any, graphs: Sequence[Any], *, batch_size: int, device: Any, 
 
 
 def error_sums(model: Any, graphs: Sequence[Any], *, batch_size: int, device: Any, compute_force: bool,
-               amp: bool = False) -> np.ndarray:
-    """[n_graphs, sum (dE/N)^2, n_force_components, sum dF^2, sum |dE/N|, sum |dF|] over ``graphs``."""
+               amp: bool = False, positions: Optional[Sequence[int]] = None, num_workers: int = 0) -> np.ndarray:
+    """[n_graphs, sum (dE/N)^2, n_force_components, sum dF^2, sum |dE/N|, sum |dF|] over ``graphs`` (at
+    ``positions``, default all)."""
     import torch
 
     model.eval()
     s = np.zeros(6, dtype=np.float64)
-    for batch in batches(graphs, batch_size):
+    for batch in batches(graphs, batch_size, positions, num_workers):
         batch = batch.to(device)
         ctx = torch.enable_grad() if compute_force else torch.no_grad()
         with ctx, autocast(device, amp):

@@ -1,0 +1,181 @@
+"""Streaming vs cached graphs: the same batches and losses, exact mid-epoch resume, bounded statistics,
+and sampling that never reads the entries a run excludes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from .conftest import make_spec
+
+pytestmark = pytest.mark.slow
+
+
+def _train(tiny_model_json, **extra):
+    train = {"input_json": str(tiny_model_json), "epochs": 2, "log_every": 1, "lr": 0.005}
+    train.update(extra)
+    return train
+
+
+def _run(spec):
+    from launcher.job import run_job
+
+    result = run_job(spec, echo=lambda *_: None)
+    assert result.status == "finished", result
+    return result
+
+
+def _losses(run_dir):
+    from launcher.core.atomic import read_jsonl
+
+    recs = read_jsonl(run_dir / "logs" / "metrics.jsonl")
+    return ([(r["step"], r["loss"]) for r in recs if r["split"] == "train"],
+            [(r["step"], r["loss"], r["force_rmse"]) for r in recs if r["split"] == "val"])
+
+
+def _weights(run_dir):
+    import torch
+
+    return torch.load(run_dir / "artifacts" / "best_model.pt", weights_only=True)
+
+
+def test_streaming_and_the_cache_give_the_same_batches_and_losses(tiny_data, tiny_model_json, tmp_path):
+    import torch
+
+    modes = {"memory": ("memory", 0), "stream": ("none", 0), "stream_workers": ("none", 2)}
+    out = {}
+    for name, (cache, workers) in modes.items():
+        run_dir = tmp_path / name
+        _run(make_spec(run_dir, tiny_data, data={"cache": cache}, train=_train(tiny_model_json, num_workers=workers)))
+        out[name] = (_losses(run_dir), _weights(run_dir))
+        log = (run_dir / "logs" / "train.log").read_text()
+        assert ("graphs: cached in memory" if cache == "memory" else "graphs: streamed") in log
+    (ref_losses, ref_w) = out["memory"]
+    assert len(ref_losses[0]) == 12 and len(ref_losses[1]) == 2   # 6 updates x 2 epochs, 2 validations
+    for name in ("stream", "stream_workers"):
+        losses, w = out[name]
+        assert losses == ref_losses, name
+        for k in ref_w:
+            assert torch.equal(ref_w[k], w[k]), (name, k)
+
+
+def test_auto_streams_when_the_estimate_exceeds_the_budget(tiny_data, tiny_model_json, tmp_path):
+    run_dir = tmp_path / "auto"
+    _run(make_spec(run_dir, tiny_data, data={"cache": "auto", "cache_budget_gb": 0.0},
+                   train=_train(tiny_model_json, epochs=1)))
+    log = (run_dir / "logs" / "train.log").read_text()
+    assert "graphs: streamed (data.cache=auto: estimate" in log and "> data.cache_budget_gb 0" in log
+    assert "data wait" in log
+
+
+def test_streamed_run_preempted_mid_epoch_resumes_exactly(tiny_data, tiny_model_json, tmp_path):
+    from launcher.core import preemption
+    from launcher.job import run_job
+    from trainers.mace import loop
+
+    over = {"data": {"cache": "none"}, "train": _train(tiny_model_json, epochs=3, num_workers=2)}
+    _run(make_spec(tmp_path / "ref", tiny_data, **over))
+    run_dir = tmp_path / "run"
+    calls = {"n": 0}
+    orig = loop.Trainer._update
+
+    def update_then_preempt(self, micro):
+        res = orig(self, micro)
+        calls["n"] += 1
+        if calls["n"] == 9:             # mid epoch 2 (6 updates per epoch)
+            preemption.request_preemption()
+        return res
+
+    loop.Trainer._update = update_then_preempt
+    try:
+        first = run_job(make_spec(run_dir, tiny_data, **over), echo=lambda *_: None)
+    finally:
+        loop.Trainer._update = orig
+        preemption.reset()
+    assert first.status == "preempted"
+    _run(make_spec(run_dir, tiny_data, task="resume", **over))
+    assert _losses(run_dir) == _losses(tmp_path / "ref")
+    import torch
+
+    ref, got = _weights(tmp_path / "ref"), _weights(run_dir)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_statistics_come_from_a_bounded_sample_and_are_kept_on_resume(tiny_data, tiny_model_json, tmp_path):
+    from launcher.core.layout import RunLayout, read_manifest
+
+    run_dir = tmp_path / "stats"
+    _run(make_spec(run_dir, tiny_data, data={"stats_samples": 10}, train=_train(tiny_model_json, epochs=1)))
+    log = (run_dir / "logs" / "train.log").read_text()
+    assert "from 10 of 24 training structures (seeded sample; data.stats_samples=10)" in log
+    man = read_manifest(RunLayout.of(run_dir).manifest)
+    assert man["statistics"]["sample"] == 10 and man["statistics"]["of"] == 24
+    cfg = json.loads((run_dir / "artifacts" / "model.json").read_text())
+
+    _run(make_spec(run_dir, tiny_data, task="resume", data={"stats_samples": 10},
+                   train=_train(tiny_model_json, epochs=2)))
+    man2 = read_manifest(RunLayout.of(run_dir).manifest)
+    assert man2["statistics"] == man["statistics"]            # not recomputed on resume
+    cfg2 = json.loads((run_dir / "artifacts" / "model.json").read_text())
+    for key in ("atomic_energies", "avg_num_neighbors", "atomic_inter_scale", "atomic_inter_shift"):
+        assert cfg2[key] == cfg[key], key
+    assert (run_dir / "logs" / "train.log").read_text().count("statistics (E0s") == 1
+
+
+def test_stats_positions_are_bounded_seeded_and_sorted():
+    from trainers.mace.stream import stats_positions
+
+    assert stats_positions(5, 10, 0).tolist() == [0, 1, 2, 3, 4]
+    a, b = stats_positions(1_000_000, 100, 1), stats_positions(1_000_000, 100, 1)
+    assert a.tolist() == b.tolist() and len(set(a.tolist())) == 100 and (np.diff(a) > 0).all()
+    assert stats_positions(1_000_000, 100, 2).tolist() != a.tolist()
+
+
+def _poison(path, keep: int) -> None:
+    """Replace every entry from ``keep`` on with bytes that do not unpickle."""
+    import lmdb
+
+    env = lmdb.open(str(path), subdir=False, lock=False, map_size=1 << 30)
+    with env.begin(write=True) as txn:
+        n = int(env.stat()["entries"]) - 1
+        for i in range(keep, n):
+            txn.put(str(i).encode(), b"not a pickle")
+    env.close()
+
+
+def test_sampling_never_reads_the_entries_a_run_excludes(tiny_data, tiny_model_json, tmp_path):
+    import shutil
+
+    from launcher.core.errors import ConfigError
+    from launcher.job import run_job
+
+    data = dict(tiny_data)
+    data["train"] = tmp_path / "train.lmdb"
+    shutil.copy(tiny_data["train"], data["train"])
+    _poison(data["train"], keep=12)
+    over = {"data": {"cache": "none", "train_indices": {"max_samples": 12}, "stats_samples": 100},
+            "train": _train(tiny_model_json, epochs=1, num_workers=2)}
+    _run(make_spec(tmp_path / "ok", data, **over))
+    # the same file read past the selection fails on the poisoned entries: the test can see a read
+    over["data"]["train_indices"] = {"max_samples": None}
+    with pytest.raises(ConfigError, match="does not unpickle"):
+        run_job(make_spec(tmp_path / "bad", data, **over), echo=lambda *_: None)
+
+
+def test_a_worker_error_comes_back_as_one_line(tiny_data):
+    import torch
+
+    from launcher.core.errors import ConfigError
+    from trainers.mace.stream import SplitGraphs, loader
+
+    torch.set_default_dtype(torch.float32)
+    try:
+        src = SplitGraphs(str(tiny_data["train"]), np.arange(24), [29], 4.0, ["Default"], "Default",
+                          what="data.train (x)")
+        with pytest.raises(ConfigError) as err:
+            list(loader(src, [[i] for i in range(24)], num_workers=2))
+    finally:
+        torch.set_default_dtype(torch.float64)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("data.train (x): entry ") and "no parameters for elements" in msg

@@ -1,0 +1,230 @@
+"""The graphs a training run reads: streamed from the LMDB per batch, or cached in memory.
+
+At our users' sizes (millions of structures, runs sampling 500k) building every neighbour graph
+before the first step takes a long serial phase and tens of GB per process; so by default the
+trainer streams: :class:`SplitGraphs` is a map-style dataset over the run's selected indices whose
+DataLoader workers (``train.num_workers``) read, unpickle and build graphs per batch, and each rank
+reads only the positions of its own batches. ``data.cache=memory`` (or ``auto`` when the estimate
+fits ``data.cache_budget_gb``) builds every graph once, in parallel over the same workers.
+
+Both modes index the same positions, so the same seed gives the same batches and the same losses.
+The statistics a new model needs (E0s, scale/shift, avg_num_neighbors) come from a bounded,
+seeded sample of the training split (``data.stats_samples``), never from a pass over all of it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+from launcher.core.errors import ConfigError
+
+PER_GRAPH_OVERHEAD = 2048   # bytes of Python objects around an AtomicData's tensors (measured: ~1.5 kB)
+
+
+class SplitGraphs:
+    """Position ``j`` -> the ``AtomicData`` of entry ``indices[j]`` of one split's LMDB.
+
+    Picklable (DataLoader workers get a copy without the open dataset and open their own), and
+    reads nothing at construction beyond the shards' lengths.
+    """
+
+    def __init__(self, path: str, indices: np.ndarray, zs: Sequence[int], r_max: float, heads: Sequence[str],
+                 head: str, *, what: str, trust_pickles: bool = False) -> None:
+        self.path, self.what = str(path), what
+        self.indices = np.ascontiguousarray(indices, dtype=np.int64)
+        self.zs = [int(z) for z in zs]
+        self.r_max, self.heads, self.head = float(r_max), list(heads), head
+        self.trust_pickles = bool(trust_pickles)
+        self._known = set(self.zs)
+        self._ds: Any = None
+        self._table: Any = None
+        self._pid = -1
+
+    def __getstate__(self) -> Dict[str, Any]:
+        st = dict(self.__dict__)
+        st["_ds"], st["_table"], st["_pid"] = None, None, -1
+        return st
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def _dataset(self) -> Any:
+        if self._ds is None or self._pid != os.getpid():
+            self._ds = open_lmdb(self.path, self.trust_pickles)
+            self._pid = os.getpid()
+        return self._ds
+
+    def structure(self, j: int) -> Any:
+        return self._dataset()[int(self.indices[j])]
+
+    def __getitem__(self, j: int) -> Any:
+        from trainers.mace.graphs import atomic_table, to_graph
+
+        s = self.structure(j)
+        unknown = {int(z) for z in s.numbers} - self._known
+        if unknown:
+            from ase.data import chemical_symbols
+
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in sorted(unknown))
+            raise ConfigError(f"{self.what}: entry {int(self.indices[j])}: the model has no parameters for "
+                              f"elements {names}; it knows Z={self.zs}")
+        if self._table is None:
+            self._table = atomic_table(self.zs)
+        return to_graph(s, self._table, self.r_max, self.heads, self.head)
+
+
+def open_lmdb(path: str, trust_pickles: bool = False) -> Any:
+    """The project's LMDB reader (``trust_pickles`` where the reader supports the allow-list switch)."""
+    import inspect
+
+    from data.lmdb_dataset import LmdbDataset
+
+    if trust_pickles and "trust_pickles" in inspect.signature(LmdbDataset.__init__).parameters:
+        return LmdbDataset(path, trust_pickles=True)
+    return LmdbDataset(path)
+
+
+def split_indices(spec: Any, split: str, *, active: bool) -> np.ndarray:
+    """The indices of ``split`` the run uses; reads only the shards' lengths."""
+    from trainers.mace.graphs import split_indices as select
+
+    path = getattr(spec.data, split)
+    if not path:
+        raise ConfigError(f"data.{split}: required here (an LMDB file or folder of shards)")
+    ds = open_lmdb(path, trust_pickles(spec))
+    try:
+        return select(spec, split, len(ds), active=active)
+    finally:
+        ds.close()
+
+
+def trust_pickles(spec: Any) -> bool:
+    return bool(getattr(spec.data, "trust_pickles", False))
+
+
+def stats_positions(n: int, k: int, seed: int) -> np.ndarray:
+    """At most ``k`` of ``n`` positions: all when ``n <= k``, else a seeded sample in ascending order
+    (ascending keeps LMDB reads local)."""
+    if n <= k:
+        return np.arange(n, dtype=np.int64)
+    pick = np.random.Generator(np.random.PCG64([int(seed), 0x5747])).choice(n, size=k, replace=False)
+    return np.sort(pick).astype(np.int64)
+
+
+def stats_sample(spec: Any, indices: Optional[np.ndarray] = None, *, progress: bool = False) -> tuple:
+    """(structures, positions, n) of the bounded sample of the training split that statistics use."""
+    from data.util import progress_bar
+
+    if indices is None:
+        indices = split_indices(spec, "train", active=True)
+    pos = stats_positions(len(indices), int(spec.data.stats_samples), spec.effective_seed)
+    ds = open_lmdb(spec.data.train, trust_pickles(spec))
+    try:
+        it = progress_bar(pos, progress, desc="statistics sample", unit="struct",
+                          mininterval=spec.train.progress_mininterval, leave=False)
+        structures = [ds[int(indices[j])] for j in it]
+    finally:
+        ds.close()
+    return structures, pos, len(indices)
+
+
+def graph_nbytes(g: Any) -> int:
+    """Bytes one cached graph holds: its tensors plus a fixed allowance for the Python objects."""
+    import torch
+
+    total = PER_GRAPH_OVERHEAD
+    for v in g.to_dict().values() if hasattr(g, "to_dict") else vars(g).values():
+        if isinstance(v, torch.Tensor):
+            total += v.element_size() * v.nelement()
+    return total
+
+
+@dataclass
+class CacheDecision:
+    cache: bool
+    estimate_gb: float
+    reason: str
+
+
+def decide_cache(setting: str, budget_gb: float, per_graph_bytes: float, n_graphs: int) -> CacheDecision:
+    """``data.cache`` -> whether to build every graph up front; ``auto`` compares the estimate with the budget."""
+    est = per_graph_bytes * n_graphs / 1e9
+    if setting == "memory":
+        return CacheDecision(True, est, "data.cache=memory")
+    if setting == "none":
+        return CacheDecision(False, est, "data.cache=none")
+    fits = est <= budget_gb
+    return CacheDecision(fits, est, f"data.cache=auto: estimate {est:.3g} GB "
+                                    f"{'<=' if fits else '>'} data.cache_budget_gb {budget_gb:g}")
+
+
+def materialize(source: SplitGraphs, *, num_workers: int, progress: bool = False, mininterval: float = 0.5,
+                desc: str = "graphs") -> List[Any]:
+    """Every graph of ``source``, in position order, built by ``num_workers`` processes (0: here)."""
+    from data.util import progress_bar
+
+    n = len(source)
+    bar = progress_bar(None, progress, total=n, desc=desc, unit="struct", mininterval=mininterval, leave=False) \
+        if progress else None
+    out: List[Any] = []
+    try:
+        if num_workers <= 0:
+            for j in range(n):
+                out.append(source[j])
+                if bar is not None:
+                    bar.update(1)
+            return out
+        for chunk in loader(source, [list(r) for r in _chunks(n, 64)], num_workers=num_workers, collate=_as_list):
+            out.extend(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+        return out
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _chunks(n: int, size: int) -> List[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _as_list(items: Sequence[Any]) -> List[Any]:
+    return list(items)
+
+
+def loader(data: Any, batches: Sequence[Sequence[int]], *, num_workers: int, collate: Any = None) -> Iterator[Any]:
+    """Collated batches of ``data`` at the given positions, in order; with workers, built ahead in other
+    processes. A worker's ConfigError comes back as the same one-line ConfigError."""
+    if collate is None:
+        from trainers.mace.graphs import collate as collate_fn
+
+        collate = collate_fn
+    if num_workers <= 0:
+        for b in batches:
+            yield collate([data[i] for i in b])
+        return
+    import torch
+
+    dl = torch.utils.data.DataLoader(data, batch_sampler=[list(b) for b in batches], collate_fn=collate,
+                                     num_workers=num_workers, prefetch_factor=4, persistent_workers=False)
+    it = iter(dl)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except ConfigError as exc:
+            raise ConfigError(_worker_message(str(exc))) from None
+        yield batch
+
+
+def _worker_message(text: str) -> str:
+    """The original one-line message of an error re-raised from a DataLoader worker."""
+    prefix = "launcher.core.errors.ConfigError: "
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith(prefix):
+            return line[len(prefix):]
+    return text.strip().splitlines()[-1] if text.strip() else text
