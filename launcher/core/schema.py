@@ -121,7 +121,7 @@ class DataSpec:
                             "data.cache_budget_gb, else none); FairChem always streams")
     cache_budget_gb: float = _f(4.0, "data.cache=auto caches only when the estimated size of all graphs of one "
                                      "process is at most this many GB")
-    stats_samples: int = _f(5000, "the statistics a new model needs before training (E0s average, scale/shift, "
+    stats_samples: int = _f(2000, "the statistics a new model needs before training (E0s average, scale/shift, "
                                   "avg_num_neighbors) are computed from at most this many training structures "
                                   "(all of them when fewer), stated in train.log and stored in the manifest")
 

@@ -165,8 +165,13 @@ class Trainer:
             self.statistics = ckpt.get("statistics") or {"from": "checkpoint"}
         elif spec.task == "train":
             t0 = time.time()
-            sample, pos, n = stream.stats_sample(spec, train_idx, progress=self.progress)
-            cfg = resolve(load_model_json(t.input_json), sample, source=t.input_json)
+            raw = load_model_json(t.input_json)
+            want_nbrs = raw.get("avg_num_neighbors") is None
+            sample, pos, n, avg = stream.stats_sample(spec, train_idx, r_max=raw["r_max"] if want_nbrs else None,
+                                                      num_workers=t.num_workers, progress=self.progress)
+            if want_nbrs:   # counted by the workers, as model_config.avg_num_neighbors counts it
+                raw = {**raw, "avg_num_neighbors": avg}
+            cfg = resolve(raw, sample, source=t.input_json)
             self.statistics = {"from": "training data", "sample": int(len(pos)), "of": int(n),
                                "seed": int(spec.effective_seed), "limit": int(spec.data.stats_samples)}
             self.log.info(f"statistics (E0s, avg_num_neighbors, scale/shift) from {len(pos)} of {n} training "
@@ -439,14 +444,16 @@ class Trainer:
         self._window[1] += structures
         if self.state.update_step % self.log_every:
             return
-        t0, n = self._window
-        rate = n * self.dist.world / max(now - t0, 1e-9)  # every rank trains on equally many structures
+        t0, n, waited = self._window
+        span = max(now - t0, 1e-9)
+        rate = n * self.dist.world / span  # every rank trains on equally many structures
         lr = self.opt.param_groups[0]["lr"]
         st = self.state
-        self.log.metrics({"epoch": st.epoch + 1, "step": st.update_step, "split": "train", "loss": loss, "lr": lr})
+        self.log.metrics({"epoch": st.epoch + 1, "step": st.update_step, "split": "train", "loss": loss, "lr": lr,
+                          "throughput": rate, "data_wait": waited / span})
         self.log.info(f"train step={st.update_step} epoch={st.epoch + 1}/{self.spec.train.epochs} loss={loss:.6g} "
-                      f"lr={lr:.3g} throughput={rate:.1f} structures/s")
-        self._window = [time.time(), 0]
+                      f"lr={lr:.3g} throughput={rate:.1f} structures/s data_wait={100 * waited / span:.1f}%")
+        self._window = [time.time(), 0, 0.0]
 
     def train(self) -> Dict[str, Any]:
         from launcher.core import preemption
@@ -465,7 +472,7 @@ class Trainer:
                 bar = tqdm(total=len(groups), initial=st.updates_in_epoch, desc=f"epoch {st.epoch + 1}/{t.epochs}",
                            unit="step", mininterval=t.progress_mininterval, leave=False)
             te = time.time()
-            self._window = [te, 0]   # (start, structures) of the throughput of the next log_every line
+            self._window = [te, 0, 0.0]   # (start, structures, data wait) since the last log_every line
             wait = 0.0               # seconds this rank waited for its next batch (data loading not hidden)
             feed = self._groups(groups, st.updates_in_epoch)
             u = first = st.updates_in_epoch
@@ -475,7 +482,9 @@ class Trainer:
                 if micro is None:
                     break
                 if u > first:   # the first batch of an epoch always waits (worker start-up)
-                    wait += time.perf_counter() - tw
+                    dt = time.perf_counter() - tw
+                    wait += dt
+                    self._window[2] += dt
                 u += 1
                 self.model.train()
                 loss = self._update(micro)
@@ -493,7 +502,7 @@ class Trainer:
                         self.save_checkpoint()
                     if st.stopped:
                         break
-                    self._window = [time.time(), 0]  # evaluation time is not training throughput
+                    self._window = [time.time(), 0, 0.0]  # evaluation time is not training throughput
                 if self.dist.any(preemption.preemption_requested()):
                     self.save_checkpoint()
                     self.log.info(f"preempted at epoch {st.epoch + 1} update {st.update_step}: checkpoint written")

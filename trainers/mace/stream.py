@@ -114,21 +114,62 @@ def stats_positions(n: int, k: int, seed: int) -> np.ndarray:
     return np.sort(pick).astype(np.int64)
 
 
-def stats_sample(spec: Any, indices: Optional[np.ndarray] = None, *, progress: bool = False) -> tuple:
-    """(structures, positions, n) of the bounded sample of the training split that statistics use."""
-    from data.util import progress_bar
+class _SampleReader:
+    """Position ``j`` of a sample -> (Structure, its edge count within ``r_max``, or -1 when not wanted)."""
 
+    def __init__(self, path: str, indices: np.ndarray, r_max: Optional[float], trust: bool) -> None:
+        self.path, self.indices, self.r_max, self.trust = path, indices, r_max, trust
+        self._ds: Any = None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {**self.__dict__, "_ds": None}
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def __getitem__(self, j: int) -> tuple:
+        if self._ds is None:
+            self._ds = open_lmdb(self.path, self.trust)
+        s = self._ds[int(self.indices[j])]
+        if self.r_max is None:
+            return s, -1
+        from mace.data.neighborhood import get_neighborhood
+
+        ei, *_ = get_neighborhood(positions=s.positions, cutoff=float(self.r_max),
+                                  pbc=tuple(bool(p) for p in s.pbc), cell=np.array(s.cell))
+        return s, int(ei.shape[1])
+
+
+def stats_sample(spec: Any, indices: Optional[np.ndarray] = None, *, r_max: Optional[float] = None,
+                 num_workers: int = 0, progress: bool = False) -> tuple:
+    """(structures, positions, n, avg_num_neighbors or None) of the bounded sample of the training split
+    that statistics use; read (and, given ``r_max``, neighbour-counted) by ``num_workers`` processes."""
     if indices is None:
         indices = split_indices(spec, "train", active=True)
     pos = stats_positions(len(indices), int(spec.data.stats_samples), spec.effective_seed)
-    ds = open_lmdb(spec.data.train, trust_pickles(spec))
+    reader = _SampleReader(str(spec.data.train), indices[pos], r_max, trust_pickles(spec))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pos), desc="statistics sample", unit="struct",
+                   mininterval=spec.train.progress_mininterval, leave=False)
+    structures: List[Any] = []
+    edges = 0
     try:
-        it = progress_bar(pos, progress, desc="statistics sample", unit="struct",
-                          mininterval=spec.train.progress_mininterval, leave=False)
-        structures = [ds[int(indices[j])] for j in it]
+        for chunk in loader(reader, [list(r) for r in _chunks(len(pos), 64)], num_workers=num_workers,
+                            collate=list):
+            for s, e in chunk:
+                structures.append(s)
+                edges += e
+            if bar is not None:
+                bar.update(len(chunk))
     finally:
-        ds.close()
-    return structures, pos, len(indices)
+        if bar is not None:
+            bar.close()
+    atoms = sum(int(s.natoms) for s in structures)
+    avg = float(edges / max(atoms, 1)) if r_max is not None else None
+    return structures, pos, len(indices), avg
 
 
 def graph_nbytes(g: Any) -> int:
@@ -177,7 +218,10 @@ def materialize(source: SplitGraphs, *, num_workers: int, progress: bool = False
                 if bar is not None:
                     bar.update(1)
             return out
-        for chunk in loader(source, [list(r) for r in _chunks(n, 64)], num_workers=num_workers, collate=_as_list):
+        import pickle
+
+        for blob in loader(source, [list(r) for r in _chunks(n, 64)], num_workers=num_workers, collate=_pickled):
+            chunk = pickle.loads(blob)
             out.extend(chunk)
             if bar is not None:
                 bar.update(len(chunk))
@@ -191,8 +235,12 @@ def _chunks(n: int, size: int) -> List[range]:
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _as_list(items: Sequence[Any]) -> List[Any]:
-    return list(items)
+def _pickled(items: Sequence[Any]) -> bytes:
+    """A chunk of graphs as one pickle: cached tensors then live in the main process's own memory, not in
+    shared-memory segments (one file descriptor per tensor would exhaust the limit)."""
+    import pickle
+
+    return pickle.dumps(list(items), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def loader(data: Any, batches: Sequence[Sequence[int]], *, num_workers: int, collate: Any = None) -> Iterator[Any]:
