@@ -127,6 +127,10 @@ def check_params(params: LauncherParams) -> None:
         raise ConfigError(f"hydra.launcher.{key}: the in-process launcher runs one process, got "
                           f"{getattr(params, key)}; use hydra/launcher=local (one node) or slurm for several ranks",
                           key=key)
+    if params.gpus_per_node and params.tasks_per_node > params.gpus_per_node:
+        raise ConfigError(f"hydra.launcher.gpus_per_node: {params.gpus_per_node} GPU(s) for {params.tasks_per_node} "
+                          "tasks per node; each rank needs its own GPU (set gpus_per_node = tasks_per_node)",
+                          key="gpus_per_node")
     if params.cluster == "local" and params.nodes != 1:
         raise ConfigError(f"hydra.launcher.nodes: the local launcher runs on one node, got {params.nodes}",
                           key="nodes")

@@ -53,3 +53,9 @@ def test_launch_refuses_in_process_ranks_before_touching_the_run_dir(demo_data, 
         lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
         assert lines[-1].startswith("error: hydra.launcher.tasks_per_node:"), res.stderr[-3000:]
         assert not run_dir.exists() or not any(run_dir.iterdir())  # Hydra's own empty output dir at most
+
+
+def test_each_rank_needs_its_own_gpu():
+    with pytest.raises(ConfigError, match=r"^hydra.launcher.gpus_per_node: 1 GPU\(s\) for 2 tasks per node"):
+        check_params(LauncherParams(cluster="slurm", gpus_per_node=1, tasks_per_node=2))
+    check_params(LauncherParams(cluster="slurm", gpus_per_node=2, tasks_per_node=2, nodes=2))
