@@ -46,6 +46,11 @@ def _check_two_rank_run(run_dir: Path, epochs: int, updates_per_epoch: int) -> d
     return state
 
 
+def test_the_node_offers_two_tasks(slurm_cluster):
+    out = subprocess.run(["sinfo", "-h", "-o", "%c"], env=slurm_cluster, capture_output=True, text=True, timeout=30)
+    assert max(int(c.rstrip("+")) for c in out.stdout.split()) >= 2, out.stdout
+
+
 def test_two_rank_sweep_is_one_array_of_two_rank_trainings(slurm_cluster, tiny_mace, tmp_path):
     sweep = tmp_path / "sweep"
     keys = {**tiny_mace, "train.batch_size": 2}
