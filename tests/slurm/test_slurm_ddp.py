@@ -138,6 +138,10 @@ def test_preempted_and_requeued_two_rank_jobs_resume_from_their_checkpoint(slurm
         assert "resumed from" in log and log.count("world=2") >= 2, case   # the later attempt ran 2 ranks too
         attempts = sacct_states(job, slurm_cluster, duplicates=True)
         assert attempts[-1] == "COMPLETED" and "REQUEUED" in attempts[:-1], (case, attempts)
+    # same spec and seed, stopped at different updates: exact resume ends both on the same weights
+    final = {json.loads((sweep / c / "state.json").read_text())["result"]["weights_sha256_by_rank"][0]
+             for c in ("usr2", "requeue")}
+    assert len(final) == 1, final
     logs = Path(result.outcomes[0].log_path).parent
     rank0 = "".join(p.read_text() for p in logs.glob(f"{usr2_job}_0_log.*"))
     rank1 = "".join(p.read_text() for p in logs.glob(f"{usr2_job}_1_log.*"))
