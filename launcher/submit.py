@@ -76,17 +76,23 @@ class RunJob:
     A training that raises propagates its exception: submitit records the traceback and the job
     ends FAILED in SLURM. A training stopped by a signal (the trainer checkpointed and raised
     ``Preempted``) exits without a result, so the submitter never mistakes it for a finished job.
+
+    With several tasks (``tasks_per_node`` x ``nodes``) every task runs this call as one rank of one
+    training (:func:`launcher.worker.run_rank`): rank 0 owns the run directory and its result is the
+    job's (``%j_0_result.pkl``); the other ranks return theirs quietly, also when preempted, so that
+    their exit never cuts short rank 0's checkpoint and requeue.
     """
 
     def __call__(self, spec: RunSpec) -> Dict[str, Any]:
-        from launcher.job import run_job
+        from launcher.worker import rank_and_world, run_rank
 
         t0 = time.time()
-        res = run_job(spec)
-        if res.status == "preempted":
+        rank, world = rank_and_world()
+        res = run_rank(spec)
+        if res.status == "preempted" and rank == 0:
             raise SystemExit(EXIT_PREEMPTED)
         return {"status": res.status, "run_dir": res.run_dir, "result": res.result,
-                "message": res.message, "wall_s": time.time() - t0}
+                "message": res.message, "wall_s": time.time() - t0, "rank": rank, "world": world}
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         from submitit.helpers import DelayedSubmission
@@ -116,6 +122,15 @@ def check_params(params: LauncherParams) -> None:
     if params.max_num_timeout < 0:
         raise ConfigError(f"hydra.launcher.max_num_timeout: must be >= 0, got {params.max_num_timeout}",
                           key="max_num_timeout")
+    if params.cluster == "inprocess" and (params.tasks_per_node > 1 or params.nodes > 1):
+        key = "tasks_per_node" if params.tasks_per_node > 1 else "nodes"
+        raise ConfigError(f"hydra.launcher.{key}: the in-process launcher runs one process, got "
+                          f"{getattr(params, key)}; use hydra/launcher=local (one node) or slurm for several ranks",
+                          key=key)
+    if params.gpus_per_node and params.tasks_per_node > params.gpus_per_node:
+        raise ConfigError(f"hydra.launcher.gpus_per_node: {params.gpus_per_node} GPU(s) for {params.tasks_per_node} "
+                          "tasks per node; each rank needs its own GPU (set gpus_per_node = tasks_per_node)",
+                          key="gpus_per_node")
     if params.cluster == "local" and params.nodes != 1:
         raise ConfigError(f"hydra.launcher.nodes: the local launcher runs on one node, got {params.nodes}",
                           key="nodes")
@@ -131,6 +146,12 @@ def executor_parameters(params: LauncherParams) -> Dict[str, Any]:
             v = getattr(params, k)
             if v is not None and v != {} and v != []:
                 out[f"slurm_{k}"] = list(v) if isinstance(v, tuple) else v
+        srun = list(out.get("slurm_srun_args") or [])
+        if params.tasks_per_node * params.nodes > 1 and not any(
+                a.startswith(("--kill-on-bad-exit", "-K")) for a in map(str, srun)):
+            # one training of N ranks: a rank that fails ends the step instead of leaving the others
+            # blocked in a collective until torch.distributed's timeout
+            out["slurm_srun_args"] = srun + ["--kill-on-bad-exit=1"]
     elif params.cluster == "local":
         if params.setup:
             out["local_setup"] = list(params.setup)
@@ -461,8 +482,10 @@ def submit_runs(
     write_record(sweep_dir, params, folder, bases, array_ids)
     what = "job array" if len(array_ids) == 1 and len(specs) > 1 else "job"
     ids = ", ".join(array_ids)
+    ranks = params.tasks_per_node * params.nodes
+    each = f" ({ranks} ranks each: {params.nodes} node(s) x {params.tasks_per_node} task(s))" if ranks > 1 else ""
     echo(f"submitted {len(specs)} run(s) to {params.cluster} as {what}{'s' if len(array_ids) > 1 else ''} "
-         f"{ids} in {time.time() - t0:.1f}s; logs under {folder.parent}")
+         f"{ids}{each} in {time.time() - t0:.1f}s; logs under {folder.parent}")
     result = SweepResult(sweep_dir, bases, array_ids)
     if not wait:
         echo(f"not waiting: `launch-status {sweep_dir}` reports states and writes {sweep_dir / 'summary.csv'}")

@@ -37,8 +37,10 @@ class MlipLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from launcher.sweep import launch_sweep
+        from launcher.submit import check_params
+        from launcher.sweep import launch_sweep, launcher_params
 
+        check_params(launcher_params(self.config.hydra.launcher))  # dry runs refuse bad settings too
         return launch_sweep(self, job_overrides, initial_job_idx)
 
 

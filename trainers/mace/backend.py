@@ -88,6 +88,7 @@ class MaceBackend:
 
     name = "mace"
     key_docs = KEY_DOCS
+    distributed = True   # every rank of a multi-process job calls run(); ranks > 0 with ctx.extra["follower"]
 
     # ---------------------------------------------------------------- checks
     def check(self, spec: Any) -> List[str]:
@@ -141,6 +142,8 @@ class MaceBackend:
             try:
                 trainer.setup()
                 result = trainer.train()
+                if trainer.dist.enabled:  # DDP keeps the ranks' weights equal: record the proof
+                    result["weights_sha256_by_rank"] = trainer.dist.weights_by_rank(trainer.model)
                 if trainer.main:
                     write_artifacts(ctx.layout, trainer.cfg, spec=ctx.spec, metrics=result["best_metrics"],
                                     extra={"epochs_done": result["epochs_done"], "best_epoch": result["best_epoch"],
