@@ -85,6 +85,7 @@ def _check_indices(spec: RunSpec, sizes: Dict[str, int], problems: List[str]) ->
     """The index selection of every split the job reads, computed as the job computes it."""
     from data.indices import select_split_indices
 
+    reported = {p.split(":", 1)[0] for p in problems}  # the schema's own checks came first
     for split, active in _split_reads(spec).items():
         if split not in sizes:
             continue
@@ -92,7 +93,9 @@ def _check_indices(spec: RunSpec, sizes: Dict[str, int], problems: List[str]) ->
             select_split_indices(spec.data, split, sizes[split], active=active)
         except ConfigError as e:
             msg = _one_line(e)
-            problems.append(msg if msg.startswith("data.") else f"data.{split}: {msg}")
+            msg = msg if msg.startswith("data.") else f"data.{split}: {msg}"
+            if msg.split(":", 1)[0] not in reported:
+                problems.append(msg)
 
 
 def _check_model_file(key: str, value: Optional[str], problems: List[str]) -> None:
