@@ -177,22 +177,27 @@ def _check_backend_inputs(spec: RunSpec, problems: List[str]) -> None:
 
 
 def data_notes(spec: RunSpec) -> List[str]:
-    """Warnings (not errors) about data a run would read: training on data without forces."""
+    """Warnings (not errors) about data a run would read: training on data without forces.
+
+    Reads the first record's raw bytes only (a pickled record names its ``forces`` attribute), so a dry
+    run still imports neither torch nor PyG.
+    """
     if spec.task not in ("train", "finetune", "resume") or not spec.data.train or spec.train.force_weight <= 0:
         return []
     try:
-        from data.datasets import open_dataset
+        from data.datasets import detect_format
+        from data.lmdb_dataset import LmdbDataset
 
-        ds = open_dataset(spec.data.train)
+        if detect_format(spec.data.train) != "lmdb":
+            return []
+        ds = LmdbDataset(spec.data.train)
         try:
-            first = ds[0] if len(ds) else None
+            raw = ds.get_bytes(0) if len(ds) else None
         finally:
-            close = getattr(ds, "close", None)
-            if close:
-                close()
+            ds.close()
     except Exception:  # noqa: BLE001 - preflight reported unreadable data already
         return []
-    if first is not None and getattr(first, "forces", None) is None:
+    if raw is not None and b"forces" not in raw:
         return [f"data.train: {spec.data.train} holds no forces (first structure); the force loss "
                 f"(train.force_weight={spec.train.force_weight}) has nothing to fit: set train.force_weight=0 "
                 "for an energy-only model"]

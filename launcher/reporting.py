@@ -173,7 +173,8 @@ def _undo_fresh_start(fresh: tuple) -> None:
 
     root, anchor = fresh
     layout = RunLayout.of(root)
-    if not root.is_dir() or layout.checkpoint.exists() or layout.artifacts.exists():
+    trained = layout.checkpoint.exists() or (layout.artifacts.is_dir() and any(layout.artifacts.iterdir()))
+    if not root.is_dir() or trained:
         return
     for child in list(root.iterdir()):
         if child.is_dir() and not child.is_symlink():

@@ -357,3 +357,24 @@ def test_fairchem_preflight_times():
     fc = {k: round(v, 2) for k, v in TIMES.items() if "fc-" in k}
     print("FairChem preflight-rejection times (s):", fc)
     print("all cases, median (s):", sorted(TIMES.values())[len(TIMES) // 2] if TIMES else None)
+
+
+def test_training_data_without_forces_warns(demo_data, tmp_path):
+    """Data without forces trains (an energy-only model is legitimate) but not silently."""
+    from data.lmdb_dataset import LmdbDataset
+    from data.writer import write_lmdb
+
+    ds = LmdbDataset(demo_data["train"])
+    structures = [ds[i] for i in range(4)]
+    ds.close()
+    for s in structures:
+        s.forces = None
+    write_lmdb(structures, tmp_path / "noforces.lmdb")
+    argv = ["device=cpu", "dry_run=true", f"data.train={tmp_path / 'noforces.lmdb'}", f"data.val={demo_data['val']}"]
+    r = run_tool("launch", argv, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "warning: data.train:" in r.stderr and "no forces" in r.stderr, r.stderr
+    r = run_tool("launch", [*argv, "train.force_weight=0"], tmp_path)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    r = run_tool("launch", ["device=cpu", "dry_run=true", f"data.train={demo_data['train']}"], tmp_path)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
