@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from launcher.core.errors import EXIT_FAILED, ConfigError, ConfigErrors
-from launcher.reporting import config_error_message, report_config_error
+from launcher.reporting import config_error_message, debug, exit_for, report_config_error
 
 
 def _run_single(cfg: Any, prestarted: Optional[Any] = None) -> None:
@@ -22,33 +22,48 @@ def _run_single(cfg: Any, prestarted: Optional[Any] = None) -> None:
         report_config_error(config_error_message(e) or [str(e)])
 
 
+def default_run_dir() -> str:
+    """``runs/DATE/TIME`` (relative to the directory ``launch`` started in): run_dir when none is given."""
+    import time
+
+    return time.strftime("runs/%Y-%m-%d/%H-%M-%S")
+
+
 def _run_single_checked(cfg: Any, prestarted: Optional[Any]) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     from launcher.preflight import check_sweep, print_dry_run
-    from launcher.submit import submit_runs
+    from launcher.reporting import guarded_submit
+    from launcher.submit import check_params
     from launcher.sweep import launcher_params
     from launcher.translate import spec_from_hydra_cfg
 
     hc = HydraConfig.get()
     if cfg.get("run_dir") in (None, ""):
         with open_dict(cfg):
-            cfg.run_dir = str(hc.run.dir)
-    spec = spec_from_hydra_cfg(cfg, base_dir=Path(os.getcwd()))
+            cfg.run_dir = default_run_dir()
+    spec = spec_from_hydra_cfg(cfg, base_dir=Path(hc.runtime.cwd))
     params = launcher_params(hc.launcher)
+    check_params(params)
     problems = check_sweep([spec], [spec.run_name], cluster=params.cluster, gpus_per_node=params.gpus_per_node)
     if problems:
         raise ConfigErrors(problems)
     if spec.dry_run:
         print_dry_run([spec], [spec.run_name])
         return
-    result = submit_runs([spec], params, single_run_submit_dir(spec), overrides=[list(hc.overrides.task)],
-                         wait=params.wait, prestarted=prestarted)
+    result = guarded_submit([spec], lambda: submit(spec, params, hc, prestarted))
     if result.failed:
         o = result.failed[0]
         print(f"error: run {o.state}: {o.error} (run_dir {o.run_dir}, log {o.log_path})", file=sys.stderr)
         sys.exit(EXIT_FAILED)
+
+
+def submit(spec: Any, params: Any, hc: Any, prestarted: Optional[Any]) -> Any:
+    from launcher.submit import submit_runs
+
+    return submit_runs([spec], params, single_run_submit_dir(spec), overrides=[list(hc.overrides.task)],
+                       wait=params.wait, prestarted=prestarted)
 
 
 def single_run_submit_dir(spec: Any) -> Path:
@@ -121,31 +136,47 @@ def main() -> None:
             early.close()
 
 
-def _main(early: Optional[Any]) -> None:
-    from launcher.resolvers import register, register_configs
+# Hydra settings that would write where a rejected or dry run must leave nothing: refused before Hydra runs
+_REFUSED_HYDRA = {
+    "hydra.run.dir": "set run_dir instead (the run's output directory; Hydra's own folder is private)",
+}
 
-    register()
-    register_configs()
+
+def refused_hydra_override(argv: List[str]) -> Optional[str]:
+    """The one-line problem of a Hydra override ``launch`` does not take, else None."""
+    for a in argv:
+        key = a.lstrip("+~").partition("=")[0]
+        if key in _REFUSED_HYDRA:
+            return f"{key}: {_REFUSED_HYDRA[key]}"
+    return None
+
+
+def _main(early: Optional[Any]) -> None:
+    from launcher.resolvers import register, register_configs, remove_hydra_scratch
+
     try:
+        refused = refused_hydra_override(sys.argv[1:])
+        if refused:
+            report_config_error([refused])
+        register()
+        register_configs()
         if _wants_app_help(sys.argv[1:]):
             print_app_help([a for a in sys.argv[1:] if not a.startswith("-")])
             return
         _hydra_entry(early)
     except SystemExit:
         raise
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except BaseException as exc:  # noqa: BLE001 - classified below, re-raised when not a config error
-        lines = config_error_message(exc)
-        if lines is not None:
-            report_config_error(lines)
+    except BaseException as exc:  # noqa: BLE001 - every failure ends as one line (exit_for classifies it)
         from launcher.sweep import SweepFailed
 
-        if isinstance(exc, SweepFailed):
+        if isinstance(exc, SweepFailed):  # its message lists each failed point, one line each
+            if debug():
+                raise
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(EXIT_FAILED)
-        raise
+        exit_for(exc)
+    finally:
+        remove_hydra_scratch()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -42,45 +42,194 @@ def _check_json(key: str, value: Optional[str], problems: List[str], *, want: ty
         problems.append(f"{key}: {value} must hold a JSON {want.__name__}")
 
 
-def _check_dataset(key: str, path: str, problems: List[str]) -> None:
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _check_dataset(key: str, path: str, problems: List[str]) -> Optional[int]:
+    """Problems of one dataset, read as the job reads it; its number of entries when readable."""
     from launcher.demo_data import ensure_if_demo
 
     try:
         ensure_if_demo(path)
     except Exception as e:  # generation failed: report it as this key's problem
-        problems.append(f"{key}: could not generate the demo dataset at {path}: {e}")
-        return
+        problems.append(f"{key}: could not generate the demo dataset at {path}: {_one_line(e)}")
+        return None
     try:
-        from data.datasets import check_readable
+        from data.datasets import check_readable, count
     except ImportError:  # data layer not installed: existence is all we can check
         if not Path(path).exists():
             problems.append(f"{key}: dataset not found: {path}")
-        return
+        return None
     try:
         check_readable(path)
+        return count(path)
     except ConfigError as e:
-        msg = str(e)
+        msg = _one_line(e)
         problems.append(msg if msg.startswith(key) else f"{key}: {msg}")
+    except Exception as e:  # noqa: BLE001 - a corrupt or unreadable file is this key's problem
+        problems.append(f"{key}: cannot read {path} ({type(e).__name__}: {_one_line(e)})")
+    return None
+
+
+def _split_reads(spec: RunSpec) -> Dict[str, bool]:
+    """The splits a task reads -> whether each is the active one (``data.indices`` applies to it)."""
+    if spec.task == "export":
+        return {}
+    if spec.task in ("evaluate", "infer"):
+        return {spec.eval.split: True}
+    return {split: split == "train" for split in DATA_SPLITS}
+
+
+def _check_indices(spec: RunSpec, sizes: Dict[str, int], problems: List[str]) -> None:
+    """The index selection of every split the job reads, computed as the job computes it."""
+    from data.indices import select_split_indices
+
+    reported = {p.split(":", 1)[0] for p in problems}  # the schema's own checks came first
+    for split, active in _split_reads(spec).items():
+        if split not in sizes:
+            continue
+        try:
+            select_split_indices(spec.data, split, sizes[split], active=active)
+        except ConfigError as e:
+            msg = _one_line(e)
+            msg = msg if msg.startswith("data.") else f"data.{split}: {msg}"
+            if msg.split(":", 1)[0] not in reported:
+                problems.append(msg)
+
+
+def _check_model_file(key: str, value: Optional[str], problems: List[str]) -> None:
+    """``model_in`` / ``model.weights``: a run directory, a manifest.json, or a file torch.save wrote.
+
+    The job's torch.load would fail on anything else (UnpicklingError); this reads only the header
+    (zip archive, or a pickle's protocol byte), so a dry run stays free of torch.
+    """
+    import zipfile
+
+    p = Path(value) if value else None
+    if p is None or not p.is_file():
+        return
+    if p.suffix == ".json":
+        _check_json(key, value, problems, want=dict)
+        return
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(2)
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as zf:
+                if any(n.endswith("data.pkl") for n in zf.namelist()):
+                    return
+        elif head[:1] == b"\x80" and head[1:2] and head[1] <= 5:  # pickle protocol 2..5 (torch's legacy format)
+            return
+    except OSError as e:
+        problems.append(f"{key}: cannot read {p} ({e.strerror or _one_line(e)})")
+        return
+    problems.append(f"{key}: {p} is not a PyTorch file (a torch.save archive: checkpoint, .model or weights), "
+                    "a manifest.json or a run directory")
+
+
+def _check_run_dir(run_dir: str, problems: List[str]) -> bool:
+    """run_dir must be a folder, or creatable: a file there, or an unwritable parent, fails only at
+    job start otherwise. False when it is unusable (its state is then not read)."""
+    import os
+
+    root = Path(run_dir)
+    if root.exists() and not root.is_dir():
+        problems.append(f"run_dir: {root} is a file, expected a directory")
+        return False
+    node = root
+    while not node.exists() and node != node.parent:
+        node = node.parent
+    if not node.is_dir():
+        problems.append(f"run_dir: {root} cannot be created: {node} is a file")
+        return False
+    if not os.access(node, os.W_OK | os.X_OK):
+        what = "is not writable" if node == root else f"cannot be created: no write permission in {node}"
+        problems.append(f"run_dir: {root} {what}")
+        return False
+    return True
+
+
+def _fairchem_like(spec: RunSpec) -> bool:
+    """A native FairChem backend (it opens each LMDB once per process)."""
+    from launcher.backends import REGISTRY
+
+    return REGISTRY.get(spec.backend, "").startswith("trainers.fairchem.")
+
+
+def _check_backend_inputs(spec: RunSpec, problems: List[str]) -> None:
+    """Inputs a backend would refuse only once the job has started."""
+    import os
+
+    d = spec.data
+    if _fairchem_like(spec) and spec.task in ("train", "finetune", "resume") and d.train and d.val \
+            and os.path.realpath(d.train) == os.path.realpath(d.val):
+        problems.append(f"data.val: same file as data.train ({d.val}); FairChem opens each LMDB once per "
+                        "process, so the splits must be different files")
+    if spec.backend == "mace" and spec.task == "resume" and spec.model.manifest and not spec.model_in \
+            and spec.run_dir:
+        from launcher.core.layout import RunLayout
+
+        if not RunLayout.of(spec.run_dir).checkpoint.exists():
+            problems.append(f"model.manifest: task=resume needs a training checkpoint (model_in=.../checkpoint.pt "
+                            f"or a run_dir holding one); a manifest brings weights only: use task=finetune to "
+                            "start from it")
+
+
+def data_notes(spec: RunSpec) -> List[str]:
+    """Warnings (not errors) about data a run would read: training on data without forces.
+
+    Reads the first record's raw bytes only (a pickled record names its ``forces`` attribute), so a dry
+    run still imports neither torch nor PyG.
+    """
+    if spec.task not in ("train", "finetune", "resume") or not spec.data.train or spec.train.force_weight <= 0:
+        return []
+    try:
+        from data.datasets import detect_format
+        from data.lmdb_dataset import LmdbDataset
+
+        if detect_format(spec.data.train) != "lmdb":
+            return []
+        ds = LmdbDataset(spec.data.train)
+        try:
+            raw = ds.get_bytes(0) if len(ds) else None
+        finally:
+            ds.close()
+    except Exception:  # noqa: BLE001 - preflight reported unreadable data already
+        return []
+    if raw is not None and b"forces" not in raw:
+        return [f"data.train: {spec.data.train} holds no forces (first structure); the force loss "
+                f"(train.force_weight={spec.train.force_weight}) has nothing to fit: set train.force_weight=0 "
+                "for an energy-only model"]
+    return []
 
 
 def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Optional[int] = None) -> List[str]:
     """All problems of one spec (empty = ready to run)."""
     problems = list(validate(spec))
+    sizes: Dict[str, int] = {}
     for split in DATA_SPLITS:
         path = getattr(spec.data, split)
         if path:
-            _check_dataset(f"data.{split}", path, problems)
+            n = _check_dataset(f"data.{split}", path, problems)
+            if n is not None:
+                sizes[split] = n
+    index_files_ok = True
     for key, path in (("data.indices_path", spec.data.indices_path),
                       ("data.train_indices.indices_path", spec.data.train_indices.indices_path),
                       ("data.val_indices.indices_path", spec.data.val_indices.indices_path),
                       ("data.test_indices.indices_path", spec.data.test_indices.indices_path)):
-        _check_json(key, path, problems, want=list)
-    if spec.model_in:
-        _check_file("model_in", spec.model_in, problems, kind="path")
+        if path and not _check_file(key, path, problems):
+            index_files_ok = False
+    if index_files_ok:
+        _check_indices(spec, sizes, problems)
+    if spec.model_in and _check_file("model_in", spec.model_in, problems, kind="path"):
+        _check_model_file("model_in", spec.model_in, problems)
     if spec.model.manifest:
         _check_json("model.manifest", spec.model.manifest, problems, want=dict)
-    if spec.model.weights:
-        _check_file("model.weights", spec.model.weights, problems)
+    if spec.model.weights and _check_file("model.weights", spec.model.weights, problems):
+        _check_model_file("model.weights", spec.model.weights, problems)
+    _check_backend_inputs(spec, problems)
 
     if is_cuda(spec.device):  # cuda or cuda:N (the job checks N against the GPUs torch sees)
         index = cuda_index(spec.device)
@@ -94,7 +243,7 @@ def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Opti
         elif not gpu_visible():
             problems.append(f"device: {spec.device} requested but no GPU is visible here; use device=cpu (or device=auto)")
 
-    if spec.run_dir:
+    if spec.run_dir and _check_run_dir(spec.run_dir, problems):
         from launcher.job import state_problem
 
         sp = state_problem(spec)
@@ -115,8 +264,12 @@ def check_sweep(
     *,
     cluster: str = "inprocess",
     gpus_per_node: Optional[int] = None,
+    warn: Optional[Callable[[str], None]] = None,
 ) -> List[str]:
-    """Problems of every point, each prefixed with its label when there are several points."""
+    """Problems of every point, each prefixed with its label when there are several points.
+
+    When there are none, the points' warnings (:func:`data_notes`) go to ``warn`` (default: stderr).
+    """
     labels = list(labels) if labels is not None else [s.run_name for s in specs]
     problems: List[str] = []
     many = len(specs) > 1
@@ -130,6 +283,19 @@ def check_sweep(
             problems.append(f"[{label}] run_dir: {rd} is also the run_dir of [{seen[rd]}]; every run needs its own")
         elif rd:
             seen[rd] = label
+    if not problems:
+        import sys
+
+        warn = warn or (lambda line: print(line, file=sys.stderr))
+        notes: Dict[str, None] = {}  # once each: a sweep's points usually share their data
+        looked = set()
+        for spec in specs:
+            what = (spec.task, spec.data.train, spec.train.force_weight > 0)
+            if what not in looked:
+                looked.add(what)
+                notes.update(dict.fromkeys(data_notes(spec)))
+        for note in notes:
+            warn(f"warning: {note}")
     return problems
 
 

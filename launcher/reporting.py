@@ -1,14 +1,86 @@
-"""One-line error reports, shared by every door: configuration problems exit 2, nothing else here.
+"""One-line error reports, shared by every door.
 
-Hydra's and OmegaConf's own exceptions are turned into the same ``error: ...`` lines the schema
-produces, so both doors refuse bad input the same way.
+Input and path problems exit 2, run-time failures (divergence, a backend crash) exit 1; either way
+the user sees one ``error: ...`` line, and a traceback only with ``MLIP_DEBUG=1``. Hydra's and
+OmegaConf's own exceptions are turned into the same lines the schema produces, so both doors refuse
+bad input the same way.
 """
 from __future__ import annotations
 
+import argparse
+import os
 import sys
-from typing import List, NoReturn, Optional
+from typing import Any, Callable, List, NoReturn, Optional
 
-from launcher.core.errors import EXIT_CONFIG, ConfigError, ConfigErrors
+from launcher.core.errors import (EXIT_CONFIG, EXIT_FAILED, BackendFailed, ConfigError, ConfigErrors,
+                                  TrainingDiverged)
+
+EXIT_INTERRUPTED = 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors as one ``error:`` line and exit 2, like every other input problem."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        print(f"error: {self.prog}: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
+def debug() -> bool:
+    """``MLIP_DEBUG=1``: tracebacks reach the user (for bug reports); otherwise one line each."""
+    return os.environ.get("MLIP_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def one_line(text: object) -> str:
+    """Any message folded onto one line (an exception's text may span several)."""
+    return " ".join(str(text).split())
+
+
+def _print_traceback(exc: BaseException) -> None:
+    import traceback
+
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+
+
+def path_error_message(exc: BaseException) -> Optional[str]:
+    """An OSError about a named file (permission, not a directory, disk full ...) -> one line naming it."""
+    if isinstance(exc, OSError) and getattr(exc, "filename", None):
+        what = exc.strerror or one_line(exc)
+        return f"{exc.filename}: {what}"
+    return None
+
+
+def failure_line(exc: BaseException, *, run_dir: Optional[str] = None, log: Optional[str] = None) -> str:
+    """The one honest line for a run that failed while running: what failed, and where to look."""
+    if isinstance(exc, TrainingDiverged):
+        what = f"training diverged: {one_line(exc)}"
+    elif isinstance(exc, BackendFailed):
+        what = f"backend failed: {one_line(exc)}"
+    else:
+        what = f"run failed: {type(exc).__name__}: {one_line(exc) or '(no message)'}"
+    where = [f"run_dir {run_dir}"] if run_dir else []
+    if log:
+        where.append(f"log {log}")
+    return what + (f" ({', '.join(where)})" if where else "")
+
+
+def exit_for(exc: BaseException, *, run_dir: Optional[str] = None, log: Optional[str] = None) -> NoReturn:
+    """Any exception that reached a door -> its one line and exit code (2 input, 1 run-time, 130 ^C)."""
+    if isinstance(exc, SystemExit):
+        raise exc
+    if debug():
+        _print_traceback(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    lines = config_error_message(exc)
+    if lines is None:
+        path = path_error_message(exc)
+        lines = [path] if path else None
+    if lines is not None:
+        report_config_error(lines)
+    print(f"error: {failure_line(exc, run_dir=run_dir, log=log)}", file=sys.stderr)
+    sys.exit(EXIT_FAILED)
 
 
 def _missing_option_message(text: str) -> str:
@@ -58,6 +130,7 @@ def config_error_message(exc: BaseException) -> Optional[List[str]]:
 
 
 def report_config_error(lines: List[str]) -> NoReturn:
+    lines = [one_line(line) for line in lines]
     if len(lines) == 1:
         print(f"error: {lines[0]}", file=sys.stderr)
     else:
@@ -65,3 +138,79 @@ def report_config_error(lines: List[str]) -> NoReturn:
         for line in lines:
             print(f"  {line}", file=sys.stderr)
     sys.exit(EXIT_CONFIG)
+
+
+# ------------------------------------------------------------------------------------------------
+# Submitting from a door: failures become one line; a start refused on input leaves no trace
+# ------------------------------------------------------------------------------------------------
+
+def _fresh_state(run_dir: Optional[str]) -> Optional[tuple]:
+    """``(root, nearest existing ancestor)`` when ``run_dir`` is absent or empty (a fresh run), else None."""
+    from pathlib import Path
+
+    if not run_dir:
+        return None
+    root = Path(run_dir)
+    if root.is_dir() and not any(root.iterdir()):
+        return root, root
+    if root.exists() or root.is_symlink():
+        return None
+    anchor = root.parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    return root, anchor
+
+
+def _undo_fresh_start(fresh: tuple) -> None:
+    """Return a run_dir to the state it had before a job that stopped at start on an input problem.
+
+    Everything in it was written by that job (it was absent or empty); a run that got as far as a
+    checkpoint or artifacts is kept. Folders the job created above it are removed while empty.
+    """
+    import shutil
+
+    from launcher.core.layout import RunLayout
+
+    root, anchor = fresh
+    layout = RunLayout.of(root)
+    trained = layout.checkpoint.exists() or (layout.artifacts.is_dir() and any(layout.artifacts.iterdir()))
+    if not root.is_dir() or trained:
+        return
+    for child in list(root.iterdir()):
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    if root == anchor:
+        return
+    node = root
+    while node != anchor:
+        try:
+            node.rmdir()
+        except OSError:
+            return
+        node = node.parent
+
+
+def guarded_submit(specs: list, submit: Callable[[], Any]) -> Any:
+    """Call ``submit`` (which runs or submits ``specs``) so that whatever escapes it ends as one line.
+
+    A problem with the input found only when the job started (a ``ConfigError``) exits 2 and leaves
+    a run_dir that was fresh as it was, so the corrected command is not refused; any other failure of
+    a single in-process run exits 1 naming its run_dir and log.
+    """
+    fresh = [f for f in (_fresh_state(s.run_dir) for s in specs) if f is not None]
+    try:
+        return submit()
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except ConfigError:
+        for f in fresh:
+            _undo_fresh_start(f)
+        raise
+    except BaseException as exc:  # noqa: BLE001 - reported as one line (traceback with MLIP_DEBUG=1)
+        if len(specs) == 1 and specs[0].run_dir:
+            from launcher.core.layout import RunLayout
+
+            exit_for(exc, run_dir=specs[0].run_dir, log=str(RunLayout.of(specs[0].run_dir).train_log))
+        exit_for(exc)

@@ -16,8 +16,10 @@ from launcher.core.errors import EXIT_FAILED, ConfigError, ConfigErrors
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="launch-run", description=__doc__.split("\n\n")[0].strip(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from launcher.reporting import OneLineParser
+
+    p = OneLineParser(prog="launch-run", description=__doc__.split("\n\n")[0].strip(),
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", "-c", required=True, help="plain run.yaml: one run, or a runs: list")
     p.add_argument("--run", action="append", default=[], metavar="NAME",
                    help="only the run(s) with this name (repeatable; default: all)")
@@ -87,35 +89,51 @@ def launcher_params_from_map(launcher_map: dict):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from launcher.reporting import config_error_message, report_config_error
+    from launcher.reporting import config_error_message, exit_for, report_config_error
 
     args = _parser().parse_args(argv)
+    try:
+        return _main(args)
+    except ConfigError as e:
+        report_config_error(config_error_message(e) or [str(e)])
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001 - one line (exit 2 for a path problem, else 1; ^C 130)
+        exit_for(e)
+
+
+def _main(args: argparse.Namespace) -> int:
+    specs, launcher_map = load_specs(args.config, args.run, args.set)
+    if args.to_overrides:
+        from launcher.translate import spec_to_shell_line
+
+        for s in specs:
+            print(spec_to_shell_line(s))
+        return 0
+    if args.to_experiment:
+        from launcher.translate import spec_to_experiment_yaml
+
+        out = Path(args.to_experiment)
+        texts = [(out / f"{s.run_name}.yaml", spec_to_experiment_yaml(s)) for s in specs]  # all checked first
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--to-experiment: {out} is a file, expected a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        for path, text in texts:
+            path.write_text(text)
+            print(path)
+        return 0
+    if args.dry_run:
+        for s in specs:
+            s.dry_run = True
+    from launcher.preflight import check_sweep, print_dry_run
+    from launcher.reporting import guarded_submit
+    from launcher.submit import check_params, submit_runs
+
+    params = launcher_params_from_map(launcher_map)
+    check_params(params)
     early = None
     try:
-        specs, launcher_map = load_specs(args.config, args.run, args.set)
-        if args.to_overrides:
-            from launcher.translate import spec_to_shell_line
-
-            for s in specs:
-                print(spec_to_shell_line(s))
-            return 0
-        if args.to_experiment:
-            from launcher.translate import spec_to_experiment_yaml
-
-            out = Path(args.to_experiment)
-            out.mkdir(parents=True, exist_ok=True)
-            for s in specs:
-                (out / f"{s.run_name}.yaml").write_text(spec_to_experiment_yaml(s))
-                print(out / f"{s.run_name}.yaml")
-            return 0
-        if args.dry_run:
-            for s in specs:
-                s.dry_run = True
-        from launcher.preflight import check_sweep, print_dry_run
-        from launcher.submit import submit_runs
-
-        params = launcher_params_from_map(launcher_map)
-        if len(specs) == 1 and params.cluster == "inprocess":
+        if len(specs) == 1 and params.cluster == "inprocess" and not specs[0].dry_run:
             from launcher.backends import prestart
 
             early = prestart([], specs[0])  # a backend's slow start-up overlaps preflight and set-up
@@ -127,16 +145,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             print_dry_run(specs, labels)
             return 0
         sweep_dir = Path(args.config).resolve().parent / "sweeps" / Path(args.config).stem
-        result = submit_runs(specs, params, sweep_dir, overrides=[[f"name={n}"] for n in labels],
-                             wait=params.wait, prestarted=early)
-    except ConfigError as e:
-        report_config_error(config_error_message(e) or [str(e)])
+        result = guarded_submit(specs, lambda: submit_runs(specs, params, sweep_dir,
+                                                           overrides=[[f"name={n}"] for n in labels],
+                                                           wait=params.wait, prestarted=early))
     finally:
         if early is not None:
             early.close()
     if result.failed:
         for o in result.failed:
-            print(f"error: run {labels[o.index]} FAILED: {o.error} (run_dir {o.run_dir})", file=sys.stderr)
+            print(f"error: run {labels[o.index]} {o.state}: {o.error} (run_dir {o.run_dir}, log {o.log_path})",
+                  file=sys.stderr)
         return EXIT_FAILED
     return 0
 

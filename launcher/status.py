@@ -20,7 +20,9 @@ EXIT_ACTIVE = 3
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="launch-status", description=__doc__.split("\n\n")[0].strip())
+    from launcher.reporting import OneLineParser
+
+    p = OneLineParser(prog="launch-status", description=__doc__.split("\n\n")[0].strip())
     p.add_argument("sweep_dir", help="the sweep directory (holds sweep.json)")
     p.add_argument("--wait", action="store_true", help="wait until every job is done, then report")
     p.add_argument("--quiet", "-q", action="store_true", help="only the counts line")
@@ -34,7 +36,10 @@ def sweep_status(sweep_dir: Path, *, wait: bool = False) -> "object":
                                  wait_for, write_record)
 
     sweep_dir = Path(sweep_dir).resolve()
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise ConfigError(f"SWEEP_DIR: {sweep_dir} is a file, expected a sweep directory (it holds sweep.json)")
     rec = read_record(sweep_dir)
+    check_record(rec, sweep_dir / "sweep.json")
     bases = [JobOutcome(**j) for j in rec["jobs"]]
     jobs = job_handles(rec)
     cluster = rec["cluster"]
@@ -47,15 +52,54 @@ def sweep_status(sweep_dir: Path, *, wait: bool = False) -> "object":
     return result
 
 
+def check_record(rec: dict, path: Path) -> None:
+    """A sweep.json of the shape submission writes, or one ConfigError naming what is wrong."""
+    from dataclasses import fields
+
+    from launcher.submit import CLUSTERS, JobOutcome
+
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"{path}: not a sweep record ({what})")
+
+    if rec.get("cluster") not in CLUSTERS or rec["cluster"] == "inprocess":
+        raise bad(f"'cluster' is {rec.get('cluster')!r}, expected local or slurm")
+    if not isinstance(rec.get("submitit_folder"), str):
+        raise bad("'submitit_folder' must be a path")
+    if not isinstance(rec.get("array_ids") or [], list) or not isinstance(rec.get("params") or {}, dict):
+        raise bad("'array_ids' must be a list and 'params' a mapping")
+    jobs = rec["jobs"]
+    if not isinstance(jobs, list):
+        raise bad("'jobs' must be a list")
+    names = {f.name for f in fields(JobOutcome)}
+    required = ("index", "run_dir", "state", "overrides", "job_id")
+    for i, job in enumerate(jobs):
+        if not isinstance(job, dict):
+            raise bad(f"jobs[{i}] must be a mapping")
+        unknown = sorted(set(job) - names)
+        missing = [k for k in required if job.get(k) is None]
+        if unknown or missing:
+            raise bad(f"jobs[{i}]: " + "; ".join(filter(None, [
+                f"unknown key(s) {', '.join(unknown)}" if unknown else "",
+                f"missing {', '.join(missing)}" if missing else ""])))
+        if not isinstance(job["index"], int) or not isinstance(job["overrides"], list) \
+                or not isinstance(job["run_dir"], str) or not isinstance(job["state"], str):
+            raise bad(f"jobs[{i}]: index must be an integer, run_dir and state strings, overrides a list")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    from launcher.reporting import exit_for
     from launcher.submit import counts_line
 
     args = _parser().parse_args(argv)
     try:
         result = sweep_status(Path(args.sweep_dir), wait=args.wait)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_CONFIG
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001 - one line (exit 2 for a path problem, else 1)
+        exit_for(e)
     for o in result.outcomes:
         if not args.quiet:
             line = f"[{o.index}] {o.state:<9} {o.job_id or '':<12} {' '.join(o.overrides) or '(no overrides)'}"

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any, List, Optional
 
-from launcher.core.errors import ConfigError
+from launcher.core.errors import ConfigError, ConfigErrors
 from launcher.core.schema import RunSpec, get_key, spec_from_dict
 from launcher.core.specio import escape_interpolation, escape_strings, resolve_paths
 
@@ -133,6 +133,28 @@ def spec_to_experiment_yaml(spec: RunSpec) -> str:
     return "\n".join(lines) + yaml.safe_dump(body, sort_keys=False)
 
 
+def keys_outside_schema(cfg: Any, cls: type = RunSpec, prefix: str = "") -> List[str]:
+    """Dotted keys of a composed config that no schema field declares (added with Hydra's ``+key=``)."""
+    import dataclasses
+    import typing
+
+    from omegaconf import DictConfig
+
+    hints = typing.get_type_hints(cls)
+    declared = {f.name for f in dataclasses.fields(cls)}
+    out: List[str] = []
+    for key in cfg.keys():
+        if key not in declared:
+            out.append(f"{prefix}{key}")
+            continue
+        t = hints[key]
+        if dataclasses.is_dataclass(t):
+            node = cfg._get_node(key)
+            if isinstance(node, DictConfig) and not node._is_none() and not node._is_missing():
+                out.extend(keys_outside_schema(node, t, f"{prefix}{key}."))
+    return out
+
+
 def spec_from_hydra_cfg(cfg: Any, *, base_dir: Optional[Path] = None) -> RunSpec:
     """Composed Hydra config (DictConfig) -> RunSpec, paths absolute against base_dir (the cwd).
 
@@ -147,6 +169,11 @@ def spec_from_hydra_cfg(cfg: Any, *, base_dir: Optional[Path] = None) -> RunSpec
         with open_dict(cfg):
             del cfg["hydra"]
     if OmegaConf.get_type(cfg) is RunSpec:
+        extra = keys_outside_schema(cfg)
+        if extra:  # Hydra's `+key=` adds a key the structured schema would silently drop
+            from launcher.core.schema import _key_error_message, _KeyLike
+
+            raise ConfigErrors([_key_error_message(_KeyLike(k), "command line") for k in extra])
         try:
             spec = OmegaConf.to_object(cfg)
         except OmegaConfBaseException as e:

@@ -5,7 +5,7 @@ plugin discovery at start-up, so it must stay free of heavy imports.
 """
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
@@ -65,3 +65,32 @@ class MlipSweeper(BasicSweeper):
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         return None
+
+    def sweep(self, arguments: List[str]) -> Any:
+        """As the basic sweeper, except that ``SWEEP_DIR/multirun.yaml`` is written only once the sweep
+        has written there (jobs ran or were submitted): a rejected or dry sweep leaves nothing on disk."""
+        from pathlib import Path
+
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        params_conf = self._parse_config()
+        params_conf.extend(arguments)
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        self.overrides = self.split_arguments(parser.parse_overrides(params_conf), self.max_batch_size)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        returns: List[Sequence[JobReturn]] = []
+        initial_job_idx = 0
+        try:
+            while not self.is_done():
+                batch = self.get_job_batch()
+                results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+                for r in results:
+                    _ = r.return_value  # raises for a failed job, as the basic sweeper does
+                initial_job_idx += len(batch)
+                returns.append(results)
+        finally:
+            if sweep_dir.is_dir():
+                OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        return returns

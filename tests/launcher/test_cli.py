@@ -234,3 +234,73 @@ def test_multirun_over_a_config_group_composes_each_point(launch, demo_data, tmp
     # resume points target fresh run dirs: preflight refuses them, all listed, nothing started
     assert code == 2, err
     assert err.count("holds no run to resume") == 2
+
+
+def test_a_start_refused_on_input_leaves_a_fresh_run_dir_as_it_was(tmp_path):
+    """A ConfigError raised when the job starts (exit 2) must not leave run.yaml / state.json "failed"
+    behind: the corrected command would be refused as 'a different run'. A run with a checkpoint stays."""
+    from launcher.core.errors import ConfigError
+    from launcher.core.layout import RunLayout
+    from launcher.core.schema import RunSpec
+    from launcher.reporting import guarded_submit
+
+    def start_then_refuse(spec):
+        def submit():
+            layout = RunLayout.of(spec.run_dir).create()
+            layout.run_yaml.write_text("x: 1\n")
+            layout.write_state(status="failed")
+            raise ConfigError("data.train: found bad only at start")
+        return submit
+
+    absent = RunSpec(run_dir=str(tmp_path / "new" / "deeper" / "run"))
+    with pytest.raises(ConfigError):
+        guarded_submit([absent], start_then_refuse(absent))
+    assert not (tmp_path / "new").exists()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    spec = RunSpec(run_dir=str(empty))
+    with pytest.raises(ConfigError):
+        guarded_submit([spec], start_then_refuse(spec))
+    assert empty.is_dir() and not any(empty.iterdir())
+
+    trained = RunSpec(run_dir=str(tmp_path / "trained"))
+
+    def refuse_after_a_checkpoint():
+        layout = RunLayout.of(trained.run_dir).create()
+        layout.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        layout.checkpoint.write_bytes(b"weights")
+        raise ConfigError("data.test: bad")
+
+    with pytest.raises(ConfigError):
+        guarded_submit([trained], refuse_after_a_checkpoint)
+    assert RunLayout.of(trained.run_dir).checkpoint.exists()
+
+
+def test_a_run_time_failure_is_one_line_exit_1(tmp_path, capsys):
+    from launcher.core.errors import TrainingDiverged
+    from launcher.core.schema import RunSpec
+    from launcher.reporting import guarded_submit
+
+    spec = RunSpec(run_dir=str(tmp_path / "r"))
+
+    def diverge():
+        raise TrainingDiverged("loss is nan at epoch 0, step 1\n(check the data)")
+
+    with pytest.raises(SystemExit) as e:
+        guarded_submit([spec], diverge)
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: training diverged: loss is nan at epoch 0, step 1 (check the data) "
+                   f"(run_dir {spec.run_dir}, log {tmp_path / 'r' / 'logs' / 'train.log'})")
+
+
+def test_hydra_scratch_folder_is_removed(launch, tmp_path):
+    import glob
+    import tempfile
+
+    before = set(glob.glob(f"{tempfile.gettempdir()}/mlip-launch-hydra-*"))
+    code, _out, err = launch("device=cpu", "train.epochs=0")
+    assert code == 2 and "train.epochs" in err
+    assert set(glob.glob(f"{tempfile.gettempdir()}/mlip-launch-hydra-*")) <= before
+    assert not any(tmp_path.iterdir())  # no runs/DATE/TIME either
