@@ -347,6 +347,7 @@ def test_nan_in_data_is_one_line_exit_1(demo_data, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert lines[-1].startswith("error: training diverged") and str(tmp_path / "r1") in lines[-1], r.stderr
     assert "log " in lines[-1] and "Traceback" not in r.stderr
+    assert "no checkpoint was written" in lines[-1] and "is kept" not in lines[-1]   # honest: none exists
     r = run_tool("launch", [*argv, "run_dir=r2"], tmp_path, MLIP_DEBUG="1")
     assert r.returncode == 1 and "Traceback" in r.stderr, r.stderr
 

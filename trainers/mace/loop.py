@@ -352,8 +352,7 @@ class Trainer:
             rec["cycle"] = st.eval_count
         self.log.metrics(rec)
         if loss is not None and not math.isfinite(loss):
-            raise TrainingDiverged(f"train: {split} loss is {loss} at update {st.update_step}; "
-                                   f"the last good checkpoint is {self.layout.checkpoint}")
+            raise TrainingDiverged(f"train: {split} loss is {loss} at update {st.update_step}; {self._kept()}")
         improved = loss is not None and loss < st.best_loss
         if improved:
             st.best_loss, st.best_epoch, st.best_step, st.bad_evals = loss, rec["epoch"], st.update_step, 0
@@ -376,6 +375,12 @@ class Trainer:
         unit = "cycle" if kind == "cycle" else "epoch"
         if self.sched is not None and t.scheduler_step_unit == unit:
             self._step_scheduler()
+
+    def _kept(self) -> str:
+        """What a diverged run leaves: the last checkpoint, only when one was written."""
+        if self.layout.checkpoint.exists():
+            return f"the last good checkpoint ({self.layout.checkpoint}) is kept"
+        return "no checkpoint was written before it (check the data for NaN/inf labels or lower train.lr)"
 
     def _step_scheduler(self) -> None:
         import torch
@@ -409,10 +414,9 @@ class Trainer:
                 else:
                     loss.backward()
             total += float(loss.detach())
-        if not math.isfinite(total) or self.dist.any(not math.isfinite(total)):
-            raise TrainingDiverged(f"train: loss is {total} at epoch {self.state.epoch + 1} update "
-                                   f"{self.state.update_step + 1}; stopped, the last good checkpoint "
-                                   f"({self.layout.checkpoint}) is kept")
+        if self.dist.any(not math.isfinite(total)):   # every rank joins the vote, or the others hang in it
+            raise TrainingDiverged(f"train: loss is not finite at epoch {self.state.epoch + 1} update "
+                                   f"{self.state.update_step + 1}; stopped, {self._kept()}")
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
         if t.max_grad_norm is not None:
