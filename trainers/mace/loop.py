@@ -301,7 +301,9 @@ class Trainer:
     def save_checkpoint(self) -> None:
         self._saved_at = self.state.update_step
         if self.main:
+            t0 = time.perf_counter()
             atomic_torch_save(self._checkpoint(), self.layout.checkpoint)
+            self.log.info(f"checkpoint written at update {self.state.update_step} ({time.perf_counter() - t0:.2f}s)")
         self.dist.barrier()
 
     def _load_training_state(self, ck: Dict[str, Any]) -> None:
@@ -330,6 +332,7 @@ class Trainer:
 
         t, st = self.spec.train, self.state
         st.eval_count += 1
+        t_eval = time.perf_counter()
         train_loss = st.train_sums[0] / st.train_sums[1] if st.train_sums[1] else None
         st.train_sums = [0.0, 0.0]
         if self.val_graphs:
@@ -365,7 +368,7 @@ class Trainer:
         st.last_val_loss = loss
         self.log.info(f"eval {split} epoch={rec['epoch']} step={st.update_step} loss={_fmt(loss)} "
                       f"E_rmse/atom={m.get('energy_rmse_per_atom')} F_rmse={m.get('force_rmse')} lr={lr:.3g}"
-                      + (" *best*" if improved else ""))
+                      + (" *best*" if improved else "") + f" ({time.perf_counter() - t_eval:.2f}s)")
         if self.stop_after is not None and st.bad_evals >= self.stop_after:
             st.stopped = (f"early_stop_factor: {st.bad_evals} evaluations without {split} improvement "
                           f"(early_stop_factor {t.early_stop_factor} x patience {plateau_patience(t)}); "

@@ -256,8 +256,10 @@ def loader(data: Any, batches: Sequence[Sequence[int]], *, num_workers: int, col
         return
     import torch
 
+    # its own generator: starting workers must not draw from the global RNG (model init, exact resume)
     dl = torch.utils.data.DataLoader(data, batch_sampler=[list(b) for b in batches], collate_fn=collate,
-                                     num_workers=num_workers, prefetch_factor=4, persistent_workers=False)
+                                     num_workers=num_workers, prefetch_factor=4, persistent_workers=False,
+                                     generator=torch.Generator().manual_seed(0))
     it = iter(dl)
     while True:
         try:
