@@ -66,9 +66,20 @@ def _write_shard(path: Path, structures: Iterable[Structure], start: int, bar) -
 
 
 def check_target(out: Path, overwrite: bool) -> None:
-    """Refuse an existing ``out`` unless ``overwrite`` (checked before any work is done)."""
+    """Refuse an existing ``out`` unless ``overwrite``, and a place ``out`` cannot be written to.
+
+    Checked before any work is done and without creating anything: the nearest existing folder
+    above ``out`` must be a writable folder.
+    """
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise ConfigError(f"{out}: already exists (pass --overwrite to replace it)")
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{out}: cannot be created: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{out}: cannot be created: no permission to write in {parent}")
 
 
 def _replace(tmp: Path, out: Path, overwrite: bool) -> None:

@@ -114,6 +114,10 @@ class DataSpec:
     val_indices: IndexSampling = _f(factory=IndexSampling, doc="sampling of the val split")
     test_indices: IndexSampling = _f(factory=IndexSampling, doc="sampling of the test split")
     batch_size: int = _f(16, "batch size of evaluate / infer")
+    trust_pickles: bool = _f(False, "unpickle LMDB records without the allow-list of data classes (PyG Data, "
+                                    "torch tensors, numpy arrays); only for files you trust: a pickle can run code. "
+                                    "FairChem backends always unpickle without it (FairChem's reader): there preflight "
+                                    "checks the first, last and 3 random records per shard")
 
 
 @dataclass
