@@ -96,12 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except ConfigError as exc:
-        message = str(exc)
-    except OSError as exc:  # unwritable OUT, OUT's parent a file, disk full, ...
-        if os.environ.get("MLIP_DEBUG") == "1":
-            raise
-        message = _os_error(exc)
+    except (ConfigError, OSError) as exc:  # OSError: unwritable OUT, disk full, ...
+        error: BaseException = exc
+    if os.environ.get("MLIP_DEBUG") == "1":
+        import traceback
+
+        traceback.print_exception(error)
+    message = _os_error(error) if isinstance(error, OSError) else str(error)
     print(f"error: {' '.join(message.split())}", file=sys.stderr)
     return EXIT_CONFIG
 

@@ -199,9 +199,10 @@ def convert(input_path: str | os.PathLike, out: str | os.PathLike, *, shards: in
             stress_key: str | None = None, fmt: str | None = None, overwrite: bool = False,
             progress: bool = True, trust_pickles: bool = False) -> list[Path]:
     """Convert ``input_path`` into FairChem-layout LMDB shards at ``out`` (atomically)."""
-    from data.writer import check_target, write_lmdb
+    from data.writer import check_shards, check_target, write_lmdb
 
     out = Path(out)
+    check_shards(shards)
     check_target(out, overwrite)
     structures = read_structures(input_path, energy_key=energy_key, forces_key=forces_key,
                                  stress_key=stress_key, fmt=fmt, progress=progress,
