@@ -114,10 +114,11 @@ class DataSpec:
     val_indices: IndexSampling = _f(factory=IndexSampling, doc="sampling of the val split")
     test_indices: IndexSampling = _f(factory=IndexSampling, doc="sampling of the test split")
     batch_size: int = _f(16, "batch size of evaluate / infer")
-    trust_pickles: bool = _f(False, "unpickle LMDB records without the allow-list of data classes (PyG Data, "
-                                    "torch tensors, numpy arrays); only for files you trust: a pickle can run code. "
-                                    "FairChem backends always unpickle without it (FairChem's reader): there preflight "
-                                    "checks the first, last and 3 random records per shard")
+    trust_pickles: bool = _f(False, "read LMDB records without the allow-list of data classes (PyG Data, torch tensors, "
+                                    "numpy arrays; records naming anything else are refused); only for files you trust: "
+                                    "a pickle can run code. FairChem backends read records with FairChem's own "
+                                    "unrestricted reader: for them preflight checks the first, last and 3 random "
+                                    "records of each shard")
 
 
 @dataclass
