@@ -142,20 +142,48 @@ class _StorageUnpickler(pickle.Unpickler):
         return pid
 
 
+_HEADERS: list[bytes] = []  # blob headers (magic, protocol, sys info pickles) already vetted
+
+
+def _skip_header(blob: bytes, f: io.BytesIO) -> None:
+    """Position ``f`` after the three header pickles, checked once per distinct header.
+
+    Every blob written by one torch build starts with the same bytes, so after the first
+    parse a prefix comparison replaces three unpicklings.
+    """
+    for header in _HEADERS:
+        if blob.startswith(header):
+            f.seek(len(header))
+            return
+    if (_PlainUnpickler(f).load() != MAGIC_NUMBER
+            or _PlainUnpickler(f).load() != LEGACY_PROTOCOL):
+        raise _Fallback
+    info = _PlainUnpickler(f).load()
+    if not isinstance(info, dict) or not info.get("little_endian", False):
+        raise _Fallback
+    if len(_HEADERS) < 8:
+        _HEADERS.append(bytes(blob[:f.tell()]))
+
+
+def _check_keys(f: io.BytesIO, key: Any) -> None:
+    """The storage-keys pickle must be ``[key]`` (bytes compared when torch's protocol 2)."""
+    expected = pickle.dumps([key], protocol=2)
+    start = f.tell()
+    if f.read(len(expected)) == expected:
+        return
+    f.seek(start)
+    if _PlainUnpickler(f).load() != [key]:
+        raise _Fallback
+
+
 def _load_storage(blob: bytes) -> _RawStorage:
     if sys.byteorder != "little" or not isinstance(blob, (bytes, bytearray)):
         raise _Fallback
     f = io.BytesIO(blob)
     try:
-        if (_PlainUnpickler(f).load() != MAGIC_NUMBER
-                or _PlainUnpickler(f).load() != LEGACY_PROTOCOL):
-            raise _Fallback
-        info = _PlainUnpickler(f).load()
-        if not isinstance(info, dict) or not info.get("little_endian", False):
-            raise _Fallback
+        _skip_header(blob, f)
         pid = _StorageUnpickler(f).load()
-        if _PlainUnpickler(f).load() != [pid[2]]:
-            raise _Fallback
+        _check_keys(f, pid[2])
         (count,) = struct.unpack("<q", f.read(8))
     except RefusedGlobal:
         raise
@@ -353,7 +381,7 @@ def _check_storage_blob(blob: Any) -> _Inert:
                     _CheckUnpickler(io.BytesIO(zf.read(name))).load()
         return _Inert()
     f = io.BytesIO(blob)
-    for _ in range(4):  # magic, protocol, sys info, storage; then raw bytes follow
+    for _ in range(5):  # magic, protocol, sys info, storage, storage keys; then raw bytes
         _CheckUnpickler(f).load()
     return _Inert()
 

@@ -303,3 +303,42 @@ def test_the_payload_used_above_really_runs_under_plain_pickle(tmp_path):
     marker = tmp_path / "ran"
     pickle.loads(pickle.dumps(_marker_payload(marker)))  # what the old reader did
     assert marker.exists()
+
+
+def test_payloads_in_every_pickle_of_a_storage_blob_are_refused(tmp_path):
+    """A tensor's storage blob is four pickles and raw bytes: each pickle is checked, even when
+    its header matches one seen before (the header cache compares bytes only)."""
+    marker = tmp_path / "ran"
+    good = Data(pos=torch.rand(2, 3), atomic_numbers=torch.ones(2), natoms=2)
+    loads_record(pickle.dumps(good))  # the header of this torch build is now cached
+    blobs = []
+
+    class Capture(pickle.Unpickler):
+        def find_class(self, module, name):
+            if name == "_load_from_bytes":
+                return lambda b: (blobs.append(b), torch.load(io.BytesIO(b), weights_only=True))[1]
+            return super().find_class(module, name)
+
+    Capture(io.BytesIO(pickle.dumps(torch.rand(2, 3)))).load()
+    blob = blobs[0]
+    payload = pickle.dumps(_marker_payload(marker), protocol=2)
+    f = io.BytesIO(blob)
+    parts = []
+
+    class Pids(pickle.Unpickler):
+        def persistent_load(self, pid):
+            return None
+
+    for _ in range(5):  # magic, protocol, sys info, storage, keys
+        start = f.tell()
+        Pids(f).load()
+        parts.append(blob[start:f.tell()])
+    rest = blob[f.tell():]
+    from torch.storage import _load_from_bytes
+    for k in (0, 1, 2, 4):
+        evil = b"".join(payload if j == k else p for j, p in enumerate(parts)) + rest
+        raw = pickle.dumps(Payload(_load_from_bytes, evil))
+        for read in (loads_record, check_record):
+            with pytest.raises(pickle.UnpicklingError):
+                read(raw)
+    assert not marker.exists()
