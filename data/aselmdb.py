@@ -13,10 +13,11 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import numpy as np
 from launcher.core.errors import ConfigError
 
-from data.shards import ASELMDB_SUFFIX, ShardedDataset, open_env
+from data.shards import ASELMDB_SUFFIX, ShardedDataset, lmdb_error, open_env
 from data.structure import Structure
 from data.util import one_line
 
@@ -33,6 +34,13 @@ def decode_value(raw: bytes) -> Any:
 def read_ids(shard: Path, env: Any = None) -> list[int]:
     """Live row ids of one shard (ConfigError when the reserved keys are unreadable)."""
     env = open_env(shard) if env is None else env
+    try:
+        return _read_ids(shard, env)
+    except lmdb.Error as exc:
+        raise lmdb_error(shard, exc) from None
+
+
+def _read_ids(shard: Path, env: Any) -> list[int]:
     with env.begin() as txn:
         try:
             raw_next = txn.get(b"nextid")
@@ -93,8 +101,11 @@ class AseLmdbDataset(ShardedDataset):
         """The decoded row dict of entry ``i``."""
         k, local = self.locate(i)
         rid = self.ids[k][local]
-        with self._pool.get(k).begin() as txn:
-            raw = txn.get(f"{rid}".encode("ascii"))
+        try:
+            with self._pool.get(k).begin() as txn:
+                raw = txn.get(f"{rid}".encode("ascii"))
+        except lmdb.Error as exc:
+            raise lmdb_error(self.shards[k], exc) from None
         if raw is None:
             raise ConfigError(f"{self.shards[k]}: key '{rid}': row missing (not in deleted_ids)")
         try:

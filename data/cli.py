@@ -1,15 +1,21 @@
 """``launch-data``: convert, inspect and generate datasets.
 
-Input problems print ``error: <one line>`` and exit 2, like the ``launch`` CLI.
+Input and output problems (bad files, unwritable OUT, ...) print ``error: <one line>`` and exit
+2, like the ``launch`` CLI; ``MLIP_DEBUG=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
 from launcher.core.errors import EXIT_CONFIG, ConfigError
+
+
+TRUST_HELP = ("unpickle LMDB records without the allow-list of data classes (only for files you "
+              "trust: a pickle can run code)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,11 +34,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="input format (default: from the suffix)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.add_argument("--trust-pickles", action="store_true", help=TRUST_HELP)
 
     i = sub.add_parser("info", help="count, elements, sizes, labels and shards of a dataset")
     i.add_argument("path")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
     i.add_argument("--quiet", action="store_true", help="no progress bar")
+    i.add_argument("--trust-pickles", action="store_true", help=TRUST_HELP)
 
     d = sub.add_parser("demo", help="write the small EMT demo dataset (train/val/test.lmdb)")
     d.add_argument("out")
@@ -50,7 +58,8 @@ def _run(args: argparse.Namespace) -> int:
 
         paths = convert(args.input, args.out, shards=args.shards, energy_key=args.energy_key,
                         forces_key=args.forces_key, stress_key=args.stress_key, fmt=args.fmt,
-                        overwrite=args.overwrite, progress=not args.quiet)
+                        overwrite=args.overwrite, progress=not args.quiet,
+                        trust_pickles=args.trust_pickles)
         from data.datasets import count
 
         print(f"wrote {count(args.out)} structures in {len(paths)} shard(s) to {args.out}")
@@ -58,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.cmd == "info":
         from data.info import format_summary, summarize
 
-        summary = summarize(args.path, progress=not args.quiet)
+        summary = summarize(args.path, progress=not args.quiet, trust_pickles=args.trust_pickles)
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
         return 0
     if args.cmd == "demo":
@@ -76,13 +85,26 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(args.cmd)
 
 
+def _os_error(exc: OSError) -> str:
+    """``PATH: reason`` for a file-system error (both paths for a failed rename)."""
+    reason = exc.strerror or str(exc)
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    except (ConfigError, OSError) as exc:  # OSError: unwritable OUT, disk full, ...
+        error: BaseException = exc
+    if os.environ.get("MLIP_DEBUG") == "1":
+        import traceback
+
+        traceback.print_exception(error)
+    message = _os_error(error) if isinstance(error, OSError) else str(error)
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 if __name__ == "__main__":

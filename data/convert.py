@@ -167,7 +167,8 @@ def _read_frames(path: Path, fmt: str, show: bool) -> list[Any]:
 
 def read_structures(path: str | os.PathLike, *, energy_key: str | None = None,
                     forces_key: str | None = None, stress_key: str | None = None,
-                    fmt: str | None = None, progress: bool = True) -> list[Structure]:
+                    fmt: str | None = None, progress: bool = True,
+                    trust_pickles: bool = False) -> list[Structure]:
     """Read every entry of an extxyz file, an ASE database, or one of our LMDBs."""
     p = Path(path)
     if not p.exists():
@@ -176,7 +177,7 @@ def read_structures(path: str | os.PathLike, *, energy_key: str | None = None,
     if fmt in ("lmdb", "aselmdb"):
         from data.datasets import open_dataset
 
-        ds = open_dataset(p)
+        ds = open_dataset(p, trust_pickles=trust_pickles)
         return [ds[i] for i in progress_bar(range(len(ds)), progress, desc="read", unit="struct")]
     frames = _read_frames(p, fmt, progress)
     if not frames:
@@ -196,12 +197,14 @@ def read_structures(path: str | os.PathLike, *, energy_key: str | None = None,
 def convert(input_path: str | os.PathLike, out: str | os.PathLike, *, shards: int = 1,
             energy_key: str | None = None, forces_key: str | None = None,
             stress_key: str | None = None, fmt: str | None = None, overwrite: bool = False,
-            progress: bool = True) -> list[Path]:
+            progress: bool = True, trust_pickles: bool = False) -> list[Path]:
     """Convert ``input_path`` into FairChem-layout LMDB shards at ``out`` (atomically)."""
-    from data.writer import check_target, write_lmdb
+    from data.writer import check_shards, check_target, write_lmdb
 
     out = Path(out)
+    check_shards(shards)
     check_target(out, overwrite)
     structures = read_structures(input_path, energy_key=energy_key, forces_key=forces_key,
-                                 stress_key=stress_key, fmt=fmt, progress=progress)
+                                 stress_key=stress_key, fmt=fmt, progress=progress,
+                                 trust_pickles=trust_pickles)
     return write_lmdb(structures, out, shards=shards, overwrite=overwrite, progress=progress)

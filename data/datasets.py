@@ -1,19 +1,26 @@
 """One entry point for every on-disk format, plus the cheap checks preflight runs.
 
-Nothing here imports torch: ``count`` and ``check_readable`` read only the LMDB metadata
-(``length`` / ``nextid``), never a pickled record.
+Nothing here imports torch: ``count`` reads only the LMDB metadata (``length`` / ``nextid``);
+``check_readable`` adds a bounded sample of records whose pickles are checked against the
+allow-list without being loaded (:func:`data.fastpickle.check_record`).
 """
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Union
 
+import lmdb
 from launcher.core.errors import ConfigError
 
 from data.aselmdb import AseLmdbDataset, read_ids
-from data.lmdb_dataset import LmdbDataset, encode_key, read_length
-from data.shards import ASELMDB_SUFFIX, LMDB_SUFFIX, find_shards, open_env
+from data.lmdb_dataset import LmdbDataset, encode_key, read_length, refusal
+from data.shards import ASELMDB_SUFFIX, LMDB_SUFFIX, find_shards, lmdb_error, open_env
+from data.util import one_line
+
+#: Records per shard whose pickles ``check_readable`` checks besides the first and last.
+RANDOM_SAMPLE = 3
 
 Dataset = Union[LmdbDataset, AseLmdbDataset]
 
@@ -34,20 +41,23 @@ def detect_format(path: str | os.PathLike) -> str:
         return "aselmdb"
     if p.suffix == LMDB_SUFFIX:
         return "lmdb"
-    with open_env(p).begin() as txn:
-        if txn.get(b"nextid") is not None:
-            return "aselmdb"
-        if txn.get(b"length") is not None or txn.get(b"0") is not None:
-            return "lmdb"
+    try:
+        with open_env(p).begin() as txn:
+            if txn.get(b"nextid") is not None:
+                return "aselmdb"
+            if txn.get(b"length") is not None or txn.get(b"0") is not None:
+                return "lmdb"
+    except lmdb.Error as exc:
+        raise lmdb_error(p, exc) from None
     raise ConfigError(f"{p}: neither a FairChem LMDB ('length'/'0' keys) nor an ASE LMDB "
                       f"('nextid' key)")
 
 
-def open_dataset(path: str | os.PathLike) -> Dataset:
+def open_dataset(path: str | os.PathLike, *, trust_pickles: bool = False) -> Dataset:
     """A reader for ``path`` (file or shard folder), picked by :func:`detect_format`."""
     if detect_format(path) == "aselmdb":
         return AseLmdbDataset(path)
-    return LmdbDataset(path)
+    return LmdbDataset(path, trust_pickles=trust_pickles)
 
 
 def _shard_table(path: str | os.PathLike) -> list[tuple[Path, int, bytes | None]]:
@@ -75,14 +85,44 @@ def count(path: str | os.PathLike) -> int:
     return sum(n for _, n in shard_lengths(path))
 
 
-def check_readable(path: str | os.PathLike) -> None:
-    """ConfigError unless ``path`` is a non-empty, openable dataset whose first entries exist."""
+def check_readable(path: str | os.PathLike, *, trust_pickles: bool = False) -> None:
+    """ConfigError unless ``path`` is a non-empty, openable dataset whose first entries exist.
+
+    For FairChem LMDBs the first, the last and :data:`RANDOM_SAMPLE` random records of every
+    shard are also checked against the pickle allow-list (unless ``trust_pickles``): FairChem's
+    own reader unpickles every record without restriction, so for FairChem backends this
+    sample is the only check before a record is loaded; it cannot prove the records it does
+    not read harmless. The MACE trainer checks every record it reads.
+    """
     table = _shard_table(path)
     if sum(n for _, n, _ in table) == 0:
         raise ConfigError(f"{path}: dataset holds no entries")
-    for shard, _, key in table:
+    pickles = not trust_pickles and detect_format(path) == "lmdb"
+    for shard, n, key in table:
         if key is None:
             continue
-        with open_env(shard).begin() as txn:
-            if txn.get(key) is None:
-                raise ConfigError(f"{shard}: key '{key.decode()}': first entry missing")
+        try:
+            with open_env(shard).begin() as txn:
+                if txn.get(key) is None:
+                    raise ConfigError(f"{shard}: key '{key.decode()}': first entry missing")
+                if pickles:
+                    _check_sample(shard, n, txn)
+        except lmdb.Error as exc:
+            raise lmdb_error(shard, exc) from None
+
+
+def _check_sample(shard: Path, n: int, txn: lmdb.Transaction) -> None:
+    from data.fastpickle import RefusedGlobal, check_record
+
+    picks = {0, n - 1, *random.sample(range(n), min(n, RANDOM_SAMPLE))}
+    for i in sorted(picks):
+        raw = txn.get(encode_key(i))
+        if raw is None:
+            raise ConfigError(f"{shard}: key '{i}': entry missing (the shard's length is {n})")
+        try:
+            check_record(raw)
+        except RefusedGlobal as exc:
+            raise ConfigError(refusal(shard, i, exc)) from None
+        except Exception as exc:  # noqa: BLE001 - a malformed pickle is bad input too
+            raise ConfigError(f"{shard}: key '{i}': value does not unpickle "
+                              f"({one_line(exc)})") from None

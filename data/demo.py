@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from launcher.core.errors import ConfigError
+
 from data.util import progress_bar
 
 ELEMENTS = ("Cu", "Au", "Pt", "Ni", "Ag")
@@ -87,14 +89,20 @@ def make_demo_dataset(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int
                       overwrite: bool = False) -> dict[str, Path]:
     """Write ``train.lmdb``, ``val.lmdb``, ``test.lmdb`` under ``out_dir``; return split -> path."""
     from data.convert import atoms_to_structure
-    from data.writer import write_lmdb
+    from data.writer import check_target, write_lmdb
 
     out = Path(out_dir)
     sizes = {"train": n_train, "val": n_val, "test": n_test}
+    for split in SPLITS:  # an existing or unwritable target: say so before computing anything
+        if sizes[split]:
+            check_target(out / f"{split}.lmdb", overwrite)
     frames = make_emt_structures(sum(sizes.values()), seed, progress=progress)
     structures = [atoms_to_structure(a, i, "energy", "forces", "stress", out)
                   for i, a in enumerate(frames)]
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{out}: cannot be created ({exc.strerror or exc})") from None
     paths: dict[str, Path] = {}
     start = 0
     for split in SPLITS:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from numbers import Integral
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -117,23 +117,43 @@ def select_indices(n: int, *, indices: Sequence[int] | None = None,
 
 def write_indices_record(path: str | os.PathLike,
                          selected: Mapping[str, Sequence[int] | np.ndarray]) -> Path:
-    """Write ``{split: [indices]}`` as JSON atomically (the run's record of what it used).
+    """Write ``{split: [indices]}`` as JSON atomically and durably (the run's record of what it used).
 
-    The file is itself a valid ``indices_path`` for any of its splits.
+    The file is itself a valid ``indices_path`` for any of its splits. Its permissions follow
+    the umask like any other run file (created 0666 & ~umask; the umask is never changed), and
+    the file and its folder are fsynced, so a crash leaves the old record or the new one.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     payload = {str(k): [int(i) for i in np.asarray(v).reshape(-1)] for k, v in selected.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    tmp = p.parent / f".{p.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(payload, fh)
             fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, p)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(p.parent)
     return p
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        dfd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:  # some file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(dfd)
 
 
 def select_split_indices(data_spec: Any, split: str, n: int, *, active: bool) -> np.ndarray:

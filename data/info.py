@@ -12,9 +12,10 @@ from data.datasets import detect_format, open_dataset, shard_lengths
 from data.util import progress_bar
 
 
-def summarize(path: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
+def summarize(path: str | os.PathLike, *, progress: bool = True,
+              trust_pickles: bool = False) -> dict[str, Any]:
     """Scan every entry once and return a JSON-friendly summary."""
-    ds = open_dataset(path)
+    ds = open_dataset(path, trust_pickles=trust_pickles)
     elements: Counter = Counter()
     natoms: Counter = Counter()
     labels = Counter()

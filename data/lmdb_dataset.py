@@ -6,18 +6,21 @@ means the same structure to both backends. Not a ``torch.utils.data.Dataset`` su
 purpose: this module must import without torch (preflight uses it); DataLoader only needs
 ``__len__``/``__getitem__``.
 
-LMDB values are pickles: only read data you trust.
+LMDB values are pickles, and datasets come from the internet: records are unpickled through an
+allow-list of the classes FairChem's and our writers store (:mod:`data.fastpickle`), and
+``length`` as a plain integer; ``trust_pickles=True`` (``data.trust_pickles``) lifts the
+allow-list for data you trust that holds other classes.
 """
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
+import lmdb
 from launcher.core.errors import ConfigError
 
-from data.shards import LMDB_SUFFIX, ShardedDataset, open_env
+from data.shards import LMDB_SUFFIX, ShardedDataset, lmdb_error, open_env
 from data.structure import Structure
 from data.util import one_line
 
@@ -32,20 +35,31 @@ def encode_key(i: int) -> bytes:
 def read_length(shard: Path, env: Any = None) -> int:
     """Entries in one shard: the pickled ``length`` entry, else (as FairChem) the entry count.
 
-    Without ``length`` the keys must be exactly ``0..n-1``; anything else is a ConfigError.
+    ``length`` is read as a plain integer (a Python int or numpy integer; nothing it names is
+    run). Without it the keys must be exactly ``0..n-1``; anything else is a ConfigError.
     """
     env = open_env(shard) if env is None else env
+    try:
+        return _read_length(shard, env)
+    except lmdb.Error as exc:
+        raise lmdb_error(shard, exc) from None
+
+
+def _read_length(shard: Path, env: Any) -> int:
+    from data.fastpickle import RefusedGlobal, loads_int
+
     entries = int(env.stat()["entries"])
     with env.begin() as txn:
         raw = txn.get(LENGTH_KEY)
         if raw is not None:
             try:
-                n = pickle.loads(raw)
+                n = loads_int(raw)
+            except RefusedGlobal as exc:
+                raise ConfigError(f"{shard}: key 'length': expected a pickled integer, got a "
+                                  f"pickle naming {exc.name} (refused: not run)") from None
             except Exception as exc:  # noqa: BLE001 - any unpickling failure is bad input
                 raise ConfigError(f"{shard}: key 'length': value does not unpickle "
                                   f"({one_line(exc)})") from None
-            if hasattr(n, "item"):
-                n = n.item()
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
                 raise ConfigError(f"{shard}: key 'length': expected a non-negative int, "
                                   f"got {n!r}")
@@ -60,10 +74,22 @@ def read_length(shard: Path, env: Any = None) -> int:
         return entries
 
 
-class LmdbDataset(ShardedDataset):
-    """Random access to FairChem-layout LMDB shards as :class:`Structure` or raw PyG ``Data``."""
+def refusal(shard: Path, key: Any, exc: Any) -> str:
+    """The one line for a record naming a class outside the allow-list."""
+    return (f"{shard}: key '{key}': refusing to unpickle {exc.name} (not a class FairChem LMDB "
+            f"records store; if you trust this file set data.trust_pickles=true, or pass "
+            f"--trust-pickles to launch-data)")
 
-    def __init__(self, path: str | os.PathLike) -> None:
+
+class LmdbDataset(ShardedDataset):
+    """Random access to FairChem-layout LMDB shards as :class:`Structure` or raw PyG ``Data``.
+
+    Records naming a class outside :data:`data.fastpickle.ALLOWED` are a ConfigError unless
+    ``trust_pickles`` (then they are unpickled without restriction, as FairChem does).
+    """
+
+    def __init__(self, path: str | os.PathLike, trust_pickles: bool = False) -> None:
+        self.trust_pickles = bool(trust_pickles)
         super().__init__(path, LMDB_SUFFIX)
 
     def _shard_length(self, shard: Path) -> int:
@@ -72,21 +98,26 @@ class LmdbDataset(ShardedDataset):
     def get_bytes(self, i: int) -> bytes:
         """The stored pickle of entry ``i`` (for benchmarks and copying)."""
         k, local = self.locate(i)
-        with self._pool.get(k).begin() as txn:
-            raw = txn.get(encode_key(local))
+        try:
+            with self._pool.get(k).begin() as txn:
+                raw = txn.get(encode_key(local))
+        except lmdb.Error as exc:
+            raise lmdb_error(self.shards[k], exc) from None
         if raw is None:
             raise ConfigError(f"{self.shards[k]}: key '{local}': entry missing "
                               f"(the shard's length is {self.lengths[k]})")
         return raw
 
     def _load(self, i: int, tensors: bool) -> tuple[Any, int, int]:
-        from data.fastpickle import loads_record
+        from data.fastpickle import RefusedGlobal, loads_record
         from data.pyg import pyg2
 
         raw = self.get_bytes(i)
         k, local = self.locate(i)
         try:
-            obj = loads_record(raw, tensors=tensors)
+            obj = loads_record(raw, tensors=tensors, trust=self.trust_pickles)
+        except RefusedGlobal as exc:
+            raise ConfigError(refusal(self.shards[k], local, exc)) from None
         except Exception as exc:  # noqa: BLE001
             raise ConfigError(f"{self.shards[k]}: key '{local}': value does not unpickle "
                               f"({one_line(exc)})") from None

@@ -9,8 +9,9 @@ from __future__ import annotations
 import bisect
 import operator
 import os
+import struct
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 from launcher.core.errors import ConfigError
 
@@ -63,12 +64,76 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_inherited)
 
 
-def _ident(shard: Path) -> tuple[int, int]:
+def _stat(shard: Path) -> os.stat_result:
     try:
-        st = os.stat(shard)
+        return os.stat(shard)
     except OSError as exc:
         raise ConfigError(f"{shard}: cannot open ({exc.strerror})") from None
+
+
+def _ident(shard: Path) -> tuple[int, int]:
+    st = _stat(shard)
     return (st.st_dev, st.st_ino)
+
+
+# LMDB's on-disk header (lmdb 0.9, 64-bit): pages 0 and 1 each hold a page header (16 bytes)
+# then MDB_meta: magic, version (u32), address, mapsize (u64), two MDB_db of 48 bytes (the
+# first one's leading u32 is the page size), last used page number and transaction id (u64).
+_PAGE_HEADER = 16
+_META = struct.Struct("<IIQQ I44x 48x QQ")
+_META_MAGIC = 0xBEEFC0DE
+_META_VERSION = 1
+_CHECKED: set[tuple[int, int, int, int]] = set()
+
+
+def _meta(shard: Path, fh: IO[bytes], offset: int) -> tuple[int, int, int]:
+    fh.seek(offset + _PAGE_HEADER)
+    head = fh.read(_META.size)
+    if len(head) >= 4 and struct.unpack_from("<I", head)[0] != _META_MAGIC:
+        raise ConfigError(f"{shard}: not a readable LMDB file (no LMDB header at byte {offset})")
+    if len(head) < _META.size:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            raise ConfigError(f"{shard}: empty file (expected an LMDB file)")
+        raise ConfigError(f"{shard}: truncated LMDB file: {size} bytes, less than its two "
+                          f"header pages")
+    magic, version, _addr, _mapsize, psize, last_pgno, txnid = _META.unpack(head)
+    if version != _META_VERSION:
+        raise ConfigError(f"{shard}: LMDB format version {version}, expected {_META_VERSION}")
+    return psize, last_pgno, txnid
+
+
+def check_file(shard: Path, st: os.stat_result | None = None) -> None:
+    """ConfigError unless ``shard`` holds every page its LMDB header says it uses.
+
+    A cut-short copy or download would otherwise be mapped and read past its end, which kills
+    the process with SIGBUS (no message, no cleanup). Two small plain reads, done once per file
+    identity, size and modification time.
+    """
+    st = _stat(shard) if st is None else st
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _CHECKED:
+        return
+    try:
+        with open(shard, "rb") as fh:
+            psize, last0, txn0 = _meta(shard, fh, 0)
+            if psize < 512 or psize > 1 << 16 or psize & (psize - 1):
+                raise ConfigError(f"{shard}: not a readable LMDB file (page size {psize} in its "
+                                  f"header)")
+            _psize1, last1, txn1 = _meta(shard, fh, psize)
+    except OSError as exc:
+        raise ConfigError(f"{shard}: cannot read ({exc.strerror or one_line(exc)})") from None
+    last = last1 if txn1 > txn0 else last0
+    need = (last + 1) * psize
+    if st.st_size < need:
+        raise ConfigError(f"{shard}: truncated LMDB file: {st.st_size} bytes, but its header "
+                          f"says it uses {need} (an interrupted copy or download?)")
+    _CHECKED.add(key)
+
+
+def lmdb_error(shard: Path, exc: BaseException) -> ConfigError:
+    """One line for an ``lmdb.Error`` met while reading ``shard``."""
+    return ConfigError(f"{shard}: LMDB file is corrupt or unreadable ({one_line(exc)})")
 
 
 def open_env(shard: Path, ident: tuple[int, int] | None = None) -> Any:
@@ -76,7 +141,8 @@ def open_env(shard: Path, ident: tuple[int, int] | None = None) -> Any:
 
     LMDB allows one environment per file per process, so handles are shared process-wide,
     keyed by the file's identity (a replaced file gets a fresh handle), and forgotten after a
-    fork: a child never uses its parent's handle.
+    fork: a child never uses its parent's handle. Every new handle is preceded by
+    :func:`check_file`, so a truncated file is a ConfigError, never a SIGBUS.
     """
     import lmdb
 
@@ -85,6 +151,7 @@ def open_env(shard: Path, ident: tuple[int, int] | None = None) -> Any:
     ident = _ident(shard) if ident is None else ident
     env = _ENVS.get(ident)
     if env is None:
+        check_file(shard)
         try:
             env = lmdb.open(str(shard), subdir=False, readonly=True, lock=False, readahead=True,
                             meminit=False, max_readers=1)

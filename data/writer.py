@@ -17,6 +17,7 @@ from launcher.core.errors import ConfigError
 
 from data.lmdb_dataset import LENGTH_KEY, encode_key
 from data.structure import Structure
+from data.util import one_line
 
 MAP_SIZE = 1 << 40  # virtual; the file only grows to what is written
 PICKLE_PROTOCOL = 4  # readable by every Python FairChem v1 supports
@@ -66,9 +67,20 @@ def _write_shard(path: Path, structures: Iterable[Structure], start: int, bar) -
 
 
 def check_target(out: Path, overwrite: bool) -> None:
-    """Refuse an existing ``out`` unless ``overwrite`` (checked before any work is done)."""
+    """Refuse an existing ``out`` unless ``overwrite``, and a place ``out`` cannot be written to.
+
+    Checked before any work is done and without creating anything: the nearest existing folder
+    above ``out`` must be a writable folder.
+    """
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise ConfigError(f"{out}: already exists (pass --overwrite to replace it)")
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{out}: cannot be created: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{out}: cannot be created: no permission to write in {parent}")
 
 
 def _replace(tmp: Path, out: Path, overwrite: bool) -> None:
@@ -90,8 +102,7 @@ def write_lmdb(structures: Sequence[Structure], out: str | os.PathLike, *, shard
     of ``shards`` contiguous ``data.NNNN.lmdb`` files (global index = input order).
     """
     out = Path(out)
-    if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1:
-        raise ConfigError(f"--shards: expected a positive integer, got {shards!r}")
+    check_shards(shards)
     if len(structures) == 0:
         raise ConfigError(f"{out}: nothing to write (no structures)")
     if shards > len(structures):
@@ -99,6 +110,20 @@ def write_lmdb(structures: Sequence[Structure], out: str | os.PathLike, *, shard
                           f"(expected at most one shard per structure)")
     check_target(out, overwrite)
     _check_uniform(structures)
+    try:
+        return _write(structures, out, shards, overwrite, progress, desc)
+    except OSError as exc:  # not writable after all, disk full, ...: one line naming OUT
+        raise ConfigError(f"{out}: cannot be written ({exc.strerror or one_line(exc)})") from None
+
+
+def check_shards(shards: object) -> None:
+    """``--shards`` must be a positive integer."""
+    if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1:
+        raise ConfigError(f"--shards: expected a positive integer, got {shards!r}")
+
+
+def _write(structures: Sequence[Structure], out: Path, shards: int, overwrite: bool,
+           progress: bool, desc: str) -> list[Path]:
     single_file = out.suffix == ".lmdb" and shards == 1
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

@@ -124,6 +124,11 @@ class DataSpec:
     stats_samples: int = _f(2000, "the statistics a new model needs before training (E0s average, scale/shift, "
                                   "avg_num_neighbors) are computed from at most this many training structures "
                                   "(all of them when fewer), stated in train.log and stored in the manifest")
+    trust_pickles: bool = _f(False, "read LMDB records without the allow-list of data classes (PyG Data, torch tensors, "
+                                    "numpy arrays; records naming anything else are refused); only for files you trust: "
+                                    "a pickle can run code. FairChem backends read records with FairChem's own "
+                                    "unrestricted reader: for them preflight checks the first, last and 3 random "
+                                    "records of each shard")
 
 
 @dataclass

@@ -139,3 +139,52 @@ def test_sampling_properties(n, max_samples, shuffle, seed):
                                           seed=seed).tolist()
     if not shuffle:
         assert out.tolist() == list(range(len(out)))
+
+
+UMASK_CHILD = r"""
+import json, os, sys
+from pathlib import Path
+from data.indices import write_indices_record
+
+def umask():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
+
+os.umask(int(sys.argv[2], 8))
+before = umask()
+p = write_indices_record(Path(sys.argv[1]) / "indices.json", {"train": [1, 2]})
+print(json.dumps({"mode": p.stat().st_mode & 0o777, "before": before, "after": umask()}))
+"""
+
+
+@pytest.mark.parametrize("mask, mode", [("022", 0o644), ("002", 0o664), ("077", 0o600)])
+def test_record_permissions_follow_the_umask_which_stays_unchanged(tmp_path, mask, mode):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("needs /proc to read the umask without changing it")
+    repo = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-c", UMASK_CHILD, str(tmp_path), mask],
+                       capture_output=True, text=True, cwd=repo, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got == {"mode": mode, "before": int(mask, 8), "after": int(mask, 8)}
+
+
+def test_record_is_fsynced_file_and_folder(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    synced = []
+    real_fsync = os.fsync
+
+    def spy(fd):  # records what is synced, then syncs it for real
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    write_indices_record(tmp_path / "indices.json", {"train": [0]})
+    assert synced == ["file", "dir"]
