@@ -719,13 +719,35 @@ def run(post_dir, fairchem_args, mirror_dir=None, options=None):
     import time
 
     t0 = time.perf_counter()
-    main()
+    rank = int(os.environ.get("RANK", "0"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        run_rank(fairchem_args)
+    else:
+        main()
     t1 = time.perf_counter()
-    if post_dir:
+    if post_dir and rank == 0:
         with guard:
             summarize(post_dir)
         print(f"[mlip-launch] FairChem {t1 - t0:.2f} s; checkpoint summary {time.perf_counter() - t1:.2f} s",
               flush=True)
+
+
+def run_rank(fairchem_args):
+    """One rank of FairChem's distributed mode, started by torchrun (``--num-gpus N`` = the world size).
+
+    FairChem's own CLI would start N processes of its own (``elastic_launch``) in which our patches of its
+    trainer are not installed; each rank here runs FairChem's ``Runner`` directly, and FairChem's
+    ``distutils.setup`` joins the process group from torchrun's variables.
+    """
+    from fairchem.core._cli import runner_wrapper
+    from fairchem.core.common.flags import flags
+    from fairchem.core.common.utils import build_config, setup_logging
+
+    setup_logging()
+    args, override_args = flags.get_parser().parse_known_args(fairchem_args)
+    if args.num_gpus != int(os.environ["WORLD_SIZE"]):
+        _die(f"--num-gpus {args.num_gpus} but torchrun started {os.environ['WORLD_SIZE']} ranks")
+    runner_wrapper(build_config(args, override_args))
 
 
 def serve():
@@ -750,6 +772,8 @@ def serve():
     t2 = time.perf_counter()
     msg = json.loads(line)
     os.chdir(msg["cwd"])
+    os.environ.update(msg.get("env") or {})   # per-invocation variables (TMPDIR) the runner decided later
+    tempfile.tempdir = None
     # "then waited": the part of the launcher's set-up that the imports did not cover
     print(f"[mlip-launch] FairChem interpreter started early: imports {t1 - t0:.2f} s overlapped the launcher's "
           f"set-up, then waited {t2 - t1:.2f} s for the command", flush=True)
