@@ -495,6 +495,8 @@ class FairchemBackend:
         base, origin, notes = self._base_config(spec, source if source is not None else checkpoint)
         if samples is None:
             samples = [(path, None) for path in data.values() if path]
+        if n_train and ranks > 1:  # each rank trains its share: steps per epoch are counted on it
+            n_train = -(-n_train // ranks)
         derived = derive_config(
             base, mode=mode, data=data, backend_args=list(spec.backend_args), env=user_env,
             n_train=n_train, epochs_done=epochs_done, resume_target=resume_target, spec=spec,

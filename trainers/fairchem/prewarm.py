@@ -121,6 +121,10 @@ class Prewarm:
         if proc is not None:
             if proc.poll() is None:
                 kill_group(proc)
+                try:
+                    proc.wait(timeout=1)  # SIGKILL: gone in milliseconds, unless stuck in the kernel
+                except subprocess.TimeoutExpired:
+                    pass
             try:
                 proc.stdin.close()
             except (OSError, ValueError, AttributeError):
