@@ -138,6 +138,23 @@ def check_params(params: LauncherParams) -> None:
         raise ConfigError("hydra.launcher.setup: expected a list of shell lines", key="setup")
 
 
+def backend_launch_problems(specs: Sequence[RunSpec], params: LauncherParams) -> List[str]:
+    """Launcher settings a run's backend cannot honour (its optional ``check_launch(spec, params)``), one line
+    each, prefixed with the run's name when there are several runs."""
+    from launcher.backends import REGISTRY, get_backend
+
+    problems: List[str] = []
+    for spec in specs:
+        if spec.backend not in REGISTRY:
+            continue
+        hook = getattr(get_backend(spec.backend), "check_launch", None)
+        for p in (hook(spec, params) if hook is not None else []):
+            line = f"[{spec.run_name}] {p}" if len(specs) > 1 else p
+            if line not in problems:
+                problems.append(line)
+    return problems
+
+
 def executor_parameters(params: LauncherParams) -> Dict[str, Any]:
     """LauncherParams -> ``AutoExecutor.update_parameters`` keywords (unset values left out)."""
     out: Dict[str, Any] = {k: getattr(params, k) for k in _COMMON if getattr(params, k) is not None}
@@ -461,6 +478,11 @@ def submit_runs(
     from launcher import summary
 
     check_params(params)
+    problems = backend_launch_problems(specs, params)
+    if problems:
+        from launcher.core.errors import ConfigErrors
+
+        raise ConfigErrors(problems)
     sweep_dir = Path(sweep_dir).resolve()
     overrides = overrides or [[] for _ in specs]
     if params.cluster == "inprocess":

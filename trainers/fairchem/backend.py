@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import signal
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -45,12 +45,82 @@ HINTS = (
 )
 
 
-def hint_for(lines: List[str]) -> str:
-    text = "\n".join(lines)
+def error_line(lines: Sequence[str]) -> str:
+    """The line that says what went wrong: the last exception line of the output (``...Error: ...``; a rank's
+    own, not torchrun's report that a rank failed), else the last ``error:`` line, else the last non-empty line."""
+    import re
+
+    rank = re.compile(r"^\[(?:rank|default)\d+\]:\s*")
+    clean = [rank.sub("", ln.strip()) for ln in lines if ln.strip()]
+    exc = re.compile(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)|AssertionError)\b:?")
+    for ln in reversed(clean):
+        if exc.match(ln) and "ChildFailedError" not in ln:
+            return ln
+    for ln in reversed(clean):
+        if ln.lower().startswith("error:"):
+            return ln
+    return clean[-1] if clean else ""
+
+
+def hint_for(error: str) -> str:
+    """The hint of :data:`HINTS` whose failure ``error`` (the error line, not the whole output) is."""
     for needle, hint in HINTS:
-        if needle in text:
+        if needle in error:
             return f" (hint: {hint})"
     return ""
+
+
+def truncated_lmdbs(paths: Sequence[str]) -> List[str]:
+    """The LMDB files among ``paths`` (files or folders of ``*.lmdb`` shards) shorter than their own page count
+    says: reading one through its memory map ends in SIGBUS."""
+    out: List[str] = []
+    for path in paths:
+        p = Path(path)
+        files = sorted(p.glob("*.lmdb")) if p.is_dir() else [p]
+        for f in files:
+            try:
+                import lmdb
+
+                env = lmdb.open(str(f), subdir=False, readonly=True, lock=False, readahead=False, max_readers=1)
+                try:
+                    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+                finally:
+                    env.close()
+                if f.stat().st_size < need:
+                    out.append(f"{f} ({f.stat().st_size} of {need} bytes)")
+            except Exception:  # noqa: BLE001 - not an LMDB we can inspect: not the one to name
+                continue
+    return out
+
+
+def _dataset_sources(config_text: str) -> List[str]:
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(config_text) or {}
+    except yaml.YAMLError:
+        return []
+    ds = cfg.get("dataset") if isinstance(cfg.get("dataset"), dict) else {}
+    return [str(v["src"]) for v in ds.values() if isinstance(v, dict) and isinstance(v.get("src"), str)]
+
+
+def failure_message(plan: "Plan", res: Any) -> str:
+    """One honest line for a FairChem process that failed: how it ended, the error line, a hint only where
+    the error is one a hint explains, the log path."""
+    import signal as _signal
+
+    rc = res.returncode
+    if rc < 0 and -rc == _signal.SIGBUS:
+        cut = truncated_lmdbs(_dataset_sources(plan.config_text))
+        why = (f"truncated LMDB: {', '.join(cut)}; convert or copy it again" if cut else
+               "a memory-mapped file (an LMDB, a checkpoint) was cut short or changed while FairChem read it")
+        return f"FairChem --mode {plan.mode} failed (killed by SIGBUS: {why}) [log: {plan.log_path}]"
+    if rc < 0:
+        return (f"FairChem --mode {plan.mode} failed ({res.describe_exit()}, sent by another process or the "
+                f"system, e.g. the out-of-memory killer) [log: {plan.log_path}]")
+    err = error_line(res.tail)
+    return (f"FairChem --mode {plan.mode} failed ({res.describe_exit()}): {err[:300]}{hint_for(err)} "
+            f"[log: {plan.log_path}]")
 
 
 @dataclass
@@ -66,6 +136,7 @@ class Plan:
     env: Dict[str, str]
     log_path: Path
     notes: List[str] = field(default_factory=list)
+    ranks: int = 1          # FairChem processes (torchrun ranks) this invocation runs
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -99,6 +170,65 @@ def _unreadable_formats(spec: RunSpec) -> List[str]:
     return problems
 
 
+def _env_problems(spec: RunSpec) -> List[str]:
+    """``backend_env`` values become environment strings: a list or mapping there is a mistake, refused here
+    (the Hydra door's schema refuses it; a plain run.yaml reaches the backend with it)."""
+    return [f"backend_env.{k}: expected a string, number or boolean, got a {type(v).__name__} ({v!r})"
+            for k, v in (spec.backend_env or {}).items() if not isinstance(v, (str, int, float, bool))]
+
+
+def _data_problems(spec: RunSpec) -> List[str]:
+    """FairChem picks its best checkpoint and early stop on data.val: the training data itself would make both
+    meaningless."""
+    t, v = spec.data.train, spec.data.val
+    if spec.task in TRAINING_TASKS and t and v:
+        try:
+            same = Path(t).resolve() == Path(v).resolve() or Path(t).samefile(v)
+        except OSError:
+            same = False
+        if same:
+            return [f"data.val: the same dataset as data.train ({t}); backend={spec.backend} selects its best "
+                    "checkpoint on data.val: give a held-out split (launch-data convert can split one)"]
+    return []
+
+
+def _model_problems(spec: RunSpec) -> List[str]:
+    """A model of another backend (a MACE ``.model``, manifest or checkpoint) or of the other FairChem model,
+    refused by name before FairChem starts on it."""
+    from launcher.core.layout import manifest_model_config, read_manifest
+    from trainers.fairchem.checkpoints import model_kind
+
+    allowed = MODEL_NAMES.get(spec.backend, ())
+    want = f"a FairChem {' or '.join(allowed) or spec.backend} checkpoint, or the manifest of such a run"
+
+    def verdict(key: str, path: str, kind: Optional[str]) -> List[str]:
+        if kind is None or kind in allowed:
+            return []
+        mace = kind.lower().startswith(("mace", "scaleshiftmace"))
+        what = "a MACE model" if mace else f"a {kind} model"
+        hint = " (use backend=mace for it)" if what == "a MACE model" else ""
+        return [f"{key}: {path} is {what}; backend={spec.backend} needs {want}{hint}"]
+
+    if spec.model_in and Path(spec.model_in).is_file():
+        return verdict("model_in", spec.model_in, model_kind(Path(spec.model_in)))
+    if spec.model.manifest and Path(spec.model.manifest).is_file():
+        try:
+            m = read_manifest(Path(spec.model.manifest))
+        except ConfigError:
+            return []  # reported by the generic checks
+        backend = str(m.get("backend") or "")
+        if backend == "mace":
+            return verdict("model.manifest", spec.model.manifest, "mace")
+        cfg = manifest_model_config(m)  # ours: the model section; v1 bundles: a FairChem config or a MACE one
+        name = cfg["model"].get("name") if isinstance(cfg.get("model"), dict) else cfg.get("name") or \
+            cfg.get("model_type")
+        if isinstance(name, str):
+            return verdict("model.manifest", spec.model.manifest, name)
+    if spec.model.weights and Path(spec.model.weights).is_file():
+        return verdict("model.weights", spec.model.weights, model_kind(Path(spec.model.weights)))
+    return []
+
+
 def _use_cpu(spec: RunSpec) -> bool:
     return spec.device == "cpu" or (spec.device == "auto" and not gpu_visible())
 
@@ -120,6 +250,7 @@ class FairchemBackend:
 
     def __init__(self, echo=None) -> None:
         self.echo = echo or (lambda line: print(line, flush=True))
+        self.ranks = 1  # FairChem processes of a training: the job's tasks on this node (see ranks.py)
 
     @property
     def key_docs(self) -> Dict[str, str]:
@@ -153,9 +284,10 @@ class FairchemBackend:
             problems.append(f"train.config_yml: file not found: {t.config_yml}")
         elif t.config_yml and not Path(t.config_yml).is_file():
             problems.append(f"train.config_yml: expected a file, got a directory: {t.config_yml}")
-        refused = refused_keys(spec) + _unreadable_formats(spec)
-        if problems:  # the config itself is wrong: what follows would only repeat it
-            return problems + refused
+        refused = refused_keys(spec) + _unreadable_formats(spec) + _env_problems(spec) + _data_problems(spec)
+        wrong_model = _model_problems(spec)
+        if problems or wrong_model:  # the config or the model is wrong: what follows would only repeat it
+            return problems + wrong_model + refused
         problems += refused
         try:
             check_python(spec.backend_python, spec.backend_env)
@@ -343,12 +475,14 @@ class FairchemBackend:
         timestamp_id: Optional[str] = None,
         source: Optional[str] = None,
         samples: Optional[Sequence[Tuple[Optional[str], Any]]] = None,
+        ranks: int = 1,
     ) -> Plan:
         """Derive the config and the command for one FairChem run (nothing is written).
 
         ``source`` is the model the run starts from as the user named it (its saved config rebuilds the
         model; default: ``checkpoint``); ``samples`` the (path, selection) the data sample is drawn from
-        (default: every split of ``data`` in full).
+        (default: every split of ``data`` in full). ``ranks > 1`` runs FairChem's distributed mode: that many
+        processes started by torchrun in the FairChem env (see ranks.py).
         """
         from trainers.fairchem.config import dump_config
         from trainers.fairchem.derive import child_options, derive_config
@@ -361,6 +495,8 @@ class FairchemBackend:
         base, origin, notes = self._base_config(spec, source if source is not None else checkpoint)
         if samples is None:
             samples = [(path, None) for path in data.values() if path]
+        if n_train and ranks > 1:  # each rank trains its share: steps per epoch are counted on it
+            n_train = -(-n_train // ranks)
         derived = derive_config(
             base, mode=mode, data=data, backend_args=list(spec.backend_args), env=user_env,
             n_train=n_train, epochs_done=epochs_done, resume_target=resume_target, spec=spec,
@@ -369,7 +505,12 @@ class FairchemBackend:
         notes = notes + derived.notes
         config_path = native / "configs" / f"{ts}.yml"
         python = resolve_python(spec.backend_python)
-        cmd = [python, str(CHILD), "run"]
+        from trainers.fairchem.ranks import torchrun_command
+
+        cmd = [*(torchrun_command(python, ranks) if ranks > 1 else [python]), str(CHILD), "run"]
+        if ranks > 1:
+            notes.append(f"{ranks} FairChem ranks (torchrun, one DDP group; {'gloo' if _use_cpu(spec) else 'NCCL'}): "
+                         f"the batch size is per rank, {ranks}x the structures per optimizer step")
         if mode == "train":
             cmd += ["--post", str(native / "checkpoints" / ts), "--mirror", str(layout.checkpoints)]
             opts, opt_notes = child_options(spec, derived.config, str(layout.train_log), n_train=n_train)
@@ -389,6 +530,8 @@ class FairchemBackend:
             cmd += ["--amp"]
         if checkpoint:
             cmd += ["--checkpoint", str(checkpoint)]
+        if ranks > 1:
+            cmd += ["--num-gpus", str(ranks)]   # FairChem's world size (ranks, CPU or GPU)
         cmd += derived.passthrough
         env = child_env(spec.backend_env)
         gpu = device_env(spec.device, spec.backend_env)
@@ -399,9 +542,11 @@ class FairchemBackend:
         header = [f"Derived by mlip-launch from {what} for task={spec.task} (FairChem --mode {mode}).", *notes]
         return Plan(mode=mode, timestamp_id=ts, native_dir=native, config_path=config_path,
                     config_text=dump_config(derived.config, "\n".join(header)), command=cmd,
-                    env=env, log_path=layout.native_log(NATIVE, ts), notes=notes)
+                    env=env, log_path=layout.native_log(NATIVE, ts), notes=notes, ranks=ranks)
 
     def _execute(self, plan: Plan, early: Optional[Any] = None) -> None:
+        import shutil
+
         from launcher.core import preemption
 
         atomic_write_text(plan.config_path, plan.config_text)
@@ -416,24 +561,43 @@ class FairchemBackend:
             self.echo(line)
             tap(line)
 
-        res = run_process(plan.command, env=plan.env, cwd=plan.native_dir, log_path=plan.log_path, echo=tee,
-                          early=early)
+        # FairChem's temp files (torch, torchrun's logs) go to a folder of this invocation, removed on every
+        # exit path: a crash leaves nothing in /tmp
+        tmp = plan.native_dir / "tmp" / plan.timestamp_id
+        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            res = run_process(plan.command, env={**plan.env, "TMPDIR": str(tmp)}, cwd=plan.native_dir,
+                              log_path=plan.log_path, echo=tee, early=early,
+                              forward_as=signal.SIGTERM if plan.ranks > 1 else None)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                tmp.parent.rmdir()
+            except OSError:
+                pass
         if res.preempted:
             raise preemption.Preempted(f"FairChem stopped on a preemption signal ({res.describe_exit()})")
         if res.returncode != 0:
-            last = next((line for line in reversed(res.tail) if line.strip()), "")
-            raise FairchemError(f"FairChem --mode {plan.mode} failed ({res.describe_exit()}): {last.strip()[:300]}"
-                                f"{hint_for(res.tail)} [log: {plan.log_path}]")
+            raise FairchemError(failure_message(plan, res))
 
     # ------------------------------------------------------------------ helpers
     def _child(self, spec: RunSpec, *args: str) -> str:
-        """Run a checkpoint helper of child.py in the FairChem env; its stdout."""
+        """Run a checkpoint helper of child.py in the FairChem env; its stdout. It dies with the launcher, and
+        a stop signal meanwhile ends the run as preempted (it holds nothing worth waiting for)."""
+        from launcher.core import preemption
         from trainers.fairchem.env import child_env, resolve_python
+        from trainers.fairchem.process import ProbeFailed, run_probe
 
         python = resolve_python(spec.backend_python)
-        out = subprocess.run([python, str(CHILD), *args], env=child_env(spec.backend_env), capture_output=True, text=True)
+        try:
+            out = run_probe([python, str(CHILD), *args], env=child_env(spec.backend_env), timeout=None,
+                            what=f"checkpoint helper '{args[0]}'")
+        except ProbeFailed as e:
+            raise FairchemError(str(e)) from None
+        if preemption.preemption_requested():
+            raise preemption.Preempted(f"stopped during checkpoint helper '{args[0]}'")
         if out.returncode != 0:
-            msg = (out.stderr.strip().splitlines() or ["?"])[-1]
+            msg = error_line((out.stderr + "\n" + out.stdout).splitlines()) or "?"
             raise FairchemError(f"checkpoint helper '{args[0]}' failed: {msg}")
         return out.stdout
 
@@ -516,7 +680,24 @@ class FairchemBackend:
             return None
 
     # ------------------------------------------------------------------ tasks
+    def check_launch(self, spec: RunSpec, params: Any) -> List[str]:
+        """Launcher settings (``hydra.launcher.*``) this backend cannot honour, one line each, before queueing."""
+        from trainers.fairchem.ranks import launch_problems
+
+        return launch_problems(spec.backend, params)
+
     def run(self, ctx: JobContext) -> Dict[str, Any]:
+        from trainers.fairchem.ranks import job_tasks
+
+        tasks = job_tasks()
+        if tasks.nodes > 1:
+            from trainers.fairchem.ranks import launch_problems
+
+            raise ConfigError(launch_problems(ctx.spec.backend, tasks)[0])
+        if ctx.extra.get("follower") or tasks.rank != 0:
+            self.echo(f"[fairchem] task {tasks.rank} of {tasks.per_node}: FairChem's ranks run from task 0")
+            return {"follower": True}
+        self.ranks = tasks.per_node
         return run_task(ctx, train=self._train_like, predict=self._predict, export=self._export)
 
     def _train_like(self, ctx: JobContext) -> Dict[str, Any]:
@@ -584,7 +765,7 @@ class FairchemBackend:
         plan = self.plan(spec, layout, mode="train", data=data, checkpoint=checkpoint, n_train=n_train,
                          epochs_done=done if spec.task == "resume" else None,
                          resume_target=spec.train.epochs if _user_set(spec, "train.epochs") else None,
-                         timestamp_id=ts, source=source)
+                         timestamp_id=ts, source=source, ranks=self.ranks)
         max_epochs = _max_epochs(plan.config_text)
         if continuing and spec.task != "resume" and done is not None and max_epochs is not None and done >= max_epochs:
             self.echo(f"[fairchem] {checkpoint} already trained {done}/{max_epochs} epochs: nothing left to train")
@@ -593,10 +774,15 @@ class FairchemBackend:
 
             try:
                 self._execute(plan, early=ctx.prestarted)
-            except preemption.Preempted:
+            except preemption.Preempted as e:
                 last = ck.newest(native)
                 if last is not None:  # normally mirrored by the child already; a no-op then
                     ck.atomic_copy(last, layout.checkpoint)
+                    raise preemption.Preempted(f"{e}; checkpoint {layout.checkpoint}") from None
+                if not continuing:
+                    self.echo("[fairchem] stopped before FairChem wrote its first checkpoint: nothing was saved, "
+                              "the run starts from the beginning when launched again")
+                    raise preemption.Preempted(f"{e}; no checkpoint written yet") from None
                 raise
             if not (plan.checkpoint_dir / "checkpoint.pt").is_file() and not (plan.checkpoint_dir / "best_checkpoint.pt").is_file():
                 raise FairchemError(f"FairChem exited 0 but wrote no checkpoint in {plan.checkpoint_dir} "

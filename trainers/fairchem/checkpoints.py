@@ -106,3 +106,28 @@ def _plain(node):
     if isinstance(node, (list, tuple)):
         return [_plain(v) for v in node if not isinstance(v, _Anything)]
     return node
+
+
+# Names only a MACE model file carries in its pickle: the module path of a pickled model (``.model``), the
+# symmetric contractions of its product blocks (state dicts), our MACE trainer's checkpoint key.
+_MACE_MARKS = (b"mace.modules", b"symmetric_contractions", b"model_config")
+
+
+def model_kind(path: Path) -> Optional[str]:
+    """Which model a torch file holds, read without torch: ``"mace"``, the FairChem model name its config
+    names (``equiformer_v2``, ``gemnet_oc``...), or None when it does not say (a bare FairChem state dict,
+    a legacy file)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            pkl = next((n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            head = zf.read(pkl) if pkl is not None else b""
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if any(mark in head for mark in _MACE_MARKS):
+        return "mace"
+    cfg = read_checkpoint_config(Path(path)) or {}
+    model = cfg.get("model")
+    name = model.get("name") if isinstance(model, dict) else model  # old configs: model: NAME
+    return str(name) if isinstance(name, str) else None

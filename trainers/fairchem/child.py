@@ -140,13 +140,34 @@ class SaveGuard:
         return False
 
 
-def install_atomic_checkpoints(mirror_dir=None, guard=None):
+# FairChem 1.10 records the task (s2ef, is2re) where its config named the trainer; its own ASE calculator
+# (OCPCalculator) looks that name up in the trainer registry and fails on it.
+TASK_NAMES = ("s2ef", "is2re")
+
+
+def config_trainer(fairchem_args):
+    """The trainer the run's config names (``--config-yml``, then a ``--trainer=`` override), or None."""
+    name = None
+    config = _arg(fairchem_args, "--config-yml")
+    if config:
+        import yaml
+
+        with open(config) as fh:
+            name = (yaml.safe_load(fh) or {}).get("trainer")
+    for a in fairchem_args:
+        if a.startswith("--trainer="):
+            name = a.split("=", 1)[1]
+    return name if isinstance(name, str) and name not in TASK_NAMES else None
+
+
+def install_atomic_checkpoints(mirror_dir=None, guard=None, trainer=None):
     """Make FairChem's checkpoint writes atomic, signal-safe, and mirrored into ``mirror_dir``.
 
     FairChem v1 ``torch.save``s straight onto ``checkpoint.pt``: a job stopped during that write
     leaves a torn file. Its ``save_checkpoint`` (used by the trainers' ``save``) is replaced in
     this process with one that writes through a temp file and, once the file is complete, links
-    it into ``mirror_dir`` (the run's standard ``checkpoints/``).
+    it into ``mirror_dir`` (the run's standard ``checkpoints/``). ``trainer``: the registry name written as the
+    checkpoint config's ``trainer`` where FairChem wrote the task name.
     """
     import fairchem.core.common.utils as fc_utils
     import fairchem.core.trainers.base_trainer as fc_base
@@ -155,6 +176,10 @@ def install_atomic_checkpoints(mirror_dir=None, guard=None):
 
     def save_checkpoint(state, checkpoint_dir="checkpoints/", checkpoint_file="checkpoint.pt"):
         filename = os.path.join(checkpoint_dir, checkpoint_file)
+        cfg = state.get("config") if isinstance(state, dict) else None
+        if trainer and isinstance(cfg, dict) and cfg.get("trainer") in TASK_NAMES:
+            # the trainer's registry name, so that OCPCalculator(checkpoint_path=...) loads the file as it is
+            state = {**state, "config": {**cfg, "trainer": trainer}}
         with guard:
             _save(state, filename)
             if mirror_dir and checkpoint_file in ("checkpoint.pt", "best_checkpoint.pt"):
@@ -714,18 +739,40 @@ def run(post_dir, fairchem_args, mirror_dir=None, options=None):
     check_gpu_extensions(fairchem_args)
     from fairchem.core._cli import main
 
-    install_atomic_checkpoints(mirror_dir, guard)
+    install_atomic_checkpoints(mirror_dir, guard, trainer=config_trainer(fairchem_args))
     install_training_options(options or TrainOptions())
     import time
 
     t0 = time.perf_counter()
-    main()
+    rank = int(os.environ.get("RANK", "0"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        run_rank(fairchem_args)
+    else:
+        main()
     t1 = time.perf_counter()
-    if post_dir:
+    if post_dir and rank == 0:
         with guard:
             summarize(post_dir)
         print(f"[mlip-launch] FairChem {t1 - t0:.2f} s; checkpoint summary {time.perf_counter() - t1:.2f} s",
               flush=True)
+
+
+def run_rank(fairchem_args):
+    """One rank of FairChem's distributed mode, started by torchrun (``--num-gpus N`` = the world size).
+
+    FairChem's own CLI would start N processes of its own (``elastic_launch``) in which our patches of its
+    trainer are not installed; each rank here runs FairChem's ``Runner`` directly, and FairChem's
+    ``distutils.setup`` joins the process group from torchrun's variables.
+    """
+    from fairchem.core._cli import runner_wrapper
+    from fairchem.core.common.flags import flags
+    from fairchem.core.common.utils import build_config, setup_logging
+
+    setup_logging()
+    args, override_args = flags.get_parser().parse_known_args(fairchem_args)
+    if args.num_gpus != int(os.environ["WORLD_SIZE"]):
+        _die(f"--num-gpus {args.num_gpus} but torchrun started {os.environ['WORLD_SIZE']} ranks")
+    runner_wrapper(build_config(args, override_args))
 
 
 def serve():
@@ -750,6 +797,8 @@ def serve():
     t2 = time.perf_counter()
     msg = json.loads(line)
     os.chdir(msg["cwd"])
+    os.environ.update(msg.get("env") or {})   # per-invocation variables (TMPDIR) the runner decided later
+    tempfile.tempdir = None
     # "then waited": the part of the launcher's set-up that the imports did not cover
     print(f"[mlip-launch] FairChem interpreter started early: imports {t1 - t0:.2f} s overlapped the launcher's "
           f"set-up, then waited {t2 - t1:.2f} s for the command", flush=True)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
@@ -11,10 +10,21 @@ from launcher.core.errors import ConfigError
 from launcher.core.env import set_thread_defaults
 from launcher.core.schema import cuda_index
 
+# torchrun's rendezvous variables: set for FairChem's own ranks only (see ranks.py), never inherited
+DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
+             "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS")
 SETUP_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "setup-fairchem-env"
 
 
 _found: Dict[str, str] = {}
+
+
+def probe_timeout() -> float:
+    """Seconds an interpreter probe or the env script may take (``MLIP_FAIRCHEM_PROBE_TIMEOUT_S``, default 30)."""
+    try:
+        return max(0.1, float(os.environ.get("MLIP_FAIRCHEM_PROBE_TIMEOUT_S", "30")))
+    except ValueError:
+        return 30.0
 
 
 def default_python() -> Optional[str]:
@@ -22,14 +32,16 @@ def default_python() -> Optional[str]:
 
     A found interpreter is remembered for the process (the script hashes the requirements file).
     """
+    from trainers.fairchem.process import ProbeFailed, run_probe
+
     key = os.environ.get("MLIP_FAIRCHEM_ENV", "")
     if key in _found and Path(_found[key]).exists():
         return _found[key]
     if not SETUP_SCRIPT.exists():
         return None
     try:
-        out = subprocess.run([str(SETUP_SCRIPT), "--print-python"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
+        out = run_probe([str(SETUP_SCRIPT), "--print-python"], timeout=probe_timeout(), what=str(SETUP_SCRIPT))
+    except ProbeFailed:
         return None
     path = out.stdout.strip()
     if out.returncode == 0 and path:
@@ -44,7 +56,13 @@ _checked: Dict[tuple, str] = {}
 
 def missing_modules(python: str, env: Optional[Mapping[str, str]] = None) -> str:
     """Which of :data:`REQUIRED_MODULES` ``python`` cannot find with environment ``env`` (default: the
-    FairChem process's, :func:`child_env`) -- '' when none; found without importing them (fast)."""
+    FairChem process's, :func:`child_env`) -- '' when none; found without importing them (fast).
+
+    Raises ``ProbeFailed`` with one honest line when the interpreter does not answer: it timed out
+    (:func:`probe_timeout`; its whole process group is killed), could not start, or died on start.
+    """
+    from trainers.fairchem.process import ProbeFailed, run_probe
+
     env = dict(child_env({}) if env is None else env)
     key = (python, env.get("PYTHONPATH", ""), env.get("PYTHONHOME", ""))
     if key not in _checked:
@@ -52,13 +70,15 @@ def missing_modules(python: str, env: Optional[Mapping[str, str]] = None) -> str
                 "def has(m):\n"
                 "    try:\n        return u.find_spec(m) is not None\n"
                 "    except ImportError:\n        return False\n"
-                f"print(','.join(m for m in {REQUIRED_MODULES!r} if not has(m)))")
-        try:
-            out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, env=env)
-            result = out.stdout.strip() if out.returncode == 0 else ",".join(REQUIRED_MODULES)
-        except (OSError, subprocess.TimeoutExpired):
-            result = ",".join(REQUIRED_MODULES)
-        _checked[key] = result
+                f"print('MLIP-MISSING:' + ','.join(m for m in {REQUIRED_MODULES!r} if not has(m)))")
+        out = run_probe([python, "-c", code], env=env, timeout=probe_timeout(), what=python)
+        answer = [ln for ln in out.stdout.splitlines() if ln.startswith("MLIP-MISSING:")]
+        if out.returncode != 0 or not answer:
+            last = next((ln.strip() for ln in reversed((out.stderr + out.stdout).splitlines()) if ln.strip()),
+                        "no output")
+            how = f"exit code {out.returncode}" if out.returncode >= 0 else f"signal {-out.returncode}"
+            raise ProbeFailed(f"{python} failed on start ({how}): {last[:200]}")
+        _checked[key] = answer[-1][len("MLIP-MISSING:"):].strip()
     return _checked[key]
 
 
@@ -68,9 +88,15 @@ def check_python(backend_python: Optional[str], backend_env: Optional[Mapping[st
 
     The provisioned env is smoke-tested when it is built, so it is not checked again here.
     """
+    from trainers.fairchem.process import ProbeFailed
+
     python = resolve_python(backend_python)
     if backend_python:
-        missing = missing_modules(python, child_env(backend_env or {}))
+        try:
+            missing = missing_modules(python, child_env(backend_env or {}))
+        except ProbeFailed as e:
+            raise ConfigError(f"backend_python: {e} (asked which of {', '.join(REQUIRED_MODULES)} it finds; "
+                              "MLIP_FAIRCHEM_PROBE_TIMEOUT_S sets the time limit)") from None
         if missing:
             raise ConfigError(f"backend_python: {python} cannot import {missing.replace(',', ', ')}; point it at an "
                               f"interpreter with fairchem-core 1.10, torch-scatter and torch-sparse, or leave it "
@@ -103,10 +129,11 @@ def child_env(backend_env: Mapping[str, str], base: Optional[Mapping[str, str]] 
     """The FairChem process's environment: ours + ``backend_env``, explicit threads, no wandb surprise.
 
     ``PYTHONPATH``/``PYTHONHOME`` of the launcher's env would leak the launcher's packages into
-    FairChem's interpreter, so they are dropped unless ``backend_env`` sets them.
+    FairChem's interpreter, so they are dropped unless ``backend_env`` sets them; so are the rendezvous
+    variables of a job the launcher itself runs in (torchrun's): FairChem would join that process group.
     """
     env = dict(os.environ if base is None else base)
-    for key in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+    for key in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", *DIST_VARS):
         env.pop(key, None)
     env.update({str(k): str(v) for k, v in backend_env.items()})
     set_thread_defaults(env)

@@ -23,12 +23,21 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 from trainers.fairchem.models import BACKENDS as FAIRCHEM_BACKENDS
-from trainers.fairchem.process import die_with_parent
+from trainers.fairchem.process import die_with_parent, kill_group, track, untrack
 
 CHILD = Path(__file__).resolve().with_name("child.py")
 # Arguments after which no in-process FairChem training follows, or the child's environment is not known yet.
 _NOT_A_SINGLE_RUN = ("-m", "--multirun", "-h", "--help", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion",
                      "-sc", "--resolve", "-p", "--package")
+
+
+# Variables the runner sets per invocation (its temp folder): sent with the command, not compared.
+PER_RUN_ENV = ("TMPDIR",)
+
+
+def _same_env(a: Dict[str, str], b: Dict[str, str]) -> bool:
+    strip = lambda env: {k: v for k, v in env.items() if k not in PER_RUN_ENV}  # noqa: E731
+    return strip(a) == strip(b)
 
 
 class Prewarm:
@@ -40,40 +49,53 @@ class Prewarm:
         self.proc: Optional[subprocess.Popen] = None
         self.started_at = 0.0
         self._ready = threading.Event()
+        self._lock = threading.RLock()  # also taken by the signal handler (_kill), in the main thread
+        self._closed = False
         # The thread lives as long as the child: PR_SET_PDEATHSIG fires when the *thread* that
         # forked the child ends, and it must fire only when the launcher process dies.
+        track(self, self._kill)  # a stop signal that ends the launcher takes the interpreter along
         self._thread = threading.Thread(target=self._start, name="fairchem-prewarm", daemon=True)
         self._thread.start()
         atexit.register(self.close)
 
+    def _kill(self) -> None:
+        with self._lock:
+            self._closed = True
+            proc = self.proc
+        if proc is not None:
+            kill_group(proc)
+
     def _start(self) -> None:
+        proc = None
         try:
             if self.python is None:
                 from trainers.fairchem.env import default_python
 
                 self.python = default_python()
-            if self.python is not None:
-                self.started_at = time.time()
-                self.proc = subprocess.Popen(
-                    [self.python, str(CHILD), "serve"], cwd="/", env=self.env, stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
-                    preexec_fn=die_with_parent(),
-                )
-        except OSError:
+            with self._lock:
+                if self.python is not None and not self._closed:
+                    self.started_at = time.time()
+                    proc = self.proc = subprocess.Popen(
+                        [self.python, str(CHILD), "serve"], cwd="/", env=self.env, stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
+                        preexec_fn=die_with_parent(new_group=True),
+                    )
+        except Exception:  # noqa: BLE001 - an optimization: the run starts its own process instead
             self.proc = None
         finally:
             self._ready.set()
-        if self.proc is not None:
-            self.proc.wait()
+        if proc is not None:
+            proc.wait()
 
     def matches(self, cmd: Sequence[str], env: Dict[str, str]) -> bool:
         self._ready.wait()
-        return (self.proc is not None and self.proc.poll() is None and len(cmd) > 2
-                and str(cmd[0]) == self.python and str(cmd[1]) == str(CHILD) and env == self.env)
+        return (not self._closed and self.proc is not None and self.proc.poll() is None and len(cmd) > 2
+                and str(cmd[0]) == self.python and str(cmd[1]) == str(CHILD) and _same_env(env, self.env))
 
-    def hand_over(self, cmd: Sequence[str], cwd: Path) -> subprocess.Popen:
+    def hand_over(self, cmd: Sequence[str], cwd: Path, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
         assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"argv": [str(c) for c in cmd[2:]], "cwd": str(cwd)}) + "\n")
+        per_run = {k: v for k, v in (env or {}).items() if k in PER_RUN_ENV}
+        self.proc.stdin.write(json.dumps({"argv": [str(c) for c in cmd[2:]], "cwd": str(cwd), "env": per_run}) + "\n")
         self.proc.stdin.flush()
         return self.proc
 
@@ -81,25 +103,32 @@ class Prewarm:
         """(the started interpreter, now running ``cmd`` in ``cwd``; when it was started) if it matches,
         else None (and it is stopped). Either way the handle is spent."""
         if self.matches(cmd, env):
-            proc, started_at = self.hand_over(cmd, cwd), self.started_at
+            proc, started_at = self.hand_over(cmd, cwd, env), self.started_at
             self.proc = None  # the runner owns it now: close() must not stop it
+            untrack(self)
             return proc, started_at
         self.close()
         return None
 
     def close(self) -> None:
-        self._ready.wait()
-        if self.proc is not None and self.proc.poll() is None:
+        """Kill the unused interpreter at once: it holds nothing but half-done imports, and waiting for it
+        (a stop signal is acted on only between two bytecodes, seconds apart while torch loads) would hold
+        the launcher's exit. Never waits for the start-up thread either."""
+        with self._lock:
+            self._closed = True
+            proc, self.proc = self.proc, None
+        untrack(self)
+        if proc is not None:
+            if proc.poll() is None:
+                kill_group(proc)
+                try:
+                    proc.wait(timeout=1)  # SIGKILL: gone in milliseconds, unless stuck in the kernel
+                except subprocess.TimeoutExpired:
+                    pass
             try:
-                self.proc.stdin.close()  # EOF: the child exits once its imports are done ...
-            except (OSError, ValueError):
+                proc.stdin.close()
+            except (OSError, ValueError, AttributeError):
                 pass
-            self.proc.terminate()        # ... or at once
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.proc = None
 
 
 def wanted(argv: Sequence[str], environ: Optional[Dict[str, str]] = None) -> Optional[Dict[str, Optional[str]]]:

@@ -38,8 +38,10 @@ class ProcessResult:
         return f"exit code {rc}"
 
 
-def die_with_parent() -> Optional[Callable[[], None]]:
-    """A ``preexec_fn``: on Linux the child gets SIGTERM if the launcher dies (no orphaned training on a node).
+def die_with_parent(signum: int = signal.SIGTERM, new_group: bool = False) -> Optional[Callable[[], None]]:
+    """A ``preexec_fn``: on Linux the child gets ``signum`` when the launcher dies, whatever kills it
+    (SIGKILL included: no orphaned FairChem on a node); with ``new_group`` it also leads its own process
+    group, so that everything it starts can be stopped with one ``killpg``.
 
     Prepared in the parent (``ctypes`` loaded, libc opened) so that the forked child only makes one
     call: importing in a child forked while another thread imports can deadlock.
@@ -49,8 +51,106 @@ def die_with_parent() -> Optional[Callable[[], None]]:
 
         prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except Exception:  # noqa: BLE001 - best effort, not available everywhere
+        prctl = None
+    if prctl is None and not new_group:
         return None
-    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    import os
+
+    def preexec() -> None:
+        if new_group:
+            os.setpgid(0, 0)
+        if prctl is not None:
+            prctl(1, signum)  # PR_SET_PDEATHSIG
+
+    return preexec
+
+
+def kill_group(proc: "subprocess.Popen", signum: int = signal.SIGKILL) -> None:
+    """Send ``signum`` to the process group ``proc`` leads (started with ``die_with_parent(new_group=True)``):
+    ``proc`` and everything it started that is still in its group, even after ``proc`` itself ended. A group
+    that is already gone is not an error."""
+    import os
+
+    try:
+        os.killpg(proc.pid, signum)
+    except OSError:
+        pass
+
+
+class ProbeFailed(Exception):
+    """A short helper process (an interpreter probe, the env script) failed; ``str()`` says how, in one line."""
+
+
+# Signals that end the launcher without running its exit handlers: while a helper process is tracked, they
+# first kill its process group (SIGKILL of the launcher is covered by PR_SET_PDEATHSIG, SIGINT raises
+# KeyboardInterrupt and unwinds normally).
+_REAP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR2)
+_tracked: Dict[int, Callable[[], None]] = {}
+_saved: Dict[int, Any] = {}
+
+
+def _reap(signum: int, frame: Any) -> None:
+    for kill in list(_tracked.values()):
+        kill()
+    if signal.getsignal(signum) is not _reap:
+        return  # chained by a handler installed after ours (preemption): that one decides what happens
+    handler = _saved.get(signum, signal.SIG_DFL)
+    _restore()
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL:
+        import os
+
+        os.kill(os.getpid(), signum)  # the signal's own effect, now that nothing is left behind
+
+
+def _restore() -> None:
+    for sig, handler in list(_saved.items()):
+        if signal.getsignal(sig) is _reap:
+            signal.signal(sig, handler)
+    _saved.clear()
+
+
+def track(owner: object, kill: Callable[[], None]) -> None:
+    """Call ``kill`` (it kills ``owner``'s processes) if a stop signal ends the launcher before ``untrack(owner)``.
+    The handlers are installed from the main thread (the first ``track`` must be made there)."""
+    _tracked[id(owner)] = kill
+    if threading.current_thread() is threading.main_thread() and not _saved:
+        for sig in _REAP_SIGNALS:
+            _saved[sig] = signal.signal(sig, _reap)
+
+
+def untrack(owner: object) -> None:
+    _tracked.pop(id(owner), None)
+    if not _tracked and threading.current_thread() is threading.main_thread():
+        _restore()
+
+
+def run_probe(cmd: Sequence[str], *, env: Optional[Dict[str, str]] = None, timeout: Optional[float],
+              what: str) -> subprocess.CompletedProcess:
+    """Run a short helper to completion, with a time limit; its whole process group goes when it ends, when it
+    times out, and when a stop signal ends the launcher meanwhile.
+
+    Raises :class:`ProbeFailed` "``what`` timed out after N s" / "could not be started: ..." -- never a
+    misleading result.
+    """
+    try:
+        proc = subprocess.Popen([str(c) for c in cmd], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, errors="replace",
+                                preexec_fn=die_with_parent(signal.SIGKILL, new_group=True))
+    except OSError as e:
+        raise ProbeFailed(f"{what} could not be started: {e.strerror or e}") from None
+    track(proc, lambda: kill_group(proc))
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        proc.communicate()
+        raise ProbeFailed(f"{what} timed out after {timeout:g} s") from None
+    finally:
+        kill_group(proc)  # anything it left running in its group
+        untrack(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def format_command(cmd: Sequence[str]) -> str:
@@ -66,11 +166,14 @@ def run_process(
     echo: Optional[Callable[[str], None]] = None,
     tail_lines: int = 40,
     early: Optional[Any] = None,
+    forward_as: Optional[int] = None,
 ) -> ProcessResult:
     """Run ``cmd``; every output line goes to ``log_path`` and to ``echo`` (stdout by default).
 
     ``early`` is an interpreter started at launch (``prewarm.Prewarm``): it runs ``cmd`` if it
-    matches, else it is stopped and a new process starts.
+    matches, else it is stopped and a new process starts. ``forward_as``: the signal a stop signal is
+    forwarded as (torchrun passes SIGTERM on to its ranks, and dies of SIGUSR2). The process leads its own
+    process group, which is killed once it has ended: nothing it started outlives the run.
     """
     from launcher.core import preemption
 
@@ -89,7 +192,7 @@ def run_process(
             proc = subprocess.Popen(
                 [str(c) for c in cmd], cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
-                preexec_fn=die_with_parent(),
+                preexec_fn=die_with_parent(new_group=True),
             )
         forwarded = threading.Event()
 
@@ -97,11 +200,11 @@ def run_process(
             forwarded.set()
             if proc.poll() is None:
                 try:
-                    proc.send_signal(signum)
+                    proc.send_signal(forward_as or signum)
                 except ProcessLookupError:
                     pass
                 # a child that ignores the signal is killed after the grace period
-                killer = threading.Timer(STOP_GRACE_S, lambda: proc.poll() is None and proc.kill())
+                killer = threading.Timer(STOP_GRACE_S, lambda: proc.poll() is None and kill_group(proc))
                 killer.daemon = True
                 killer.start()
 
@@ -126,11 +229,12 @@ def run_process(
                 try:
                     proc.wait(timeout=STOP_GRACE_S)
                 except subprocess.TimeoutExpired:
-                    proc.kill()
+                    kill_group(proc)
                     proc.wait()
             raise
         finally:
             remove()
+            kill_group(proc)  # what it left behind (data loader workers, ranks of a dead torchrun)
             if proc.stdout is not None:
                 proc.stdout.close()
         wall = time.time() - t0

@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.fairchem]
 
 CONFIGS = {"equiformer_v2": TEST_CONFIGS / "test_equiformerv2.yml", "gemnet_oc": TEST_CONFIGS / "test_gemnet_oc.yml"}
 RELOAD = Path(__file__).with_name("reload_weights.py")
+ASE_CALCULATOR = Path(__file__).with_name("ase_calculator.py")
 
 
 def make_spec(run_dir: Path, backend: str, data: dict, task: str = "train", args=(), epochs=2, config=True,
@@ -112,6 +113,22 @@ def test_exported_weights_reload_strictly(trained, fairchem_python, backend):
                          text=True, env=reload_env())
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1].startswith("ok ")
+
+
+@pytest.mark.parametrize("backend", ["equiformer_v2", "gemnet_oc"])
+def test_the_export_loads_in_fairchems_ase_calculator(trained, demo_data, fairchem_python, tmp_path, backend):
+    """artifacts/fairchem_checkpoint.pt in FairChem's own OCPCalculator, no extra arguments: the energy of a
+    test structure equals our evaluate's."""
+    run_dir, _ = trained[backend]
+    exported = RunLayout.of(run_dir).artifacts / "fairchem_checkpoint.pt"
+    res, _ = run(make_spec(tmp_path / "eval", backend, demo_data, task="evaluate", model_in=str(exported)))
+    rows = (RunLayout.of(tmp_path / "eval").eval_dir / "predictions.csv").read_text().splitlines()
+    index, energy = rows[3].split(",")[:2]
+    out = subprocess.run([fairchem_python, str(ASE_CALCULATOR), str(exported), str(demo_data["test"]), index],
+                         capture_output=True, text=True, env=reload_env())
+    assert out.returncode == 0, out.stderr[-2000:]
+    theirs = float(out.stdout.strip().splitlines()[-1].split()[1])
+    assert theirs == pytest.approx(float(energy), rel=1e-4, abs=1e-5)
 
 
 def test_evaluate_agrees_with_fairchems_own_validation(trained, demo_data):
