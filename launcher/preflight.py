@@ -46,7 +46,7 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def _check_dataset(key: str, path: str, problems: List[str]) -> Optional[int]:
+def _check_dataset(key: str, path: str, problems: List[str], trust_pickles: bool = False) -> Optional[int]:
     """Problems of one dataset, read as the job reads it; its number of entries when readable."""
     from launcher.demo_data import ensure_if_demo
 
@@ -62,7 +62,7 @@ def _check_dataset(key: str, path: str, problems: List[str]) -> Optional[int]:
             problems.append(f"{key}: dataset not found: {path}")
         return None
     try:
-        check_readable(path)
+        check_readable(path, trust_pickles=trust_pickles)
         return count(path)
     except ConfigError as e:
         msg = _one_line(e)
@@ -211,7 +211,7 @@ def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Opti
     for split in DATA_SPLITS:
         path = getattr(spec.data, split)
         if path:
-            n = _check_dataset(f"data.{split}", path, problems)
+            n = _check_dataset(f"data.{split}", path, problems, bool(spec.data.trust_pickles))
             if n is not None:
                 sizes[split] = n
     index_files_ok = True

@@ -886,13 +886,14 @@ class FairchemBackend:
             source = str(wrapped)
 
         selection = split_selection(spec, split, active=True)
-        labels = read_labels(src, with_forces=not spec.eval.energy_only) if selection is None else None
+        tp = bool(spec.data.trust_pickles)
+        labels = read_labels(src, with_forces=not spec.eval.energy_only, trust_pickles=tp) if selection is None else None
         index = np.arange(len(labels.ids)) if labels is not None else selection
         path = src
         if labels is None or duplicate_ids(labels.ids):
             index = selection if selection is not None else np.arange(len(labels.ids))
-            path = str(write_subset(src, index, native / "data" / f"{split}-{ts}.lmdb", rekey=True))
-            labels = read_labels(path, with_forces=not spec.eval.energy_only)
+            path = str(write_subset(src, index, native / "data" / f"{split}-{ts}.lmdb", rekey=True, trust_pickles=tp))
+            labels = read_labels(path, with_forces=not spec.eval.energy_only, trust_pickles=tp)
             self.echo(f"[fairchem] data.{split}: {len(index)} records copied to {path} (unique ids for predictions)")
 
         plan = self.plan(spec, layout, mode="predict", data={"test": path}, checkpoint=source, n_train=None,

@@ -281,6 +281,10 @@ KEY_MAP: Dict[str, str] = {
                    "(mace_run_train's), is not applied: FairChem models run in float32 (amp: train.amp)",
     "eval.split": "the LMDB FairChem predicts on",
     "eval.energy_only": "forces left out of the evaluation files and metrics",
+    "data.cache": "none / auto: FairChem's LmdbDataset streams records per batch (optim.num_workers); memory is "
+                  "refused (FairChem has no graph cache)",
+    "data.trust_pickles": "preflight skips its allow-list check of sampled records; FairChem's own reader "
+                          "unpickles without an allow-list either way",
 }
 
 #: Keys FairChem has no meaning for: refused (one line each) when the user sets them.
@@ -295,6 +299,9 @@ REFUSED: Dict[str, str] = {
                          "train.save_every",
     "train.drop_last": "FairChem's sampler always keeps the last batch",
     "train.progress_mininterval": "FairChem's progress bars have no refresh setting",
+    "data.cache_budget_gb": "FairChem never caches graphs, so there is no budget to set",
+    "data.stats_samples": "FairChem computes no statistics from the data before training (its normalizers come "
+                          "from the config or the checkpoint)",
 }
 
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
@@ -307,13 +314,17 @@ PLATEAU = "ReduceLROnPlateau"
 TORCH_PLATEAU_PATIENCE = 10      # ReduceLROnPlateau's own default, when the config names no patience
 
 
+#: data.* keys that are run keys too (how the data is read, not which data)
+RUN_DATA_KEYS = ("data.batch_size", "data.cache", "data.cache_budget_gb", "data.stats_samples", "data.trust_pickles")
+
+
 def _run_key_values(spec: Any) -> Iterable[Tuple[str, Any, Any]]:
     """``(dotted key, value, schema default)`` of every train.*/eval.* key and data.batch_size."""
     from launcher.core.schema import RunSpec, get_key, iter_fields
 
     default = RunSpec()
     for key, _f, _t in iter_fields():
-        if key.split(".", 1)[0] in ("train", "eval") or key == "data.batch_size":
+        if key.split(".", 1)[0] in ("train", "eval") or key in RUN_DATA_KEYS:
             yield key, get_key(spec, key), get_key(default, key)
 
 
@@ -358,6 +369,9 @@ def refused_keys(spec: Any, config: Optional[Dict[str, Any]] = None) -> List[str
             problems.append(f"{key}: not supported by backend={backend} ({REFUSED[key]}); leave it unset")
         elif key not in KEY_MAP:
             problems.append(f"{key}: not supported by backend={backend}; leave it unset")
+        elif key == "data.cache" and value == "memory":
+            problems.append(f"data.cache: memory is not supported by backend={backend} (FairChem streams records; "
+                            "use none or auto)")
         elif key == "train.freeze" and value not in (None, "none", "head_only"):
             problems.append(f"train.freeze: '{value}' is not supported by backend={backend} (head_only or null)")
         elif key == "train.early_stop_factor" and spec.task in ("train", "finetune", "resume") and not spec.data.val:

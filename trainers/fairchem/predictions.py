@@ -45,12 +45,12 @@ def fairchem_id(data: Any) -> str:
     return f"{sid}"
 
 
-def read_labels(path: str | Path, with_forces: bool = True) -> Labels:
+def read_labels(path: str | Path, with_forces: bool = True, trust_pickles: bool = False) -> Labels:
     """Ids, sizes, energies and forces of every record of an LMDB (file or shard folder)."""
     from data.lmdb_dataset import LmdbDataset
     from data.pyg import pyg_to_structure
 
-    ds = LmdbDataset(path)
+    ds = LmdbDataset(path, trust_pickles=trust_pickles)
     ids: List[str] = []
     natoms: List[int] = []
     energies: List[Optional[float]] = []

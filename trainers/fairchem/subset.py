@@ -32,13 +32,14 @@ def split_selection(spec: Any, split: str, *, active: bool) -> Optional[np.ndarr
     return idx
 
 
-def write_subset(src: str | Path, indices: Sequence[int], out: Path, *, rekey: bool = False) -> Path:
+def write_subset(src: str | Path, indices: Sequence[int], out: Path, *, rekey: bool = False,
+                 trust_pickles: bool = False) -> Path:
     """Copy records ``indices`` of ``src`` (in that order) into the LMDB file ``out`` (atomically)."""
     import lmdb
 
     from data.lmdb_dataset import LmdbDataset
 
-    ds = LmdbDataset(src)
+    ds = LmdbDataset(src, trust_pickles=trust_pickles)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
@@ -47,8 +48,10 @@ def write_subset(src: str | Path, indices: Sequence[int], out: Path, *, rekey: b
         raws = []
         for i in indices:
             raw = ds.get_bytes(int(i))
-            if rekey:
-                data = pickle.loads(raw)
+            if rekey:   # through the allow-list (data.trust_pickles lifts it), never a bare pickle.loads
+                from data.fastpickle import loads_record
+
+                data = loads_record(raw, tensors=True, trust=trust_pickles)
                 data.sid = int(i)
                 data.fid = 0
                 raw = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)

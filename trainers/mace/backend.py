@@ -73,6 +73,7 @@ KEY_DOCS = {
     "data.cache": "none: train/val graphs streamed per batch by train.num_workers (each rank reads its share); "
                   "memory: built once before training; auto: memory if the estimate fits data.cache_budget_gb",
     "data.cache_budget_gb": "the memory budget of data.cache=auto (per process)",
+    "data.trust_pickles": "LMDB records read without the allow-list of data classes",
     "data.stats_samples": "size of the seeded sample of the training split that E0s, scale/shift and "
                           "avg_num_neighbors of a new model come from (task=train, new heads of a finetune)",
     "eval.energy_only": "energies only in evaluate / infer",

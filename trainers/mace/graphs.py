@@ -27,7 +27,7 @@ def load_split(spec: Any, split: str, *, active: bool, progress: bool = False) -
     path = getattr(spec.data, split)
     if not path:
         raise ConfigError(f"data.{split}: required here (an LMDB file or folder of shards)")
-    ds = LmdbDataset(path)
+    ds = LmdbDataset(path, trust_pickles=bool(getattr(spec.data, "trust_pickles", False)))
     try:
         idx = split_indices(spec, split, len(ds), active=active)
         it = progress_bar(idx, progress, desc=f"read {split}", unit="struct",

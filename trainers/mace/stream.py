@@ -77,14 +77,10 @@ class SplitGraphs:
 
 
 def open_lmdb(path: str, trust_pickles: bool = False) -> Any:
-    """The project's LMDB reader (``trust_pickles`` where the reader supports the allow-list switch)."""
-    import inspect
-
+    """The project's LMDB reader; ``trust_pickles`` (``data.trust_pickles``) lifts its allow-list."""
     from data.lmdb_dataset import LmdbDataset
 
-    if trust_pickles and "trust_pickles" in inspect.signature(LmdbDataset.__init__).parameters:
-        return LmdbDataset(path, trust_pickles=True)
-    return LmdbDataset(path)
+    return LmdbDataset(path, trust_pickles=trust_pickles)
 
 
 def split_indices(spec: Any, split: str, *, active: bool) -> np.ndarray:
@@ -102,7 +98,7 @@ def split_indices(spec: Any, split: str, *, active: bool) -> np.ndarray:
 
 
 def trust_pickles(spec: Any) -> bool:
-    return bool(getattr(spec.data, "trust_pickles", False))
+    return bool(spec.data.trust_pickles)
 
 
 def stats_positions(n: int, k: int, seed: int) -> np.ndarray:
