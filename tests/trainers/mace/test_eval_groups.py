@@ -20,8 +20,11 @@ def model(tiny_data, tiny_model_json, tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("mace-groups") / "run"
     spec = make_spec(run_dir, tiny_data, train={"input_json": str(tiny_model_json), "epochs": 1})
-    assert run_job(spec, echo=lambda *_: None).status == "finished"
-    return str(run_dir / "manifest.json")
+    from launcher.core.layout import RunLayout
+
+    result = run_job(spec, echo=lambda *_: None)
+    assert result.status == "finished"
+    return str(RunLayout.of(result.run_dir).manifest)
 
 
 def _evaluate(tmp_path, tiny_data, model, **eval_keys):
