@@ -78,7 +78,8 @@ def read_labels(path: str | Path, with_forces: bool = True, trust_pickles: bool 
             fixed.append(np.asarray(s.fixed, dtype=bool).reshape(-1) if s.fixed is not None
                          else np.zeros(int(s.natoms), dtype=bool))
             if group_by:
-                groups.append(group_label(s.info, group_by, _fields(data)))
+                label = group_label(s.info, group_by)
+                groups.append(label if label is not None else group_label(None, group_by, _fields(data)))
     finally:
         ds.close()
     has_e = all(e is not None for e in energies) and bool(energies)

@@ -11,8 +11,6 @@ from launcher.core.layout import RunLayout
 
 from .test_end_to_end import make_spec, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.fairchem]
-
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -51,6 +49,8 @@ def _by_hand(out, test_lmdb):
                    "force_rmse": np.sqrt(np.mean(np.concatenate(g["df"]) ** 2))} for name, g in acc.items()}
 
 
+@pytest.mark.slow
+@pytest.mark.fairchem
 def test_errors_by_config_type_match_predictions(evaluated, demo_data):
     out = RunLayout.of(evaluated).eval_dir
     want = _by_hand(out, demo_data["test"])
@@ -69,6 +69,8 @@ def test_errors_by_config_type_match_predictions(evaluated, demo_data):
     assert png.startswith(PNG_MAGIC) and len(png) > 1000
 
 
+@pytest.mark.slow
+@pytest.mark.fairchem
 def test_group_by_null_and_absent_key_on_the_same_predictions(evaluated, demo_data, tmp_path):
     """FairChem's own predictions npz and the LMDB, through the evaluate path's writer."""
     from trainers.fairchem.predictions import evaluate_predictions, find_predictions, read_labels
@@ -88,3 +90,29 @@ def test_group_by_null_and_absent_key_on_the_same_predictions(evaluated, demo_da
     rows = list(csv.DictReader(open(tmp_path / "absent" / "errors_by_group.csv")))
     assert [r["group"] for r in rows] == ["(none)"] and int(rows[0]["n_structures"]) == m["n_structures"]
     assert float(rows[0]["force_rmse"]) == pytest.approx(m["force_rmse"])
+
+
+def test_labels_read_from_a_scalar_field_of_fairchem_style_records(tmp_path):
+    """LMDBs made by FairChem's own tools carry tags as record attributes, not in our ``info``."""
+    import pickle
+
+    import lmdb
+    import torch
+    from torch_geometric.data import Data
+
+    from trainers.fairchem.predictions import read_labels
+
+    env = lmdb.open(str(tmp_path / "x.lmdb"), subdir=False, map_size=1 << 24, lock=False)
+    with env.begin(write=True) as txn:
+        for i, subset in enumerate(["md", "relax", None]):
+            fields = dict(pos=torch.zeros(2, 3), atomic_numbers=torch.Tensor([8, 1]), natoms=2,
+                          cell=torch.eye(3).view(1, 3, 3) * 10, tags=torch.zeros(2).long(),
+                          fixed=torch.zeros(2).long(), sid=i, fid=0, energy=-1.0 * i, forces=torch.zeros(2, 3))
+            if subset is not None:
+                fields["subset"] = subset
+            txn.put(f"{i}".encode("ascii"), pickle.dumps(Data(**fields), protocol=-1))
+        txn.put(b"length", pickle.dumps(3, protocol=-1))
+    env.close()
+    assert read_labels(tmp_path / "x.lmdb", group_by="subset").groups == ["md", "relax", None]
+    assert read_labels(tmp_path / "x.lmdb", group_by="sid").groups == ["0", "1", "2"]
+    assert read_labels(tmp_path / "x.lmdb").groups is None
