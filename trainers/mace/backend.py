@@ -208,12 +208,21 @@ class MaceBackend:
         ctx.layout.eval_dir.mkdir(parents=True, exist_ok=True)
         if metrics is not None:
             key = spec.eval.group_by
-            groups = resolve_groups([group_label(s.info, key) for s in structures] if key else [], key)
+            groups = resolve_groups([group_label(s.info, key) for s in structures] if key else [], key,
+                                    note=lambda line: self._eval_note(ctx, line))
             write_group_outputs(ctx.layout.eval_dir, metrics, groups, out["energy"], [s.energy for s in structures],
                                 natoms, out["forces"] if true_f is not None else None, true_f)
         write_eval_outputs(ctx.layout.eval_dir, metrics, idx, out["energy"], natoms, out["forces"])
         graphs.record_indices(ctx.layout.indices_json(spec.task), {split: idx})
         return {"split": split, "n_structures": int(len(idx)), **({"metrics": metrics} if metrics else {})}
+
+    @staticmethod
+    def _eval_note(ctx: JobContext, line: str) -> None:
+        """A warning of evaluate on the console and in logs/train.log."""
+        from trainers.mace.runlog import RunLog
+
+        ctx.layout.logs.mkdir(parents=True, exist_ok=True)
+        RunLog(ctx.layout, enabled=True).info(line)
 
     # ---------------------------------------------------------------- export
     def _export(self, ctx: JobContext) -> Dict[str, Any]:

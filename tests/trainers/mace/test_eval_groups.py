@@ -89,5 +89,6 @@ def test_group_by_null_and_absent_key(model, tiny_data, tmp_path, capfd):
     out = _evaluate(tmp_path / "absent", tiny_data, model, group_by="no_such_key")
     err = capfd.readouterr().err
     assert "eval.group_by=no_such_key" in err and "(none)" in err
+    assert "eval.group_by=no_such_key" in (tmp_path / "absent" / "logs" / "train.log").read_text()
     rows = list(csv.DictReader(open(out / "errors_by_group.csv")))
     assert [r["group"] for r in rows] == ["(none)"] and int(rows[0]["n_structures"]) == 8
