@@ -284,6 +284,12 @@ def write_parity_png(
                 xs, ys = ft.reshape(-1), fp.reshape(-1)
             axes[1].scatter(xs, ys, s=4, alpha=0.5,
                             label=f"{name} MAE {_fmt(m['force_mae'])} RMSE {_fmt(m['force_rmse'])}")
+    if len(names) > 1:   # the overall errors as a legend line of their own
+        m = compute_metrics(pe, te, na, *(_free_forces(pf, tf, range(pe.size)) if has_f else ()))
+        axes[0].plot([], [], " ", label=f"all (n={pe.size}) MAE {_fmt(m['energy_mae_per_atom'])} "
+                                        f"RMSE {_fmt(m['energy_rmse_per_atom'])}")
+        if has_f:
+            axes[1].plot([], [], " ", label=f"all MAE {_fmt(m['force_mae'])} RMSE {_fmt(m['force_rmse'])}")
     panels = [(axes[0], "energy per atom", "eV/atom")]
     if has_f:
         panels.append((axes[1], "force components", "eV/Å"))
