@@ -182,6 +182,7 @@ class EvalSpec:
     energy_only: bool = _f(False, "skip forces: evaluate/predict energies only")
     amp: bool = _f(False, "CUDA autocast during evaluate/infer")
     split: str = _f("test", "which data split evaluate/infer reads: test | val | train")
+    group_by: Optional[str] = _f("config_type", "key of each structure's info (or a scalar LMDB field) that evaluate groups errors by (eval/errors_by_group.csv, metrics.json by_group); structures without it: group '(none)'; a key no structure has: a warning, not an error; null = no grouping")
 
 
 @dataclass

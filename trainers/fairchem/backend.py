@@ -887,13 +887,15 @@ class FairchemBackend:
 
         selection = split_selection(spec, split, active=True)
         tp = bool(spec.data.trust_pickles)
-        labels = read_labels(src, with_forces=not spec.eval.energy_only, trust_pickles=tp) if selection is None else None
+        gb = spec.eval.group_by if with_metrics else None
+        labels = (read_labels(src, with_forces=not spec.eval.energy_only, trust_pickles=tp, group_by=gb)
+                  if selection is None else None)
         index = np.arange(len(labels.ids)) if labels is not None else selection
         path = src
         if labels is None or duplicate_ids(labels.ids):
             index = selection if selection is not None else np.arange(len(labels.ids))
             path = str(write_subset(src, index, native / "data" / f"{split}-{ts}.lmdb", rekey=True, trust_pickles=tp))
-            labels = read_labels(path, with_forces=not spec.eval.energy_only, trust_pickles=tp)
+            labels = read_labels(path, with_forces=not spec.eval.energy_only, trust_pickles=tp, group_by=gb)
             self.echo(f"[fairchem] data.{split}: {len(index)} records copied to {path} (unique ids for predictions)")
 
         plan = self.plan(spec, layout, mode="predict", data={"test": path}, checkpoint=source, n_train=None,
@@ -901,10 +903,11 @@ class FairchemBackend:
         self._execute(plan, early=ctx.prestarted)
         npz = find_predictions(plan.results_dir)
         metrics = evaluate_predictions(npz, labels, index, layout.eval_dir, with_metrics=with_metrics,
-                                       energy_only=spec.eval.energy_only)
+                                       energy_only=spec.eval.energy_only, group_by=gb,
+                                       note=lambda line: self.echo(f"[fairchem] {line}"))
         if with_metrics:
             self.echo("[fairchem] " + ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
-                                               for k, v in metrics.items()))
+                                               for k, v in metrics.items() if k != "by_group"))
         return {"metrics": metrics, "eval_dir": str(layout.eval_dir), "predictions": str(npz), "model": str(source)}
 
     def _export(self, ctx: JobContext) -> Dict[str, Any]:

@@ -281,6 +281,7 @@ KEY_MAP: Dict[str, str] = {
                    "(mace_run_train's), is not applied: FairChem models run in float32 (amp: train.amp)",
     "eval.split": "the LMDB FairChem predicts on",
     "eval.energy_only": "forces left out of the evaluation files and metrics",
+    "eval.group_by": "eval/errors_by_group.csv and metrics.json by_group from this key of each record (info or a scalar field), read from the evaluated LMDB records",
     "data.cache": "none / auto: FairChem's LmdbDataset streams records per batch (optim.num_workers); memory is "
                   "refused (FairChem has no graph cache)",
     "data.trust_pickles": "preflight skips its allow-list check of sampled records; FairChem's own reader "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -26,6 +26,7 @@ class Labels:
     energy: Optional[np.ndarray]    # (n,) or None when unlabelled
     forces: Optional[List[np.ndarray]]
     fixed: List[np.ndarray]         # per structure, bool (True = fixed)
+    groups: Optional[List[Optional[str]]] = None   # label under eval.group_by (None: key absent); None: not read
 
 
 def _plain(value: Any) -> Any:
@@ -45,10 +46,16 @@ def fairchem_id(data: Any) -> str:
     return f"{sid}"
 
 
-def read_labels(path: str | Path, with_forces: bool = True, trust_pickles: bool = False) -> Labels:
-    """Ids, sizes, energies and forces of every record of an LMDB (file or shard folder)."""
+def read_labels(path: str | Path, with_forces: bool = True, trust_pickles: bool = False,
+                group_by: Optional[str] = None) -> Labels:
+    """Ids, sizes, energies and forces of every record of an LMDB (file or shard folder).
+
+    ``group_by``: also each record's label under that key (its ``info`` entry, else a scalar field of
+    the record, as FairChem LMDBs carry tags), read in the same pass over the evaluated records.
+    """
     from data.lmdb_dataset import LmdbDataset
-    from data.pyg import pyg_to_structure
+    from data.pyg import _fields, pyg_to_structure
+    from launcher.core.metrics import group_label
 
     ds = LmdbDataset(path, trust_pickles=trust_pickles)
     ids: List[str] = []
@@ -56,6 +63,7 @@ def read_labels(path: str | Path, with_forces: bool = True, trust_pickles: bool 
     energies: List[Optional[float]] = []
     forces: List[Optional[np.ndarray]] = []
     fixed: List[np.ndarray] = []
+    groups: List[Optional[str]] = []
     try:
         for i in range(len(ds)):
             data = ds.get_data(i)
@@ -69,6 +77,9 @@ def read_labels(path: str | Path, with_forces: bool = True, trust_pickles: bool 
             forces.append(s.forces if with_forces else None)
             fixed.append(np.asarray(s.fixed, dtype=bool).reshape(-1) if s.fixed is not None
                          else np.zeros(int(s.natoms), dtype=bool))
+            if group_by:
+                label = group_label(s.info, group_by)
+                groups.append(label if label is not None else group_label(None, group_by, _fields(data)))
     finally:
         ds.close()
     has_e = all(e is not None for e in energies) and bool(energies)
@@ -79,6 +90,7 @@ def read_labels(path: str | Path, with_forces: bool = True, trust_pickles: bool 
         energy=np.asarray(energies, dtype=np.float64) if has_e else None,
         forces=[np.asarray(f, dtype=np.float64).reshape(-1, 3) for f in forces] if has_f else None,
         fixed=fixed,
+        groups=groups if group_by else None,
     )
 
 
@@ -136,9 +148,15 @@ def evaluate_predictions(
     *,
     with_metrics: bool,
     energy_only: bool = False,
+    group_by: Optional[str] = None,
+    note: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, Any]:
-    """Write metrics.json/csv (when ``with_metrics``), predictions.csv and predictions_forces.npz."""
-    from launcher.core.metrics import compute_metrics, write_eval_outputs
+    """Write metrics.json/csv (when ``with_metrics``), predictions.csv and predictions_forces.npz.
+
+    With ``with_metrics`` also parity.png and, when ``group_by`` is set (``labels`` read with it),
+    errors_by_group.csv; ``note`` gets the one-line warning of a key no record carries.
+    """
+    from launcher.core.metrics import compute_metrics, resolve_groups, write_eval_outputs, write_group_outputs
 
     pred = align(npz_path, labels)
     forces = None if energy_only else pred["forces"]
@@ -152,5 +170,9 @@ def evaluate_predictions(
             pf = np.concatenate(forces)[free] if forces else np.zeros((0, 3))
             tf = np.concatenate(labels.forces)[free] if forces else np.zeros((0, 3))
         metrics = compute_metrics(pred["energy"], labels.energy, labels.natoms, pf, tf)
+        groups = resolve_groups(labels.groups or [], group_by, note) if group_by else None
+        with_f = forces is not None and labels.forces is not None
+        write_group_outputs(Path(out_dir), metrics, groups, pred["energy"], labels.energy, labels.natoms,
+                            forces if with_f else None, labels.forces if with_f else None)
     write_eval_outputs(Path(out_dir), metrics, index, pred["energy"], labels.natoms, forces)
     return metrics or {}

@@ -79,6 +79,7 @@ KEY_DOCS = {
     "eval.energy_only": "energies only in evaluate / infer",
     "eval.amp": "CUDA autocast in evaluate / infer",
     "eval.split": "the split evaluate / infer read",
+    "eval.group_by": "eval/errors_by_group.csv and metrics.json by_group from this key of each structure's info",
     "device": "cpu, cuda, cuda:N or auto",
     **{k: f"refused: {v}" for k, v in REFUSED.items()},
 }
@@ -163,7 +164,8 @@ class MaceBackend:
     def _predict(self, ctx: JobContext, *, with_metrics: bool) -> Dict[str, Any]:
         import numpy as np
 
-        from launcher.core.metrics import compute_metrics, write_eval_outputs
+        from launcher.core.metrics import (compute_metrics, group_label, resolve_groups, write_eval_outputs,
+                                           write_group_outputs)
         from trainers.mace import graphs
         from trainers.mace.loop import head_of, progress_enabled, select_device, set_threads
         from trainers.mace.model_config import heads_of
@@ -204,9 +206,23 @@ class MaceBackend:
                                       out["forces"] if true_f is not None else None, true_f)
             metrics.update({"split": split, "head": head, "model": loaded.source, "dataset": getattr(spec.data, split)})
         ctx.layout.eval_dir.mkdir(parents=True, exist_ok=True)
+        if metrics is not None:
+            key = spec.eval.group_by
+            groups = resolve_groups([group_label(s.info, key) for s in structures] if key else [], key,
+                                    note=lambda line: self._eval_note(ctx, line))
+            write_group_outputs(ctx.layout.eval_dir, metrics, groups, out["energy"], [s.energy for s in structures],
+                                natoms, out["forces"] if true_f is not None else None, true_f)
         write_eval_outputs(ctx.layout.eval_dir, metrics, idx, out["energy"], natoms, out["forces"])
         graphs.record_indices(ctx.layout.indices_json(spec.task), {split: idx})
         return {"split": split, "n_structures": int(len(idx)), **({"metrics": metrics} if metrics else {})}
+
+    @staticmethod
+    def _eval_note(ctx: JobContext, line: str) -> None:
+        """A warning of evaluate on the console and in logs/train.log."""
+        from trainers.mace.runlog import RunLog
+
+        ctx.layout.logs.mkdir(parents=True, exist_ok=True)
+        RunLog(ctx.layout, enabled=True).info(line)
 
     # ---------------------------------------------------------------- export
     def _export(self, ctx: JobContext) -> Dict[str, Any]:
