@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from launcher.core.errors import EXIT_FAILED, ConfigError, ConfigErrors
+from launcher.core.errors import EXIT_FAILED, EXIT_PREEMPTED, ConfigError, ConfigErrors
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,6 +138,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for o in result.failed:
             print(f"error: run {labels[o.index]} FAILED: {o.error} (run_dir {o.run_dir})", file=sys.stderr)
         return EXIT_FAILED
+    if any(o.state == "PREEMPTED" for o in result.outcomes):
+        return EXIT_PREEMPTED   # stopped by a signal after checkpointing: launch again to resume
     return 0
 
 
