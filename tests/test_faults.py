@@ -44,7 +44,7 @@ def project(tmp_path_factory) -> Path:
         "backend: mace\ntask: train\ndevice: cpu\nrun_dir: runs/r\n"
         f"data: {{train: {rel['train']}, val: {rel['val']}}}\n"
         "train: {input_json: model.json, epochs: 1, batch_size: 4, dtype: float32, progress_bar: 'false',\n"
-        "        lr: 0.005, scheduler: cosine, ema_decay: 0.8, cycle_steps: 3, log_every: 1}\n")
+        "        lr: 0.005, scheduler: cosine, ema_decay: 0.8, cycle_steps: 3, drop_last: true, log_every: 1}\n")
     return root
 
 
