@@ -121,6 +121,14 @@ def test_kill9_at_random_moments_and_overwrite_race_lose_nothing(project):
     reference = _final(project / "runs" / "ref")
 
     run_dir = project / "runs" / "r"
+    # a real SIGTERM (outside SLURM) early in the run: checkpoint, the documented exit code, resumable
+    proc = _launch(project, "runs/r")
+    assert _wait_for(lambda: _new_steps(run_dir, 0) >= 1 and not _writing_checkpoint(run_dir), proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, out
+    assert "checkpoint saved" in out and json.loads((run_dir / "state.json").read_text())["status"] == "preempted"
+
     rng = random.Random(SEED)
     # 10 kill -9 moments: during start-up, at a random point after a random update, or while a
     # checkpoint is being written (its temp file exists)
@@ -155,16 +163,6 @@ def test_kill9_at_random_moments_and_overwrite_race_lose_nothing(project):
 
     assert sum(1 for kind, hit in killed_in if kind == "checkpoint" and hit) >= 2, killed_in
 
-    # a real SIGTERM (outside SLURM): checkpoint, the documented exit code, resumable
-    since = _log_size(run_dir)
-    proc = _launch(project, "runs/r")
-    assert _wait_for(lambda: _new_steps(run_dir, since) >= 1 and not _writing_checkpoint(run_dir), proc)
-    os.kill(proc.pid, signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    if proc.returncode != 0:   # it may have finished before the signal arrived
-        assert proc.returncode == EXIT_PREEMPTED, out
-        assert "preempted" in out and json.loads((run_dir / "state.json").read_text())["status"] == "preempted"
-
     final = _launch(project, "runs/r")
     out, _ = final.communicate(timeout=300)
     assert final.returncode == 0, out
@@ -181,3 +179,28 @@ def test_kill9_at_random_moments_and_overwrite_race_lose_nothing(project):
     assert other.returncode == 0, out
     moved = list((project / "runs").glob("r.replaced-*"))
     assert len(moved) == 1 and (moved[0] / "checkpoints" / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_task_with_more_epochs_continues_a_finished_run(project):
+    """``task=resume`` with a larger ``train.epochs`` trains on from the finished run's last checkpoint."""
+    import torch
+
+    from launcher.core.atomic import read_jsonl
+
+    first = _launch(project, "runs/longer", "--set", "train.cycle_steps=0")
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out
+    run_dir = project / "runs" / "longer"
+    done = torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=True)
+    more = _launch(project, "runs/longer", "--set", "train.cycle_steps=0", "--set", "task=resume",
+                   "--set", f"train.epochs={EPOCHS + 1}")
+    out, _ = more.communicate(timeout=300)
+    assert more.returncode == 0, out
+    ck = torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=True)
+    assert (ck["loop"]["epoch"], ck["loop"]["update_step"]) == (EPOCHS + 1, 6 * (EPOCHS + 1))
+    assert any(not torch.equal(ck["model"][k], done["model"][k]) for k in ck["model"])
+    rows = read_jsonl(run_dir / "logs" / "metrics.jsonl")
+    assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, 6 * (EPOCHS + 1) + 1))
+    assert [r["epoch"] for r in rows if r["split"] == "val"] == list(range(1, EPOCHS + 2))
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["status"] == "finished" and state["epochs_done"] == EPOCHS + 1 and state["attempt"] == 2
