@@ -187,12 +187,14 @@ def test_resume_task_with_more_epochs_continues_a_finished_run(project):
 
     from launcher.core.atomic import read_jsonl
 
-    first = _launch(project, "runs/longer", "--set", "train.cycle_steps=0")
+    # a constant lr: cosine has decayed to 0 by the first run's last epoch (its length is restored from the checkpoint)
+    first = _launch(project, "runs/longer", "--set", "train.cycle_steps=0", "--set", "train.scheduler=none")
     out, _ = first.communicate(timeout=300)
     assert first.returncode == 0, out
     run_dir = project / "runs" / "longer"
     done = torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=True)
-    more = _launch(project, "runs/longer", "--set", "train.cycle_steps=0", "--set", "task=resume",
+    more = _launch(project, "runs/longer", "--set", "train.cycle_steps=0", "--set", "train.scheduler=none",
+                   "--set", "task=resume",
                    "--set", f"train.epochs={EPOCHS + 1}")
     out, _ = more.communicate(timeout=300)
     assert more.returncode == 0, out
