@@ -3,7 +3,9 @@ and an ``overwrite=true`` launched against a live training.
 
 Every start is a real ``launch-run --config run.yaml`` process (relative paths in the run.yaml, the
 epochs given with ``--set``). After all the faults the run finishes, and its checkpoint, best model
-and optimizer state equal those of one uninterrupted run bit for bit (CPU, float32).
+and optimizer state equal those of one uninterrupted run bit for bit (CPU, float32). Two more README
+promises end to end: ``task=resume`` with more epochs continues a finished run, and a fine-tune starts
+from the weights it is given.
 """
 from __future__ import annotations
 
@@ -206,3 +208,41 @@ def test_resume_task_with_more_epochs_continues_a_finished_run(project):
     assert [r["epoch"] for r in rows if r["split"] == "val"] == list(range(1, EPOCHS + 2))
     state = json.loads((run_dir / "state.json").read_text())
     assert state["status"] == "finished" and state["epochs_done"] == EPOCHS + 1 and state["attempt"] == 2
+
+
+def test_finetune_starts_from_the_given_weights(project, tmp_path):
+    """A fine-tune at lr 1e-30 (below float32 resolution: no update moves a weight) validates exactly as ``task=evaluate`` of its base model: it starts from those weights."""
+    import glob
+
+    import torch
+
+    from launcher.core.atomic import read_jsonl
+    from launcher.core.schema import check, spec_from_dict
+    from launcher.job import run_job
+
+    torch.set_num_threads(1)
+    data = {k: glob.glob(str(project / "data" / f"{k}*"))[0] for k in ("train", "val")}
+    train = {"input_json": str(project / "model.json"), "epochs": 1, "batch_size": 4, "dtype": "float32",
+             "progress_bar": "false"}
+
+    def spec(run_dir, **over):
+        d = {"backend": "mace", "task": "train", "run_dir": str(run_dir), "device": "cpu", "data": data,
+             "train": dict(train)}
+        d["train"].update(over.pop("train", {}))
+        d.update(over)
+        return check(spec_from_dict(d))
+
+    quiet = dict(echo=lambda *_: None)
+    assert run_job(spec(tmp_path / "base"), **quiet).status == "finished"
+    manifest = str(tmp_path / "base" / "artifacts" / "manifest.json")
+    assert run_job(spec(tmp_path / "eval", task="evaluate", model={"manifest": manifest},
+                        eval={"split": "val"}), **quiet).status == "finished"
+    evaluated = json.loads((tmp_path / "eval" / "eval" / "metrics.json").read_text())
+    assert run_job(spec(tmp_path / "ft", task="finetune", model={"manifest": manifest},
+                        train={"lr": 1e-30, "ema_decay": None, "input_json": None}), **quiet).status == "finished"
+    first_val = [r for r in read_jsonl(tmp_path / "ft" / "logs" / "metrics.jsonl") if r["split"] == "val"][0]
+    for key in ("energy_rmse_per_atom", "force_rmse"):   # float32 sums, accumulated in another order
+        assert first_val[key] == pytest.approx(evaluated[key], rel=1e-6, abs=0), key
+    base = torch.load(tmp_path / "base" / "artifacts" / "best_model.pt", weights_only=True)
+    tuned = torch.load(tmp_path / "ft" / "checkpoints" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(base[k], tuned[k]) for k in base)
