@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, List, Optional
 
-from launcher.core.errors import EXIT_FAILED, ConfigError, ConfigErrors
+from launcher.core.errors import EXIT_FAILED, EXIT_PREEMPTED, ConfigError, ConfigErrors
 from launcher.reporting import config_error_message, debug, exit_for, report_config_error
 
 
@@ -57,6 +57,8 @@ def _run_single_checked(cfg: Any, prestarted: Optional[Any]) -> None:
         o = result.failed[0]
         print(f"error: run {o.state}: {o.error} (run_dir {o.run_dir}, log {o.log_path})", file=sys.stderr)
         sys.exit(EXIT_FAILED)
+    if any(o.state == "PREEMPTED" for o in result.outcomes):
+        sys.exit(EXIT_PREEMPTED)   # stopped by a signal after checkpointing: launch again to resume
 
 
 def submit(spec: Any, params: Any, hc: Any, prestarted: Optional[Any]) -> Any:

@@ -7,6 +7,12 @@ State of ``run_dir`` against the spec being launched:
 - same spec, finished              -> skip with a message
 - different spec                   -> error, unless ``overwrite=true`` (old run moved aside, never deleted)
 - not a run directory (other files)-> error, unless ``overwrite=true``
+- a run that failed before it wrote a checkpoint or an artifact -> fresh (a corrected command may reuse it)
+
+The run directory is locked (``.lock``, flock) before anything in it is moved or written, and the
+state is classified again under the lock: a directory another live job holds is refused, with or
+without ``overwrite=true``. The OS releases the lock of a killed job; its state.json still says
+"running", which :meth:`RunLayout.status` reports as "interrupted" and the next launch resumes.
 
 ``evaluate`` / ``infer`` / ``export`` may target the directory of a finished training run: they
 add their outputs (``eval/``, ``artifacts/``) and record their spec as ``run.<task>.yaml``.
@@ -22,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from launcher.core.atomic import atomic_write_text
+from launcher.core.atomic import atomic_write_text, remove_stale_temps
 from launcher.core.env import set_thread_defaults
 from launcher.core.errors import ConfigError
-from launcher.core.layout import RunLayout
+from launcher.core.layout import RunLayout, owner_alive, process_start
 from launcher.core.schema import TRAINING_TASKS, RunSpec
 
 FRESH, RESUME, SKIP, DIFFERENT, FOREIGN, ADD = "fresh", "resume", "skip", "different", "foreign", "add"
@@ -45,12 +51,19 @@ def _identity_without_length(spec: RunSpec) -> Dict[str, Any]:
     return ident
 
 
+def _never_trained(layout: RunLayout) -> bool:
+    """A failed or interrupted run that left no checkpoint and no artifact: nothing to keep."""
+    if layout.status() not in ("failed", "interrupted"):
+        return False
+    return not any(any(d.iterdir()) for d in (layout.checkpoints, layout.artifacts) if d.is_dir())
+
+
 def classify(spec: RunSpec, layout: RunLayout) -> str:
     """Decide what launching ``spec`` into its run_dir means (no side effects)."""
     from launcher.core.specio import load_run_yaml_spec
 
     root = layout.root
-    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
+    if not root.exists() or (root.is_dir() and all(p.name == layout.lock.name for p in root.iterdir())):
         return FRESH
     if not root.is_dir():
         return FOREIGN
@@ -68,7 +81,7 @@ def classify(spec: RunSpec, layout: RunLayout) -> str:
     else:
         same = old.identity() == spec.identity()
     if not same:
-        return DIFFERENT
+        return FRESH if _never_trained(layout) else DIFFERENT
     if state.get("status") == "finished":
         done_epochs = state.get("epochs_done")
         if spec.task == "resume" and done_epochs is not None and spec.train.epochs > done_epochs:
@@ -79,6 +92,11 @@ def classify(spec: RunSpec, layout: RunLayout) -> str:
 
 def describe_state(spec: RunSpec, layout: RunLayout) -> str:
     kind = classify(spec, layout)
+    status = layout.status()
+    if status == "running":
+        return f"is in use by a running job ({_owner(layout)}): refused"
+    if kind == RESUME and status == "interrupted":
+        return f"holds an interrupted run of this spec ({_owner(layout)} is gone): it will be resumed"
     return {
         FRESH: "fresh run directory: a new run",
         RESUME: "holds an unfinished run of this spec: it will be resumed",
@@ -93,12 +111,19 @@ def state_problem(spec: RunSpec) -> Optional[str]:
     """The run_dir problem preflight reports (None when launching is allowed)."""
     layout = RunLayout.of(spec.run_dir)
     kind = classify(spec, layout)
+    if layout.status() == "running" and owner_alive(layout.read_state()):
+        return f"run_dir: {layout.root} is in use by a running job ({_owner(layout)}); wait for it or choose another run_dir"
     if kind in (DIFFERENT, FOREIGN) and not spec.overwrite:
         what = "a different run" if kind == DIFFERENT else "files that are not an mlip-launch run"
         return f"run_dir: {layout.root} holds {what}; choose another run_dir or set overwrite=true"
     if spec.task == "resume" and kind == FRESH and not (spec.model_in or spec.model.manifest):
         return f"run_dir: {layout.root} holds no run to resume (and model_in is not set)"
     return None
+
+
+def _owner(layout: RunLayout) -> str:
+    st = layout.read_state()
+    return f"pid {st.get('pid')} on {st.get('host')}"
 
 
 def _move_aside(root: Path) -> Path:
@@ -112,21 +137,42 @@ def _move_aside(root: Path) -> Path:
     return target
 
 
-@contextlib.contextmanager
-def _run_lock(layout: RunLayout):
-    """One job per run directory at a time; the OS drops the lock when a killed job dies."""
+def _lock(layout: RunLayout) -> Any:
+    """Take ``layout``'s lock (creating the directory); ConfigError when another job holds it."""
     import fcntl
 
     layout.root.mkdir(parents=True, exist_ok=True)
     fh = open(layout.lock, "a+")
     try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ConfigError(f"run_dir: {layout.root} is in use by another running job") from None
-        yield
-    finally:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         fh.close()
+        raise ConfigError(f"run_dir: {layout.root} is in use by another running job ({_owner(layout)})") from None
+    return fh
+
+
+@contextlib.contextmanager
+def _run_lock(layout: RunLayout):
+    """One job per run directory at a time; the OS drops the lock when a killed job dies.
+
+    Yields a function that moves the locked directory aside (``overwrite=true``) and locks the new,
+    empty one: the old directory is never moved while another job holds it.
+    """
+    held = [_lock(layout)]
+
+    def move_aside() -> Path:
+        moved = _move_aside(layout.root)     # the lock moves with it, still held
+        try:
+            held.append(_lock(layout))
+        finally:
+            held.pop(0).close()
+        return moved
+
+    try:
+        yield move_aside
+    finally:
+        for fh in held:
+            fh.close()
 
 
 def run_job(spec: RunSpec, *, echo=print, prestarted: Optional[Any] = None) -> JobResult:
@@ -142,51 +188,81 @@ def run_job(spec: RunSpec, *, echo=print, prestarted: Optional[Any] = None) -> J
 
     layout = RunLayout.of(spec.run_dir)
     kind = classify(spec, layout)
+    if kind in (DIFFERENT, FOREIGN) and not spec.overwrite:
+        raise ConfigError(state_problem(spec) or f"run_dir: {layout.root} cannot be used")
     if kind == SKIP:
-        msg = f"{layout.root}: already finished, skipping (launch with overwrite=true to run again)"
-        echo(msg)
-        return JobResult(str(layout.root), "skipped", layout.read_state().get("result", {}), msg)
-    if kind in (DIFFERENT, FOREIGN):
-        if not spec.overwrite:
-            raise ConfigError(state_problem(spec) or f"run_dir: {layout.root} cannot be used")
-        moved = _move_aside(layout.root)
-        echo(f"{layout.root}: previous contents moved to {moved}")
-        kind = FRESH
+        return _skip(layout, echo)
 
     set_thread_defaults(os.environ)
     preemption.install_preemption_handler()
     backend = get_backend(spec.backend)
-    with _run_lock(layout):
+    with _run_lock(layout) as move_aside:
+        kind = classify(spec, layout)          # again, now that no other job can change it
+        if kind == SKIP:
+            return _skip(layout, echo)
+        if kind in (DIFFERENT, FOREIGN):
+            if not spec.overwrite:
+                raise ConfigError(state_problem(spec) or f"run_dir: {layout.root} cannot be used")
+            echo(f"{layout.root}: previous contents moved to {move_aside()}")
+            kind = FRESH
+        stale = remove_stale_temps(layout.root)
+        if stale:
+            echo(f"{layout.root}: removed {len(stale)} unfinished temp file(s) of an interrupted job")
+        prev = layout.read_state()
+        interrupted = prev.get("status") == "running"     # we hold the lock: its job is gone
+        if kind == FRESH:
+            layout.state_json.unlink(missing_ok=True)      # a failed attempt's record, if any
         layout.create()
         if kind == ADD:
             atomic_write_text(layout.task_yaml(spec.task), dump_run_yaml(spec))
         else:
             atomic_write_text(layout.run_yaml, dump_run_yaml(spec))
-        prev = layout.read_state()
         attempt = int(prev.get("attempt", 0)) + 1 if kind == RESUME else 1
         if kind != ADD:
+            me = os.getpid()
             layout.write_state(status="running", task=spec.task, attempt=attempt, host=socket.gethostname(),
-                         pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                         slurm_job_id=os.environ.get("SLURM_JOB_ID"))
+                               pid=me, pid_start=process_start(me), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                               slurm_job_id=os.environ.get("SLURM_JOB_ID"))
         ctx = JobContext(spec=spec, layout=layout, resume=(kind == RESUME), attempt=attempt, prestarted=prestarted)
         if kind == RESUME:
-            echo(f"{layout.root}: resuming an unfinished run (attempt {attempt})")
+            how = "an interrupted" if interrupted else "an unfinished"
+            echo(f"{layout.root}: resuming {how} run (attempt {attempt})")
         t0 = time.time()
+        ck_before = _mtime(layout.checkpoint)
         try:
             result = backend.run(ctx) or {}
         except preemption.Preempted:
+            saved = _mtime(layout.checkpoint) not in (None, ck_before)
             if kind != ADD:
-                layout.write_state(status="preempted", wall_s=time.time() - t0)
-            echo(f"{layout.root}: preempted; checkpoint saved, the run resumes when launched again")
+                layout.write_state(status="preempted", wall_s=time.time() - t0, checkpoint_saved=saved)
+            if saved:
+                msg = "preempted; checkpoint saved, the run resumes when launched again"
+            elif layout.checkpoint.exists():
+                msg = "preempted before a new checkpoint; the run resumes from its previous checkpoint when launched again"
+            else:
+                msg = "preempted before its first checkpoint; the run starts over when launched again"
+            echo(f"{layout.root}: {msg}")
             preemption.run_deferred_handlers()
-            return JobResult(str(layout.root), "preempted", {}, "preempted")
+            return JobResult(str(layout.root), "preempted", {}, msg)
         except BaseException as e:
             if kind != ADD:
                 layout.write_state(status="failed", error=f"{type(e).__name__}: {e}", wall_s=time.time() - t0)
             raise
         if kind != ADD:
             layout.write_state(status="finished", result=result, wall_s=time.time() - t0,
-                         epochs_done=result.get("epochs_done", spec.train.epochs))
+                               epochs_done=result.get("epochs_done", spec.train.epochs))
     echo(f"{layout.root}: {spec.task} finished")
     return JobResult(str(layout.root), "finished", result)
 
+
+def _skip(layout: RunLayout, echo) -> JobResult:
+    msg = f"{layout.root}: already finished, skipping (launch with overwrite=true to run again)"
+    echo(msg)
+    return JobResult(str(layout.root), "skipped", layout.read_state().get("result", {}), msg)
+
+
+def _mtime(path: Path) -> Optional[int]:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None

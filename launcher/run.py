@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from launcher.core.errors import EXIT_FAILED, ConfigError, ConfigErrors
+from launcher.core.errors import EXIT_FAILED, EXIT_PREEMPTED, ConfigError, ConfigErrors
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -156,6 +156,8 @@ def _main(args: argparse.Namespace) -> int:
             print(f"error: run {labels[o.index]} {o.state}: {o.error} (run_dir {o.run_dir}, log {o.log_path})",
                   file=sys.stderr)
         return EXIT_FAILED
+    if any(o.state == "PREEMPTED" for o in result.outcomes):
+        return EXIT_PREEMPTED   # stopped by a signal after checkpointing: launch again to resume
     return 0
 
 

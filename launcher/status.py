@@ -4,7 +4,8 @@
 
 Reads ``SWEEP_DIR/sweep.json`` (written at submission), asks the cluster (``sacct``) and the jobs'
 result files, prints one line per job and rewrites ``summary.csv`` / ``summary.md`` /
-``summary.png``. Exit code: 0 when every job finished, 1 when any failed, 3 while some are still
+``summary.png``. A job whose run directory says "running" while its process is gone is INTERRUPTED.
+Exit code: 0 when every job finished, 1 when any failed or was interrupted, 3 while some are still
 pending or running, 2 for a directory that is not a sweep.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 def sweep_status(sweep_dir: Path, *, wait: bool = False) -> "object":
     """The SweepResult of a recorded sweep, its record and summary refreshed."""
     from launcher import summary
+    from launcher.core.layout import RunLayout
     from launcher.submit import (JobOutcome, LauncherParams, SweepResult, job_handles, outcomes_of, read_record,
                                  wait_for, write_record)
 
@@ -47,6 +49,9 @@ def sweep_status(sweep_dir: Path, *, wait: bool = False) -> "object":
                                if k in LauncherParams.__dataclass_fields__})
     outcomes = wait_for(jobs, bases, params) if wait else outcomes_of(jobs, bases, cluster)
     write_record(sweep_dir, params, Path(rec["submitit_folder"]), outcomes, rec.get("array_ids") or [])
+    for o in outcomes:   # the cluster (or a dead local pid) may lag: a run whose job is gone is interrupted
+        if o.state in ("RUNNING", "FAILED") and o.run_dir and RunLayout.of(o.run_dir).status() == "interrupted":
+            o.state, o.error = "INTERRUPTED", f"its job died without finishing; launch it again to resume ({o.run_dir})"
     result = SweepResult(sweep_dir, outcomes, list(rec.get("array_ids") or []))
     result.summary_path = summary.write_summary(sweep_dir, outcomes)["csv"]
     return result
@@ -107,7 +112,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 line += f"  error: {o.error} (log {o.log_path})"
             print(line)
     print(f"{counts_line(result.outcomes)}; summary: {result.summary_path}")
-    if result.failed:
+    if result.failed or any(o.state == "INTERRUPTED" for o in result.outcomes):
         return EXIT_FAILED
     if result.pending:
         return EXIT_ACTIVE

@@ -1,39 +1,70 @@
 """Atomic file writes and append-only JSON lines: readers never see half a file.
 
 A temp file beside the target, fsync, then ``os.replace``; files get the permissions a plain
-``open()`` would give. torch is imported only by :func:`atomic_torch_save`, when called.
+``open()`` would give (the temp file is created with mode 0666 and the kernel applies the umask, so
+the process umask is never read or changed). A writer killed mid-write leaves its temp file
+(``.NAME.RANDOM.tmp``); :func:`remove_stale_temps` removes them when the next job takes the run
+directory. torch is imported only by :func:`atomic_torch_save`, when called.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable, Dict
 
 
-def _umask_mode() -> int:
-    """0666 less the process umask: what a plain open() would give (mkstemp makes 0600 files)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+TEMP_SUFFIX = ".tmp"
+
+
+def _create_temp(path: Path) -> Path:
+    """A new empty file ``.NAME.RANDOM.tmp`` beside ``path``, mode 0666 less the umask (as open() gives)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp file name beside {path}")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one of our temp files (or FairChem's child's, which are named alike)."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX) and name.count(".") >= 3
+
+
+def remove_stale_temps(root: Path) -> list:
+    """Delete the temp files of writes that never finished (a killed job) under ``root``.
+
+    Only call it while holding the run directory's lock: no writer is active then.
+    """
+    removed = []
+    root = Path(root)
+    if not root.is_dir():
+        return removed
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if is_temp_name(name):
+                p = Path(dirpath) / name
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
 
 
 def atomic_write_via(path: Path, write: Callable[[str], None]) -> None:
     """Have ``write(tmp_path)`` fill a temp file beside ``path``, then os.replace it into place.
 
-    Readers never see half a file; the file gets the permissions a plain open() would give
-    (mkstemp's are 0600).
+    Readers never see half a file; the file gets the permissions a plain open() would give.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = str(_create_temp(path))
     try:
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -7,7 +7,10 @@ run_dir/
   artifacts/manifest.json    backend, versions, model config, heads, sha256 of weights and sources
   checkpoints/checkpoint.pt  latest full training state (atomic)
   logs/                      train.log, metrics.jsonl, native backend stdout, plots
-  state.json                 run state: running | finished | failed (written by launcher.job)
+  state.json                 run state: running | preempted | finished | failed (written by launcher.job);
+                             read through RunLayout.status(), which reports a "running" run whose process
+                             is gone as "interrupted"
+  .lock                      held (flock) by the job that owns the directory
 ```
 
 Every path inside a run directory comes from :class:`RunLayout`; no other module joins one by hand.
@@ -18,6 +21,7 @@ import hashlib
 import json
 import os
 import platform
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +147,11 @@ class RunLayout:
             return {}
         return state if isinstance(state, dict) else {}
 
+    def status(self) -> str:
+        """The run's status as it stands now: state.json's, except that a "running" run whose job is
+        gone (killed, its node rebooted) is "interrupted". "" when the run never started."""
+        return effective_status(self.read_state())
+
     def write_state(self, **fields: Any) -> Dict[str, Any]:
         """Update state.json with ``fields`` (atomically) and return the new record."""
         state = self.read_state()
@@ -150,6 +159,42 @@ class RunLayout:
         state["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         atomic_write_json(self.state_json, state)
         return state
+
+
+def process_start(pid: int) -> Optional[str]:
+    """When process ``pid`` started (clock ticks after boot, from /proc), None where unknown.
+
+    Recorded next to the pid so that a pid reused by another process is not taken for the run's."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def owner_alive(state: Dict[str, Any]) -> Optional[bool]:
+    """Whether the job that wrote ``state`` still runs: True/False on its own host, None elsewhere."""
+    pid, host = state.get("pid"), state.get("host")
+    if not isinstance(pid, int) or pid <= 0 or host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # a process of another user has the pid now: alive, but see the start time
+    started = state.get("pid_start")
+    if started is not None and process_start(pid) not in (None, started):
+        return False
+    return True
+
+
+def effective_status(state: Dict[str, Any]) -> str:
+    """``state["status"]``, with "running" reported as "interrupted" when its job is known to be dead."""
+    status = str(state.get("status") or "")
+    if status == "running" and owner_alive(state) is False:
+        return "interrupted"
+    return status
 
 
 # ---------------------------------------------------------------------------------------------

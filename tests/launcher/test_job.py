@@ -23,6 +23,7 @@ CALLS: list = []
 class RecordingBackend:
     name = "recording"
     fail = False
+    preempt = None     # None, or "saved" / "unsaved": raise Preempted after writing a checkpoint or not
 
     def check(self, spec):
         return []
@@ -36,6 +37,13 @@ class RecordingBackend:
         CALLS.append(("train", ctx.resume, ctx.attempt))
         if RecordingBackend.fail:
             raise RuntimeError("boom")
+        if RecordingBackend.preempt:
+            from launcher.core.atomic import atomic_write_bytes
+            from launcher.core.preemption import Preempted
+
+            if RecordingBackend.preempt == "saved":
+                atomic_write_bytes(ctx.layout.checkpoint, b"state")
+            raise Preempted()
         return {"epochs_done": ctx.spec.train.epochs}
 
 
@@ -54,6 +62,7 @@ def recording_backend(monkeypatch):
     monkeypatch.setitem(backends.REGISTRY, "mace", "tests_recording_backend:RecordingBackend")
     CALLS.clear()
     RecordingBackend.fail = False
+    RecordingBackend.preempt = None
 
 
 def _spec(run_dir: Path, **train):
@@ -151,3 +160,82 @@ def test_run_files_are_readable_by_the_group_like_plain_files(tmp_path):
     for name in ("run.yaml", "state.json"):
         mode = stat.S_IMODE((tmp_path / "r" / name).stat().st_mode)
         assert mode == 0o666 & ~mask, (name, oct(mode))
+
+
+def test_run_files_never_change_the_umask(tmp_path, monkeypatch):
+    import os
+
+    def no_umask(*_):
+        raise AssertionError("os.umask called: it changes the mask of every thread for a moment")
+
+    monkeypatch.setattr(os, "umask", no_umask)
+    assert run_job(_spec(tmp_path / "r"), echo=lambda *_: None).status == "finished"
+
+
+def test_overwrite_is_refused_while_another_job_holds_the_run_dir(tmp_path):
+    import fcntl
+
+    run_job(_spec(tmp_path / "r", lr=0.01), echo=lambda *_: None)
+    before = (tmp_path / "r" / "run.yaml").read_text()
+    other = _spec(tmp_path / "r", lr=0.001)
+    other.overwrite = True
+    with open(tmp_path / "r" / ".lock", "a+") as held:      # what a live job holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ConfigError, match="in use by another running job"):
+            run_job(other, echo=lambda *_: None)
+    assert not list(tmp_path.glob("r.replaced-*"))
+    assert (tmp_path / "r" / "run.yaml").read_text() == before
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_a_killed_job_is_interrupted_and_resumed(tmp_path):
+    import os
+    import socket
+
+    from launcher.job import describe_state
+
+    spec = _spec(tmp_path / "r")
+    run_job(spec, echo=lambda *_: None)
+    layout = RunLayout.of(spec.run_dir)
+    layout.write_state(status="running", pid=os.getpid(), host=socket.gethostname())
+    assert layout.status() == "running"
+    assert "in use by a running job" in state_problem(spec)
+    layout.write_state(status="running", pid=_dead_pid(), host=socket.gethostname())
+    assert layout.status() == "interrupted"
+    assert state_problem(spec) is None and "interrupted run" in describe_state(spec, layout)
+    (layout.checkpoints / ".checkpoint.pt.k9x2.tmp").write_bytes(b"half a checkpoint")
+    said = []
+    assert run_job(spec, echo=said.append).status == "finished"
+    assert any("resuming an interrupted run" in m for m in said), said
+    assert any("removed 1 unfinished temp file" in m for m in said), said
+    assert not list(layout.checkpoints.glob("*.tmp"))
+    assert CALLS[-1] == ("train", True, 2)
+
+
+def test_a_run_that_failed_before_training_does_not_hold_its_run_dir(tmp_path):
+    RecordingBackend.fail = True
+    with pytest.raises(RuntimeError):
+        run_job(_spec(tmp_path / "r", lr=0.01), echo=lambda *_: None)
+    RecordingBackend.fail = False
+    corrected = _spec(tmp_path / "r", lr=0.001)          # no overwrite needed: nothing was trained
+    assert state_problem(corrected) is None
+    assert run_job(corrected, echo=lambda *_: None).status == "finished"
+    assert CALLS[-1] == ("train", False, 1) and not list(tmp_path.glob("r.replaced-*"))
+
+
+@pytest.mark.parametrize("saved", [True, False])
+def test_preempted_says_checkpoint_saved_only_when_one_was(tmp_path, saved):
+    RecordingBackend.preempt = "saved" if saved else "unsaved"
+    said = []
+    res = run_job(_spec(tmp_path / "r"), echo=said.append)
+    assert res.status == "preempted"
+    state = json.loads((tmp_path / "r" / "state.json").read_text())
+    assert state["status"] == "preempted" and state["checkpoint_saved"] is saved
+    assert ("checkpoint saved" in said[-1]) is saved, said

@@ -67,9 +67,9 @@ def _save(obj, path):
 
 
 def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    # read, never set: os.umask(0) would race any other thread creating files
+    with open("/proc/self/status") as fh:
+        return next((int(line.split()[1], 8) for line in fh if line.startswith("Umask:")), 0o022)
 
 
 def link_or_copy(src, dst):

@@ -158,7 +158,10 @@ class MaceBackend:
         return result
 
     def run(self, ctx: JobContext) -> Dict[str, Any]:
-        return run_task(ctx, train=self._train, predict=self._predict, export=self._export)
+        from trainers.mace.model_io import exact_jit
+
+        with exact_jit(ctx.spec.device):   # bit-identical resume on CPU (see exact_jit)
+            return run_task(ctx, train=self._train, predict=self._predict, export=self._export)
 
     # ---------------------------------------------------------------- evaluation
     def _predict(self, ctx: JobContext, *, with_metrics: bool) -> Dict[str, Any]:

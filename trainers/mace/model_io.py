@@ -20,10 +20,11 @@ Everything we write ourselves is loaded with ``weights_only=True``.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from launcher.core.errors import ConfigError
 
@@ -37,6 +38,29 @@ class LoadedModel:
     source: str                      # what it was loaded from
     checkpoint: Optional[Dict[str, Any]] = None   # our full training state when loaded from checkpoint.pt
     notes: List[str] = field(default_factory=list)  # what loading decided, one line each (for train.log)
+
+
+@contextlib.contextmanager
+def exact_jit(device: str) -> Iterator[None]:
+    """Run TorchScript code (e3nn's compiled tensor products and linears) unoptimised on CPU.
+
+    Why: torch's profiling graph executor runs a scripted function as written for its first call(s)
+    and through an optimised graph afterwards (and again as written after a shape guard fails), and
+    the two round differently in the last bits (~1e-16 relative in float64, ~1e-7 in float32, growing
+    over training). Which one a step takes depends on the history of the process, so a run resumed in
+    a fresh process drifted away from the uninterrupted one. With the optimisation off every call takes
+    the same path and resume is bit-identical on CPU; on CPU the optimised graph was not measurably
+    faster (no fusion there). On a GPU the fusers stay on: CUDA training is not bit-reproducible anyway.
+    The setting is per thread and restored on exit.
+    """
+    import torch
+
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if not cpu:
+        yield
+        return
+    with torch.jit.optimized_execution(False):
+        yield
 
 
 def load_weights_only(path: Path) -> Any:
