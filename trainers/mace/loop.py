@@ -229,6 +229,12 @@ class Trainer:
         self.state = LoopState()
         if ckpt is not None:
             self._load_training_state(ckpt)
+            if self.sched is not None:
+                from trainers.mace.optim import stretch_schedule
+
+                note = stretch_schedule(self.sched, self.opt, scheduler_length(spec, self.updates_per_epoch))
+                if note:
+                    self.log.info(note)
             self.log.truncate_after(self.state.update_step)
             self.log.info(f"resumed from {self.layout.checkpoint if self.ctx.resume else spec.model_in}: "
                           f"epoch {self.state.epoch}, update {self.state.update_step}")

@@ -45,3 +45,25 @@ def make_scheduler(spec: Any, opt: Any, length: int) -> Any:
     if kind == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, length // STEP_PARTS), gamma=STEP_GAMMA)
     return None
+
+
+def stretch_schedule(sched: Any, opt: Any, length: int) -> str:
+    """Fit a resumed schedule to a new run length (``task=resume`` with more ``train.epochs``): the
+    schedule continues as if it had been planned for the new length. Returns a note ("" = unchanged)."""
+    import math
+
+    import torch
+
+    if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR) and sched.T_max != length:
+        old, sched.T_max = sched.T_max, length
+        e = min(sched.last_epoch, length)
+        for group, base in zip(opt.param_groups, sched.base_lrs):
+            group["lr"] = sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * e / length)) / 2
+        sched._last_lr = [g["lr"] for g in opt.param_groups]
+        return f"cosine schedule stretched from {old} to {length} steps (lr now {opt.param_groups[0]['lr']:.3g})"
+    if isinstance(sched, torch.optim.lr_scheduler.StepLR):
+        size = max(1, length // STEP_PARTS)
+        if sched.step_size != size:
+            old, sched.step_size = sched.step_size, size
+            return f"step schedule: step_size {old} -> {size} for the new run length"
+    return ""

@@ -192,3 +192,25 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_data, tiny_mo
     ck = torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=True)
     assert ck["loop"]["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
     assert json.loads((run_dir / "state.json").read_text())["status"] == "failed"
+
+
+def test_resume_with_more_epochs_stretches_the_cosine_schedule(tiny_data, tiny_model_json, tmp_path):
+    """A finished cosine run ends at lr 0; resumed to more epochs it continues on the schedule planned for the
+    new length instead of training the extra epochs at lr 0."""
+    import math
+
+    from launcher.core.atomic import read_jsonl
+    from launcher.job import run_job
+
+    run_dir = tmp_path / "cos"
+    over = {"input_json": str(tiny_model_json), "scheduler": "cosine", "lr": 0.004}
+    run_job(make_spec(run_dir, tiny_data, train={**over, "epochs": 2}), echo=lambda *_: None)
+    result = run_job(make_spec(run_dir, tiny_data, task="resume", train={**over, "epochs": 4}), echo=lambda *_: None)
+    assert result.status == "finished"
+    val = [r for r in read_jsonl(run_dir / "logs" / "metrics.jsonl") if r["split"] == "val"]
+    assert [r["epoch"] for r in val] == [1, 2, 3, 4]
+    # the lr recorded at an epoch's evaluation is the one that epoch trained with
+    assert val[1]["lr"] == pytest.approx(0.5 * 0.004 * (1 + math.cos(math.pi * 1 / 2)))
+    assert val[2]["lr"] == pytest.approx(0.5 * 0.004 * (1 + math.cos(math.pi * 2 / 4)))
+    assert val[3]["lr"] == pytest.approx(0.5 * 0.004 * (1 + math.cos(math.pi * 3 / 4)))
+    assert "cosine schedule stretched from 2 to 4 steps" in (run_dir / "logs" / "train.log").read_text()
