@@ -63,3 +63,15 @@ def solvent_train(shared_dir) -> Path:
 def make_structures():
     """The :func:`random_structures` factory, for tests that need other sizes or seeds."""
     return random_structures
+
+
+def raw_lmdb(path: Path, items: dict) -> Path:
+    """An LMDB file holding exactly ``items`` ({ascii key: bytes}), written with no checks."""
+    import lmdb
+
+    env = lmdb.open(str(path), subdir=False, map_size=1 << 24, lock=False)
+    with env.begin(write=True) as txn:
+        for k, v in items.items():
+            txn.put(k.encode("ascii"), v)
+    env.close()
+    return path

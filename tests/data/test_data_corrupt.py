@@ -1,7 +1,6 @@
 """Bad input is one ConfigError line that names the file (and key) and what was expected."""
 import pickle
 
-import lmdb
 import pytest
 import torch
 from torch_geometric.data import Data
@@ -11,14 +10,7 @@ from data.lmdb_dataset import LmdbDataset
 from data.writer import write_lmdb
 from launcher.core.errors import ConfigError
 
-
-def _raw_lmdb(path, items: dict):
-    env = lmdb.open(str(path), subdir=False, map_size=1 << 24, lock=False)
-    with env.begin(write=True) as txn:
-        for k, v in items.items():
-            txn.put(k.encode("ascii"), v)
-    env.close()
-    return path
+from .conftest import raw_lmdb
 
 
 def _good(n=2):
@@ -64,7 +56,7 @@ def test_file_that_is_not_lmdb(tmp_path):
 
 
 def test_missing_length_with_gaps_in_keys(tmp_path):
-    path = _raw_lmdb(tmp_path / "gaps.lmdb", {"0": pickle.dumps(_good()),
+    path = raw_lmdb(tmp_path / "gaps.lmdb", {"0": pickle.dumps(_good()),
                                               "5": pickle.dumps(_good())})
     with pytest.raises(ConfigError) as e:
         LmdbDataset(path)
@@ -72,28 +64,28 @@ def test_missing_length_with_gaps_in_keys(tmp_path):
 
 
 def test_length_that_does_not_unpickle(tmp_path):
-    path = _raw_lmdb(tmp_path / "l.lmdb", {"0": pickle.dumps(_good()), "length": b"\x80garbage"})
+    path = raw_lmdb(tmp_path / "l.lmdb", {"0": pickle.dumps(_good()), "length": b"\x80garbage"})
     with pytest.raises(ConfigError) as e:
         count(path)
     _one_line(e, "l.lmdb", "key 'length'", "does not unpickle")
 
 
 def test_length_larger_than_the_file(tmp_path):
-    path = _raw_lmdb(tmp_path / "l.lmdb", {"0": pickle.dumps(_good()), "length": pickle.dumps(7)})
+    path = raw_lmdb(tmp_path / "l.lmdb", {"0": pickle.dumps(_good()), "length": pickle.dumps(7)})
     with pytest.raises(ConfigError) as e:
         LmdbDataset(path)
     _one_line(e, "key 'length' says 7 entries", "holds 1")
 
 
 def test_length_not_an_int(tmp_path):
-    path = _raw_lmdb(tmp_path / "l.lmdb", {"0": pickle.dumps(_good()), "length": pickle.dumps("1")})
+    path = raw_lmdb(tmp_path / "l.lmdb", {"0": pickle.dumps(_good()), "length": pickle.dumps("1")})
     with pytest.raises(ConfigError) as e:
         LmdbDataset(path)
     _one_line(e, "expected a non-negative int")
 
 
 def test_value_that_does_not_unpickle(tmp_path):
-    path = _raw_lmdb(tmp_path / "v.lmdb", {"0": pickle.dumps(_good()), "1": b"\x80\x04broken",
+    path = raw_lmdb(tmp_path / "v.lmdb", {"0": pickle.dumps(_good()), "1": b"\x80\x04broken",
                                            "length": pickle.dumps(2)})
     ds = LmdbDataset(path)
     assert ds[0].natoms == 2
@@ -104,14 +96,14 @@ def test_value_that_does_not_unpickle(tmp_path):
 
 def test_entry_lacking_pos(tmp_path):
     no_pos = Data(atomic_numbers=torch.ones(2), natoms=2, energy=1.0)
-    path = _raw_lmdb(tmp_path / "p.lmdb", {"0": pickle.dumps(no_pos), "length": pickle.dumps(1)})
+    path = raw_lmdb(tmp_path / "p.lmdb", {"0": pickle.dumps(no_pos), "length": pickle.dumps(1)})
     with pytest.raises(ConfigError) as e:
         LmdbDataset(path)[0]
     _one_line(e, "p.lmdb", "key '0'", "lacks required field 'pos'")
 
 
 def test_entry_that_is_not_a_data_record(tmp_path):
-    path = _raw_lmdb(tmp_path / "d.lmdb", {"0": pickle.dumps([1, 2]), "length": pickle.dumps(1)})
+    path = raw_lmdb(tmp_path / "d.lmdb", {"0": pickle.dumps([1, 2]), "length": pickle.dumps(1)})
     with pytest.raises(ConfigError) as e:
         LmdbDataset(path)[0]
     _one_line(e, "key '0'", "expected a torch_geometric Data record, got list")
@@ -119,14 +111,14 @@ def test_entry_that_is_not_a_data_record(tmp_path):
 
 def test_entry_with_inconsistent_shapes(tmp_path):
     bad = Data(pos=torch.zeros(3, 3), atomic_numbers=torch.ones(2), natoms=3)
-    path = _raw_lmdb(tmp_path / "s.lmdb", {"0": pickle.dumps(bad), "length": pickle.dumps(1)})
+    path = raw_lmdb(tmp_path / "s.lmdb", {"0": pickle.dumps(bad), "length": pickle.dumps(1)})
     with pytest.raises(ConfigError) as e:
         LmdbDataset(path)[0]
     _one_line(e, "s.lmdb", "key '0'", "2 atomic numbers for 3 positions")
 
 
 def test_entry_missing_below_length(tmp_path):
-    path = _raw_lmdb(tmp_path / "m.lmdb", {"0": pickle.dumps(_good()), "x": b"",
+    path = raw_lmdb(tmp_path / "m.lmdb", {"0": pickle.dumps(_good()), "x": b"",
                                            "length": pickle.dumps(2)})
     with pytest.raises(ConfigError) as e:
         LmdbDataset(path)[1]
@@ -134,7 +126,7 @@ def test_entry_missing_below_length(tmp_path):
 
 
 def test_check_readable_on_an_empty_dataset(tmp_path):
-    path = _raw_lmdb(tmp_path / "e.lmdb", {"length": pickle.dumps(0)})
+    path = raw_lmdb(tmp_path / "e.lmdb", {"length": pickle.dumps(0)})
     assert count(path) == 0
     with pytest.raises(ConfigError) as e:
         check_readable(path)
@@ -171,7 +163,7 @@ def test_writer_bad_shard_counts(tmp_path, structures):
 
 
 def test_check_readable_when_the_first_entry_is_missing(tmp_path):
-    path = _raw_lmdb(tmp_path / "f.lmdb", {"x": b"", "length": pickle.dumps(1)})
+    path = raw_lmdb(tmp_path / "f.lmdb", {"x": b"", "length": pickle.dumps(1)})
     assert count(path) == 1
     with pytest.raises(ConfigError) as e:
         check_readable(path)

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lmdb
 import numpy as np
 import pytest
 import torch
@@ -18,6 +17,8 @@ from data.fastpickle import ALLOWED, RefusedGlobal, check_record, loads_int, loa
 from data.lmdb_dataset import LmdbDataset
 from data.writer import write_lmdb
 from launcher.core.errors import ConfigError
+
+from .conftest import raw_lmdb
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,13 +38,6 @@ def _marker_payload(marker: Path):
     return Payload(os.system, f"touch {marker}")
 
 
-def _raw_lmdb(path, items: dict):
-    env = lmdb.open(str(path), subdir=False, map_size=1 << 24, lock=False)
-    with env.begin(write=True) as txn:
-        for k, v in items.items():
-            txn.put(k.encode("ascii"), v)
-    env.close()
-    return path
 
 
 def _good(n=2):
@@ -128,7 +122,7 @@ def test_fairchem_style_records_load_with_the_allow_list(tmp_path, protocol):
         items[str(k)] = raw
     n = len(items)
     items["length"] = pickle.dumps(n, protocol=protocol)
-    path = _raw_lmdb(tmp_path / "fc.lmdb", items)
+    path = raw_lmdb(tmp_path / "fc.lmdb", items)
     check_readable(path)
     ds = LmdbDataset(path)
     assert len(ds) == n
@@ -181,7 +175,7 @@ def _hostile(marker: Path):
 def test_hostile_records_are_refused_and_never_run(tmp_path, case):
     marker = tmp_path / "ran"
     name, raw, cls = list(_hostile(marker))[case]
-    path = _raw_lmdb(tmp_path / "h.lmdb", {"0": raw, "length": pickle.dumps(1)})
+    path = raw_lmdb(tmp_path / "h.lmdb", {"0": raw, "length": pickle.dumps(1)})
     for read in (lambda: LmdbDataset(path)[0], lambda: LmdbDataset(path).get_data(0),
                  lambda: check_readable(path)):
         with pytest.raises(ConfigError) as e:
@@ -194,7 +188,7 @@ def test_hostile_records_are_refused_and_never_run(tmp_path, case):
 
 def test_refusal_names_file_key_and_class(tmp_path):
     marker = tmp_path / "ran"
-    path = _raw_lmdb(tmp_path / "evil.lmdb", {"0": pickle.dumps(_good()),
+    path = raw_lmdb(tmp_path / "evil.lmdb", {"0": pickle.dumps(_good()),
                                               "1": pickle.dumps(_marker_payload(marker)),
                                               "length": pickle.dumps(2)})
     ds = LmdbDataset(path)
@@ -212,7 +206,7 @@ def test_trust_pickles_turns_the_allow_list_off(tmp_path):
     from collections import Counter
 
     record = Data(pos=torch.zeros(2, 3), atomic_numbers=torch.ones(2), natoms=2, c=Counter("ab"))
-    path = _raw_lmdb(tmp_path / "c.lmdb", {"0": pickle.dumps(record), "length": pickle.dumps(1)})
+    path = raw_lmdb(tmp_path / "c.lmdb", {"0": pickle.dumps(record), "length": pickle.dumps(1)})
     with pytest.raises(ConfigError, match=f"refusing to unpickle {class_name}"):
         LmdbDataset(path)[0]
     with pytest.raises(ConfigError, match=class_name):
@@ -232,7 +226,7 @@ def test_length_as_python_or_numpy_integer(value, protocol):
 
 def test_length_payload_is_refused_and_never_run(tmp_path, capsys):
     marker = tmp_path / "ran"
-    path = _raw_lmdb(tmp_path / "l.lmdb", {"0": pickle.dumps(_good()),
+    path = raw_lmdb(tmp_path / "l.lmdb", {"0": pickle.dumps(_good()),
                                            "length": pickle.dumps(_marker_payload(marker))})
     for read in (count, check_readable, LmdbDataset, open_dataset):
         with pytest.raises(ConfigError) as e:
@@ -253,7 +247,7 @@ def test_length_payload_is_refused_and_never_run(tmp_path, capsys):
     (-1, "expected a non-negative int"),
 ])
 def test_length_that_is_not_a_plain_integer(tmp_path, value, needle):
-    path = _raw_lmdb(tmp_path / "l.lmdb", {"0": pickle.dumps(_good()),
+    path = raw_lmdb(tmp_path / "l.lmdb", {"0": pickle.dumps(_good()),
                                            "length": pickle.dumps(value)})
     with pytest.raises(ConfigError) as e:
         count(path)
@@ -266,7 +260,7 @@ def test_launch_data_info_refuses_and_trust_pickles_reads(tmp_path, capsys):
 
     record = Data(pos=torch.zeros(2, 3), atomic_numbers=torch.ones(2), natoms=2, energy=1.0,
                   c=Counter("ab"))
-    path = _raw_lmdb(tmp_path / "c.lmdb", {"0": pickle.dumps(record), "length": pickle.dumps(1)})
+    path = raw_lmdb(tmp_path / "c.lmdb", {"0": pickle.dumps(record), "length": pickle.dumps(1)})
     assert main(["info", str(path), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "key '0': refusing to unpickle collections.Counter" in err and "\n" not in err
@@ -282,7 +276,7 @@ def test_launch_data_info_refuses_and_trust_pickles_reads(tmp_path, capsys):
 @pytest.mark.slow
 def test_launch_data_info_on_a_hostile_file_in_a_fresh_process(tmp_path):
     marker = tmp_path / "ran"
-    path = _raw_lmdb(tmp_path / "h.lmdb", {"0": pickle.dumps(_good()),
+    path = raw_lmdb(tmp_path / "h.lmdb", {"0": pickle.dumps(_good()),
                                            "length": pickle.dumps(_marker_payload(marker))})
     r = subprocess.run([sys.executable, "-m", "data.cli", "info", str(path), "--quiet"],
                        capture_output=True, text=True, cwd=REPO, timeout=300)

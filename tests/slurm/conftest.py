@@ -72,3 +72,27 @@ def sacct_states(job: str, env: Dict[str, str], duplicates: bool = False) -> Lis
             return [s.split()[0] for _, s in lines]
         time.sleep(1)
     return [s.split()[0] for _, s in lines]
+
+
+def train_epochs(run_dir: Path) -> List[int]:
+    """Epochs of the train records a run has logged so far."""
+    from launcher.core.atomic import read_jsonl
+
+    path = Path(run_dir) / "logs" / "metrics.jsonl"
+    return [r["epoch"] for r in read_jsonl(path) if r.get("split") == "train"] if path.exists() else []
+
+
+def interrupt_after_epochs(sweep: Path, jobs: Dict[str, str], cluster_env: Dict[str, str], *, after: int,
+                           last: int, timeout: float) -> None:
+    """USR2 the "usr2" job and requeue the "requeue" job (``jobs``: case -> job id) once the run of that case has
+    logged ``after`` epochs, and not after epoch ``last``: both must be caught mid-training."""
+    actions = {"usr2": ["scancel", "--signal=USR2", jobs["usr2"]], "requeue": ["scontrol", "requeue", jobs["requeue"]]}
+    t0 = time.time()
+    while actions and time.time() - t0 < timeout:
+        for case in list(actions):
+            done = max(train_epochs(Path(sweep) / case), default=0)
+            if done >= after:
+                assert done < last, f"{case}: finished before it could be interrupted; raise EPOCHS"
+                subprocess.run(actions.pop(case), env=cluster_env, check=True, timeout=30)
+        time.sleep(0.2)
+    assert not actions, f"never reached epoch {after}: {sorted(actions)}"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.conftest import run_cli, sacct_states
+from tests.slurm.conftest import interrupt_after_epochs, run_cli, sacct_states
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -88,10 +88,6 @@ def _train_records(run_dir: Path) -> list:
     return [r for r in read_jsonl(path) if r.get("split") == "train"] if path.exists() else []
 
 
-def _train_epochs(run_dir: Path) -> list:
-    return [r["epoch"] for r in _train_records(run_dir)]
-
-
 def _train_steps(run_dir: Path) -> list:
     return [r["step"] for r in _train_records(run_dir)]
 
@@ -113,16 +109,8 @@ def test_preempted_and_requeued_two_rank_jobs_resume_from_their_checkpoint(slurm
     assert len(res.array_ids) == 1
     usr2_job, requeue_job = (o.job_id for o in res.outcomes)
 
-    actions = {"usr2": ["scancel", "--signal=USR2", usr2_job], "requeue": ["scontrol", "requeue", requeue_job]}
-    t0 = time.time()
-    while actions and time.time() - t0 < 600:
-        for case in list(actions):
-            done = max(_train_epochs(sweep / case), default=0)
-            if done >= 3:
-                assert done < EPOCHS, f"{case}: finished before it could be interrupted; raise EPOCHS"
-                subprocess.run(actions.pop(case), env=slurm_cluster, check=True, timeout=30)
-        time.sleep(0.2)
-    assert not actions, f"never reached epoch 3: {sorted(actions)}"
+    interrupt_after_epochs(sweep, {"usr2": usr2_job, "requeue": requeue_job}, slurm_cluster, after=3, last=EPOCHS,
+                           timeout=600)
 
     result = sweep_status(sweep, wait=True)
     assert [o.state for o in result.outcomes] == ["FINISHED", "FINISHED"], [o.error for o in result.outcomes]

@@ -3,24 +3,16 @@ resume from their checkpoint and finish, repeating no epoch beyond the checkpoin
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.slurm.conftest import sacct_states
+from tests.slurm.conftest import interrupt_after_epochs, sacct_states, train_epochs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 EPOCHS = 120  # headroom: the interruption must land well before a tiny run could finish
-
-
-def _train_epochs(run_dir: Path) -> list:
-    from launcher.core.atomic import read_jsonl
-
-    return [r["epoch"] for r in read_jsonl(run_dir / "logs" / "metrics.jsonl") if r.get("split") == "train"]
 
 
 def test_preempted_and_requeued_jobs_resume_without_repeating_epochs(slurm_cluster, tiny_mace, tmp_path):
@@ -41,22 +33,14 @@ def test_preempted_and_requeued_jobs_resume_without_repeating_epochs(slurm_clust
     assert status_main([str(sweep), "--quiet"]) == EXIT_ACTIVE  # launch-status while the jobs run
 
     # interrupt each job as soon as it has checkpointed a few epochs (both train at once)
-    actions = {"usr2": ["scancel", "--signal=USR2", usr2_job], "requeue": ["scontrol", "requeue", requeue_job]}
-    t0 = time.time()
-    while actions and time.time() - t0 < 300:
-        for case in list(actions):
-            done = max(_train_epochs(sweep / case), default=0)
-            if done >= 3:
-                assert done < EPOCHS, f"{case}: finished before it could be interrupted; raise EPOCHS"
-                subprocess.run(actions.pop(case), env=slurm_cluster, check=True, timeout=30)
-        time.sleep(0.2)
-    assert not actions, f"never reached epoch 3: {sorted(actions)}"
+    interrupt_after_epochs(sweep, {"usr2": usr2_job, "requeue": requeue_job}, slurm_cluster, after=3, last=EPOCHS,
+                           timeout=300)
 
     result = sweep_status(sweep, wait=True)
     assert [o.state for o in result.outcomes] == ["FINISHED", "FINISHED"], [o.error for o in result.outcomes]
     for case, job in (("usr2", usr2_job), ("requeue", requeue_job)):
         run_dir = sweep / case
-        epochs = _train_epochs(run_dir)
+        epochs = train_epochs(run_dir)
         assert set(epochs) == set(range(1, EPOCHS + 1)), (case, epochs)
         repeated = {e: n for e, n in Counter(epochs).items() if n > 1}
         assert sum(n - 1 for n in repeated.values()) <= 1, (case, repeated)  # save_every=1: at most one epoch
