@@ -289,8 +289,10 @@ def test_bad_input(case: Case, inputs, tmp_path, demo_data):
     args = [_subst(a, inputs) for a in case.args]
     roots = (cwd, Path(inputs["a_file"]).parent, Path(demo_data["train"]).parent)
     before = snapshot(*roots)
+    private_tmp = tmp_path / "tmp"   # the tool's own TMPDIR: whatever it leaves there is its own
+    private_tmp.mkdir()
     t0 = time.perf_counter()
-    r = run_tool(case.tool, args, cwd)
+    r = run_tool(case.tool, args, cwd, TMPDIR=str(private_tmp))
     TIMES[case.id] = time.perf_counter() - t0
     err = r.stderr.strip()
     assert r.returncode == case.code, f"exit {r.returncode}\n{r.stdout}\n{err}"
@@ -305,8 +307,7 @@ def test_bad_input(case: Case, inputs, tmp_path, demo_data):
     after = snapshot(*roots)
     assert sorted(after) == sorted(before), f"paths changed: {sorted(set(after) ^ set(before))}"
     assert after == before, "a file's mode or bytes changed"
-    leftovers = [p for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("mlip-launch-hydra-*")
-                 if p.stat().st_mtime >= t0 - 1]
+    leftovers = sorted(p.name for p in private_tmp.iterdir())
     assert not leftovers, leftovers
 
 
