@@ -79,9 +79,16 @@ def write_artifacts(layout: RunLayout, cfg: Dict[str, Any], *, spec: Any, metric
         files.append(layout.mace_head_model(head))
     if spec.task == "export":
         lammps = lammps_model_path(layout)
-        write_lammps_model(model, lammps, head if head_info else None)
-        head_info["lammps_model"] = lammps.name
-        files.append(lammps)
+        try:
+            write_lammps_model(model, lammps, head if head_info else None)
+            head_info["lammps_model"] = lammps.name
+            files.append(lammps)
+        except Exception as e:  # noqa: BLE001 - a model TorchScript cannot compile: the rest of the export stands
+            import warnings
+
+            reason = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            head_info.update({"lammps_model": None, "lammps_error": reason})
+            warnings.warn(f"export: no LAMMPS model: TorchScript cannot compile this model ({reason})", stacklevel=2)
     head_info["files"] = {p.name: sha256_file(p) for p in files}
     data = {s: getattr(spec.data, s) for s in ("train", "val", "test") if getattr(spec.data, s)}
     info = {

@@ -81,3 +81,22 @@ def test_lammps_model_energy_matches_evaluate(exported, tmp_path, tiny_data):
     part = float(lammps(batch, half, False)["total_energy_local"][0])
     node = lammps(batch, torch.ones(len(s.numbers), dtype=torch.float64), False)["node_energy"].detach()
     assert part == pytest.approx(float(node[: len(s.numbers) // 2].sum()), abs=1e-9)
+
+
+def test_a_model_torchscript_cannot_compile_exports_the_rest(bundle, tiny_data, tmp_path):
+    """MACE-MH-1's architecture (non-linear gates) does not compile to TorchScript with this mace-torch,
+    as with mace_create_lammps_model: the export still writes everything else, warns, and the manifest
+    says why there is no LAMMPS model."""
+    from launcher.core.layout import RunLayout, read_manifest, sha256_file
+    from launcher.job import run_job
+
+    spec = make_spec(tmp_path / "ex", tiny_data, task="export", model_in=str(bundle["model"]),
+                     train={"head_key": "omat_pbe"})
+    with pytest.warns(UserWarning, match="no LAMMPS model"):
+        assert run_job(spec, echo=lambda *_: None).status == "finished"
+    lay = RunLayout.of(tmp_path / "ex")
+    m = read_manifest(lay.manifest)
+    assert m["lammps_model"] is None and m["lammps_error"] and "\n" not in m["lammps_error"]
+    assert set(m["files"]) == {"best_model.pt", "model.json", "best_model.model", "best_model.omat_pbe.model"}
+    assert all(d == sha256_file(lay.artifacts / n) for n, d in m["files"].items())
+    assert not (lay.artifacts / "best_model.model-lammps.pt").exists()
