@@ -279,6 +279,11 @@ def test_both_doors_resolve_before_preflight(env, tmp_path, mace_file):
               f"run_dir={tmp_path / 'runs' / 'b'}", "dry_run=true"], over, tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"model_in: {cached}" in r.stdout
+    # a Hydra sweep (-m) resolves every point
+    r = _cli([str(BIN / "launch"), "-m", "backend=mace", "task=export", "device=cpu", "model_in=tiny-mace",
+              "seed=0,1", "dry_run=true"], over, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(f"model_in: {cached}") == 2
     # offline, not cached: exit 2, one line naming where to put the file, nothing created
     r = _cli([str(BIN / "launch"), "backend=mace", "task=export", "device=cpu", "model_in=mace-mp-0-medium",
               f"run_dir={tmp_path / 'runs' / 'c'}"], {**over, "MLIP_LAUNCH_OFFLINE": "1"}, tmp_path)
