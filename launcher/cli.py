@@ -33,6 +33,7 @@ def _run_single_checked(cfg: Any, prestarted: Optional[Any]) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
+    from launcher.models import resolve_model_names
     from launcher.preflight import check_sweep, print_dry_run
     from launcher.reporting import guarded_submit
     from launcher.submit import check_params
@@ -44,6 +45,7 @@ def _run_single_checked(cfg: Any, prestarted: Optional[Any]) -> None:
         with open_dict(cfg):
             cfg.run_dir = default_run_dir()
     spec = spec_from_hydra_cfg(cfg, base_dir=Path(hc.runtime.cwd))
+    resolve_model_names([spec], [Path(hc.runtime.cwd)])  # model_in=NAME -> the verified cached file
     params = launcher_params(hc.launcher)
     check_params(params)
     problems = check_sweep([spec], [spec.run_name], cluster=params.cluster, gpus_per_node=params.gpus_per_node)

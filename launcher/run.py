@@ -125,6 +125,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.dry_run:
         for s in specs:
             s.dry_run = True
+    from launcher.models import resolve_model_names
     from launcher.preflight import check_sweep, print_dry_run
     from launcher.reporting import guarded_submit
     from launcher.submit import check_params, submit_runs
@@ -138,6 +139,8 @@ def _main(args: argparse.Namespace) -> int:
 
             early = prestart([], specs[0])  # a backend's slow start-up overlaps preflight and set-up
         labels = [s.run_name for s in specs]
+        # model_in=NAME -> the verified cached file (a bare word resolved against the file's folder or the cwd)
+        resolve_model_names(specs, [Path(args.config).parent, Path.cwd()])
         problems = check_sweep(specs, labels, cluster=params.cluster, gpus_per_node=params.gpus_per_node)
         if problems:
             raise ConfigErrors(problems)

@@ -106,10 +106,12 @@ def compose_points(launcher: Any, job_overrides: Sequence[Sequence[str]], initia
 def launch_sweep(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
     from hydra.core.utils import JobStatus
 
+    from launcher.models import resolve_model_names
     from launcher.preflight import check_sweep, print_dry_run
     from launcher.submit import submit_runs
 
     specs, overrides, sweep_dir = compose_points(launcher, job_overrides, initial_job_idx)
+    resolve_model_names(specs, [Path(os.getcwd())])  # model_in=NAME -> the verified cached file
     params = launcher_params(launcher.config.hydra.launcher)
     labels = point_labels(overrides, initial_job_idx)
     problems = check_sweep(specs, labels, cluster=params.cluster, gpus_per_node=params.gpus_per_node)

@@ -3,7 +3,10 @@
 ``best_model.pt`` is a state dict (``weights_only``-loadable); ``model.json`` is the resolved
 config that rebuilds the module; ``best_model.model`` is the same model as a mace ``.model``
 file for ``MACECalculator`` and mace's own tools. ``task=export`` of a multi-head model also
-writes ``best_model.<head>.model``, the head ``train.head_key`` names on its own.
+writes ``best_model.<head>.model``, the head ``train.head_key`` names on its own. ``task=export`` also
+writes ``best_model.model-lammps.pt``: what ``mace_create_lammps_model best_model.model`` writes (mace's
+``LAMMPS_MACE`` wrapper in float64, TorchScript) for LAMMPS' ``pair_style mace``. The manifest lists
+every exported file with its sha256 (``files``).
 """
 from __future__ import annotations
 
@@ -11,11 +14,37 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from launcher.core.atomic import atomic_torch_save
-from launcher.core.layout import RunLayout, package_versions, write_manifest
+from launcher.core.layout import RunLayout, package_versions, sha256_file, write_manifest
+
+LAMMPS_SUFFIX = "-lammps.pt"
 
 
 def mace_model_path(layout: RunLayout) -> Path:
     return layout.mace_model
+
+
+def lammps_model_path(layout: RunLayout) -> Path:
+    """``best_model.model-lammps.pt``: the name ``mace_create_lammps_model`` gives it."""
+    return layout.mace_model.with_name(layout.mace_model.name + LAMMPS_SUFFIX)
+
+
+def write_lammps_model(model: Any, path: Path, head: Optional[str] = None) -> None:
+    """As ``mace_create_lammps_model --format libtorch --dtype float64 [--head H]``, written atomically.
+
+    The head is ``head`` on a multi-head model, else the model's last (LAMMPS_MACE's own default).
+    """
+    import copy
+
+    from mace.calculators import LAMMPS_MACE  # before e3nn (see trainers/mace/__init__.py)
+    from e3nn.util import jit
+
+    from launcher.core.atomic import atomic_write_via
+
+    m = copy.deepcopy(model).double().to("cpu")
+    m.eval()
+    wrapped = LAMMPS_MACE(m, head=head) if head is not None else LAMMPS_MACE(m)
+    compiled = jit.compile(wrapped)
+    atomic_write_via(path, lambda tmp: compiled.save(tmp))
 
 
 def write_artifacts(layout: RunLayout, cfg: Dict[str, Any], *, spec: Any, metrics: Optional[Dict[str, Any]] = None,
@@ -45,6 +74,22 @@ def write_artifacts(layout: RunLayout, cfg: Dict[str, Any], *, spec: Any, metric
         single, _ = select_head(model, cfg, head)
         export_mace_model(single, layout.mace_head_model(head))
         head_info = {"head": head, "head_model": layout.mace_head_model(head).name}
+    files = [layout.best_model, layout.model_json, mace_model_path(layout)]
+    if head_info:
+        files.append(layout.mace_head_model(head))
+    if spec.task == "export":
+        lammps = lammps_model_path(layout)
+        try:
+            write_lammps_model(model, lammps, head if head_info else None)
+            head_info["lammps_model"] = lammps.name
+            files.append(lammps)
+        except Exception as e:  # noqa: BLE001 - a model TorchScript cannot compile: the rest of the export stands
+            import warnings
+
+            reason = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            head_info.update({"lammps_model": None, "lammps_error": reason})
+            warnings.warn(f"export: no LAMMPS model: TorchScript cannot compile this model ({reason})", stacklevel=2)
+    head_info["files"] = {p.name: sha256_file(p) for p in files}
     data = {s: getattr(spec.data, s) for s in ("train", "val", "test") if getattr(spec.data, s)}
     info = {
         "task": spec.task,
