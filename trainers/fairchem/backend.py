@@ -186,10 +186,25 @@ def _data_problems(spec: RunSpec) -> List[str]:
             same = Path(t).resolve() == Path(v).resolve() or Path(t).samefile(v)
         except OSError:
             same = False
-        if same:
+        if same and _same_entries(spec):
             return [f"data.val: the same dataset as data.train ({t}); backend={spec.backend} selects its best "
-                    "checkpoint on data.val: give a held-out split (launch-data convert can split one)"]
+                    "checkpoint on data.val: give a held-out split (launch-data convert can split one, or select "
+                    "other entries with data.val_indices)"]
     return []
+
+
+def _same_entries(spec: RunSpec) -> bool:
+    """Train and val of one file select the same entries (different samplings make two subsets)."""
+    try:
+        from data.datasets import count
+        from data.indices import select_split_indices
+
+        n = count(spec.data.train)
+        a = select_split_indices(spec.data, "train", n, active=True)
+        b = select_split_indices(spec.data, "val", n, active=False)
+    except Exception:  # noqa: BLE001 - unreadable data or bad indices are reported by their own checks
+        return False
+    return set(a.tolist()) == set(b.tolist())
 
 
 def _model_problems(spec: RunSpec) -> List[str]:
