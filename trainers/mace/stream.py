@@ -21,7 +21,9 @@ import numpy as np
 
 from launcher.core.errors import ConfigError
 
-PER_GRAPH_OVERHEAD = 2048   # bytes of Python objects around an AtomicData's tensors (measured: ~1.5 kB)
+# A cached graph costs its process about 2.4x the bytes of its tensors (Python objects, allocator slack):
+# scripts/bench_scale measured 67 kB of RSS per graph whose tensors hold 28 kB.
+CACHE_RSS_FACTOR = 2.4
 
 
 class SplitGraphs:
@@ -169,14 +171,14 @@ def stats_sample(spec: Any, indices: Optional[np.ndarray] = None, *, r_max: Opti
 
 
 def graph_nbytes(g: Any) -> int:
-    """Bytes one cached graph holds: its tensors plus a fixed allowance for the Python objects."""
+    """Bytes one cached graph costs its process: its tensors' bytes times :data:`CACHE_RSS_FACTOR`."""
     import torch
 
-    total = PER_GRAPH_OVERHEAD
+    total = 0
     for v in g.to_dict().values() if hasattr(g, "to_dict") else vars(g).values():
         if isinstance(v, torch.Tensor):
             total += v.element_size() * v.nelement()
-    return total
+    return int(total * CACHE_RSS_FACTOR)
 
 
 @dataclass
