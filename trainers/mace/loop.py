@@ -442,12 +442,14 @@ class Trainer:
         return total
 
     def _groups(self, groups: List[List[List[int]]], start: int):
-        """Collated micro-batches of updates ``start..``; with ``train.num_workers`` they are read (streaming)
-        or collated (cache) ahead in worker processes."""
+        """Collated micro-batches of updates ``start..``; streaming, ``train.num_workers`` read and build them
+        ahead in worker processes (with the cache, workers only build the cache)."""
         from trainers.mace.stream import loader
 
         flat = [idx for g in groups[start:] for idx in g]
-        it = loader(self.train_graphs, flat, num_workers=self.spec.train.num_workers)
+        # cached graphs are collated here: a forked worker touching them copies the pages of the whole cache
+        # (reference counts), one more copy of it per worker
+        it = loader(self.train_graphs, flat, num_workers=0 if self.cache else self.spec.train.num_workers)
         for g in groups[start:]:
             yield [next(it) for _ in g]
 
