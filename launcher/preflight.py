@@ -150,39 +150,8 @@ def _check_run_dir(run_dir: str, problems: List[str]) -> bool:
     return True
 
 
-def _fairchem_like(spec: RunSpec) -> bool:
-    """A native FairChem backend (it opens each LMDB once per process)."""
-    from launcher.backends import REGISTRY
-
-    return REGISTRY.get(spec.backend, "").startswith("trainers.fairchem.")
-
-
-def _subsets_apply(spec: RunSpec) -> bool:
-    """True when sampling selects part of train or val: FairChem then reads each split from its own subset
-    file, so one file may serve as both."""
-    try:
-        from data.datasets import count
-        from data.indices import select_split_indices
-
-        n = count(spec.data.train)
-        for split, active in (("train", True), ("val", False)):
-            idx = select_split_indices(spec.data, split, n, active=active)
-            if idx.size != n or (idx != range(n)).any():
-                return True
-    except Exception:  # noqa: BLE001 - unreadable data or bad indices are reported by their own checks
-        return True
-    return False
-
-
 def _check_backend_inputs(spec: RunSpec, problems: List[str]) -> None:
     """Inputs a backend would refuse only once the job has started."""
-    import os
-
-    d = spec.data
-    if _fairchem_like(spec) and spec.task in ("train", "finetune", "resume") and d.train and d.val \
-            and os.path.realpath(d.train) == os.path.realpath(d.val) and not _subsets_apply(spec):
-        problems.append(f"data.val: same file as data.train ({d.val}); FairChem opens each LMDB once per "
-                        "process, so the splits must be different files")
     if spec.backend == "mace" and spec.task == "resume" and spec.model.manifest and not spec.model_in \
             and spec.run_dir:
         from launcher.core.layout import RunLayout
