@@ -66,13 +66,10 @@ class SplitGraphs:
         from trainers.mace.graphs import atomic_table, to_graph
 
         s = self.structure(j)
-        unknown = {int(z) for z in s.numbers} - self._known
-        if unknown:
-            from ase.data import chemical_symbols
+        if not self._known.issuperset(int(z) for z in s.numbers):
+            from trainers.mace.graphs import check_elements
 
-            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in sorted(unknown))
-            raise ConfigError(f"{self.what}: entry {int(self.indices[j])}: the model has no parameters for "
-                              f"elements {names}; it knows Z={self.zs}")
+            check_elements([s], self.zs, what=f"{self.what}: entry {int(self.indices[j])}")
         if self._table is None:
             self._table = atomic_table(self.zs)
         return to_graph(s, self._table, self.r_max, self.heads, self.head)
