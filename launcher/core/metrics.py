@@ -3,8 +3,11 @@
 Both the core MACE trainer and the FairChem runner call these two functions, so that
 ``run_dir/eval/`` holds the same files with the same columns whichever backend made them:
 
-- ``metrics.json`` / ``metrics.csv``: energy MAE/RMSE (total and per atom), force MAE/RMSE, counts
-- ``predictions.csv``: index, energy, energy_per_atom, natoms
+- ``metrics.json`` / ``metrics.csv``: energy MAE/RMSE (total and per atom), force MAE/RMSE, counts; stress
+  MAE/RMSE (``stress_mae``/``stress_rmse``, eV/Å^3, over the 9 components of the structures with a stress label)
+  when the backend predicted stress
+- ``predictions.csv``: index, energy, energy_per_atom, natoms; with predicted stress also
+  ``stress_xx, stress_yy, stress_zz, stress_yz, stress_xz, stress_xy`` (Voigt, ASE's order and sign, eV/Å^3)
 - ``predictions_forces.npz``: ``forces`` (all atoms, concatenated) and ``natoms`` to split them
 - ``errors_by_group.csv`` (evaluate, ``eval.group_by`` set): the errors per label of that key; the same
   numbers are ``by_group`` in metrics.json
@@ -25,8 +28,10 @@ from launcher.core.atomic import atomic_write_bytes, atomic_write_json, atomic_w
 METRIC_KEYS = (
     "n_structures", "n_atoms",
     "energy_mae", "energy_rmse", "energy_mae_per_atom", "energy_rmse_per_atom",
-    "force_mae", "force_rmse",
+    "force_mae", "force_rmse", "stress_mae", "stress_rmse",
 )
+STRESS_COLUMNS = ("stress_xx", "stress_yy", "stress_zz", "stress_yz", "stress_xz", "stress_xy")
+_VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
 
 def _concat(forces: Any) -> np.ndarray:
@@ -42,10 +47,14 @@ def compute_metrics(
     natoms: Sequence[int],
     pred_forces: Any = None,
     true_forces: Any = None,
+    pred_stress: Any = None,
+    true_stress: Any = None,
 ) -> Dict[str, Optional[float]]:
     """Energy and force errors. Forces: an (N_atoms, 3) array or a list of per-structure arrays.
 
-    Force errors are over force components (as mace's tables); ``None`` where forces are absent.
+    Force errors are over force components (as mace's tables); ``None`` where forces are absent. Given
+    ``pred_stress`` ((n, 3, 3)) and ``true_stress`` (one 3x3 or None per structure), ``stress_mae``/``stress_rmse``
+    over the 9 components of the structures that have a label (None when none has).
     """
     pe = np.asarray(pred_energy, dtype=np.float64).reshape(-1)
     te = np.asarray(true_energy, dtype=np.float64).reshape(-1)
@@ -71,7 +80,22 @@ def compute_metrics(
             df = pf - tf
             out["force_mae"] = float(np.mean(np.abs(df)))
             out["force_rmse"] = float(np.sqrt(np.mean(df**2)))
+    if pred_stress is not None and true_stress is not None:
+        out.update(stress_errors(pred_stress, true_stress))
     return out
+
+
+def stress_errors(pred_stress: Any, true_stress: Sequence[Any]) -> Dict[str, Optional[float]]:
+    """``stress_mae``/``stress_rmse`` (eV/Å^3) over the 9 components of every structure with a stress label."""
+    ps = np.asarray(pred_stress, dtype=np.float64).reshape(-1, 3, 3)
+    if ps.shape[0] != len(true_stress):
+        raise ValueError(f"compute_metrics: {ps.shape[0]} predicted stresses for {len(true_stress)} structures")
+    rows = [i for i, t in enumerate(true_stress) if t is not None]
+    if not rows:
+        return {"stress_mae": None, "stress_rmse": None}
+    ts = np.stack([np.asarray(true_stress[i], dtype=np.float64).reshape(3, 3) for i in rows])
+    ds = ps[rows] - ts
+    return {"stress_mae": float(np.mean(np.abs(ds))), "stress_rmse": float(np.sqrt(np.mean(ds**2)))}
 
 
 def write_eval_outputs(
@@ -81,8 +105,10 @@ def write_eval_outputs(
     energy: Sequence[float],
     natoms: Sequence[int],
     forces: Any = None,
+    stress: Any = None,
 ) -> Dict[str, Path]:
-    """Write the eval files atomically; ``metrics=None`` (infer) writes predictions only."""
+    """Write the eval files atomically; ``metrics=None`` (infer) writes predictions only; ``stress`` ((n, 3, 3),
+    eV/Å^3) adds its Voigt components to predictions.csv."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: Dict[str, Path] = {}
@@ -102,11 +128,17 @@ def write_eval_outputs(
     na = np.asarray(natoms, dtype=np.int64).reshape(-1)
     if not (idx.shape == en.shape == na.shape):
         raise ValueError(f"write_eval_outputs: {idx.size} indices, {en.size} energies, {na.size} natoms")
+    st = None
+    if stress is not None:
+        st = np.asarray(stress, dtype=np.float64).reshape(-1, 3, 3)
+        if st.shape[0] != idx.size:
+            raise ValueError(f"write_eval_outputs: {st.shape[0]} stresses for {idx.size} structures")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["index", "energy", "energy_per_atom", "natoms"])
-    for i, e, n in zip(idx, en, na):
-        w.writerow([int(i), repr(float(e)), repr(float(e) / int(n)), int(n)])
+    w.writerow(["index", "energy", "energy_per_atom", "natoms", *(STRESS_COLUMNS if st is not None else ())])
+    for k, (i, e, n) in enumerate(zip(idx, en, na)):
+        extra = [repr(float(st[k][a, b])) for a, b in _VOIGT] if st is not None else []
+        w.writerow([int(i), repr(float(e)), repr(float(e) / int(n)), int(n), *extra])
     atomic_write_text(out_dir / "predictions.csv", buf.getvalue())
     written["predictions.csv"] = out_dir / "predictions.csv"
     if forces is not None:

@@ -156,6 +156,10 @@ class TrainSpec:
     freeze: Optional[str] = _f(None, "null | head_only (train only the readout of train.head_key)")
     energy_weight: float = _f(1.0, "weight of the energy loss")
     force_weight: float = _f(1.0, "weight of the force loss")
+    stress_weight: float = _f(0.0, "weight of the stress loss (mean squared error of the 3x3 stress components, "
+                                   "eV/Å^3, ASE's sign convention, as the data stores it); > 0 needs stress labels in "
+                                   "data.train (structures without one get weight 0); 0 = off. Validation reports "
+                                   "stress_rmse/stress_mae whenever the data has stress, whatever the weight")
     head_key: str = _f("omat_pbe", "head of a multi-head model to train/evaluate (ignored by single-head models)")
     early_stop_factor: Optional[float] = _f(None, "stop training after ceil(early_stop_factor x patience) consecutive "
                                                   "evaluations without val loss improvement (patience: the plateau "
@@ -478,8 +482,11 @@ def validate(spec: RunSpec) -> List[str]:
         p.append(f"train.early_stop_factor: must be > 0 or null, got {t.early_stop_factor}")
     if t.patience is not None and t.patience < 1:
         p.append(f"train.patience: must be >= 1 or null, got {t.patience}")
-    if t.energy_weight < 0 or t.force_weight < 0 or (t.energy_weight == 0 and t.force_weight == 0):
-        p.append("train.energy_weight/train.force_weight: must be >= 0 and not both 0")
+    if t.energy_weight < 0 or t.force_weight < 0 or (t.energy_weight == 0 and t.force_weight == 0
+                                                      and not t.stress_weight > 0):
+        p.append("train.energy_weight/train.force_weight: must be >= 0 and not both 0 (unless train.stress_weight > 0)")
+    if not (t.stress_weight >= 0 and math.isfinite(t.stress_weight)):
+        p.append(f"train.stress_weight: must be a number >= 0, got {t.stress_weight}")
     if t.cycle_steps > 0 and not t.drop_last:
         p.append("train.drop_last: must be true when train.cycle_steps > 0 (cycles count full batches)")
     if t.scheduler_step_unit == "cycle" and t.cycle_steps <= 0:

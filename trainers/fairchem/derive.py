@@ -292,6 +292,9 @@ KEY_MAP: Dict[str, str] = {
 REFUSED: Dict[str, str] = {
     "train.input_json": "a MACE model.json; FairChem backends take train.config_yml",
     "train.head_key": "FairChem models have a single head",
+    "train.stress_weight": "FairChem 1.10's equiformer_v2 and gemnet_oc models, the ones these backends run, "
+                           "predict energy and forces only; its stress head rank2_symmetric_head needs a 'hydra' "
+                           "model, which these backends do not run; train stress with backend=mace",
     "train.scheduler": "the scheduler is the FairChem config's optim.scheduler (set it with backend_args "
                        "--optim.scheduler=...)",
     "train.scheduler_step_unit": "FairChem steps its scheduler per optimizer step, or per validation for "

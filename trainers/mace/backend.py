@@ -60,6 +60,10 @@ KEY_DOCS = {
     "train.freeze": "head_only: only the readout of train.head_key trains",
     "train.energy_weight": "weight of the energy term of the loss",
     "train.force_weight": "weight of the force term of the loss",
+    "train.stress_weight": "weight of the stress term of the loss (mace's WeightedEnergyForcesStressLoss; structures "
+                           "without stress weigh 0); > 0 with no stress in data.train is refused; val records, "
+                           "evaluate and the sweep summary report stress_rmse/stress_mae (eV/Å^3) when the data has "
+                           "stress",
     "train.head_key": "head of a multi-head model to train / evaluate / export",
     "train.early_stop_factor": "stop after ceil(factor x patience) evaluations without val improvement",
     "train.patience": "ReduceLROnPlateau's patience (null: 50)",
@@ -85,6 +89,39 @@ KEY_DOCS = {
 }
 
 
+def stress_problems(spec: Any) -> List[str]:
+    """``train.stress_weight > 0`` with training data that holds no stress: one line before anything runs.
+
+    Looks at the first, middle and last record of ``data.train``: an LMDB record's raw bytes (a pickled record
+    names its ``stress`` attribute, as preflight's forces note reads them), so a dry run imports no torch; an
+    ASE-database record through its reader. Unreadable data is preflight's own report, not this one's.
+    """
+    t = spec.train
+    if not (t.stress_weight > 0) or spec.task not in ("train", "finetune", "resume") or not spec.data.train:
+        return []
+    try:
+        from data.datasets import detect_format, open_dataset
+
+        raw = detect_format(spec.data.train) == "lmdb"
+        ds = open_dataset(spec.data.train, trust_pickles=bool(spec.data.trust_pickles))
+    except Exception:  # noqa: BLE001 - preflight reports unreadable data by itself
+        return []
+    try:
+        n = len(ds)
+        picks = sorted({0, n // 2, n - 1}) if n else []
+        if any((b"stress" in ds.get_bytes(i)) if raw else (ds[i].stress is not None) for i in picks):
+            return []
+    except Exception:  # noqa: BLE001
+        return []
+    finally:
+        close = getattr(ds, "close", None)
+        if close is not None:
+            close()
+    return [f"train.stress_weight: {t.stress_weight:g} needs stress labels, but data.train ({spec.data.train}) has "
+            f"none (entries {', '.join(map(str, picks))} checked); convert the data with launch-data convert "
+            "--stress-key KEY, or set train.stress_weight=0"]
+
+
 class MaceBackend:
     """The core MACE trainer behind the common backend interface (``trainers.api.Backend``)."""
 
@@ -106,6 +143,7 @@ class MaceBackend:
                            ("backend_env", spec.backend_env), ("backend_args", spec.backend_args)):
             if value:
                 problems.append(f"{key}: {REFUSED[key]}; leave it unset with backend=mace")
+        problems += stress_problems(spec)
         if not t.input_json:
             return problems
         try:
@@ -188,6 +226,8 @@ class MaceBackend:
             head = head_of(cfg, spec.train.head_key)
             data = graphs.to_atomic_data(structures, cfg["atomic_numbers"], cfg["r_max"], heads, head)
             compute_force = not spec.eval.energy_only
+            # stress costs a gradient w.r.t. the cell: only when some structure has a label to compare with
+            compute_stress = compute_force and any(s.stress is not None for s in structures)
             if spec.eval.amp and device.type != "cuda":
                 import warnings
 
@@ -195,7 +235,7 @@ class MaceBackend:
             out = predict(loaded.model.to(device), data, batch_size=spec.data.batch_size, device=device,
                           compute_force=compute_force, amp=spec.eval.amp, desc=spec.task,
                           progress=progress_enabled(spec.train.progress_bar, True),
-                          mininterval=spec.train.progress_mininterval)
+                          mininterval=spec.train.progress_mininterval, compute_stress=compute_stress)
         natoms = np.array([s.natoms for s in structures], dtype=np.int64)
         metrics = None
         if with_metrics:
@@ -206,7 +246,9 @@ class MaceBackend:
             if compute_force and all(s.forces is not None for s in structures):
                 true_f = [s.forces for s in structures]
             metrics = compute_metrics(out["energy"], [s.energy for s in structures], natoms,
-                                      out["forces"] if true_f is not None else None, true_f)
+                                      out["forces"] if true_f is not None else None, true_f,
+                                      pred_stress=out.get("stress"),
+                                      true_stress=[s.stress for s in structures] if compute_stress else None)
             metrics.update({"split": split, "head": head, "model": loaded.source, "dataset": getattr(spec.data, split)})
         ctx.layout.eval_dir.mkdir(parents=True, exist_ok=True)
         if metrics is not None:
@@ -215,7 +257,8 @@ class MaceBackend:
                                     note=lambda line: self._eval_note(ctx, line))
             write_group_outputs(ctx.layout.eval_dir, metrics, groups, out["energy"], [s.energy for s in structures],
                                 natoms, out["forces"] if true_f is not None else None, true_f)
-        write_eval_outputs(ctx.layout.eval_dir, metrics, idx, out["energy"], natoms, out["forces"])
+        write_eval_outputs(ctx.layout.eval_dir, metrics, idx, out["energy"], natoms, out["forces"],
+                           stress=out.get("stress"))
         graphs.record_indices(ctx.layout.indices_json(spec.task), {split: idx})
         return {"split": split, "n_structures": int(len(idx)), **({"metrics": metrics} if metrics else {})}
 

@@ -57,7 +57,8 @@ def atomic_table(zs: Sequence[int]) -> Any:
 
 def to_graph(s: Any, table: Any, r_max: float, heads: Sequence[str], head: str) -> Any:
     """One :class:`data.structure.Structure` as mace's ``AtomicData`` (torch default dtype), labelled for
-    ``head``; a missing energy or forces label gets weight 0."""
+    ``head``; a missing energy, forces or stress label gets weight 0 (stress: 3x3, eV/Å^3, ASE's sign, as mace's
+    own data carries it)."""
     from mace.data import AtomicData, Configuration
 
     props: Dict[str, Any] = {}
@@ -70,6 +71,10 @@ def to_graph(s: Any, table: Any, r_max: float, heads: Sequence[str], head: str) 
         props["forces"] = np.asarray(s.forces, dtype=np.float64)
     else:
         weights["forces"] = 0.0
+    if s.stress is not None:
+        props["stress"] = np.asarray(s.stress, dtype=np.float64).reshape(3, 3)
+    else:
+        weights["stress"] = 0.0
     cfg = Configuration(
         atomic_numbers=np.asarray(s.numbers, dtype=np.int64),
         positions=np.asarray(s.positions, dtype=np.float64),

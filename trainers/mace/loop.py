@@ -214,10 +214,10 @@ class Trainer:
             from torch_ema import ExponentialMovingAverage
 
             self.ema = ExponentialMovingAverage(params, decay=t.ema_decay)
-        from mace.modules.loss import WeightedEnergyForcesLoss
-
-        self.loss_fn = WeightedEnergyForcesLoss(energy_weight=t.energy_weight, forces_weight=t.force_weight).to(self.device)
+        self.loss_fn = make_loss(t).to(self.device)
         self.compute_force = t.force_weight > 0
+        # the stress term needs the cell's gradient too (more time per step): only when it is weighted
+        self.compute_stress = t.stress_weight > 0
         self.ddp_model = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -348,7 +348,8 @@ class Trainer:
                                   compute_force=True, amp=self.amp, positions=shard,
                                   num_workers=0 if self.cache else t.num_workers)
             sums = self.dist.all_sum(sums)
-            m = metrics_from_sums(sums, energy_weight=t.energy_weight, force_weight=t.force_weight)
+            m = metrics_from_sums(sums, energy_weight=t.energy_weight, force_weight=t.force_weight,
+                                  stress_weight=t.stress_weight)
             split = "val"
         else:
             m = {"loss": train_loss}
@@ -373,7 +374,8 @@ class Trainer:
             st.bad_evals += 1
         st.last_val_loss = loss
         self.log.info(f"eval {split} epoch={rec['epoch']} step={st.update_step} loss={_fmt(loss)} "
-                      f"E_rmse/atom={m.get('energy_rmse_per_atom')} F_rmse={m.get('force_rmse')} lr={lr:.3g}"
+                      f"E_rmse/atom={m.get('energy_rmse_per_atom')} F_rmse={m.get('force_rmse')} "
+                      + (f"S_rmse={m['stress_rmse']} " if m.get("stress_rmse") is not None else "") + f"lr={lr:.3g}"
                       + (" *best*" if improved else "") + f" ({time.perf_counter() - t_eval:.2f}s)")
         if self.stop_after is not None and st.bad_evals >= self.stop_after:
             st.stopped = (f"early_stop_factor: {st.bad_evals} evaluations without {split} improvement "
@@ -416,7 +418,8 @@ class Trainer:
             ctx = self.ddp_model.no_sync() if sync else _null()
             with ctx:
                 with autocast(self.device, self.amp):
-                    out = self.ddp_model(batch.to_dict(), training=True, compute_force=self.compute_force)
+                    out = self.ddp_model(batch.to_dict(), training=True, compute_force=self.compute_force,
+                                         **({"compute_stress": True} if self.compute_stress else {}))
                     loss = self.loss_fn(pred=out, ref=batch) / len(micro)
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
@@ -550,6 +553,17 @@ class Trainer:
 
     def close(self) -> None:
         self.dist.close()
+
+
+def make_loss(t: Any) -> Any:
+    """mace's own weighted loss: energy (per atom) + forces, and the stress term when ``train.stress_weight`` > 0
+    (``WeightedEnergyForcesStressLoss``: per-structure ``stress_weight`` 0 leaves unlabelled structures out)."""
+    from mace.modules.loss import WeightedEnergyForcesLoss, WeightedEnergyForcesStressLoss
+
+    if t.stress_weight > 0:
+        return WeightedEnergyForcesStressLoss(energy_weight=t.energy_weight, forces_weight=t.force_weight,
+                                              stress_weight=t.stress_weight)
+    return WeightedEnergyForcesLoss(energy_weight=t.energy_weight, forces_weight=t.force_weight)
 
 
 def _fmt(x: Optional[float]) -> str:
