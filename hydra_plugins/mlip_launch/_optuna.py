@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 class MlipOptunaSweeperImpl(OptunaSweeperImpl):
     """The plugin's sweeper with our checks, failure handling and outputs (see the module docstring)."""
 
+    launcher_outcomes: List[Any] = []  # every trial's JobOutcome, once the study has ended
+
     def settings_problems(self) -> List[str]:
         """Sweeper settings we refuse, one line each."""
         problems = []
@@ -96,6 +98,7 @@ class MlipOptunaSweeperImpl(OptunaSweeperImpl):
                 size *= len(v)
             self.n_trials = min(self.n_trials, size)
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what the study does
         study = optuna.create_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler,
                                     direction="minimize", load_if_exists=True)
         print(f"optuna: study {study.study_name}: {self.n_trials} trial(s), {self.n_jobs} per batch, "
@@ -137,6 +140,7 @@ class MlipOptunaSweeperImpl(OptunaSweeperImpl):
                     stopped = (f"{n_failed} of {len(returns)} trials of the last batch failed, above "
                                f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
         finally:
+            self.launcher_outcomes = list(self.launcher.study.outcomes)
             self.launcher.study = None
             if sweep_dir.is_dir():  # written only once a trial has written there
                 OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -151,10 +155,14 @@ class MlipOptunaSweeperImpl(OptunaSweeperImpl):
             print(f"error: optuna: study stopped: {stopped}", file=sys.stderr)
             sys.exit(EXIT_PREEMPTED)
         if failed:
+            from launcher.summary import varying_overrides
+
+            everyone = self.launcher_outcomes
+            varied = dict(zip(map(id, everyone), varying_overrides([o.overrides for o in everyone])))
             lines = [f"{len(failed)} of {len(study.trials)} trial(s) FAILED (told to Optuna as FAIL)"
                      + (f"; study stopped: {stopped}" if stopped else "") + ":"]
-            lines += [f"  [{o.index}] {' '.join(o.overrides)} -> {o.error} (run_dir {o.run_dir}, log {o.log_path})"
-                      for o in failed]
+            lines += [f"  [{o.index}] {' '.join(varied.get(id(o), o.overrides))} -> {o.error} "
+                      f"(run_dir {o.run_dir}, log {o.log_path})" for o in failed]
             raise SweepFailed("\n".join(lines))
 
     def _save_results(self, study: Any, sweep_dir: Path, objective: str, stopped: Optional[str]) -> None:

@@ -99,6 +99,7 @@ class MlipSweeper(BasicSweeper):
 
 
 # ---- sweeper: hydra/sweeper=optuna, stored over hydra-optuna-sweeper's own entry of that name ----
+from hydra.plugins.search_path_plugin import SearchPathPlugin  # noqa: E402
 from hydra.plugins.sweeper import Sweeper  # noqa: E402
 
 try:  # hydra-optuna-sweeper's config module is light (no optuna import); its _impl is imported per study
@@ -110,14 +111,29 @@ if OptunaSweeperConf is not None:
     @dataclass
     class MlipOptunaSweeperConf(OptunaSweeperConf):  # type: ignore[misc,valid-type]
         """The plugin's settings (n_trials, n_jobs trials per batch, sampler, storage, study_name, params);
-        our sweeper runs them. Importing the plugin's config above registered its entry first, so ours,
-        stored under the same name, is the one ``hydra/sweeper=optuna`` composes whatever the scan order."""
+        our sweeper runs them (``_optuna``)."""
 
         _target_: str = "hydra_plugins.mlip_launch.launcher.MlipOptunaSweeper"
         max_failure_rate: float = 1.0  # a failed trial is told to Optuna as FAIL and the study goes on
 
-    ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=MlipOptunaSweeperConf,
-                                 provider="mlip-launch")
+
+def store_optuna_sweeper() -> None:
+    """Store ours as ``hydra/sweeper=optuna``, over hydra-optuna-sweeper's entry of that name."""
+    if OptunaSweeperConf is not None:
+        ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=MlipOptunaSweeperConf,
+                                     provider="mlip-launch")
+
+
+store_optuna_sweeper()
+
+
+class OptunaSweeperEntry(SearchPathPlugin):
+    """Re-stores our ``optuna`` entry before each composition. Hydra's plugin scan executes every plugin
+    module again, in the order of the ``hydra_plugins`` path entries, so the plugin's own entry could land
+    after ours; search-path plugins run after that scan, before any config is loaded."""
+
+    def manipulate_search_path(self, search_path: Any) -> None:
+        store_optuna_sweeper()
 
 
 class MlipOptunaSweeper(Sweeper):
