@@ -54,14 +54,13 @@ class MlipOptunaSweeperImpl(OptunaSweeperImpl):
         return problems
 
     def sweep(self, arguments: List[str]) -> None:
-        from hydra_plugins.mlip_launch.launcher import MlipLauncher
         from launcher.core.errors import EXIT_PREEMPTED, ConfigErrors
         from launcher.preflight import print_dry_run
         from launcher.submit import Earlier
         from launcher.sweep import SweepFailed, check_study, search_space_problems
 
         assert self.config is not None and self.launcher is not None
-        if not isinstance(self.launcher, MlipLauncher):
+        if not hasattr(self.launcher, "study"):  # only our launchers run a batch of trials as a study's
             raise ConfigErrors([f"hydra/launcher: the Optuna sweeper runs its trials through mlip-launch's launchers "
                                 f"(inprocess, local, slurm, slurm_gpu), got {type(self.launcher).__name__}"])
         problems = self.settings_problems()
