@@ -193,3 +193,26 @@ def test_local_launcher_study_runs_batches_as_parallel_jobs(demo_data, tmp_path)
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert math.isclose(results["best_value"], values[0], rel_tol=1e-9)
     assert results["objective"] == "val_force_rmse" and results["n_complete"] == 4
+
+
+@pytest.mark.slow
+def test_evaluate_study_reports_the_metric_of_eval_metrics_json(launch, demo_data, tmp_path, monkeypatch):
+    spy = _StudySpy(monkeypatch)
+    base = tmp_path / "base"
+    code, _, err = launch(*_keys(demo_data, epochs=1), f"run_dir={base}")
+    assert code == 0, err[-2000:]
+    sweep = tmp_path / "sweep"
+    code, out, err = launch(*OPTUNA, "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2",
+                            "hydra.sweeper.n_jobs=1", f"hydra.sweep.dir={sweep}", *_keys(demo_data),
+                            "task=evaluate", f"model_in={base / 'artifacts' / 'manifest.json'}",
+                            "eval.objective=val_force_rmse", "data.test_indices.max_samples=choice(2,4)")
+    assert code == 0, out[-2000:] + err[-2000:]
+    (study,) = spy.studies
+    assert len(study.trials) == 2
+    for t in study.trials:
+        metrics = json.loads((sweep / str(t.user_attrs["job"]) / "eval" / "metrics.json").read_text())
+        assert metrics["n_structures"] == t.params["data.test_indices.max_samples"]
+        assert t.value == metrics["force_rmse"]
+    table = _summary(sweep)
+    assert [r["rank"] for r in table] == ["1", "2"]
+    assert float(table[0]["objective"]) == pytest.approx(study.best_value, rel=1e-12)
