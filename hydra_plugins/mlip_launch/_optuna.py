@@ -32,10 +32,13 @@ class MlipOptunaSweeperImpl(OptunaSweeperImpl):
     """The plugin's sweeper with our checks, failure handling and outputs (see the module docstring)."""
 
     launcher_outcomes: List[Any] = []  # every trial's JobOutcome, once the study has ended
+    bad_failure_rate: Optional[Any] = None  # a max_failure_rate outside [0, 1], refused when the study starts
 
     def settings_problems(self) -> List[str]:
         """Sweeper settings we refuse, one line each."""
         problems = []
+        if self.bad_failure_rate is not None:
+            problems.append(f"hydra.sweeper.max_failure_rate: must be in [0, 1], got {self.bad_failure_rate}")
         directions = self._get_directions()
         if directions != ["minimize"]:
             problems.append(f"hydra.sweeper.direction: {'/'.join(map(str, directions))}: the study minimises "

@@ -142,7 +142,11 @@ class MlipOptunaSweeper(Sweeper):
     def __init__(self, **kwargs: Any) -> None:
         from hydra_plugins.mlip_launch._optuna import MlipOptunaSweeperImpl
 
-        self.sweeper = MlipOptunaSweeperImpl(**kwargs)
+        rate = kwargs.get("max_failure_rate")
+        ok = isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0
+        # the plugin asserts the rate at construction; ours refuses it in one line when the study starts
+        self.sweeper = MlipOptunaSweeperImpl(**{**kwargs, "max_failure_rate": rate if ok else 1.0})
+        self.sweeper.bad_failure_rate = None if ok else rate
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)

@@ -58,6 +58,8 @@ def _bad_model_json(tmp_path: Path) -> Path:
     (["eval.objective=choice(val_loss,val_force_mae)"], "eval.objective is what the study minimises"),
     (["hydra.sweeper.direction=maximize", "train.lr=interval(1e-4,1e-2)"], "hydra.sweeper.direction: maximize"),
     (["hydra/launcher=slurm", "hydra.launcher.wait=false", "train.lr=interval(1e-4,1e-2)"], "hydra.launcher.wait"),
+    (["hydra.sweeper.max_failure_rate=2", "train.lr=interval(1e-4,1e-2)"], "hydra.sweeper.max_failure_rate: must be"),
+    (["hydra.sweeper.n_trials=0", "train.lr=interval(1e-4,1e-2)"], "hydra.sweeper.n_trials: must be >= 1"),
     (["seed=1"], "nothing to search"),
 ])
 def test_bad_study_input_is_one_line_exit_2_and_writes_nothing(launch, demo_data, tmp_path, args, needle):
