@@ -43,6 +43,7 @@ class JobOutcome:
     job_id: Optional[str] = None
     log_path: Optional[str] = None
     cluster_state: Optional[str] = None  # SLURM's own state (sacct), where there is one
+    objective: Optional[float] = None    # an Optuna trial's reported eval.objective (finished trials only)
 
 
 @dataclass
@@ -59,6 +60,17 @@ class SweepResult:
     @property
     def pending(self) -> List[JobOutcome]:
         return [o for o in self.outcomes if o.state in ACTIVE]
+
+
+@dataclass
+class Earlier:
+    """What an Optuna study's earlier batches ran (each batch is one submission): ``sweep.json`` keeps their
+    jobs with each new batch's, so ``launch-status`` sees the whole study; the study writes the summary."""
+
+    outcomes: List[JobOutcome] = field(default_factory=list)
+    array_ids: List[str] = field(default_factory=list)
+    objective: str = "val_loss"
+    ran: int = 0          # trials that ran or were submitted (not refused by preflight)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,13 +233,24 @@ def _record_path(sweep_dir: Path) -> Path:
 
 
 def write_record(sweep_dir: Path, params: LauncherParams, folder: Path, outcomes: Sequence[JobOutcome],
-                 array_ids: Sequence[str]) -> Path:
+                 array_ids: Sequence[str], objective: Optional[str] = None) -> Path:
+    """Write sweep.json. ``objective`` (an Optuna study's eval.objective; default: the one the record already
+    names) makes the summary rank the jobs, also when ``launch-status`` rewrites it."""
+    import json
+
     from launcher.core.atomic import atomic_write_json
 
+    path = _record_path(sweep_dir)
+    if objective is None and path.is_file():
+        try:
+            objective = json.loads(path.read_text(encoding="utf-8")).get("objective")
+        except (OSError, ValueError, AttributeError):
+            objective = None
     rec = {"cluster": params.cluster, "submitit_folder": str(folder), "array_ids": list(array_ids),
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "params": asdict(params),
            "jobs": [asdict(o) for o in outcomes]}
-    path = _record_path(sweep_dir)
+    if objective:
+        rec["objective"] = objective
     atomic_write_json(path, rec)
     return path
 
@@ -350,22 +373,28 @@ def outcomes_of(jobs: Sequence[Any], bases: Sequence[JobOutcome], cluster: str) 
 # ---------------------------------------------------------------------------------------------
 
 def _run_inprocess(specs: Sequence[RunSpec], overrides: List[List[str]], echo: Callable[[str], None],
-                   prestarted: Optional[Any] = None) -> List[JobOutcome]:
+                   prestarted: Optional[Any] = None, indices: Optional[Sequence[int]] = None,
+                   study: bool = False) -> List[JobOutcome]:
+    """Run each spec here; a single run's error propagates, except in a study (its trial is then failed)."""
     from launcher.job import run_job
 
     outcomes: List[JobOutcome] = []
-    for i, (spec, ov) in enumerate(zip(specs, overrides)):
+    indices = list(indices) if indices is not None else list(range(len(specs)))
+    for i, spec, ov in zip(indices, specs, overrides):
         t0 = time.time()
         log = str(RunLayout.of(spec.run_dir or ".").train_log)
         try:
             res = run_job(spec, echo=echo, prestarted=prestarted if len(specs) == 1 else None)
             state = {"finished": "FINISHED", "skipped": "SKIPPED", "preempted": "PREEMPTED"}[res.status]
-            outcomes.append(JobOutcome(i, spec.run_dir or "", state, ov, wall_s=time.time() - t0, log_path=log))
+            outcomes.append(JobOutcome(i, spec.run_dir or "", state, ov, wall_s=time.time() - t0,
+                                       log_path=log))
         except Exception as e:  # one failing point does not stop the others
-            outcomes.append(JobOutcome(i, spec.run_dir or "", "FAILED", ov, error=f"{type(e).__name__}: {e}",
-                                       wall_s=time.time() - t0, log_path=log))
-            if len(specs) == 1:
+            outcomes.append(JobOutcome(i, spec.run_dir or "", "FAILED", ov,
+                                       error=f"{type(e).__name__}: {e}", wall_s=time.time() - t0, log_path=log))
+            if len(specs) == 1 and not study:
                 raise
+            if study:
+                echo(f"error: trial {i} FAILED: {type(e).__name__}: {e}")
     return outcomes
 
 
@@ -466,6 +495,8 @@ def submit_runs(
     wait: bool = True,
     echo: Callable[[str], None] = print,
     prestarted: Optional[Any] = None,
+    indices: Optional[Sequence[int]] = None,
+    earlier: Optional[Earlier] = None,
 ) -> SweepResult:
     """Run or submit every spec (already validated and preflighted).
 
@@ -474,6 +505,10 @@ def submit_runs(
     (``launch-status SWEEP_DIR`` reports later). A sweep of several runs writes
     ``SWEEP_DIR/summary.csv``, ``summary.md`` and ``summary.png``. ``prestarted`` (a backend's
     early start, see ``trainers.api``) goes to the job of a single in-process run.
+
+    One batch of an Optuna study passes ``earlier`` (the study so far) and ``indices`` (its job numbers):
+    sweep.json lists the whole study, a failed trial never raises, and the study writes the summary once it
+    has the trials' objectives.
     """
     from launcher import summary
 
@@ -486,14 +521,16 @@ def submit_runs(
     sweep_dir = Path(sweep_dir).resolve()
     overrides = overrides or [[] for _ in specs]
     if params.cluster == "inprocess":
-        outcomes = _run_inprocess(specs, overrides, echo, prestarted)
+        outcomes = _run_inprocess(specs, overrides, echo, prestarted, indices, study=earlier is not None)
         result = SweepResult(sweep_dir, outcomes)
-        if len(specs) > 1:
+        if len(specs) > 1 and earlier is None:
             result.summary_path = summary.write_summary(sweep_dir, outcomes)["csv"]
             echo(f"sweep summary: {result.summary_path}")
         return result
 
-    bases = [JobOutcome(i, s.run_dir or "", "PENDING", list(ov)) for i, (s, ov) in enumerate(zip(specs, overrides))]
+    numbers = list(indices) if indices is not None else list(range(len(specs)))
+    bases = [JobOutcome(i, s.run_dir or "", "PENDING", list(ov)) for i, s, ov in zip(numbers, specs, overrides)]
+    before = earlier or Earlier(objective="")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     jobs, array_ids = _submit(specs, params, sweep_dir)
@@ -501,7 +538,8 @@ def submit_runs(
     for b, j in zip(bases, jobs):
         b.job_id = str(j.job_id)
         b.log_path = str(j.paths.stderr)
-    write_record(sweep_dir, params, folder, bases, array_ids)
+    write_record(sweep_dir, params, folder, [*before.outcomes, *bases], [*before.array_ids, *array_ids],
+                 before.objective or None)
     what = "job array" if len(array_ids) == 1 and len(specs) > 1 else "job"
     ids = ", ".join(array_ids)
     ranks = params.tasks_per_node * params.nodes
@@ -514,18 +552,18 @@ def submit_runs(
         return result
 
     def progress(outcomes: List[JobOutcome]) -> None:
-        write_record(sweep_dir, params, folder, outcomes, array_ids)
+        write_record(sweep_dir, params, folder, [*before.outcomes, *outcomes], [*before.array_ids, *array_ids])
 
     try:
         result.outcomes = wait_for(jobs, bases, params, on_change=progress)
     except KeyboardInterrupt:
         echo(f"stopped waiting; the jobs keep running: `launch-status {sweep_dir}` reports on them")
         raise
-    write_record(sweep_dir, params, folder, result.outcomes, array_ids)
+    write_record(sweep_dir, params, folder, [*before.outcomes, *result.outcomes], [*before.array_ids, *array_ids])
     echo(counts_line(result.outcomes))
     for o in result.failed:
         echo(f"  [{o.index}] {o.state}: {o.error} (log {o.log_path})")
-    if len(specs) > 1:
+    if len(specs) > 1 and earlier is None:
         result.summary_path = summary.write_summary(sweep_dir, result.outcomes)["csv"]
         echo(f"sweep summary: {result.summary_path}")
     return result

@@ -4,6 +4,8 @@ Writes ``SWEEP_DIR/summary.csv``, ``summary.md`` and ``summary.png`` (validation
 against epoch). Metrics come from each run directory: ``artifacts/manifest.json`` (the best
 epoch's metrics) and ``logs/metrics.jsonl`` (the curve, and the best val line where there is
 no manifest yet). Works on finished, failed and still-running jobs alike.
+
+An Optuna sweep (``hydra/sweeper=optuna``) ranks its trials: best objective first, failed trials last.
 """
 from __future__ import annotations
 
@@ -53,6 +55,35 @@ def best_metrics(run_dir: Path) -> Tuple[Dict[str, float], Optional[int]]:
             best.get("epoch"))
 
 
+def objective_value(run_dir: Path, objective: str, task: str = "train") -> Optional[float]:
+    """The number an Optuna trial reports for ``eval.objective`` (``val_<metric>``), None where the run has none.
+
+    Training tasks: the lowest finite ``<metric>`` of the run's validation records (logs/metrics.jsonl), so the
+    default ``val_loss`` is the run's best validation loss. ``evaluate``: ``<metric>`` of eval/metrics.json.
+    """
+    import math
+
+    metric = objective[len("val_"):] if objective.startswith("val_") else objective
+    if task == "evaluate":
+        try:
+            value = json.loads((RunLayout.of(run_dir).eval_dir / "metrics.json").read_text(encoding="utf-8")).get(metric)
+        except (OSError, ValueError, AttributeError):
+            return None
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+    values = [float(r[metric]) for r in _val_records(Path(run_dir))
+              if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+    return min(values) if values else None
+
+
+def _ranked(dicts: List[Dict[str, Any]]) -> List[Tuple[Optional[int], Dict[str, Any]]]:
+    """(rank, job) best objective first; jobs without one (failed, unfinished) last, unranked, by index."""
+    scored = [d for d in dicts if d.get("state") in ("FINISHED", "SKIPPED") and isinstance(d.get("objective"), (int, float))]
+    scored.sort(key=lambda d: (d["objective"], d.get("index") or 0))
+    ids = {id(d) for d in scored}
+    rest = sorted((d for d in dicts if id(d) not in ids), key=lambda d: d.get("index") or 0)
+    return [(i + 1, d) for i, d in enumerate(scored)] + [(None, d) for d in rest]
+
+
 def _as_dict(o: Any) -> Dict[str, Any]:
     return asdict(o) if is_dataclass(o) else dict(o)
 
@@ -63,21 +94,26 @@ def varying_overrides(lists: Sequence[Sequence[str]]) -> List[List[str]]:
     return [[ov for ov in ovs if ov not in shared] for ovs in lists]
 
 
-def rows(outcomes: Sequence[Any]) -> Tuple[List[str], List[Dict[str, Any]]]:
+def rows(outcomes: Sequence[Any], objective: Optional[str] = None) -> Tuple[List[str], List[Dict[str, Any]]]:
     """(columns, one row per job); ``val_*`` columns are the union of every job's metrics.
 
     The ``overrides`` column shows what differs between jobs (overrides all of them share are left
-    out); ``sweep.json`` keeps the full lists.
+    out); ``sweep.json`` keeps the full lists. With ``objective`` (an Optuna sweep's ``eval.objective``)
+    the rows are ranked by each job's reported objective, best first, and failed jobs come last, unranked.
     """
     out: List[Dict[str, Any]] = []
     metric_keys: List[str] = []
     dicts = [_as_dict(o) for o in outcomes]
-    swept = varying_overrides([d.get("overrides") or [] for d in dicts])
-    for d, varied in zip(dicts, swept):
+    swept = dict(zip(map(id, dicts), varying_overrides([d.get("overrides") or [] for d in dicts])))
+    order = _ranked(dicts) if objective else [(None, d) for d in dicts]
+    for rank, d in order:
+        varied = swept[id(d)]
         run_dir = Path(d.get("run_dir") or ".")
         metrics, best_epoch = best_metrics(run_dir) if d.get("run_dir") else ({}, None)
         row = {"index": d.get("index"), "state": d.get("state"), "overrides": " ".join(varied),
                "epochs": _train_epochs(run_dir) if d.get("run_dir") else None, "best_epoch": best_epoch}
+        if objective:
+            row = {"rank": rank, **row, "objective": d.get("objective") if rank is not None else None}
         for k, v in metrics.items():
             key = f"val_{k}"
             row[key] = v
@@ -88,6 +124,8 @@ def rows(outcomes: Sequence[Any]) -> Tuple[List[str], List[Dict[str, Any]]]:
                     "job_id": d.get("job_id"), "cluster_state": d.get("cluster_state"),
                     "run_dir": d.get("run_dir"), "log_path": d.get("log_path"), "error": d.get("error")})
         out.append(row)
+    if objective:
+        return ["rank", *BASE_COLUMNS, "objective", *metric_keys, *TAIL_COLUMNS], out
     return [*BASE_COLUMNS, *metric_keys, *TAIL_COLUMNS], out
 
 
@@ -108,11 +146,18 @@ def to_csv(columns: Sequence[str], table: Sequence[Dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def to_markdown(columns: Sequence[str], table: Sequence[Dict[str, Any]], title: str = "Sweep summary") -> str:
+def to_markdown(columns: Sequence[str], table: Sequence[Dict[str, Any]], title: str = "Sweep summary",
+                objective: Optional[str] = None) -> str:
     counts: Dict[str, int] = {}
     for r in table:
         counts[str(r.get("state"))] = counts.get(str(r.get("state")), 0) + 1
     lines = [f"# {title}", "", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs", ""]
+    if objective:
+        best = next((r for r in table if r.get("rank") == 1), None)
+        lines += [f"Optuna study minimising `{objective}` (eval.objective); trials ranked best first, failed "
+                  "trials last (no rank). Best: " + (f"trial {best['index']}, {objective} = {_fmt(best['objective'])}, "
+                                                      f"`{best['overrides']}`" if best else "none (no trial finished)")
+                  + "; its parameters are also in optimization_results.yaml.", ""]
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "---|" * len(columns))
     for r in table:
@@ -166,16 +211,29 @@ def plot_curves(outcomes: Sequence[Any], path: Path, metric: str = "loss") -> bo
     return bool(drawn)
 
 
-def write_summary(sweep_dir: Path, outcomes: Sequence[Any]) -> Dict[str, Path]:
-    """Write summary.csv / summary.md (always) and summary.png (when any job logged validation)."""
+def _recorded_objective(sweep_dir: Path) -> Optional[str]:
+    """The ``objective`` sweep.json names (an Optuna sweep's), so that ``launch-status`` ranks alike."""
+    try:
+        value = json.loads((Path(sweep_dir) / "sweep.json").read_text(encoding="utf-8")).get("objective")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def write_summary(sweep_dir: Path, outcomes: Sequence[Any], objective: Optional[str] = None) -> Dict[str, Path]:
+    """Write summary.csv / summary.md (always) and summary.png (when any job logged validation).
+
+    ``objective`` (default: the one sweep.json records) ranks the jobs, as an Optuna sweep's trials."""
     from launcher.core.atomic import atomic_write_text
 
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    columns, table = rows(outcomes)
+    objective = objective or _recorded_objective(sweep_dir)
+    columns, table = rows(outcomes, objective)
     paths = {"csv": sweep_dir / "summary.csv", "md": sweep_dir / "summary.md"}
     atomic_write_text(paths["csv"], to_csv(columns, table))
-    atomic_write_text(paths["md"], to_markdown(columns, table, title=f"Sweep summary: {sweep_dir}"))
+    atomic_write_text(paths["md"], to_markdown(columns, table, title=f"Sweep summary: {sweep_dir}",
+                                               objective=objective))
     if plot_curves(outcomes, sweep_dir / "summary.png"):
         paths["png"] = sweep_dir / "summary.png"
     return paths

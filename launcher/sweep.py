@@ -1,9 +1,14 @@
-"""Hydra multirun: compose every sweep point, preflight them all, then hand them to submission."""
+"""Hydra multirun: compose every sweep point, preflight them all, then hand them to submission.
+
+An Optuna study (``hydra/sweeper=optuna``) goes through the same launcher one batch of trials at a time:
+:func:`check_study` validates its search space before anything is queued, :func:`launch_trials` runs one
+batch and reports each trial's ``eval.objective`` (or its failure) back to the sweeper.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from launcher.core.errors import ConfigErrors
 from launcher.core.schema import RunSpec
@@ -70,6 +75,7 @@ def compose_points(launcher: Any, job_overrides: Sequence[Sequence[str]], initia
     parser = OverridesParser.create()
     base_overrides = set(cfg.hydra.overrides.task)
     hydra_node = OmegaConf.create({"hydra": copy.deepcopy(cfg.hydra)})
+    OmegaConf.set_readonly(hydra_node.hydra, None)  # HydraConfig.set_config made it read-only (a study composes often)
     cwd = Path(os.getcwd())
     base_spec: Optional[RunSpec] = None
     specs: List[RunSpec] = []
@@ -105,6 +111,9 @@ def compose_points(launcher: Any, job_overrides: Sequence[Sequence[str]], initia
 
 def launch_sweep(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
     from hydra.core.utils import JobStatus
+
+    if getattr(launcher, "study", None) is not None:
+        return launch_trials(launcher, job_overrides, initial_job_idx)
 
     from launcher.models import resolve_model_names
     from launcher.preflight import check_sweep, print_dry_run
@@ -153,3 +162,201 @@ def _job_return(overrides: List[str], status: Any, value: Any) -> Any:
     ret.status = status
     ret._return_value = value
     return ret
+
+
+# ---------------------------------------------------------------------------------------------
+# Optuna studies (hydra/sweeper=optuna)
+# ---------------------------------------------------------------------------------------------
+
+class TrialFailed(RuntimeError):
+    """A trial that has no objective to report: its run failed, preflight refused its sampled values, it
+    recorded no ``eval.objective``, or it was stopped by a signal. ``outcome`` is its summary row."""
+
+    def __init__(self, outcome: Any) -> None:
+        super().__init__(f"trial {outcome.index} {outcome.state}: {outcome.error}")
+        self.outcome = outcome
+
+
+def objective_problems(spec: RunSpec) -> List[str]:
+    """Why a run could not report ``eval.objective`` to a study (one line each; empty: it can)."""
+    from launcher.core.schema import CHOICES, OBJECTIVES, TRAINING_TASKS
+
+    name = spec.eval.objective
+    if name not in CHOICES["eval.objective"]:
+        return []  # validate() already names the key and its choices
+    if spec.task in TRAINING_TASKS:
+        allowed = OBJECTIVES.get(spec.backend)
+        if allowed is not None and name not in allowed:
+            return [f"eval.objective: backend={spec.backend} does not record '{name}' when it trains; "
+                    f"expected one of {', '.join(allowed)}"]
+        if not spec.data.val:
+            return [f"eval.objective: {name} comes from the run's validation records; set data.val "
+                    f"(a task={spec.task} run without it records no validation)"]
+        return []
+    if spec.task == "evaluate":
+        if name not in OBJECTIVES["evaluate"]:
+            return [f"eval.objective: task=evaluate records no '{name}' (eval/metrics.json); "
+                    f"expected one of {', '.join(OBJECTIVES['evaluate'])}"]
+        return []
+    return [f"eval.objective: task={spec.task} records no metric for an Optuna study to minimise "
+            "(use task=train, finetune, resume or evaluate)"]
+
+
+def search_space_problems(overrides: Sequence[Any], distributions: Dict[str, Any]) -> List[str]:
+    """Keys an Optuna study cannot sample as asked (one line each), from the parsed command-line overrides and
+    the optuna distributions built from them: numbers drawn for a key that takes none, floats for an int key,
+    Hydra's own settings, and ``eval.objective`` itself."""
+    import typing
+
+    from optuna.distributions import (CategoricalDistribution, DiscreteUniformDistribution,
+                                      IntLogUniformDistribution, IntUniformDistribution)
+
+    from launcher.core.schema import _leaf_types
+
+    text = {o.get_key_element(): o.input_line for o in overrides if o.is_sweep_override()}
+    problems: List[str] = []
+    for key, dist in distributions.items():
+        what = text.get(key) or key
+        if key.startswith("hydra.") or key.startswith("hydra/"):
+            problems.append(f"{what}: an Optuna study samples run keys only; Hydra's own settings stay fixed")
+            continue
+        if key == "eval.objective":
+            problems.append(f"{what}: eval.objective is what the study minimises; it cannot be sampled")
+            continue
+        if isinstance(dist, CategoricalDistribution):
+            continue  # every choice is composed and preflighted by check_study
+        t = _leaf_types().get(key)
+        if t is None:
+            if key in _GROUPS:
+                problems.append(f"{what}: {key} is a config group; sample its options with choice(...)")
+                continue
+            from launcher.core.schema import coerce_leaf
+
+            try:
+                coerce_leaf(key, None)
+            except Exception as e:  # noqa: BLE001 - the schema's unknown-key message
+                problems.append(str(e))
+            continue
+        args = [a for a in typing.get_args(t) if a is not type(None)] if typing.get_origin(t) is typing.Union else [t]
+        base = args[0] if args else t
+        integral = isinstance(dist, (IntUniformDistribution, IntLogUniformDistribution)) or (
+            isinstance(dist, DiscreteUniformDistribution) and all(float(v).is_integer()
+                                                                  for v in (dist.low, dist.high, dist.q)))
+        if base is bool or base not in (int, float):
+            name = getattr(base, "__name__", str(base))
+            problems.append(f"{what}: samples numbers, but {key} takes a {name}; list its values with choice(...)")
+        elif base is int and not integral:
+            problems.append(f"{what}: samples floats, but {key} takes an int; give int bounds (e.g. interval(1, 8))")
+    return problems
+
+
+def probe_overrides(fixed: Sequence[str], distributions: Dict[str, Any]) -> List[Tuple[str, List[str]]]:
+    """(label, overrides) of the points preflight checks before a study starts: each sampled key at its
+    bounds or at each of its choices, the other keys as composed."""
+    from optuna.distributions import CategoricalDistribution
+
+    probes: List[Tuple[str, List[str]]] = []
+    for key, dist in distributions.items():
+        values = list(dist.choices) if isinstance(dist, CategoricalDistribution) else [dist.low, dist.high]
+        for v in dict.fromkeys(values):
+            probes.append((f"{key}={v}", [*fixed, f"{key}={v}"]))
+    return probes
+
+
+def check_study(launcher: Any, fixed: Sequence[str], distributions: Dict[str, Any]) -> RunSpec:
+    """Preflight of an Optuna study before any trial is queued or anything written: the fixed point, then every
+    sampled key at its bounds / choices (each with the rest fixed). Problems raise ConfigErrors (exit 2)."""
+    from launcher.models import resolve_model_names
+    from launcher.preflight import check_sweep
+    from launcher.submit import backend_launch_problems, check_params
+
+    params = launcher_params(launcher.config.hydra.launcher)
+    check_params(params)
+    if not params.wait:
+        raise ConfigErrors(["hydra.launcher.wait: an Optuna study needs each batch's results before it samples "
+                            "the next; leave wait=true"])
+    cwd = [Path(os.getcwd())]
+    (base,), _, _ = compose_points(launcher, [list(fixed)], 0)
+    resolve_model_names([base], cwd)
+    problems = check_sweep([base], [base.run_name], cluster=params.cluster, gpus_per_node=params.gpus_per_node)
+    problems += objective_problems(base) + backend_launch_problems([base], params)
+    if problems:
+        raise ConfigErrors(problems)
+    probes = probe_overrides(fixed, distributions)
+    if probes:
+        specs, _, _ = compose_points(launcher, [ov for _, ov in probes], 1)
+        resolve_model_names(specs, cwd)
+        labels = [label for label, _ in probes]
+        problems = check_sweep(specs, labels, cluster=params.cluster, gpus_per_node=params.gpus_per_node,
+                               warn=lambda line: None)
+        problems += [f"[{label}] {p}" for spec, label in zip(specs, labels) for p in objective_problems(spec)]
+        problems += backend_launch_problems(specs, params)
+        if problems:
+            raise ConfigErrors(list(dict.fromkeys(problems)))
+    return base
+
+
+def launch_trials(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+    """One batch of an Optuna study (``launcher.study``, a :class:`launcher.submit.Earlier`): every trial is
+    preflighted, the valid ones run or go out as one job array, and each JobReturn's ``return_value`` is the
+    trial's objective (:func:`launcher.summary.objective_value`). A trial that failed, whose sampled values
+    preflight refused, or that recorded no objective returns FAILED (a :class:`TrialFailed`), never a number.
+    The summary (ranked) and sweep.json cover the whole study so far."""
+    from hydra.core.utils import JobStatus
+
+    from launcher.models import resolve_model_names
+    from launcher.preflight import check_sweep
+    from launcher.reporting import config_error_message
+    from launcher.submit import JobOutcome, submit_runs, submitit_folder, write_record
+    from launcher.summary import objective_value, write_summary
+
+    study = launcher.study
+    params = launcher_params(launcher.config.hydra.launcher)
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir)).resolve()
+    outcomes: Dict[int, JobOutcome] = {}
+    run: List[Tuple[int, RunSpec, List[str]]] = []
+    for i, ov in enumerate(job_overrides):
+        idx = initial_job_idx + i
+        spec = None
+        try:
+            (spec,), _, _ = compose_points(launcher, [list(ov)], idx)
+            resolve_model_names([spec], [Path(os.getcwd())])
+            problems = check_sweep([spec], [str(idx)], cluster=params.cluster, gpus_per_node=params.gpus_per_node,
+                                   warn=lambda line: None) + objective_problems(spec)
+        except Exception as e:  # noqa: BLE001 - a point Hydra or the schema refused: this trial fails
+            problems = config_error_message(e) or [f"{type(e).__name__}: {e}"]
+        if problems:
+            run_dir = spec.run_dir if spec is not None and spec.run_dir else str(sweep_dir / str(idx))
+            outcomes[idx] = JobOutcome(idx, run_dir, "FAILED", list(ov), error="preflight: " + "; ".join(problems))
+            print(f"error: trial {idx} ({' '.join(ov)}) refused by preflight: {'; '.join(problems)}")
+        else:
+            run.append((idx, spec, list(ov)))
+    array_ids: List[str] = []
+    if run:
+        result = submit_runs([s for _, s, _ in run], params, sweep_dir, overrides=[ov for _, _, ov in run],
+                             wait=True, indices=[i for i, _, _ in run], earlier=study)
+        array_ids = list(result.array_ids)
+        for (idx, spec, _), o in zip(run, result.outcomes):
+            if o.state in ("FINISHED", "SKIPPED"):
+                o.objective = objective_value(Path(o.run_dir), spec.eval.objective, spec.task)
+                if o.objective is None:
+                    o.state, o.error = "FAILED", (f"eval.objective: the run recorded no finite "
+                                                  f"{spec.eval.objective} (see {o.log_path})")
+            elif o.state == "PREEMPTED" and not o.error:
+                o.error = "stopped by a signal (its checkpoint is kept)"
+            outcomes[idx] = o
+        study.ran += len(run)
+    batch = [outcomes[initial_job_idx + i] for i in range(len(job_overrides))]
+    study.outcomes.extend(batch)
+    study.array_ids.extend(array_ids)
+    if params.cluster != "inprocess" and study.ran:
+        write_record(sweep_dir, params, submitit_folder(params, sweep_dir), study.outcomes, study.array_ids,
+                     study.objective)
+    if study.ran:  # the sweep dir is written once a job has written there, not for refused trials alone
+        write_summary(sweep_dir, study.outcomes, study.objective)
+    returns = []
+    for o in batch:
+        ok = o.state in ("FINISHED", "SKIPPED")
+        returns.append(_job_return(o.overrides, JobStatus.COMPLETED if ok else JobStatus.FAILED,
+                                   o.objective if ok else TrialFailed(o)))
+    return returns

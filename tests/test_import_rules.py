@@ -302,6 +302,8 @@ def unresolved_imports(root: Path, folders: tuple = PACKAGES + ("tests",)) -> li
             for module, name in targets:
                 if module.split(".")[0] not in PACKAGES:
                     continue
+                if module.startswith("hydra_plugins.") and not _is_project(".".join(module.split(".")[:2]), modules):
+                    continue  # another distribution's plugin in Hydra's shared namespace package
                 if module not in modules:
                     problems.append(f"{rel}:{node.lineno} imports {module}, which does not exist")
                 elif name not in (None, "*") and f"{module}.{name}" not in modules \

@@ -1,4 +1,5 @@
-"""Hydra launcher plugin ``hydra/launcher=mlip``: preflight every sweep point, then submit them all.
+"""Hydra launcher plugin ``hydra/launcher=mlip``: preflight every sweep point, then submit them all; and the
+sweepers ``hydra/sweeper=mlip`` (the default: grids) and ``hydra/sweeper=optuna`` (an Optuna study).
 
 A thin shim: the work is in :mod:`launcher.sweep` and :mod:`launcher.submit`. Imported by Hydra's
 plugin discovery at start-up, so it must stay free of heavy imports.
@@ -27,6 +28,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="mlip", node=MlipLaunc
 class MlipLauncher(Launcher):
     def __init__(self, **params: Any) -> None:
         self.params = params
+        self.study: Optional[Any] = None  # set by the Optuna sweeper while a study runs (launcher.submit.Earlier)
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.task_function: Optional[TaskFunction] = None
@@ -94,3 +96,60 @@ class MlipSweeper(BasicSweeper):
             if sweep_dir.is_dir():
                 OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         return returns
+
+
+# ---- sweeper: hydra/sweeper=optuna, stored over hydra-optuna-sweeper's own entry of that name ----
+from hydra.plugins.search_path_plugin import SearchPathPlugin  # noqa: E402
+from hydra.plugins.sweeper import Sweeper  # noqa: E402
+
+try:  # hydra-optuna-sweeper's config module is light (no optuna import); its _impl is imported per study
+    from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+except ImportError:  # pragma: no cover - a dependency, but keep `launch` usable without it
+    OptunaSweeperConf = None
+
+if OptunaSweeperConf is not None:
+    @dataclass
+    class MlipOptunaSweeperConf(OptunaSweeperConf):  # type: ignore[misc,valid-type]
+        """The plugin's settings (n_trials, n_jobs trials per batch, sampler, storage, study_name, params);
+        our sweeper runs them (``_optuna``)."""
+
+        _target_: str = "hydra_plugins.mlip_launch.launcher.MlipOptunaSweeper"
+        max_failure_rate: float = 1.0  # a failed trial is told to Optuna as FAIL and the study goes on
+
+
+def store_optuna_sweeper() -> None:
+    """Store ours as ``hydra/sweeper=optuna``, over hydra-optuna-sweeper's entry of that name."""
+    if OptunaSweeperConf is not None:
+        ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=MlipOptunaSweeperConf,
+                                     provider="mlip-launch")
+
+
+store_optuna_sweeper()
+
+
+class OptunaSweeperEntry(SearchPathPlugin):
+    """Re-stores our ``optuna`` entry before each composition. Hydra's plugin scan executes every plugin
+    module again, in the order of the ``hydra_plugins`` path entries, so the plugin's own entry could land
+    after ours; search-path plugins run after that scan, before any config is loaded."""
+
+    def manipulate_search_path(self, search_path: Any) -> None:
+        store_optuna_sweeper()
+
+
+class MlipOptunaSweeper(Sweeper):
+    """``hydra/sweeper=optuna``: an Optuna study whose trials run through our launchers (see ``_optuna``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        from hydra_plugins.mlip_launch._optuna import MlipOptunaSweeperImpl
+
+        rate = kwargs.get("max_failure_rate")
+        ok = isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0
+        # the plugin asserts the rate at construction; ours refuses it in one line when the study starts
+        self.sweeper = MlipOptunaSweeperImpl(**{**kwargs, "max_failure_rate": rate if ok else 1.0})
+        self.sweeper.bad_failure_rate = None if ok else rate
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> None:
+        return self.sweeper.sweep(arguments)

@@ -45,6 +45,22 @@ CHOICES: Dict[str, tuple] = {
     "eval.split": ("test", "val", "train"),
 }
 
+# eval.objective: what an Optuna sweep (hydra/sweeper=optuna) minimises, ``val_<metric>``. Every one is an
+# error (lower is better), so the study's direction follows from it. Training tasks read <metric> from the
+# run's validation records (logs/metrics.jsonl, the lowest value reached); evaluate reads eval/metrics.json.
+_FAIRCHEM_OBJECTIVES = ("val_loss", "val_energy_mae", "val_energy_mse", "val_energy_rmse", "val_energy_per_atom_mae",
+                        "val_energy_per_atom_mse", "val_forces_mae", "val_forces_mse", "val_forces_rmse",
+                        "val_forces_magnitude_error")
+OBJECTIVES: Dict[str, tuple] = {
+    "mace": ("val_loss", "val_energy_rmse_per_atom", "val_energy_mae_per_atom", "val_force_rmse", "val_force_mae",
+             "val_stress_rmse", "val_stress_mae"),
+    "equiformer_v2": _FAIRCHEM_OBJECTIVES,
+    "gemnet_oc": _FAIRCHEM_OBJECTIVES,
+    "evaluate": ("val_energy_mae", "val_energy_rmse", "val_energy_mae_per_atom", "val_energy_rmse_per_atom",
+                 "val_force_mae", "val_force_rmse", "val_stress_mae", "val_stress_rmse"),
+}
+CHOICES["eval.objective"] = tuple(dict.fromkeys(o for names in OBJECTIVES.values() for o in names))
+
 _CUDA_INDEX = re.compile(r"cuda:(0|[1-9][0-9]*)")
 
 
@@ -186,6 +202,13 @@ class EvalSpec:
     energy_only: bool = _f(False, "skip forces: evaluate/predict energies only")
     amp: bool = _f(False, "CUDA autocast during evaluate/infer")
     split: str = _f("test", "which data split evaluate/infer reads: test | val | train")
+    objective: str = _f("val_loss", "what an Optuna sweep (launch -m hydra/sweeper=optuna) minimises: val_<metric>, "
+                                    "the lowest value of <metric> in the run's validation records (logs/metrics.jsonl) "
+                                    "for train/finetune/resume, eval/metrics.json of eval.split for evaluate. MACE: "
+                                    "val_loss, val_energy_rmse_per_atom, val_energy_mae_per_atom, val_force_rmse, "
+                                    "val_force_mae; FairChem: val_loss, val_energy_mae, val_forces_mae, ... (what its "
+                                    "config's evaluation metrics log); evaluate: val_energy_mae, val_energy_rmse, "
+                                    "val_energy_(mae|rmse)_per_atom, val_force_mae, val_force_rmse. Always minimised")
     group_by: Optional[str] = _f("config_type", "key of each structure's info (or a scalar LMDB field) that evaluate groups errors by (eval/errors_by_group.csv, metrics.json by_group); structures without it: group '(none)'; a key no structure has: a warning, not an error; null = no grouping")
 
 
@@ -246,6 +269,7 @@ class RunSpec:
             d.pop(k, None)
         for k in ("num_workers", "progress_bar", "progress_mininterval", "log_every"):
             d["train"].pop(k, None)
+        d["eval"].pop("objective", None)  # read by the sweep after the run; the run itself ignores it
         return d
 
 

@@ -282,6 +282,9 @@ KEY_MAP: Dict[str, str] = {
     "eval.split": "the LMDB FairChem predicts on",
     "eval.energy_only": "forces left out of the evaluation files and metrics",
     "eval.group_by": "eval/errors_by_group.csv and metrics.json by_group from this key of each record (info or a scalar field), read from the evaluated LMDB records",
+    "eval.objective": "not passed to FairChem: an Optuna sweep reads it from the val records FairChem logs "
+                      "(logs/metrics.jsonl: val_loss, val_energy_mae, val_forces_mae, ... as the config's evaluation "
+                      "metrics name them) or from eval/metrics.json (evaluate)",
     "data.cache": "none / auto: FairChem's LmdbDataset streams records per batch (optim.num_workers); memory is "
                   "refused (FairChem has no graph cache)",
     "data.trust_pickles": "preflight skips its allow-list check of sampled records; FairChem's own reader "

@@ -84,6 +84,9 @@ KEY_DOCS = {
     "eval.amp": "CUDA autocast in evaluate / infer",
     "eval.split": "the split evaluate / infer read",
     "eval.group_by": "eval/errors_by_group.csv and metrics.json by_group from this key of each structure's info",
+    "eval.objective": "not used by the run: an Optuna sweep reads it from logs/metrics.jsonl (val_loss, "
+                      "val_energy_rmse_per_atom, val_energy_mae_per_atom, val_force_rmse, val_force_mae) or "
+                      "eval/metrics.json (evaluate)",
     "device": "cpu, cuda, cuda:N or auto",
     **{k: f"refused: {v}" for k, v in REFUSED.items()},
 }
