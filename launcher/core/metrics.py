@@ -616,7 +616,8 @@ def _write_forces_npz(path: Path, raw: Path, rows: int, natoms: np.ndarray, inde
 #: in eV/Å. Files (metrics.json, metrics.jsonl, the csvs) keep eV, eV/atom and eV/Å at full precision.
 SIG_DIGITS = 4
 _SHORT = {"energy_mae": "E_mae", "energy_rmse": "E_rmse", "energy_mae_per_atom": "E_mae/atom",
-          "energy_rmse_per_atom": "E_rmse/atom", "force_mae": "F_mae", "force_rmse": "F_rmse"}
+          "energy_rmse_per_atom": "E_rmse/atom", "force_mae": "F_mae", "force_rmse": "F_rmse",
+          "forces_mae": "F_mae", "forces_rmse": "F_rmse"}   # FairChem's names of the same errors
 
 
 def sig(x: Any, digits: int = SIG_DIGITS) -> str:
@@ -676,9 +677,15 @@ def metrics_line(metrics: Dict[str, Any], keys: Optional[Sequence[str]] = None, 
         head = f"{metrics['n_structures']} structures{n_at}: "
         keys = [k for k in METRIC_KEYS[2:] if metrics.get(k) is not None]
     parts: List[str] = []
-    for k in keys if keys is not None else metrics:
+    for k in keys if keys is not None else sorted(metrics, key=_order):
         v = metrics.get(k)
         if isinstance(v, (dict, list, str)) or (v is None and keys is None):
             continue
-        parts.append(f"{_SHORT.get(k, k)}={fmt_metric(k, v)}")
+        parts.append(f"{_SHORT.get(k, k)}={f'{v:.4g}' if k == 'lr' and v is not None else fmt_metric(k, v)}")
     return head + sep.join(parts)
+
+
+def _order(key: str) -> int:
+    """loss, energies, forces, the rest (a stable sort keeps each group's own order)."""
+    k = key.lower()
+    return 0 if k == "loss" else 1 if k.startswith("energy") else 2 if k.startswith("force") else 3
