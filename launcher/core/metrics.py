@@ -497,6 +497,8 @@ class EvalStream:
             groups: Optional[Sequence[Optional[str]]] = None) -> None:
         """One batch: per structure its index, natoms, predicted energy (eV) and forces ((n, 3) eV/Å), and with
         metrics the reference energy / forces (None where absent) and the ``group_by`` label (None: absent)."""
+        if len(self._cols["index"]) >= 256:     # one array per column, not one per batch (a million batches)
+            self._cols = {k: [np.concatenate(v)] if v else v for k, v in self._cols.items()}
         idx = np.asarray(index, dtype=np.int64).reshape(-1)
         na = np.asarray(natoms, dtype=np.int64).reshape(-1)
         pe = np.asarray(pred_energy, dtype=np.float64).reshape(-1)

@@ -225,6 +225,8 @@ class MaceBackend:
         graphs.record_indices(ctx.layout.indices_json(spec.task), {split: idx})
         if metrics is not None:
             self._eval_note(ctx, f"{spec.task} data.{split}: {metrics_line(metrics)}")
+        else:
+            self._eval_note(ctx, f"{spec.task} data.{split}: {len(idx)} structures predicted, in {ctx.layout.eval_dir}")
         return {"split": split, "n_structures": int(len(idx)), **({"metrics": metrics} if metrics else {})}
 
     @staticmethod

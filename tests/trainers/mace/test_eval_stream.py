@@ -55,6 +55,17 @@ def test_eval_stream_writes_what_the_whole_array_functions_write(tmp_path):
     assert not [p.name for p in s.iterdir() if p.name.startswith(".")]      # no temp file left
 
 
+def test_eval_stream_of_many_small_batches_keeps_one_array_per_column(tmp_path):
+    data = _synthetic(n=700, seed=3)
+    idx, na, pe, te, pf, tf, groups = data
+    s, got = _stream(tmp_path, data, batch=1)
+    assert max(len(parts) for parts in s._cols.values()) < 256
+    _same_metrics({k: got[k] for k in ("n_structures", "energy_mae", "force_rmse")},
+                  {k: v for k, v in compute_metrics(pe, te, na, pf, tf).items()
+                   if k in ("n_structures", "energy_mae", "force_rmse")})
+    assert [int(r["index"]) for r in csv.DictReader(open(tmp_path / "predictions.csv"))] == idx.tolist()
+
+
 def _same_metrics(got, want):
     """Equal; force errors summed per structure first may differ from the whole-array mean in the last bits."""
     assert set(got) == set(want)
