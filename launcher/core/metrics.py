@@ -278,7 +278,7 @@ def write_group_csv(path: Path, by_group: Dict[str, Dict[str, Optional[float]]])
 
 
 def _fmt(v: Optional[float]) -> str:
-    return "n/a" if v is None else f"{v:.3g}"
+    return sig(v)
 
 
 #: Force points a streamed evaluation keeps for parity.png: a seeded uniform sample of the split's force
