@@ -50,10 +50,10 @@ def compute_metrics(
     pred_forces: Any = None,
     true_forces: Any = None,
     *,
-    force_sums: Optional["ForceSums"] = None,
+    force_errors: Optional["ForceErrors"] = None,
 ) -> Dict[str, Optional[float]]:
     """Energy and force errors. Forces: an (N_atoms, 3) array or a list of per-structure arrays, or
-    ``force_sums`` (per-structure error sums of a streamed evaluation, :class:`ForceSums`).
+    ``force_errors`` (a streamed evaluation's errors, kept on disk: :class:`ForceErrors`).
 
     Force errors are over force components (as mace's tables); ``None`` where forces are absent.
     """
@@ -81,33 +81,73 @@ def compute_metrics(
             df = pf - tf
             out["force_mae"] = float(np.mean(np.abs(df)))
             out["force_rmse"] = float(np.sqrt(np.mean(df**2)))
-    elif force_sums is not None and force_sums.count:
-        out["force_mae"], out["force_rmse"] = force_sums.mae_rmse()
+    elif force_errors is not None and force_errors.count:
+        out["force_mae"], out["force_rmse"] = force_errors.mae_rmse()
     return out
 
 
-class ForceSums:
-    """Force errors of some structures from per-structure sums (|dF|, dF^2, components): what a streamed
-    evaluation keeps instead of the per-atom arrays. A structure with a NaN prediction (an atom FairChem
-    fixed) makes the errors NaN, as :func:`compute_metrics` on the arrays does."""
+#: Components one numpy call sums: a node of numpy's own pairwise summation tree (at least its 128-element block).
+_PW_BLOCK = 1 << 20
 
-    def __init__(self, abs_sum: np.ndarray, sq_sum: np.ndarray, count: np.ndarray, has_nan: np.ndarray) -> None:
-        self.abs_sum, self.sq_sum = np.asarray(abs_sum, np.float64), np.asarray(sq_sum, np.float64)
-        self.counts, self.has_nan = np.asarray(count, np.int64), np.asarray(has_nan, bool)
+
+def _tree_sum(read: Callable[[int, int], np.ndarray], lo: int, n: int, square: bool) -> float:
+    """``np.add.reduce`` of ``|x|`` (or ``x**2``) over elements ``lo .. lo + n`` of a float64 sequence that
+    ``read(a, b)`` returns in pieces, bit for bit: numpy sums a contiguous array by a pairwise tree (halves
+    rounded down to a multiple of 8, down to blocks of 128); this walks the same tree above
+    :data:`_PW_BLOCK` and lets numpy sum each node below it, so at most one node is in memory."""
+    if n <= _PW_BLOCK:
+        x = read(lo, lo + n)
+        return float(np.add.reduce(x * x if square else np.abs(x)))
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _tree_sum(read, lo, n2, square) + _tree_sum(read, lo + n2, n - n2, square)
+
+
+class ForceErrors:
+    """The force errors of a streamed evaluation, kept on disk instead of in memory: ``path`` holds dF of every
+    atom whose prediction is not NaN (float64, in stream order); per structure its offset there and its number
+    of components, and whether it had NaN predictions (an atom FairChem fixed). MAE and RMSE are sums over the
+    concatenated components in numpy's own summation order (:func:`_tree_sum`), so they carry exactly the bits
+    :func:`compute_metrics` gives on the whole arrays; a NaN prediction makes them NaN, as it does there, except
+    through :meth:`free` (the per-group errors, which leave NaN atoms out)."""
+
+    def __init__(self, path: Path, offsets: np.ndarray, counts: np.ndarray, has_nan: np.ndarray) -> None:
+        self.path = Path(path)
+        self.offsets, self.counts = np.asarray(offsets, np.int64), np.asarray(counts, np.int64)
+        self.has_nan = np.asarray(has_nan, bool)
         self.count = int(self.counts.sum())
 
-    def rows(self, rows: Any) -> "ForceSums":
-        return ForceSums(self.abs_sum[rows], self.sq_sum[rows], self.counts[rows], self.has_nan[rows])
+    def rows(self, rows: Any) -> "ForceErrors":
+        return ForceErrors(self.path, self.offsets[rows], self.counts[rows], self.has_nan[rows])
 
-    def free(self, rows: Any) -> "ForceSums":
-        """``rows`` with the NaN atoms left out (their sums already exclude them), as the group errors are."""
-        return ForceSums(self.abs_sum[rows], self.sq_sum[rows], self.counts[rows], np.zeros(len(self.counts[rows]), bool))
+    def free(self, rows: Any) -> "ForceErrors":
+        """``rows`` with the NaN atoms left out (the file holds none), as the per-group errors are."""
+        return ForceErrors(self.path, self.offsets[rows], self.counts[rows], np.zeros(self.counts[rows].size, bool))
+
+    def _reader(self) -> Callable[[int, int], np.ndarray]:
+        data = np.memmap(self.path, dtype="<f8", mode="r")
+        off, cnt = self.offsets, self.counts
+        if cnt.size and np.array_equal(off[1:], off[:-1] + cnt[:-1]):   # one contiguous stretch of the file
+            base = int(off[0])
+            return lambda a, b: np.asarray(data[base + a:base + b])
+        starts = np.concatenate([[0], np.cumsum(cnt)])
+
+        def read(a: int, b: int) -> np.ndarray:
+            i = int(np.searchsorted(starts, a, side="right")) - 1
+            j = int(np.searchsorted(starts, b, side="left"))
+            parts = [data[off[k] + max(a, starts[k]) - starts[k]:off[k] + min(b, starts[k + 1]) - starts[k]]
+                     for k in range(i, j) if cnt[k]]
+            return np.concatenate(parts) if parts else np.zeros(0)
+
+        return read
 
     def mae_rmse(self) -> tuple:
         if self.has_nan.any():
             return float("nan"), float("nan")
         n = self.count
-        return float(np.sum(self.abs_sum) / n), float(np.sqrt(np.sum(self.sq_sum) / n))
+        read = self._reader()
+        return (float(np.float64(_tree_sum(read, 0, n, False)) / n),
+                float(np.sqrt(np.float64(_tree_sum(read, 0, n, True)) / n)))
 
 
 def _write_metrics_files(out_dir: Path, metrics: Dict[str, Any]) -> Dict[str, Path]:
@@ -243,10 +283,10 @@ def group_metrics(
     pred_forces: Any = None,
     true_forces: Any = None,
     *,
-    force_sums: Optional[ForceSums] = None,
+    force_errors: Optional[ForceErrors] = None,
 ) -> Dict[str, Dict[str, Optional[float]]]:
     """:func:`compute_metrics` per group label (sorted); predicted force rows that are NaN are skipped.
-    ``force_sums`` stands for the force arrays in a streamed evaluation."""
+    ``force_errors`` stands for the force arrays in a streamed evaluation."""
     pe = np.asarray(pred_energy, dtype=np.float64).reshape(-1)
     te = np.asarray(true_energy, dtype=np.float64).reshape(-1)
     na = np.asarray(natoms, dtype=np.int64).reshape(-1)
@@ -261,7 +301,7 @@ def group_metrics(
         if pf is not None and tf is not None:
             fp, ft = _free_forces(pf, tf, rows)
         m = compute_metrics(pe[rows], te[rows], na[rows], fp, ft,
-                            force_sums=force_sums.free(rows) if force_sums is not None else None)
+                            force_errors=force_errors.free(rows) if force_errors is not None else None)
         out[name] = {k: m[k] for k in GROUP_COLUMNS[1:]}
     return out
 
@@ -296,14 +336,14 @@ def write_parity_png(
     groups: Optional[Sequence[str]] = None,
     max_points: int = PARITY_MAX_POINTS,
     *,
-    force_sums: Optional[ForceSums] = None,
+    force_errors: Optional[ForceErrors] = None,
     force_points: Optional[Dict[str, tuple]] = None,
 ) -> Path:
     """Two panels, energy per atom and force components, one colour per group, MAE/RMSE in the legend.
 
     matplotlib is imported here (Agg, no display) so the CLI start-up and infer never pay for it;
     force points beyond ``max_points`` per group are subsampled (seeded) to keep the file small. A streamed
-    evaluation passes ``force_sums`` (the legend's errors) and ``force_points`` (group -> (reference,
+    evaluation passes ``force_errors`` (the legend's errors) and ``force_points`` (group -> (reference,
     predicted) components, already a bounded sample) instead of the force arrays.
     """
     import matplotlib
@@ -316,7 +356,7 @@ def write_parity_png(
     na = np.asarray(natoms, dtype=np.int64).reshape(-1)
     g = np.asarray(["all"] * pe.size if groups is None else [str(x) for x in groups], dtype=object)
     pf, tf = _per_structure(pred_forces, na), _per_structure(true_forces, na)
-    streamed = force_sums is not None and force_points is not None
+    streamed = force_errors is not None and force_points is not None
     has_f = (pf is not None and tf is not None) or streamed
     fig = Figure(figsize=(11 if has_f else 5.5, 5), dpi=110)
     axes = fig.subplots(1, 2 if has_f else 1, squeeze=False)[0]
@@ -330,7 +370,7 @@ def write_parity_png(
                               f"RMSE {_fmt(m['energy_rmse_per_atom'])}")
         if has_f:
             if streamed:
-                m = compute_metrics(pe[rows], te[rows], na[rows], force_sums=force_sums.free(rows))
+                m = compute_metrics(pe[rows], te[rows], na[rows], force_errors=force_errors.free(rows))
                 xs, ys = force_points.get(name, (np.zeros(0), np.zeros(0)))
             else:
                 fp, ft = _free_forces(pf, tf, rows)
@@ -344,7 +384,7 @@ def write_parity_png(
                             label=f"{name} MAE {_fmt(m['force_mae'])} RMSE {_fmt(m['force_rmse'])}")
     if len(names) > 1:   # the overall errors as a legend line of their own
         if streamed:
-            m = compute_metrics(pe, te, na, force_sums=force_sums.free(np.arange(pe.size)))
+            m = compute_metrics(pe, te, na, force_errors=force_errors.free(np.arange(pe.size)))
         else:
             m = compute_metrics(pe, te, na, *(_free_forces(pf, tf, range(pe.size)) if has_f else ()))
         axes[0].plot([], [], " ", label=f"all (n={pe.size}) MAE {_fmt(m['energy_mae_per_atom'])} "
@@ -382,25 +422,25 @@ def write_group_outputs(
     pred_forces: Any = None,
     true_forces: Any = None,
     *,
-    force_sums: Optional[ForceSums] = None,
+    force_errors: Optional[ForceErrors] = None,
     force_points: Optional[Dict[str, tuple]] = None,
 ) -> Dict[str, Path]:
     """``parity.png`` always; with ``groups``, ``errors_by_group.csv`` and ``metrics["by_group"]``.
 
     Call before :func:`write_eval_outputs` so that metrics.json carries the per-group block. A streamed
-    evaluation passes ``force_sums`` / ``force_points`` (see :func:`write_parity_png`) instead of the forces.
+    evaluation passes ``force_errors`` / ``force_points`` (see :func:`write_parity_png`) instead of the forces.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: Dict[str, Path] = {}
     if groups is not None:
         by_group = group_metrics(groups, pred_energy, true_energy, natoms, pred_forces, true_forces,
-                                 force_sums=force_sums)
+                                 force_errors=force_errors)
         metrics["by_group"] = by_group
         written["errors_by_group.csv"] = write_group_csv(out_dir / "errors_by_group.csv", by_group)
     written["parity.png"] = write_parity_png(out_dir / "parity.png", pred_energy, true_energy, natoms,
                                              pred_forces, true_forces, groups,
-                                             force_sums=force_sums, force_points=force_points)
+                                             force_errors=force_errors, force_points=force_points)
     return written
 
 
@@ -463,12 +503,12 @@ class EvalStream:
     """The eval files of evaluate / infer, built batch by batch in constant memory per structure.
 
     ``predictions.csv`` rows and the predicted forces go to temp files as they come (forces as raw float64,
-    turned into ``predictions_forces.npz`` at the end, the layout :func:`write_eval_outputs` writes); the metrics
-    come from per-structure scalars (energies, natoms, group label, and each structure's force error sums), and
-    parity.png draws a seeded sample of at most ``parity_max_points`` force components (every one below it).
-    So nothing of the split's size is held but those scalars. The numbers are those of :func:`compute_metrics`
-    on the whole arrays; the force errors are summed per structure first, so they may differ from it in the
-    last bits.
+    turned into ``predictions_forces.npz`` at the end, the layout :func:`write_eval_outputs` writes), and so do
+    the force errors (:class:`ForceErrors`, summed from disk at the end); the rest of the metrics come from
+    per-structure scalars (energies, natoms, group label), and parity.png draws a seeded sample of at most
+    ``parity_max_points`` force components (every one below it). So memory holds those scalars and no
+    per-atom array of the split, and every number equals, bit for bit, what :func:`compute_metrics`,
+    :func:`write_group_outputs` and :func:`write_eval_outputs` give on the whole arrays.
     """
 
     def __init__(self, out_dir: Path, *, with_metrics: bool, with_forces: bool, group_by: Optional[str] = None,
@@ -482,8 +522,11 @@ class EvalStream:
         self._rows.writerow(["index", "energy", "energy_per_atom", "natoms"])
         self._forces = _StreamFile(self.out_dir / "predictions_forces.npz", binary=True) if with_forces else None
         self._force_rows = 0
+        self._errors = _StreamFile(self.out_dir / "force_errors", binary=True) \
+            if with_metrics and with_forces else None
+        self._error_count = 0
         self._cols: Dict[str, List[np.ndarray]] = {k: [] for k in ("index", "natoms", "pred", "true", "group",
-                                                                   "f_abs", "f_sq", "f_n", "f_nan")}
+                                                                   "f_off", "f_n", "f_nan")}
         self._codes: Dict[Optional[str], int] = {}
         self.true_forces = True      # every structure so far has reference forces
         self.sample = _Reservoir(parity_max_points, seed)
@@ -526,8 +569,10 @@ class EvalStream:
         labels = list(groups) if groups is not None else [None] * idx.size
         self._cols["group"].append(np.asarray([self._codes.setdefault(lab, len(self._codes)) for lab in labels],
                                               dtype=np.int32))
-        sums = np.zeros((4, idx.size), dtype=np.float64)
-        if self.with_forces and self.true_forces:
+        f_off = np.full(idx.size, self._error_count, dtype=np.int64)
+        f_n = np.zeros(idx.size, dtype=np.int64)
+        f_nan = np.zeros(idx.size, dtype=bool)
+        if self._errors is not None and self.true_forces:
             if true_forces is None or any(f is None for f in true_forces):
                 self.true_forces = False
             else:
@@ -537,13 +582,14 @@ class EvalStream:
                     if p.shape != t.shape:
                         raise ValueError(f"EvalStream.add: predicted forces {p.shape} vs true forces {t.shape}")
                     free = ~np.isnan(p).any(axis=1)
-                    d = p[free] - t[free]
-                    sums[:, k] = (np.sum(np.abs(d)), np.sum(d**2), d.size, not free.all())
+                    d = np.ascontiguousarray(p[free] - t[free], dtype="<f8")
+                    self._errors.fh.write(d.tobytes())
+                    f_off[k], f_n[k], f_nan[k] = self._error_count, d.size, not free.all()
+                    self._error_count += d.size
                     self.sample.add(int(self._cols["group"][-1][k]), t[free], p[free])
-        self._cols["f_abs"].append(sums[0])
-        self._cols["f_sq"].append(sums[1])
-        self._cols["f_n"].append(sums[2].astype(np.int64))
-        self._cols["f_nan"].append(sums[3].astype(bool))
+        self._cols["f_off"].append(f_off)
+        self._cols["f_n"].append(f_n)
+        self._cols["f_nan"].append(f_nan)
 
     def _col(self, name: str, dtype: Any) -> np.ndarray:
         parts = self._cols[name]
@@ -559,10 +605,11 @@ class EvalStream:
         if self.with_metrics:
             te = self._col("true", np.float64)
             fs = None
-            if self.with_forces and self.true_forces:
-                fs = ForceSums(self._col("f_abs", np.float64), self._col("f_sq", np.float64),
-                               self._col("f_n", np.int64), self._col("f_nan", bool))
-            metrics = compute_metrics(pe, te, na, force_sums=fs)
+            if self._errors is not None and self.true_forces:
+                self._errors.fh.flush()
+                fs = ForceErrors(self._errors.tmp, self._col("f_off", np.int64), self._col("f_n", np.int64),
+                                 self._col("f_nan", bool))
+            metrics = compute_metrics(pe, te, na, force_errors=fs)
             metrics.update(extra or {})
             names = {code: lab for lab, code in self._codes.items()}
             codes = self._col("group", np.int32)
@@ -574,9 +621,11 @@ class EvalStream:
                 for c in np.unique(self.sample.code):
                     pick = self.sample.code == c
                     points[label(int(c))] = (self.sample.ref[pick], self.sample.pred[pick])
-            write_group_outputs(self.out_dir, metrics, groups, pe, te, na, force_sums=fs,
+            write_group_outputs(self.out_dir, metrics, groups, pe, te, na, force_errors=fs,
                                 force_points=points if fs is not None else None)
             _write_metrics_files(self.out_dir, metrics)
+            if self._errors is not None:
+                self._errors.discard()
         self._csv.commit()
         if self._forces is not None:
             self._forces.fh.flush()
@@ -587,8 +636,9 @@ class EvalStream:
     def discard(self) -> None:
         """Drop the temp files of an evaluation that failed."""
         self._csv.discard()
-        if self._forces is not None:
-            self._forces.discard()
+        for f in (self._forces, self._errors):
+            if f is not None:
+                f.discard()
 
 
 def _write_forces_npz(path: Path, raw: Path, rows: int, natoms: np.ndarray, index: np.ndarray) -> None:
