@@ -10,9 +10,9 @@ Both the core MACE trainer and the FairChem runner call these two functions, so 
   numbers are ``by_group`` in metrics.json
 - ``parity.png`` (evaluate): predicted vs reference energy per atom and force components
 
-:class:`EvalStream` builds the same files batch by batch (the MACE backend's evaluate / infer): predictions
-are written as they come, and the metrics come from per-structure scalars, so no per-atom array of the whole
-split is ever held. :func:`fmt_metric` / :func:`metrics_line` are the console's form of these numbers (units,
+:class:`EvalStream` builds the same files, bit for bit, batch by batch (the MACE backend's evaluate / infer):
+predictions and per-atom force errors go to files as they come, and memory keeps per-structure scalars, so no
+per-atom array of the whole split is ever held. :func:`fmt_metric` / :func:`metrics_line` are the console's form of these numbers (units,
 4 significant digits); the files keep full precision in eV and eV/Å.
 """
 from __future__ import annotations
