@@ -64,6 +64,24 @@ def failure_line(exc: BaseException, *, run_dir: Optional[str] = None, log: Opti
     return what + (f" ({', '.join(where)})" if where else "")
 
 
+def best_line(run_dir: str) -> Optional[str]:
+    """The closing line of a training run: its best validation metrics with units, 4 significant digits
+    (``launcher.core.metrics.metrics_line``), from its manifest or metrics.jsonl; None when it logged none."""
+    from pathlib import Path
+
+    from launcher.core.metrics import metrics_line
+    from launcher.summary import best_metrics
+
+    try:
+        metrics, epoch = best_metrics(Path(run_dir))
+    except OSError:
+        return None
+    if not metrics:
+        return None
+    at = f" (epoch {epoch})" if epoch is not None else ""
+    return f"{run_dir}: best val{at}: {metrics_line(metrics)}"
+
+
 def exit_for(exc: BaseException, *, run_dir: Optional[str] = None, log: Optional[str] = None) -> NoReturn:
     """Any exception that reached a door -> its one line and exit code (2 input, 1 run-time, 130 ^C)."""
     if isinstance(exc, SystemExit):

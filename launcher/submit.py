@@ -372,6 +372,18 @@ def outcomes_of(jobs: Sequence[Any], bases: Sequence[JobOutcome], cluster: str) 
 # Submission
 # ---------------------------------------------------------------------------------------------
 
+TRAINING_TASKS = ("train", "finetune", "resume")
+
+
+def _echo_best(run_dir: str, echo: Callable[[str], None]) -> None:
+    """A finished training's best validation metrics, with units (the sweep summary has every run's)."""
+    from launcher.reporting import best_line
+
+    line = best_line(run_dir)
+    if line:
+        echo(line)
+
+
 def _run_inprocess(specs: Sequence[RunSpec], overrides: List[List[str]], echo: Callable[[str], None],
                    prestarted: Optional[Any] = None, indices: Optional[Sequence[int]] = None,
                    study: bool = False) -> List[JobOutcome]:
@@ -386,8 +398,9 @@ def _run_inprocess(specs: Sequence[RunSpec], overrides: List[List[str]], echo: C
         try:
             res = run_job(spec, echo=echo, prestarted=prestarted if len(specs) == 1 else None)
             state = {"finished": "FINISHED", "skipped": "SKIPPED", "preempted": "PREEMPTED"}[res.status]
-            outcomes.append(JobOutcome(i, spec.run_dir or "", state, ov, wall_s=time.time() - t0,
-                                       log_path=log))
+            if res.status == "finished" and spec.task in TRAINING_TASKS:
+                _echo_best(res.run_dir, echo)
+            outcomes.append(JobOutcome(i, spec.run_dir or "", state, ov, wall_s=time.time() - t0, log_path=log))
         except Exception as e:  # one failing point does not stop the others
             outcomes.append(JobOutcome(i, spec.run_dir or "", "FAILED", ov,
                                        error=f"{type(e).__name__}: {e}", wall_s=time.time() - t0, log_path=log))
@@ -560,6 +573,9 @@ def submit_runs(
         echo(f"stopped waiting; the jobs keep running: `launch-status {sweep_dir}` reports on them")
         raise
     write_record(sweep_dir, params, folder, [*before.outcomes, *result.outcomes], [*before.array_ids, *array_ids])
+    single = earlier is None and len(specs) == 1
+    if single and result.outcomes[0].state == "FINISHED" and specs[0].task in TRAINING_TASKS:
+        _echo_best(result.outcomes[0].run_dir, echo)
     echo(counts_line(result.outcomes))
     for o in result.failed:
         echo(f"  [{o.index}] {o.state}: {o.error} (log {o.log_path})")

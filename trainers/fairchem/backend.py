@@ -568,12 +568,15 @@ class FairchemBackend:
         for note in plan.notes:
             self.echo(f"[fairchem] {note}")
         self.echo(f"[fairchem] {format_command(plan.command)}")
-        from trainers.fairchem.logparse import MetricsTap
+        from trainers.fairchem.logparse import ConsoleLines, MetricsTap
 
         tap = MetricsTap(plan.log_path.parent / "metrics.jsonl", plan.timestamp_id)
+        console = ConsoleLines()   # warnings stay in the FairChem log; metrics with units
 
         def tee(line: str) -> None:
-            self.echo(line)
+            shown = console(line)
+            if shown is not None:
+                self.echo(shown)
             tap(line)
 
         # FairChem's temp files (torch, torchrun's logs) go to a folder of this invocation, removed on every
@@ -921,8 +924,9 @@ class FairchemBackend:
                                        energy_only=spec.eval.energy_only, group_by=gb,
                                        note=lambda line: self.echo(f"[fairchem] {line}"))
         if with_metrics:
-            self.echo("[fairchem] " + ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
-                                               for k, v in metrics.items() if k != "by_group"))
+            from launcher.core.metrics import metrics_line
+
+            self.echo(f"[fairchem] {spec.task} data.{split}: {metrics_line(metrics)}")
         return {"metrics": metrics, "eval_dir": str(layout.eval_dir), "predictions": str(npz), "model": str(source)}
 
     def _export(self, ctx: JobContext) -> Dict[str, Any]:

@@ -1,4 +1,5 @@
-"""FairChem's metric log lines -> ``logs/metrics.jsonl`` records (the same file the core trainer writes).
+"""FairChem's metric log lines -> ``logs/metrics.jsonl`` records (the same file the core trainer writes), and
+the console's form of FairChem's output (:class:`ConsoleLines`).
 
 FairChem logs training metrics as ``energy_mae: 1.2e+00, ..., epoch: 1.0e+00, step: 1.3e+01`` and,
 after ``Evaluating on val.``, the split's metrics in the same ``key: value`` form. Our child's progress
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-_PREFIX = re.compile(r"^.*?\((?:INFO|WARNING|DEBUG)\): ")
+_PREFIX = re.compile(r"^(?:.*?\((?:INFO|WARNING|DEBUG)\): |(?:INFO|WARNING|DEBUG):[\w.]*:)")
 _PAIR = re.compile(r"^([A-Za-z_][\w/]*): ([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf))$")
 _EVAL = re.compile(r"^Evaluating on (\w+)\.$")
 _NUM = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf))"
@@ -71,3 +72,69 @@ class MetricsTap:
                 record[key] = int(record[key])
         append_jsonl(self.path, record)
         self.split = "train"
+
+
+# ------------------------------------------------------------------ what the console shows
+#: A Python warning as ``warnings`` prints it: ``/path/x.py:23: FutureWarning: message``.
+_PY_WARNING = re.compile(r"^\S.*?:\d+: (?:[A-Za-z_][\w.]*)?Warning: ")
+#: A warning of FairChem's logging: ``WARNING:root:...`` or ``2026-... (WARNING): ...``.
+_LOG_WARNING = re.compile(r"^(?:WARNING:[\w.]*:|\S.*?\(WARNING\): )")
+#: Lines that start a record of their own (they end the swallowed lines of a multi-line warning).
+_RECORD = re.compile(r"^(?:(?:INFO|WARNING|ERROR|DEBUG|CRITICAL):|\[mlip-launch\]|\[fairchem\]|step \d+ \||Traceback|"
+                     r"\S.*?\((?:INFO|WARNING|ERROR|DEBUG)\): )")
+_WARNING_LINES = 8   # at most this many lines of one warning's message before its source line
+
+
+def progress_line(p: Dict[str, Any]) -> str:
+    """Our child's progress line with 4 significant digits."""
+    from launcher.core.metrics import sig
+
+    return (f"step {p['step']} | epoch {p['epoch']:.3f} | loss {sig(p['loss'])} | lr {p['lr']:.4g} | "
+            f"{sig(p['structures_per_s'])} structures/s")
+
+
+class ConsoleLines:
+    """Feed it every output line of FairChem; it returns what the console shows, or None for a line that only
+    goes to the FairChem log: Python warnings (torch's ``torch.load`` FutureWarnings and the like, their message
+    and source lines included) and FairChem's logged warnings. Metric lines are shown with units and 4
+    significant digits, our progress lines with 4 digits; every other line as it is."""
+
+    def __init__(self) -> None:
+        self.split = "train"
+        self._warning = -1   # >= 0: inside a Python warning, that many of its lines swallowed
+
+    def __call__(self, line: str) -> Optional[str]:
+        from launcher.core.metrics import metrics_line, sig
+
+        text = line.rstrip("\n")
+        if self._warning >= 0:
+            if text[:1] in (" ", "\t"):                 # the source line ends the warning
+                self._warning = -1
+                return None
+            if not (_RECORD.match(text) or _PY_WARNING.match(text)) and self._warning < _WARNING_LINES:
+                self._warning += 1                      # a message of several lines
+                return None
+            self._warning = -1
+        if _PY_WARNING.match(text):
+            self._warning = 0
+            return None
+        if _LOG_WARNING.match(text):
+            return None
+        message = _PREFIX.sub("", text.strip())
+        progress = parse_progress(message)
+        if progress is not None:
+            return progress_line(progress)
+        m = _EVAL.match(message)
+        if m:
+            self.split = m.group(1)
+            return text
+        values = parse_metrics(message)
+        if values is None:
+            return text
+        where = self.split
+        if "step" in values:
+            where += f" step {int(values.pop('step'))}"
+        if "epoch" in values:
+            where += f" epoch {values.pop('epoch'):.3f}"
+        self.split = "train"
+        return f"[fairchem] {where}: {metrics_line(values)}"

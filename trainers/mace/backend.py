@@ -199,22 +199,29 @@ class MaceBackend:
         return result
 
     def run(self, ctx: JobContext) -> Dict[str, Any]:
-        from trainers.mace.model_io import exact_jit
+        from trainers.mace.runlog import third_party_warnings
 
-        with exact_jit(ctx.spec.device):   # bit-identical resume on CPU (see exact_jit)
-            return run_task(ctx, train=self._train, predict=self._predict, export=self._export)
+        # torch / e3nn / mace warnings (printed by every run) go to train.log, ours still to the console
+        log = None if ctx.extra.get("follower") else ctx.layout.train_log
+        if log is not None:
+            ctx.layout.logs.mkdir(parents=True, exist_ok=True)
+        with third_party_warnings(log):
+            from trainers.mace.model_io import exact_jit
+
+            with exact_jit(ctx.spec.device):   # bit-identical resume on CPU (see exact_jit)
+                return run_task(ctx, train=self._train, predict=self._predict, export=self._export)
 
     # ---------------------------------------------------------------- evaluation
     def _predict(self, ctx: JobContext, *, with_metrics: bool) -> Dict[str, Any]:
-        import numpy as np
-
-        from launcher.core.metrics import (compute_metrics, group_label, resolve_groups, write_eval_outputs,
-                                           write_group_outputs)
-        from trainers.mace import graphs
+        """evaluate / infer, streamed: ``train.num_workers`` workers read the selected entries and build their
+        graphs per batch, predictions go to the eval files as they come, and the metrics come from
+        per-structure scalars (``launcher.core.metrics.EvalStream``): memory does not grow with the split."""
+        from launcher.core.metrics import EvalStream, metrics_line
+        from trainers.mace import graphs, stream
         from trainers.mace.loop import head_of, progress_enabled, select_device, set_threads
         from trainers.mace.model_config import heads_of
         from trainers.mace.model_io import load_model
-        from trainers.mace.predict import predict
+        from trainers.mace.predict import EvalGraphs, stream_predictions
 
         spec = ctx.spec
         split = spec.eval.split
@@ -222,52 +229,51 @@ class MaceBackend:
         with _default_dtype(spec.train.dtype):
             device = select_device(spec)
             loaded = load_model(spec, prefer="best")
-            structures, idx = graphs.load_split(spec, split, active=True)
+            idx = stream.split_indices(spec, split, active=True)
             cfg = loaded.config
-            graphs.check_elements(structures, cfg["atomic_numbers"], what=f"data.{split} ({getattr(spec.data, split)})")
-            heads = heads_of(cfg)
             head = head_of(cfg, spec.train.head_key)
-            data = graphs.to_atomic_data(structures, cfg["atomic_numbers"], cfg["r_max"], heads, head)
+            path = getattr(spec.data, split)
+            source = EvalGraphs(stream.SplitGraphs(path, idx, cfg["atomic_numbers"], cfg["r_max"], heads_of(cfg), head,
+                                                   what=f"data.{split} ({path})",
+                                                   trust_pickles=stream.trust_pickles(spec)),
+                                group_by=spec.eval.group_by if with_metrics else None)
             compute_force = not spec.eval.energy_only
-            # stress costs a gradient w.r.t. the cell: only when some structure has a label to compare with
-            compute_stress = compute_force and any(s.stress is not None for s in structures)
             if spec.eval.amp and device.type != "cuda":
                 import warnings
 
                 warnings.warn("eval.amp: autocast is CUDA-only; evaluating on CPU without it", stacklevel=2)
-            out = predict(loaded.model.to(device), data, batch_size=spec.data.batch_size, device=device,
-                          compute_force=compute_force, amp=spec.eval.amp, desc=spec.task,
-                          progress=progress_enabled(spec.train.progress_bar, True),
-                          mininterval=spec.train.progress_mininterval, compute_stress=compute_stress)
-        natoms = np.array([s.natoms for s in structures], dtype=np.int64)
-        metrics = None
-        if with_metrics:
-            missing = [int(s.index) for s in structures if s.energy is None]
-            if missing:
-                raise ConfigError(f"data.{split}: task=evaluate needs energies; structures {missing[:5]} have none (use task=infer)")
-            true_f = None
-            if compute_force and all(s.forces is not None for s in structures):
-                true_f = [s.forces for s in structures]
-            metrics = compute_metrics(out["energy"], [s.energy for s in structures], natoms,
-                                      out["forces"] if true_f is not None else None, true_f,
-                                      pred_stress=out.get("stress"),
-                                      true_stress=[s.stress for s in structures] if compute_stress else None)
-            metrics.update({"split": split, "head": head, "model": loaded.source, "dataset": getattr(spec.data, split)})
-        ctx.layout.eval_dir.mkdir(parents=True, exist_ok=True)
-        if metrics is not None:
-            key = spec.eval.group_by
-            groups = resolve_groups([group_label(s.info, key) for s in structures] if key else [], key,
-                                    note=lambda line: self._eval_note(ctx, line))
-            write_group_outputs(ctx.layout.eval_dir, metrics, groups, out["energy"], [s.energy for s in structures],
-                                natoms, out["forces"] if true_f is not None else None, true_f)
-        write_eval_outputs(ctx.layout.eval_dir, metrics, idx, out["energy"], natoms, out["forces"],
-                           stress=out.get("stress"))
+            out = EvalStream(ctx.layout.eval_dir, with_metrics=with_metrics, with_forces=compute_force,
+                             group_by=spec.eval.group_by)
+            try:
+                for pred, labels in stream_predictions(
+                        loaded.model.to(device), source, batch_size=spec.data.batch_size, device=device,
+                        compute_force=compute_force, amp=spec.eval.amp, num_workers=spec.train.num_workers,
+                        progress=progress_enabled(spec.train.progress_bar, True), desc=spec.task,
+                        mininterval=spec.train.progress_mininterval):
+                    if with_metrics:
+                        missing = [lab.index for lab in labels if lab.energy is None]
+                        if missing:
+                            raise ConfigError(f"data.{split}: task=evaluate needs energies; structures {missing[:5]} "
+                                              f"have none (use task=infer)")
+                    out.add([lab.index for lab in labels], [lab.natoms for lab in labels], pred["energy"],
+                            pred["forces"], [lab.energy for lab in labels], [lab.forces for lab in labels],
+                            [lab.group for lab in labels], pred_stress=pred.get("stress"),
+                            true_stress=[lab.stress for lab in labels])
+                extra = {"split": split, "head": head, "model": loaded.source, "dataset": path}
+                metrics = out.finish(extra=extra, note=lambda line: self._eval_note(ctx, line))
+            except BaseException:
+                out.discard()
+                raise
         graphs.record_indices(ctx.layout.indices_json(spec.task), {split: idx})
+        if metrics is not None:
+            self._eval_note(ctx, f"{spec.task} data.{split}: {metrics_line(metrics)}")
+        else:
+            self._eval_note(ctx, f"{spec.task} data.{split}: {len(idx)} structures predicted, in {ctx.layout.eval_dir}")
         return {"split": split, "n_structures": int(len(idx)), **({"metrics": metrics} if metrics else {})}
 
     @staticmethod
     def _eval_note(ctx: JobContext, line: str) -> None:
-        """A warning of evaluate on the console and in logs/train.log."""
+        """A line of evaluate (a warning, the metrics) on the console and in logs/train.log."""
         from trainers.mace.runlog import RunLog
 
         ctx.layout.logs.mkdir(parents=True, exist_ok=True)

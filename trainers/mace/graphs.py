@@ -1,11 +1,12 @@
 """From LMDB entries to mace's ``AtomicData`` graphs (one structure at a time), and collation.
 
-The trainer streams them (``trainers.mace.stream``) or caches them; evaluate reads its split here.
+The trainer streams them (``trainers.mace.stream``) or caches them; evaluate / infer stream theirs
+(``trainers.mace.predict.EvalGraphs``): no path here reads a whole split.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -17,25 +18,6 @@ def split_indices(spec: Any, split: str, n: int, *, active: bool) -> np.ndarray:
     from data.indices import select_split_indices
 
     return select_split_indices(spec.data, split, n, active=active)
-
-
-def load_split(spec: Any, split: str, *, active: bool, progress: bool = False) -> Tuple[List[Any], np.ndarray]:
-    """(structures, indices) of one split of ``spec.data``; the bar refreshes every ``train.progress_mininterval`` s."""
-    from data.lmdb_dataset import LmdbDataset
-    from data.util import progress_bar
-
-    path = getattr(spec.data, split)
-    if not path:
-        raise ConfigError(f"data.{split}: required here (an LMDB file or folder of shards)")
-    ds = LmdbDataset(path, trust_pickles=bool(getattr(spec.data, "trust_pickles", False)))
-    try:
-        idx = split_indices(spec, split, len(ds), active=active)
-        it = progress_bar(idx, progress, desc=f"read {split}", unit="struct",
-                          mininterval=spec.train.progress_mininterval, leave=False)
-        structures = [ds[int(i)] for i in it]
-    finally:
-        ds.close()
-    return structures, idx
 
 
 def check_elements(structures: Sequence[Any], zs: Sequence[int], *, what: str) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 
 from launcher.core.atomic import atomic_torch_save
 from launcher.core.errors import ConfigError, TrainingDiverged
+from launcher.core.metrics import fmt_metric, sig
 from launcher.core.schema import cuda_index, early_stop_evals, log_every_updates, plateau_patience
 from trainers.mace.freeze import HeadFreeze
 from trainers.mace.model_io import CHECKPOINT_FORMAT
@@ -373,10 +374,11 @@ class Trainer:
         else:
             st.bad_evals += 1
         st.last_val_loss = loss
-        self.log.info(f"eval {split} epoch={rec['epoch']} step={st.update_step} loss={_fmt(loss)} "
-                      f"E_rmse/atom={m.get('energy_rmse_per_atom')} F_rmse={m.get('force_rmse')} "
-                      + (f"S_rmse={m['stress_rmse']} " if m.get("stress_rmse") is not None else "") + f"lr={lr:.3g}"
-                      + (" *best*" if improved else "") + f" ({time.perf_counter() - t_eval:.2f}s)")
+        errors = "".join(f" {label}={fmt_metric(key, m[key])}" for key, label in
+                         (("energy_rmse_per_atom", "E_rmse/atom"), ("force_rmse", "F_rmse"),
+                                          ("stress_rmse", "S_rmse")) if m.get(key) is not None)
+        self.log.info(f"eval {split} epoch={rec['epoch']} step={st.update_step} loss={_fmt(loss)}{errors} lr={lr:.4g}"
+                      + (" *best*" if improved else "") + f" ({time.perf_counter() - t_eval:.2f} s)")
         if self.stop_after is not None and st.bad_evals >= self.stop_after:
             st.stopped = (f"early_stop_factor: {st.bad_evals} evaluations without {split} improvement "
                           f"(early_stop_factor {t.early_stop_factor} x patience {plateau_patience(t)}); "
@@ -469,8 +471,8 @@ class Trainer:
         st = self.state
         self.log.metrics({"epoch": st.epoch + 1, "step": st.update_step, "split": "train", "loss": loss, "lr": lr,
                           "throughput": rate, "data_wait": waited / span})
-        self.log.info(f"train step={st.update_step} epoch={st.epoch + 1}/{self.spec.train.epochs} loss={loss:.6g} "
-                      f"lr={lr:.3g} throughput={rate:.1f} structures/s data_wait={100 * waited / span:.1f}%")
+        self.log.info(f"train step={st.update_step} epoch={st.epoch + 1}/{self.spec.train.epochs} loss={sig(loss)} "
+                      f"lr={lr:.4g} throughput={sig(rate)} structures/s data_wait={100 * waited / span:.1f}%")
         self._window = [time.time(), 0, 0.0]
 
     def train(self) -> Dict[str, Any]:
@@ -533,7 +535,7 @@ class Trainer:
             st.epoch += 1
             st.updates_in_epoch = 0
             took = time.time() - te
-            self.log.info(f"epoch {st.epoch}/{t.epochs} done in {took:.2f}s (data wait {wait:.2f}s = "
+            self.log.info(f"epoch {st.epoch}/{t.epochs} done in {took:.2f} s (data wait {wait:.2f} s = "
                           f"{100 * wait / max(took, 1e-9):.1f}% of it, after the first batch)")
             if not cycles:
                 self.evaluate_point("epoch")
@@ -567,7 +569,8 @@ def make_loss(t: Any) -> Any:
 
 
 def _fmt(x: Optional[float]) -> str:
-    return "n/a" if x is None else f"{x:.6g}"
+    """A loss on the console: 4 significant digits (metrics.jsonl keeps full precision)."""
+    return sig(x)
 
 
 class _null:

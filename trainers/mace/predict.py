@@ -6,7 +6,7 @@ do not depend on the batch size and add up exactly across DDP ranks.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -29,37 +29,87 @@ def batches(graphs: Sequence[Any], batch_size: int, positions: Optional[Sequence
                       num_workers=num_workers)
 
 
-def predict(model: Any, graphs: Sequence[Any], *, batch_size: int, device: Any, compute_force: bool = True,
-            amp: bool = False, progress: bool = False, desc: str = "predict",
-            mininterval: float = 0.5, compute_stress: bool = False) -> Dict[str, Any]:
-    """Energies (float64 numpy, one per graph), forces (a list of (n_i, 3) arrays or None) and, with
-    ``compute_stress`` (and forces), stress (an (n, 3, 3) array, eV/Å^3, else None); ``mininterval``:
-    seconds between refreshes of the bar (``train.progress_mininterval``)."""
+class EvalGraphs:
+    """Position ``j`` -> (graph, :class:`Label`) of entry ``indices[j]``: what evaluate / infer stream.
+
+    The graph as :class:`trainers.mace.stream.SplitGraphs` builds it; the label carries what the eval files
+    need of the structure (its reference energy and forces in float64, as stored, and its ``eval.group_by``
+    label), so nothing else of the split is read or kept.
+    """
+
+    def __init__(self, graphs: Any, group_by: Optional[str] = None) -> None:
+        self.graphs, self.group_by = graphs, group_by
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    def __getitem__(self, j: int) -> tuple:
+        from launcher.core.metrics import group_label
+
+        s = self.graphs.structure(j)
+        g = self.graphs.graph(j, s)
+        forces = None if s.forces is None else np.asarray(s.forces, dtype=np.float64)
+        stress = None if s.stress is None else np.asarray(s.stress, dtype=np.float64).reshape(3, 3)
+        label = Label(int(self.graphs.indices[j]), int(s.natoms), None if s.energy is None else float(s.energy),
+                      forces, group_label(s.info, self.group_by) if self.group_by else None, stress)
+        return g, label
+
+
+class Label(NamedTuple):
+    index: int
+    natoms: int
+    energy: Optional[float]
+    forces: Optional[np.ndarray]
+    group: Optional[str]
+    stress: Optional[np.ndarray] = None     # (3, 3) eV/Å^3
+
+
+def collate_labelled(items: Sequence[tuple]) -> tuple:
+    """(collated batch, [Label, ...]) of :class:`EvalGraphs` items."""
+    from trainers.mace.graphs import collate
+
+    return collate([g for g, _ in items]), [lab for _, lab in items]
+
+
+def predict_batch(model: Any, batch: Any, *, device: Any, compute_force: bool = True,
+                  amp: bool = False, compute_stress: bool = False) -> Dict[str, Any]:
+    """One collated batch -> ``{"energy": (B,) float64, "forces": [(n_i, 3) float64, ...] or None,
+    "stress": (B, 3, 3) float64 eV/Å^3 or None}`` (stress only with ``compute_stress`` and forces)."""
     import torch
 
-    model.eval()
-    energies: List[np.ndarray] = []
-    forces: Optional[List[np.ndarray]] = [] if compute_force else None
-    stress: Optional[List[np.ndarray]] = [] if compute_force and compute_stress else None
-    from data.util import progress_bar
+    batch = batch.to(device)
+    stress = compute_force and compute_stress
+    ctx = torch.enable_grad() if compute_force else torch.no_grad()
+    with ctx, autocast(device, amp):
+        out = model(batch.to_dict(), training=False, compute_force=compute_force,
+                    **({"compute_stress": True} if stress else {}))
+    pred: Dict[str, Any] = {"energy": out["energy"].detach().double().cpu().numpy().reshape(-1), "forces": None,
+                            "stress": out["stress"].detach().double().cpu().numpy().reshape(-1, 3, 3) if stress else None}
+    if compute_force:
+        f = out["forces"].detach().double().cpu().numpy()
+        ptr = batch.ptr.cpu().numpy()
+        pred["forces"] = [f[ptr[k]:ptr[k + 1]] for k in range(len(ptr) - 1)]
+    return pred
 
-    it: Any = progress_bar(batches(graphs, batch_size), progress, total=(len(graphs) + batch_size - 1) // batch_size,
-                           desc=desc, unit="batch", mininterval=mininterval, leave=False)
-    for batch in it:
-        batch = batch.to(device)
-        ctx = torch.enable_grad() if compute_force else torch.no_grad()
-        with ctx, autocast(device, amp):
-            out = model(batch.to_dict(), training=False, compute_force=compute_force,
-                        **({"compute_stress": True} if stress is not None else {}))
-        energies.append(out["energy"].detach().double().cpu().numpy().reshape(-1))
-        if stress is not None:
-            stress.append(out["stress"].detach().double().cpu().numpy().reshape(-1, 3, 3))
-        if forces is not None:
-            f = out["forces"].detach().double().cpu().numpy()
-            ptr = batch.ptr.cpu().numpy()
-            forces.extend(f[ptr[k]:ptr[k + 1]] for k in range(len(ptr) - 1))
-    return {"energy": np.concatenate(energies) if energies else np.zeros(0), "forces": forces,
-            "stress": (np.concatenate(stress) if stress else np.zeros((0, 3, 3))) if stress is not None else None}
+
+def stream_predictions(model: Any, source: Any, *, batch_size: int, device: Any, compute_force: bool = True,
+                       amp: bool = False, num_workers: int = 0, progress: bool = False, desc: str = "predict",
+                       mininterval: float = 0.5) -> Iterator[tuple]:
+    """``(prediction, labels)`` per batch of an :class:`EvalGraphs`, in position order; ``num_workers``
+    processes read and build the graphs ahead (``train.num_workers``). Stress (a gradient w.r.t. the cell) is
+    predicted for the batches that hold a stress label, as validation scores it."""
+    from data.util import progress_bar
+    from trainers.mace.stream import loader
+
+    model.eval()
+    n = len(source)
+    plan = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    it: Any = progress_bar(loader(source, plan, num_workers=num_workers, collate=collate_labelled), progress,
+                           total=len(plan), desc=desc, unit="batch", mininterval=mininterval, leave=False)
+    for batch, labels in it:
+        stress = any(lab.stress is not None for lab in labels)
+        yield predict_batch(model, batch, device=device, compute_force=compute_force, amp=amp,
+                            compute_stress=stress), labels
 
 
 def error_sums(model: Any, graphs: Sequence[Any], *, batch_size: int, device: Any, compute_force: bool,

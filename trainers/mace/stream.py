@@ -63,9 +63,12 @@ class SplitGraphs:
         return self._dataset()[int(self.indices[j])]
 
     def __getitem__(self, j: int) -> Any:
+        return self.graph(j, self.structure(j))
+
+    def graph(self, j: int, s: Any) -> Any:
+        """The graph of structure ``s`` read at position ``j``."""
         from trainers.mace.graphs import atomic_table, to_graph
 
-        s = self.structure(j)
         if not self._known.issuperset(int(z) for z in s.numbers):
             from trainers.mace.graphs import check_elements
 
