@@ -202,7 +202,7 @@ class WandbSink:
             kwargs["mode"] = "offline"
         self.run = wandb.init(project=spec.train.wandb_project or "mlip-launch", name=spec.run_name,
                               id=wandb_run_id(layout, resumed), resume="allow", dir=str(layout.logs),
-                              config=spec.to_dict(), reinit="finish_previous", **kwargs)
+                              config=spec.to_dict(), **kwargs)
         self.where = f"wandb run {self.run.id} ({kwargs.get('mode') or os.environ['WANDB_MODE']}) in {layout.logs / 'wandb'}"
 
     def log(self, scalars: Dict[str, float], step: int) -> None:

@@ -95,6 +95,13 @@ def test_events_and_curves_follow_metrics_jsonl(tiny_data, tiny_model_json, tmp_
     assert "train.logger=tensorboard" in (run_dir / "logs" / "train.log").read_text()
 
 
+def test_the_logger_is_not_part_of_the_runs_identity(tiny_data, tiny_model_json, tmp_path):
+    """Relaunching an interrupted run with another train.logger resumes it (it is not a different run)."""
+    a = make_spec(tmp_path / "run", tiny_data, **_train(tiny_model_json))
+    b = make_spec(tmp_path / "run", tiny_data, **_train(tiny_model_json, logger="wandb", wandb_project="p"))
+    assert a.identity() == b.identity()
+
+
 def test_logger_none_writes_no_events_but_still_draws_curves(tiny_data, tiny_model_json, tmp_path):
     from launcher.job import run_job
 
