@@ -10,21 +10,23 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from launcher.core.atomic import append_jsonl, atomic_write_text, read_jsonl
 from launcher.core.layout import RunLayout
 
 
 class RunLog:
-    """``logs/train.log`` (and the console on rank 0) plus ``logs/metrics.jsonl``."""
+    """``logs/train.log`` (and the console on rank 0) plus ``logs/metrics.jsonl``, each record of which also goes to
+    the ``train.logger`` sinks (:meth:`open_sinks`); :meth:`curves` redraws ``logs/curves.png``."""
+
+    sinks: Sequence[Any] = ()             # TensorBoard / wandb writers (open_sinks), rank 0 only
+    _curves_error: Optional[str] = None   # the last drawing failure, reported once
 
     def __init__(self, layout: RunLayout, enabled: bool, echo: bool = True) -> None:
         self.layout, self.enabled, self.echo = layout, enabled, echo
         self.bars = False  # tqdm bars are on: console lines go through tqdm.write so bars stay intact
         self.t0 = time.time()
-        self.sinks: List[Any] = []   # TensorBoard / wandb writers (open_sinks), rank 0 only
-        self._curves_error: Optional[str] = None
 
     def info(self, msg: str) -> None:
         if not self.enabled:
@@ -57,9 +59,9 @@ class RunLog:
             return
         logger = spec.train.logger
         if logger == "tensorboard":
-            self.sinks.append(TensorBoardSink(self.layout.tensorboard, purge_step=resume_step + 1))
+            self.sinks = [TensorBoardSink(self.layout.tensorboard, purge_step=resume_step + 1)]
         elif logger == "wandb":
-            self.sinks.append(WandbSink(spec, self.layout, resumed=resumed))
+            self.sinks = [WandbSink(spec, self.layout, resumed=resumed)]
         if self.sinks:
             self.info(f"train.logger={logger}: {self.sinks[0].where}")
 
