@@ -94,7 +94,7 @@ class RunLayout:
 
     @property
     def tensorboard(self) -> Path:
-        """TensorBoard event files (train.logger=tensorboard); FairChem's in one subfolder per invocation."""
+        """TensorBoard event files (train.logger=tensorboard), the core trainer's or FairChem's own."""
         return self.logs / "tensorboard"
 
     @property

@@ -157,7 +157,7 @@ class TrainSpec:
     logger: str = _f("tensorboard", "where training scalars go besides logs/metrics.jsonl and logs/curves.png (drawn "
                                     "every validation whatever this is): tensorboard (event files under "
                                     "logs/tensorboard/: train/val loss, val metrics, lr, throughput per optimizer "
-                                    "step; FairChem's own events in logs/tensorboard/<invocation>/) | wandb "
+                                    "step; FairChem runs: FairChem's own events) | wandb "
                                     "(Weights & Biases, offline unless WANDB_MODE is set; files under logs/wandb/; "
                                     "needs the wandb extra) | none")
     wandb_project: Optional[str] = _f(None, "wandb project of train.logger=wandb (null = mlip-launch); the wandb run "

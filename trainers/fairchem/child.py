@@ -20,8 +20,8 @@ Training options of ``run`` (FairChem v1 has no such knobs; see :class:`TrainOpt
     --early-stop N         stop after N validations in a row without a better primary val metric
     --log-every N          every N optimizer updates one progress line on stdout (and in --progress-log)
     --progress-log FILE    append the progress lines (and the early-stop line) to FILE
-    --logs-dir DIR         FairChem's logger writes under DIR: tensorboard events in DIR/tensorboard/<timestamp id>/,
-                           wandb's files in DIR/wandb/ (see install_logger); a config's logger 'none': no logger
+    --logs-dir DIR         FairChem's logger writes under DIR: tensorboard events in DIR/tensorboard/, wandb's files
+                           in DIR/wandb/ (see install_logger); a config's logger 'none': no logger
     --run-name NAME        the wandb run's name when no --identifier names it
 """
 from __future__ import annotations
@@ -750,14 +750,31 @@ def _remove_empty(folder, levels):
         folder = os.path.dirname(folder)
 
 
+def _purge_on_first_log(logger, writer):
+    """Before the logger's first event, a restart marker at its step (see install_logger)."""
+    log = logger.log
+
+    def first_log(update_dict, step, split=""):
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        writer._get_file_writer().add_event(Event(step=int(step), session_log=SessionLog(status=SessionLog.START)))
+        logger.log = log
+        return log(update_dict, step, split)
+
+    logger.log = first_log
+
+
 def install_logger(options):
     """Where FairChem's logger writes, and the logger 'none' (FairChem's trainers insist on one).
 
     FairChem puts its logger's files in ``<run dir>/logs/<logger>/<timestamp id>``; with ``--logs-dir DIR``
-    tensorboard writes to ``DIR/tensorboard/<timestamp id>/`` and wandb to ``DIR/wandb/`` (named ``--run-name``
-    unless ``--identifier`` names it), and the empty folder FairChem made is removed. TensorBoard's writer is
-    closed at exit (FairChem never closes it, and events still queued would be lost). A config whose logger is
-    ``none`` runs without a logger.
+    tensorboard writes to ``DIR/tensorboard/`` and wandb to ``DIR/wandb/`` (named ``--run-name`` unless
+    ``--identifier`` names it), and the empty folder FairChem made is removed. Every invocation of a run (a
+    resume after a stop) writes its events to that one folder, so TensorBoard shows one run: the first event of
+    an invocation marks a restart at its step (``SessionLog.START``, what SummaryWriter's ``purge_step`` writes),
+    and TensorBoard drops the events an earlier invocation logged from that step on (steps redone since its
+    last checkpoint). The writer is closed at exit (FairChem never closes it; queued events would be lost). A
+    config whose logger is ``none`` runs without a logger.
     """
     import atexit
 
@@ -777,8 +794,8 @@ def install_logger(options):
             self.logger = None
             return
         if options.logs_dir and name in ("tensorboard", "wandb"):
-            cmd["logs_dir"] = (os.path.join(options.logs_dir, "tensorboard", self.timestamp_id)
-                               if name == "tensorboard" else options.logs_dir)
+            cmd["logs_dir"] = os.path.join(options.logs_dir, "tensorboard") if name == "tensorboard" \
+                else options.logs_dir
             if distutils.is_master():
                 os.makedirs(cmd["logs_dir"], exist_ok=True)
         if name == "wandb" and options.run_name and not cmd.get("identifier"):
@@ -787,6 +804,8 @@ def install_logger(options):
         writer = getattr(self.logger, "writer", None)
         if writer is not None:
             atexit.register(writer.close)
+            if options.logs_dir:
+                _purge_on_first_log(self.logger, writer)
 
     BaseTrainer.load_logger = load_logger
 

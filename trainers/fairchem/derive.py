@@ -295,10 +295,10 @@ KEY_MAP: Dict[str, str] = {
     "train.early_stop_factor": "child.py --early-stop N, N = ceil(factor x patience); patience = train.patience, "
                                "else the config's ReduceLROnPlateau patience, else 50",
     "train.log_every": "child.py --log-every N --progress-log logs/train.log",
-    "train.logger": "logger (always set: a config's own logger is replaced, with a note): tensorboard writes FairChem's "
-                    "own events (train/*, val/* per step) to logs/tensorboard/<invocation>/; wandb: FairChem's wandb "
-                    "logger, files in logs/wandb/, WANDB_MODE=offline unless set (environment or backend_env); "
-                    "none: no logger (child.py)",
+    "train.logger": "logger (always set: a config's own logger is replaced, with a note): tensorboard writes "
+                    "FairChem's own events (train/*, val/* per step) to logs/tensorboard/ (a resumed run drops the "
+                    "events logged after its checkpoint); wandb: FairChem's wandb logger, files in logs/wandb/, "
+                    "WANDB_MODE=offline unless set (environment or backend_env); none: no logger (child.py)",
     "train.wandb_project": "logger.project of train.logger=wandb (else the config's, else mlip-launch)",
     "train.config_yml": "the FairChem config (optional when the model comes from a manifest or checkpoint)",
     "train.dtype": "float32 is what FairChem computes in (nothing to change); float64, the schema default "

@@ -205,7 +205,8 @@ class WandbSink:
         self.run = wandb.init(project=spec.train.wandb_project or "mlip-launch", name=spec.run_name,
                               id=wandb_run_id(layout, resumed), resume="allow", dir=str(layout.logs),
                               config=spec.to_dict(), **kwargs)
-        self.where = f"wandb run {self.run.id} ({kwargs.get('mode') or os.environ['WANDB_MODE']}) in {layout.logs / 'wandb'}"
+        mode = kwargs.get("mode") or os.environ["WANDB_MODE"]
+        self.where = f"wandb run {self.run.id} ({mode}) in {layout.logs / 'wandb'}"
 
     def log(self, scalars: Dict[str, float], step: int) -> None:
         self.run.log(scalars, step=step)

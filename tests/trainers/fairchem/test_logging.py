@@ -109,29 +109,71 @@ def _run(tmp_path, demo_data, run_name: str, epochs: int, **train):
 
 @pytest.mark.slow
 @pytest.mark.fairchem
-def test_fairchem_events_land_in_logs_tensorboard_with_the_curves(fairchem_python, fairchem_fixtures, demo_data,
-                                                                   tmp_path):
+def test_fairchem_events_land_in_logs_tensorboard_once_per_step_across_a_stop(fairchem_python, fairchem_fixtures,
+                                                                             demo_data, tmp_path):
+    """A run stopped (SIGUSR2) in epoch 2 after logging steps past its epoch-1 checkpoint, then launched again:
+    FairChem's own events of both invocations in run_dir/logs/tensorboard, each step once, val/loss at the steps
+    and values of our metrics.jsonl; curves.png drawn."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from launcher.core.atomic import read_jsonl
+    from launcher.core.schema import RunSpec, check
+    from launcher.core.specio import dump_run_yaml
 
-    run_dir, _ = _run(tmp_path, demo_data, "tb", epochs=2)
-    folders = [p for p in (run_dir / "logs" / "tensorboard").iterdir() if p.is_dir()]
-    assert len(folders) == 1 and folders[0].name.startswith("train-")        # one per FairChem invocation
-    assert list(folders[0].glob("events.out.tfevents.*"))
+    run_dir = tmp_path / "tb"
+    spec = RunSpec(backend="equiformer_v2", task="train", run_dir=str(run_dir), device="cpu", seed=0,
+                   backend_env={"OMP_NUM_THREADS": "1", **({"PYTHONPATH": os.environ["MLIP_FAIRCHEM_TEST_PYTHONPATH"]}
+                                                           if os.environ.get("MLIP_FAIRCHEM_TEST_PYTHONPATH") else {})},
+                   backend_python=os.environ.get("MLIP_FAIRCHEM_PYTHON"))
+    spec.train.config_yml, spec.train.epochs, spec.train.log_every = str(EQV2), 3, 1
+    spec.data.train, spec.data.val = str(demo_data["train"]), str(demo_data["val"])
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(dump_run_yaml(check(spec)))
+    cmd = [sys.executable, "-m", "launcher.worker", str(run_yaml)]
+    metrics = run_dir / "logs" / "metrics.jsonl"
+
+    def steps(split):
+        return [r.get("step") for r in read_jsonl(metrics) if r["split"] == split]
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if steps("val") and max(steps("train")) >= 16:     # 13 steps per epoch: in epoch 2, past the checkpoint
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    proc.send_signal(signal.SIGUSR2)
+    out, _ = proc.communicate(timeout=300)
+    assert json.loads((run_dir / "state.json").read_text())["status"] == "preempted", out[-3000:]
+    stopped_at = max(steps("train"))
+    checkpoint_at = max(s for s in steps("val") if s <= stopped_at)
+    assert stopped_at > checkpoint_at, (stopped_at, steps("val"))   # steps logged past the checkpoint
+
+    out2 = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert out2.returncode == 0, (out2.stdout + out2.stderr)[-3000:]
+    assert "continuing the interrupted run" in out2.stdout
+
+    tb = run_dir / "logs" / "tensorboard"
+    assert len(list(tb.glob("events.out.tfevents.*"))) == 2 and not [p for p in tb.iterdir() if p.is_dir()]
     assert not (run_dir / "fairchem" / "logs").exists()                      # nothing left in FairChem's own tree
-    acc = EventAccumulator(str(folders[0]), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(tb), size_guidance={"scalars": 0})
     acc.Reload()
-    tags = acc.Tags()["scalars"]
-    assert {"train/loss", "train/lr", "val/loss", "val/energy_mae", "val/forces_mae"} <= set(tags)
-    vals = [r for r in read_jsonl(run_dir / "logs" / "metrics.jsonl") if r["split"] == "val"]
+    assert {"train/loss", "train/lr", "val/loss", "val/energy_mae", "val/forces_mae"} <= set(acc.Tags()["scalars"])
+    train_steps = [e.step for e in acc.Scalars("train/loss")]
+    # the stopped invocation's steps after its checkpoint are dropped, redone once
+    assert train_steps == list(range(1, 40)), (train_steps, stopped_at, checkpoint_at, out2.stdout[-2000:])
+    assert steps("train").count(stopped_at) == 2        # (our metrics.jsonl keeps both invocations' records)
+    vals = [r for r in read_jsonl(metrics) if r["split"] == "val"]
     events = [(e.step, e.value) for e in acc.Scalars("val/loss")]
-    assert len(vals) == len(events) == 2
-    # our records carry the step FairChem logged the validation at, and the value its log line printed (4 decimals)
-    assert [r["step"] for r in vals] == [s for s, _ in events]
+    # our records carry the step FairChem logged each validation at, and the value its log line printed (4 decimals)
+    assert [r["step"] for r in vals] == [s for s, _ in events] == [13, 26, 39]
     assert [r["loss"] for r in vals] == pytest.approx([v for _, v in events], abs=1e-4)
-    png = run_dir / "logs" / "curves.png"
-    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert (run_dir / "logs" / "curves.png").read_bytes()[:8] == PNG_MAGIC
 
 
 @pytest.mark.slow
