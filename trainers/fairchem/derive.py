@@ -561,7 +561,7 @@ def child_options(spec: Any, config: Dict[str, Any], progress_log: str,
     batch = int((config.get("optim") or {}).get("batch_size") or 1)
     per_epoch = steps_per_epoch(n_train, batch, accum) if n_train else 20
     opts += ["--log-every", str(log_every_updates(t, per_epoch)), "--progress-log", str(progress_log)]
-    if logs_dir:   # FairChem's logger writes there (tensorboard/<timestamp id>/, wandb/), not in its own tree
+    if logs_dir:   # FairChem's logger writes there (tensorboard/, wandb/), not in its own tree
         opts += ["--logs-dir", str(logs_dir), "--run-name", spec.run_name]
     return opts, notes
 
