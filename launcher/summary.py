@@ -167,15 +167,17 @@ def to_markdown(columns: Sequence[str], table: Sequence[Dict[str, Any]], title: 
 
 
 def plot_curves(outcomes: Sequence[Any], path: Path, metric: str = "loss") -> bool:
-    """One PNG: validation ``metric`` against epoch for every job. False when no job logged any."""
-    import matplotlib
+    """One PNG: validation ``metric`` against epoch for every job. False when no job logged any.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    Points and styling come from ``launcher.core.curves`` (the same as each run's own ``logs/curves.png``).
+    """
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    from launcher.core.atomic import read_jsonl
+    from launcher.core.curves import log_if_decades, new_figure, save_figure, val_points
+
+    fig = new_figure(7, 4.5)
+    ax = fig.subplots()
     drawn = 0
     values: List[float] = []
     dicts = [_as_dict(o) for o in outcomes]
@@ -183,8 +185,7 @@ def plot_curves(outcomes: Sequence[Any], path: Path, metric: str = "loss") -> bo
     for d, varied in zip(dicts, swept):
         if not d.get("run_dir"):
             continue
-        pts = sorted({int(r["epoch"]): r[metric] for r in _val_records(Path(d["run_dir"]))
-                      if isinstance(r.get(metric), (int, float)) and isinstance(r.get("epoch"), (int, float))}.items())
+        pts = val_points(read_jsonl(RunLayout.of(Path(d["run_dir"])).metrics_jsonl), metric)
         if not pts:
             continue
         label = f"[{d.get('index')}] {' '.join(varied) or Path(d['run_dir']).name}"
@@ -196,18 +197,12 @@ def plot_curves(outcomes: Sequence[Any], path: Path, metric: str = "loss") -> bo
         ax.set_ylabel(f"validation {metric}")
         ax.set_title(f"validation {metric} of {drawn} job(s)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if min(values) > 0 and max(values) / min(values) > 20:  # losses spanning decades
-            ax.set_yscale("log")
+        log_if_decades(ax, values)
         ax.grid(alpha=0.3)
         if drawn <= 16:
             ax.legend(fontsize=7)
         fig.tight_layout()
-        from launcher.core.atomic import atomic_write_bytes
-
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        atomic_write_bytes(Path(path), buf.getvalue())
-    plt.close(fig)
+        save_figure(fig, Path(path))
     return bool(drawn)
 
 

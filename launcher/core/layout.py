@@ -88,6 +88,16 @@ class RunLayout:
         return self.logs / "metrics.jsonl"
 
     @property
+    def curves_png(self) -> Path:
+        """Learning curves drawn from metrics.jsonl after each validation (launcher.core.curves)."""
+        return self.logs / "curves.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files (train.logger=tensorboard), the core trainer's or FairChem's own."""
+        return self.logs / "tensorboard"
+
+    @property
     def eval_dir(self) -> Path:
         """evaluate/infer outputs: metrics.json, metrics.csv, predictions.csv, predictions_forces.npz."""
         return self.root / "eval"

@@ -42,6 +42,7 @@ CHOICES: Dict[str, tuple] = {
     "train.progress_bar": ("auto", "true", "false"),
     "train.freeze": (None, "none", "head_only"),
     "train.dtype": ("float64", "float32"),
+    "train.logger": ("tensorboard", "wandb", "none"),
     "eval.split": ("test", "val", "train"),
 }
 
@@ -169,6 +170,14 @@ class TrainSpec:
     progress_bar: str = _f("auto", "tqdm progress bars: auto (only on a TTY) | true | false")
     progress_mininterval: float = _f(0.5, "minimum seconds between refreshes of every tqdm bar of the run "
                                           "(reading data, building graphs, training, predicting)")
+    logger: str = _f("tensorboard", "where training scalars go besides logs/metrics.jsonl and logs/curves.png (drawn "
+                                    "every validation whatever this is): tensorboard (event files under "
+                                    "logs/tensorboard/: train/val loss, val metrics, lr, throughput per optimizer "
+                                    "step; FairChem runs: FairChem's own events) | wandb "
+                                    "(Weights & Biases, offline unless WANDB_MODE is set; files under logs/wandb/; "
+                                    "needs the wandb extra) | none")
+    wandb_project: Optional[str] = _f(None, "wandb project of train.logger=wandb (null = mlip-launch); the wandb run "
+                                            "is named after the run (name, else run_dir's name)")
     freeze: Optional[str] = _f(None, "null | head_only (train only the readout of train.head_key)")
     energy_weight: float = _f(1.0, "weight of the energy loss")
     force_weight: float = _f(1.0, "weight of the force loss")
@@ -267,7 +276,7 @@ class RunSpec:
         d = self.to_dict()
         for k in ("task", "dry_run", "overwrite", "name", "backend_env", "device"):
             d.pop(k, None)
-        for k in ("num_workers", "progress_bar", "progress_mininterval", "log_every"):
+        for k in ("num_workers", "progress_bar", "progress_mininterval", "log_every", "logger", "wandb_project"):
             d["train"].pop(k, None)
         d["eval"].pop("objective", None)  # read by the sweep after the run; the run itself ignores it
         return d

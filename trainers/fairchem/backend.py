@@ -137,6 +137,8 @@ class Plan:
     log_path: Path
     notes: List[str] = field(default_factory=list)
     ranks: int = 1          # FairChem processes (torchrun ranks) this invocation runs
+    steps_per_epoch: Optional[int] = None   # optimizer steps per epoch of a training (val records' step)
+    title: str = ""         # of logs/curves.png
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -528,7 +530,8 @@ class FairchemBackend:
                          f"the batch size is per rank, {ranks}x the structures per optimizer step")
         if mode == "train":
             cmd += ["--post", str(native / "checkpoints" / ts), "--mirror", str(layout.checkpoints)]
-            opts, opt_notes = child_options(spec, derived.config, str(layout.train_log), n_train=n_train)
+            opts, opt_notes = child_options(spec, derived.config, str(layout.train_log), n_train=n_train,
+                                            logs_dir=str(layout.logs))
             cmd += opts
             notes += opt_notes
         cmd += ["--", "--mode", mode, "--config-yml", str(config_path), "--run-dir", str(native),
@@ -549,15 +552,25 @@ class FairchemBackend:
             cmd += ["--num-gpus", str(ranks)]   # FairChem's world size (ranks, CPU or GPU)
         cmd += derived.passthrough
         env = child_env(spec.backend_env)
+        if mode == "train" and spec.train.logger == "wandb" and not user_env.get("WANDB_MODE"):
+            env["WANDB_MODE"] = "offline"   # child_env disables wandb without an API key; train.logger asks for it
+            notes.append("train.logger=wandb: WANDB_MODE=offline (set WANDB_MODE, e.g. in backend_env, to change it)")
         gpu = device_env(spec.device, spec.backend_env)
         if gpu:
             env.update(gpu)
             notes.append(f"device={spec.device}: CUDA_VISIBLE_DEVICES={gpu['CUDA_VISIBLE_DEVICES']} for FairChem")
         what = spec.train.config_yml if origin == "train.config_yml" else f"the config saved with the model ({origin})"
         header = [f"Derived by mlip-launch from {what} for task={spec.task} (FairChem --mode {mode}).", *notes]
+        spe = None
+        if mode == "train" and n_train:
+            from trainers.fairchem.derive import steps_per_epoch
+
+            batch = int((derived.config.get("optim") or {}).get("batch_size") or 1)
+            spe = steps_per_epoch(n_train, batch, int(spec.train.accum_steps))
         return Plan(mode=mode, timestamp_id=ts, native_dir=native, config_path=config_path,
                     config_text=dump_config(derived.config, "\n".join(header)), command=cmd,
-                    env=env, log_path=layout.native_log(NATIVE, ts), notes=notes, ranks=ranks)
+                    env=env, log_path=layout.native_log(NATIVE, ts), notes=notes, ranks=ranks,
+                    steps_per_epoch=spe, title=f"{spec.run_name}: {spec.backend} {spec.task} (FairChem)")
 
     def _execute(self, plan: Plan, early: Optional[Any] = None) -> None:
         import shutil
@@ -570,7 +583,10 @@ class FairchemBackend:
         self.echo(f"[fairchem] {format_command(plan.command)}")
         from trainers.fairchem.logparse import ConsoleLines, MetricsTap
 
-        tap = MetricsTap(plan.log_path.parent / "metrics.jsonl", plan.timestamp_id)
+        training = plan.mode == "train"
+        tap = MetricsTap(plan.log_path.parent / "metrics.jsonl", plan.timestamp_id,
+                         on_val=(lambda: self._curves(plan)) if training else None,
+                         steps_per_epoch=plan.steps_per_epoch)
         console = ConsoleLines()   # warnings stay in the FairChem log; metrics with units
 
         def tee(line: str) -> None:
@@ -593,12 +609,25 @@ class FairchemBackend:
                 tmp.parent.rmdir()
             except OSError:
                 pass
+            if training:   # the whole run so far, this invocation included, whatever ended it
+                self._curves(plan)
         if res.preempted:
             raise preemption.Preempted(f"FairChem stopped on a preemption signal ({res.describe_exit()})")
         if res.returncode != 0:
             raise FairchemError(failure_message(plan, res))
 
     # ------------------------------------------------------------------ helpers
+    def _curves(self, plan: Plan) -> None:
+        """Re-draw logs/curves.png from logs/metrics.jsonl (every FairChem invocation of the run). A drawing
+        failure is one line; the training goes on."""
+        from launcher.core.curves import update_curves
+
+        logs = plan.log_path.parent
+        try:
+            update_curves(logs / "metrics.jsonl", logs / "curves.png", title=plan.title)
+        except Exception as e:  # noqa: BLE001 - a plot is never worth a lost run
+            self.echo(f"[fairchem] logs/curves.png not updated ({type(e).__name__}: {e})")
+
     def _child(self, spec: RunSpec, *args: str) -> str:
         """Run a checkpoint helper of child.py in the FairChem env; its stdout. It dies with the launcher, and
         a stop signal meanwhile ends the run as preempted (it holds nothing worth waiting for)."""

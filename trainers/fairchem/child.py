@@ -20,6 +20,9 @@ Training options of ``run`` (FairChem v1 has no such knobs; see :class:`TrainOpt
     --early-stop N         stop after N validations in a row without a better primary val metric
     --log-every N          every N optimizer updates one progress line on stdout (and in --progress-log)
     --progress-log FILE    append the progress lines (and the early-stop line) to FILE
+    --logs-dir DIR         FairChem's logger writes under DIR: tensorboard events in DIR/tensorboard/, wandb's files
+                           in DIR/wandb/ (see install_logger); a config's logger 'none': no logger
+    --run-name NAME        the wandb run's name when no --identifier names it
 """
 from __future__ import annotations
 
@@ -350,7 +353,8 @@ HEAD_MODULES = {
 }
 FREEZE_CHOICES = ("none", "head_only")
 STATE_KEY = "mlip_launch"  # our part of a training checkpoint: {"accum_steps": N, "bad_validations": n}
-RUN_FLAGS = ("--post", "--mirror", "--accum-steps", "--freeze", "--early-stop", "--log-every", "--progress-log")
+RUN_FLAGS = ("--post", "--mirror", "--accum-steps", "--freeze", "--early-stop", "--log-every", "--progress-log",
+             "--logs-dir", "--run-name")
 
 
 def _die(message):
@@ -381,12 +385,15 @@ class TrainOptions:
     checkpoint writes excluded) over the same span, counted over all processes.
     """
 
-    def __init__(self, accum_steps=1, freeze=None, early_stop=None, log_every=None, progress_log=None):
+    def __init__(self, accum_steps=1, freeze=None, early_stop=None, log_every=None, progress_log=None,
+                 logs_dir=None, run_name=None):
         self.accum_steps = accum_steps
         self.freeze = None if freeze in (None, "none") else freeze
         self.early_stop = early_stop
         self.log_every = log_every
         self.progress_log = progress_log
+        self.logs_dir = logs_dir
+        self.run_name = run_name
 
     def __repr__(self):
         return f"TrainOptions({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
@@ -418,7 +425,8 @@ def parse_run_args(args):
              if flag in values}
     options = TrainOptions(accum_steps=whole.get("--accum-steps", 1), freeze=freeze,
                            early_stop=whole.get("--early-stop"), log_every=whole.get("--log-every"),
-                           progress_log=values.get("--progress-log"))
+                           progress_log=values.get("--progress-log"), logs_dir=values.get("--logs-dir"),
+                           run_name=values.get("--run-name"))
     return values.get("--post"), values.get("--mirror"), options, rest
 
 
@@ -732,6 +740,76 @@ def install_training_options(options):
     return train
 
 
+def _remove_empty(folder, levels):
+    """``folder`` and up to ``levels - 1`` of its parents, each only if empty."""
+    for _ in range(levels):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+        folder = os.path.dirname(folder)
+
+
+def _purge_on_first_log(logger, writer):
+    """Before the logger's first event, a restart marker at its step (see install_logger)."""
+    log = logger.log
+
+    def first_log(update_dict, step, split=""):
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        writer._get_file_writer().add_event(Event(step=int(step), session_log=SessionLog(status=SessionLog.START)))
+        logger.log = log
+        return log(update_dict, step, split)
+
+    logger.log = first_log
+
+
+def install_logger(options):
+    """Where FairChem's logger writes, and the logger 'none' (FairChem's trainers insist on one).
+
+    FairChem puts its logger's files in ``<run dir>/logs/<logger>/<timestamp id>``; with ``--logs-dir DIR``
+    tensorboard writes to ``DIR/tensorboard/`` and wandb to ``DIR/wandb/`` (named ``--run-name`` unless
+    ``--identifier`` names it), and the empty folder FairChem made is removed. Every invocation of a run (a
+    resume after a stop) writes its events to that one folder, so TensorBoard shows one run: the first event of
+    an invocation marks a restart at its step (``SessionLog.START``, what SummaryWriter's ``purge_step`` writes),
+    and TensorBoard drops the events an earlier invocation logged from that step on (steps redone since its
+    last checkpoint). The writer is closed at exit (FairChem never closes it; queued events would be lost). A
+    config whose logger is ``none`` runs without a logger.
+    """
+    import atexit
+
+    import fairchem.core.trainers.base_trainer as fc_base
+    from fairchem.core.common import distutils
+
+    BaseTrainer = fc_base.BaseTrainer
+    load_logger_orig = BaseTrainer.load_logger
+
+    def load_logger(self):
+        logger = self.config.get("logger")
+        name = logger if isinstance(logger, str) else (logger or {}).get("name")
+        cmd = self.config["cmd"]
+        if name == "none" or (options.logs_dir and name in ("tensorboard", "wandb")):
+            _remove_empty(cmd["logs_dir"], 3)   # FairChem's logs/<logger>/<timestamp id>, made before this
+        if name == "none":
+            self.logger = None
+            return
+        if options.logs_dir and name in ("tensorboard", "wandb"):
+            cmd["logs_dir"] = os.path.join(options.logs_dir, "tensorboard") if name == "tensorboard" \
+                else options.logs_dir
+            if distutils.is_master():
+                os.makedirs(cmd["logs_dir"], exist_ok=True)
+        if name == "wandb" and options.run_name and not cmd.get("identifier"):
+            cmd["identifier"] = options.run_name
+        load_logger_orig(self)
+        writer = getattr(self.logger, "writer", None)
+        if writer is not None:
+            atexit.register(writer.close)
+            if options.logs_dir:
+                _purge_on_first_log(self.logger, writer)
+
+    BaseTrainer.load_logger = load_logger
+
+
 def run(post_dir, fairchem_args, mirror_dir=None, options=None):
     sys.argv = ["fairchem", *fairchem_args]
     guard = SaveGuard()
@@ -741,6 +819,7 @@ def run(post_dir, fairchem_args, mirror_dir=None, options=None):
 
     install_atomic_checkpoints(mirror_dir, guard, trainer=config_trainer(fairchem_args))
     install_training_options(options or TrainOptions())
+    install_logger(options or TrainOptions())
     import time
 
     t0 = time.perf_counter()

@@ -4,8 +4,10 @@ Everything the launcher changes is recorded in ``notes`` (written as the derived
 and logged), so the file in the run directory explains itself:
 
 - ``dataset.{train,val,test}.src`` come from ``data.*`` (splits we do not have are dropped);
-- the logger becomes tensorboard unless the config asks for another logger that can work
-  (wandb without ``WANDB_API_KEY`` fails at start-up);
+- the logger is ``train.logger`` (tensorboard by default; child.py puts its files under the run's ``logs/``;
+  ``none`` runs without one); predictions run without a logger. Without a spec (FairChem's config alone): the
+  logger becomes tensorboard unless the config asks for another logger that can work (wandb without
+  ``WANDB_API_KEY`` fails at start-up);
 - predictions are written in float32 (FairChem's default is float16);
 - the run keys the user set (``train.*``, ``eval.*``, ``data.batch_size`` with a value other than the
   schema default) override the matching FairChem settings (:data:`KEY_MAP`); keys left at their
@@ -60,6 +62,17 @@ def _datasets(config: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
 
 def wandb_configured(env: Dict[str, str]) -> bool:
     return bool(env.get("WANDB_API_KEY")) or env.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun")
+
+
+def logger_config(current: Any, name: str, project: Optional[str]) -> Dict[str, Any]:
+    """FairChem's ``logger`` for ``train.logger`` = ``name``: tensorboard, none (child.py runs without a logger), or
+    wandb keeping the config's own wandb settings (entity, group ...), the project ``train.wandb_project`` when
+    set, else the config's, else mlip-launch."""
+    if name != "wandb":
+        return {"name": name}
+    own = dict(current) if isinstance(current, dict) and current.get("name") == "wandb" else {}
+    own.update({"name": "wandb", "project": project or own.get("project") or "mlip-launch"})
+    return own
 
 
 def steps_per_epoch(n_train: int, batch_size: int, accum_steps: int = 1) -> int:
@@ -158,7 +171,13 @@ def derive_config(
     # ---- logger ----
     logger = config.get("logger", "wandb")
     logger_name = logger if isinstance(logger, str) else (logger or {}).get("name")
-    if logger_name in (None, "wandb") and not wandb_configured(env):
+    if spec is not None:
+        config["logger"] = logger_config(logger, spec.train.logger if mode == "train" else "none",
+                                         spec.train.wandb_project)
+        if mode == "train" and logger_name != spec.train.logger:
+            notes.append(f"logger: {spec.train.logger} (train.logger; the config asked for "
+                         f"{logger_name or 'the default wandb'})")
+    elif logger_name in (None, "wandb") and not wandb_configured(env):
         config["logger"] = {"name": "tensorboard"}
         notes.append(f"logger: tensorboard (config asked for {logger_name or 'the default wandb'}; "
                      "no WANDB_API_KEY/WANDB_MODE set)")
@@ -276,6 +295,11 @@ KEY_MAP: Dict[str, str] = {
     "train.early_stop_factor": "child.py --early-stop N, N = ceil(factor x patience); patience = train.patience, "
                                "else the config's ReduceLROnPlateau patience, else 50",
     "train.log_every": "child.py --log-every N --progress-log logs/train.log",
+    "train.logger": "logger (always set: a config's own logger is replaced, with a note): tensorboard writes "
+                    "FairChem's own events (train/*, val/* per step) to logs/tensorboard/ (a resumed run drops the "
+                    "events logged after its checkpoint); wandb: FairChem's wandb logger, files in logs/wandb/, "
+                    "WANDB_MODE=offline unless set (environment or backend_env); none: no logger (child.py)",
+    "train.wandb_project": "logger.project of train.logger=wandb (else the config's, else mlip-launch)",
     "train.config_yml": "the FairChem config (optional when the model comes from a manifest or checkpoint)",
     "train.dtype": "float32 is what FairChem computes in (nothing to change); float64, the schema default "
                    "(mace_run_train's), is not applied: FairChem models run in float32 (amp: train.amp)",
@@ -518,7 +542,7 @@ def early_stop_evals(spec: Any, config: Dict[str, Any]) -> Optional[int]:
 
 
 def child_options(spec: Any, config: Dict[str, Any], progress_log: str,
-                  n_train: Optional[int] = None) -> Tuple[List[str], List[str]]:
+                  n_train: Optional[int] = None, logs_dir: Optional[str] = None) -> Tuple[List[str], List[str]]:
     """child.py run options (before ``--``) for the run keys FairChem's trainer has no setting for, and notes.
 
     Progress lines go to the console and ``progress_log`` (the run's train.log) in every training run:
@@ -543,6 +567,8 @@ def child_options(spec: Any, config: Dict[str, Any], progress_log: str,
     batch = int((config.get("optim") or {}).get("batch_size") or 1)
     per_epoch = steps_per_epoch(n_train, batch, accum) if n_train else 20
     opts += ["--log-every", str(log_every_updates(t, per_epoch)), "--progress-log", str(progress_log)]
+    if logs_dir:   # FairChem's logger writes there (tensorboard/, wandb/), not in its own tree
+        opts += ["--logs-dir", str(logs_dir), "--run-name", spec.run_name]
     return opts, notes
 
 

@@ -5,13 +5,18 @@ FairChem logs training metrics as ``energy_mae: 1.2e+00, ..., epoch: 1.0e+00, st
 after ``Evaluating on val.``, the split's metrics in the same ``key: value`` form. Our child's progress
 line (``--log-every``), ``step 40 | epoch 1.250 | loss 3.1 | lr 2.500e-03 | 85.2 structures/s``, becomes a
 train record with ``"kind": "progress"``.
+
+FairChem's validation line names the epoch but not the step; the record gets the step its epoch corresponds to,
+``round(epoch x steps per epoch)`` (the runner's count, else the ratio of the latest train record), so every
+record of the file is keyed by the optimizer step as the core trainer's are (curves.png; the same axis as
+FairChem's own TensorBoard events).
 """
 from __future__ import annotations
 
 import re
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 _PREFIX = re.compile(r"^(?:.*?\((?:INFO|WARNING|DEBUG)\): |(?:INFO|WARNING|DEBUG):[\w.]*:)")
 _PAIR = re.compile(r"^([A-Za-z_][\w/]*): ([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf))$")
@@ -44,10 +49,19 @@ def parse_metrics(message: str) -> Optional[Dict[str, float]]:
 class MetricsTap:
     """Feed it every output line; it appends one JSON line per metrics message."""
 
-    def __init__(self, path: Path, run: str) -> None:
+    def __init__(self, path: Path, run: str, on_val: Optional[Callable[[], None]] = None,
+                 steps_per_epoch: Optional[int] = None) -> None:
         self.path = Path(path)
         self.run = run
         self.split = "train"
+        self.on_val = on_val               # called after each validation record (curves.png)
+        self.steps_per_epoch = steps_per_epoch
+        self.ratio: Optional[float] = None  # steps per epoch, from the latest train record
+
+    def _seen(self, record: Dict[str, Any]) -> None:
+        step, epoch = record.get("step"), record.get("epoch")
+        if isinstance(step, (int, float)) and isinstance(epoch, (int, float)) and epoch > 0:
+            self.ratio = float(step) / float(epoch)
 
     def __call__(self, line: str) -> None:
         from launcher.core.atomic import append_jsonl
@@ -57,6 +71,7 @@ class MetricsTap:
         if progress is not None:
             append_jsonl(self.path, {"split": "train", "source": "fairchem", "kind": "progress", "run": self.run,
                                      "time": time.time(), **progress})
+            self._seen(progress)
             return
         m = _EVAL.match(message)
         if m:
@@ -70,7 +85,13 @@ class MetricsTap:
         for key in ("step", "epoch"):
             if key in record and float(record[key]).is_integer() and key == "step":
                 record[key] = int(record[key])
+        if record["split"] == "train":
+            self._seen(record)
+        elif "step" not in record and isinstance(record.get("epoch"), float) and (self.steps_per_epoch or self.ratio):
+            record["step"] = int(round(record["epoch"] * (self.steps_per_epoch or self.ratio)))
         append_jsonl(self.path, record)
+        if record["split"] == "val" and self.on_val is not None:
+            self.on_val()
         self.split = "train"
 
 

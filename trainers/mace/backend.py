@@ -56,6 +56,10 @@ KEY_DOCS = {
     "train.save_every": "checkpoint every N epochs (or cycles)",
     "train.log_every": "a progress line (step, epoch, loss, lr, structures/s) on the console and in train.log",
     "train.progress_bar": "tqdm bars",
+    "train.logger": "tensorboard: events in logs/tensorboard/ (train/loss, val/loss, val/<metric>, lr, throughput, "
+                    "data_wait, epoch; per optimizer step, rank 0); wandb: the same scalars in a wandb run under "
+                    "logs/wandb/ (offline unless WANDB_MODE is set), best metrics in its summary; none: neither",
+    "train.wandb_project": "the wandb run's project (train.logger=wandb)",
     "train.progress_mininterval": "refresh interval of every bar of the run",
     "train.freeze": "head_only: only the readout of train.head_key trains",
     "train.energy_weight": "weight of the energy term of the loss",
@@ -147,6 +151,9 @@ class MaceBackend:
             if value:
                 problems.append(f"{key}: {REFUSED[key]}; leave it unset with backend=mace")
         problems += stress_problems(spec)
+        from trainers.mace.runlog import logger_problems
+
+        problems += logger_problems(spec)
         if not t.input_json:
             return problems
         try:

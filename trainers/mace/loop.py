@@ -241,6 +241,7 @@ class Trainer:
                           f"epoch {self.state.epoch}, update {self.state.update_step}")
         else:
             self.log.truncate_after(0)
+        self.log.open_sinks(spec, self.state.update_step, resumed=ckpt is not None)
         if self.main:
             from trainers.mace.model_config import save_model_json
 
@@ -379,6 +380,8 @@ class Trainer:
                                           ("stress_rmse", "S_rmse")) if m.get(key) is not None)
         self.log.info(f"eval {split} epoch={rec['epoch']} step={st.update_step} loss={_fmt(loss)}{errors} lr={lr:.4g}"
                       + (" *best*" if improved else "") + f" ({time.perf_counter() - t_eval:.2f} s)")
+        self.log.flush()
+        self.log.curves(self._curves_title())
         if self.stop_after is not None and st.bad_evals >= self.stop_after:
             st.stopped = (f"early_stop_factor: {st.bad_evals} evaluations without {split} improvement "
                           f"(early_stop_factor {t.early_stop_factor} x patience {plateau_patience(t)}); "
@@ -388,6 +391,9 @@ class Trainer:
         unit = "cycle" if kind == "cycle" else "epoch"
         if self.sched is not None and t.scheduler_step_unit == unit:
             self._step_scheduler()
+
+    def _curves_title(self) -> str:
+        return f"{self.spec.run_name}: {self.spec.backend} {self.spec.task}, {self.dist.world} process(es)"
 
     def _kept(self) -> str:
         """What a diverged run leaves: the last checkpoint, only when one was written."""
@@ -550,10 +556,17 @@ class Trainer:
                 atomic_torch_save(self.model.state_dict(), self.layout.best_model)
         self.log.info(f"training done: {st.epoch} epochs, {st.update_step} updates, best loss {_fmt(st.best_loss)} "
                       f"(epoch {st.best_epoch}) in {time.time() - t_start:.1f}s")
+        if math.isfinite(st.best_loss):
+            self.log.summary({"best/loss": st.best_loss, "best/epoch": st.best_epoch, "best/step": st.best_step,
+                              **{f"best/{k}": v for k, v in st.best_metrics.items() if k != "loss"}})
+        self.log.curves(self._curves_title())
+        self._finished = True
         return {"epochs_done": st.epoch, "update_steps": st.update_step, "best_loss": st.best_loss,
                 "best_epoch": st.best_epoch, "best_metrics": st.best_metrics, "stopped_early": st.stopped or None}
 
     def close(self) -> None:
+        if hasattr(self, "log"):
+            self.log.close(ok=getattr(self, "_finished", False))
         self.dist.close()
 
 

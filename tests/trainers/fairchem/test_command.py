@@ -35,7 +35,8 @@ def test_train_command(fairchem_fixtures, tmp_path):
     native = layout.root / "fairchem"
     assert plan.command == [
         sys.executable, str(CHILD), "run", "--post", str(native / "checkpoints" / "train-x"),
-        "--mirror", str(layout.checkpoints), "--log-every", "1", "--progress-log", str(layout.train_log), "--",
+        "--mirror", str(layout.checkpoints), "--log-every", "1", "--progress-log", str(layout.train_log),
+        "--logs-dir", str(layout.logs), "--run-name", spec.run_name, "--",
         "--mode", "train", "--config-yml", str(native / "configs" / "train-x.yml"), "--run-dir", str(native),
         "--timestamp-id", "train-x", "--seed", "3", "--identifier", "tiny", "--cpu", "--print-every", "1"]
     cfg = yaml.safe_load(plan.config_text)

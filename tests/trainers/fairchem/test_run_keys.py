@@ -179,7 +179,7 @@ def test_child_options_for_what_fairchems_trainer_has_no_setting_for(fairchem_fi
     assert plan.command[plan.command.index("run") + 1:i] == [
         "--post", str(layout.root / "fairchem" / "checkpoints" / "train-x"), "--mirror", str(layout.checkpoints),
         "--accum-steps", "8", "--freeze", "head_only", "--early-stop", "5", "--log-every", "5",
-        "--progress-log", str(layout.train_log)]
+        "--progress-log", str(layout.train_log), "--logs-dir", str(layout.logs), "--run-name", spec.run_name]
     assert plan.command[0:2] == [sys.executable, str(CHILD)]
     # FairChem's step is one optimizer update: 64 structures / batch 5 = 13 batches = 2 updates of 8
     assert _cfg(plan)["optim"]["eval_every"] == 2

@@ -38,3 +38,5 @@ def test_two_process_gloo_run(tiny_data, tiny_model_json, tmp_path):
     ck = torch.load(lay.checkpoint, weights_only=True)
     assert ck["loop"]["update_step"] == 6
     assert (lay.artifacts / "best_model.model").is_file()
+    assert len(list(lay.tensorboard.glob("events.out.tfevents.*"))) == 1     # rank 0 alone writes events
+    assert lay.curves_png.read_bytes()[:4] == b"\x89PNG"
