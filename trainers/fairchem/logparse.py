@@ -125,7 +125,7 @@ class ConsoleLines:
         self._warning = -1   # >= 0: inside a Python warning, that many of its lines swallowed
 
     def __call__(self, line: str) -> Optional[str]:
-        from launcher.core.metrics import metrics_line, sig
+        from launcher.core.metrics import metrics_line
 
         text = line.rstrip("\n")
         if self._warning >= 0:

@@ -259,7 +259,7 @@ class Trainer:
 
     def _graph_sources(self, train_idx: np.ndarray, val_idx: np.ndarray, sample: Optional[List[Any]]) -> tuple:
         """Train and val graphs as streamed datasets, or built once into memory (``data.cache``)."""
-        from trainers.mace import graphs, stream
+        from trainers.mace import stream
 
         spec, t = self.spec, self.spec.train
         tp = stream.trust_pickles(spec)

@@ -6,7 +6,7 @@ do not depend on the batch size and add up exactly across DDP ranks.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 

@@ -63,3 +63,40 @@ def bundle(tiny_data, tmp_path_factory):
     from . import mh_bundle
 
     return mh_bundle.write_bundle(tmp_path_factory.getbasetemp() / "mh-bundle", tiny_data["train"])
+
+
+_CHILD = """
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+sys.path.insert(0, {repo!r})
+from launcher.job import run_job
+from launcher.core.schema import spec_from_dict
+run_job(spec_from_dict(json.loads(sys.argv[1])), echo=lambda *_: None)
+"""
+
+
+def kill_training_at(spec: Any, run_dir: Path, step: int, timeout: float = 300) -> int:
+    """Train ``spec`` in a child process and kill -9 it once metrics.jsonl has a train record at ``step`` or
+    later; the child's return code."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from launcher.core.atomic import read_jsonl
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD.format(repo=str(REPO)), json.dumps(spec.to_dict())],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run_dir / "logs" / "metrics.jsonl"
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if any(r.get("step", 0) >= step and r["split"] == "train" for r in read_jsonl(metrics)):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the child finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    return proc.returncode

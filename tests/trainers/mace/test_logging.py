@@ -5,16 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, make_spec
+from .conftest import kill_training_at, make_spec
 
 pytestmark = pytest.mark.slow
 
@@ -113,38 +111,17 @@ def test_logger_none_writes_no_events_but_still_draws_curves(tiny_data, tiny_mod
     assert (run_dir / "logs" / "curves.png").read_bytes()[:8] == PNG_MAGIC
 
 
-CHILD = """
-import json, sys, warnings
-warnings.filterwarnings("ignore")
-sys.path.insert(0, {repo!r})
-from launcher.job import run_job
-from launcher.core.schema import spec_from_dict
-run_job(spec_from_dict(json.loads(sys.argv[1])), echo=lambda *_: None)
-"""
 
 
 def test_killed_and_resumed_run_has_each_step_once(tiny_data, tiny_model_json, tmp_path):
     """Checkpoints every 2 epochs: a kill -9 in epoch 4 leaves epoch 3's events (flushed at its validation) past
     the epoch-2 checkpoint; the resumed run redoes epoch 3 and TensorBoard keeps only its events."""
-    from launcher.core.atomic import read_jsonl
     from launcher.job import run_job
 
     run_dir = tmp_path / "run"
     spec = make_spec(run_dir, tiny_data, **_train(tiny_model_json, epochs=4, save_every=2))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", CHILD.format(repo=str(REPO)), json.dumps(spec.to_dict())],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = run_dir / "logs" / "metrics.jsonl"
-    deadline = time.time() + 300
-    try:   # 6 updates per epoch: wait for epoch 4 (after epoch 3's validation at step 18)
-        while time.time() < deadline and proc.poll() is None:
-            if any(r.get("step", 0) >= 20 and r["split"] == "train" for r in read_jsonl(metrics)):
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the child finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
+    # 6 updates per epoch: kill in epoch 4 (after epoch 3's validation at step 18)
+    assert kill_training_at(spec, run_dir, 20) < 0
     before = _scalars(run_dir / "logs" / "tensorboard")
     assert max(s for s, _ in before["val/loss"]) == 18          # epoch 3's events were on disk
 

@@ -4,24 +4,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
-from .conftest import REPO, make_spec
+from .conftest import kill_training_at, make_spec
 
 pytestmark = pytest.mark.slow
 
-CHILD = """
-import json, sys, warnings
-warnings.filterwarnings("ignore")
-sys.path.insert(0, {repo!r})
-from launcher.job import run_job
-from launcher.core.schema import spec_from_dict
-run_job(spec_from_dict(json.loads(sys.argv[1])), echo=lambda *_: None)
-"""
 
 
 def _train_over(tiny_model_json, **extra):
@@ -70,22 +59,10 @@ def test_kill9_then_relaunch_is_bit_identical(reference, tiny_data, tiny_model_j
 
     run_dir = tmp_path / "run"
     spec = make_spec(run_dir, tiny_data, **_train_over(tiny_model_json))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", CHILD.format(repo=str(REPO)), json.dumps(spec.to_dict())],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # 6 updates per epoch: kill in the middle of epoch 2, after epoch 1's checkpoint
+    returncode = kill_training_at(spec, run_dir, 8)
     metrics = run_dir / "logs" / "metrics.jsonl"
-    deadline = time.time() + 300
-    try:
-        # 6 updates per epoch: kill in the middle of epoch 2, after epoch 1's checkpoint
-        while time.time() < deadline and proc.poll() is None:
-            if any(r.get("step", 0) >= 8 and r["split"] == "train" for r in read_jsonl(metrics)):
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the child finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    assert returncode == -signal.SIGKILL
     assert json.loads((run_dir / "state.json").read_text())["status"] == "running"
 
     result = run_job(spec, echo=lambda *_: None)       # same spec again: resumes
