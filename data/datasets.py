@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Union
+from typing import Optional, Sequence, Union
 
 import lmdb
 from launcher.core.errors import ConfigError
@@ -58,6 +58,32 @@ def open_dataset(path: str | os.PathLike, *, trust_pickles: bool = False) -> Dat
     if detect_format(path) == "aselmdb":
         return AseLmdbDataset(path)
     return LmdbDataset(path, trust_pickles=trust_pickles)
+
+
+def sample_carries(path: str | os.PathLike, label: str, *, spread: bool = False,
+                   trust_pickles: bool = False) -> tuple[Optional[bool], Sequence[int]]:
+    """(whether a record at the first position of ``path`` (``spread``: first, middle or last) carries the label
+    ``label`` (``"forces"``, ``"stress"``), the positions looked at); None when the data is empty or unreadable,
+    which preflight reports by itself. An LMDB record is judged by its raw bytes (a pickled record names the
+    attribute), so no torch is imported; an ASE-database record through its reader."""
+    try:
+        raw = detect_format(path) == "lmdb"
+        ds = open_dataset(path, trust_pickles=trust_pickles)
+    except Exception:  # noqa: BLE001
+        return None, []
+    try:
+        n = len(ds)
+        picks = (sorted({0, n // 2, n - 1}) if spread else [0]) if n else []
+        if not picks:
+            return None, picks
+        return any((label.encode() in ds.get_bytes(i)) if raw else (getattr(ds[i], label) is not None)
+                   for i in picks), picks
+    except Exception:  # noqa: BLE001
+        return None, []
+    finally:
+        close = getattr(ds, "close", None)
+        if close is not None:
+            close()
 
 
 def _shard_table(path: str | os.PathLike) -> list[tuple[Path, int, bytes | None]]:

@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from launcher.core.env import gpu_visible
 from launcher.core.errors import ConfigError, NotImplementedBackend
-from launcher.core.schema import RunSpec, cuda_index, is_cuda, validate
+from launcher.core.schema import TRAINING_TASKS, RunSpec, cuda_index, is_cuda, validate
 
 DATA_SPLITS = ("train", "val", "test")
 
@@ -168,22 +168,16 @@ def data_notes(spec: RunSpec) -> List[str]:
     Reads the first record's raw bytes only (a pickled record names its ``forces`` attribute), so a dry
     run still imports neither torch nor PyG.
     """
-    if spec.task not in ("train", "finetune", "resume") or not spec.data.train or spec.train.force_weight <= 0:
+    if spec.task not in TRAINING_TASKS or not spec.data.train or spec.train.force_weight <= 0:
         return []
-    try:
-        from data.datasets import detect_format
-        from data.lmdb_dataset import LmdbDataset
+    from data.datasets import detect_format, sample_carries
 
+    try:
         if detect_format(spec.data.train) != "lmdb":
             return []
-        ds = LmdbDataset(spec.data.train)
-        try:
-            raw = ds.get_bytes(0) if len(ds) else None
-        finally:
-            ds.close()
     except Exception:  # noqa: BLE001 - preflight reported unreadable data already
         return []
-    if raw is not None and b"forces" not in raw:
+    if sample_carries(spec.data.train, "forces")[0] is False:
         return [f"data.train: {spec.data.train} holds no forces (first structure); the force loss "
                 f"(train.force_weight={spec.train.force_weight}) has nothing to fit: set train.force_weight=0 "
                 "for an energy-only model"]

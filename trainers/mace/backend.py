@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from launcher.core.errors import ConfigError
+from launcher.core.schema import OBJECTIVES
 from trainers.api import JobContext, run_task
 
 # e3nn's TorchScript compilation warns once per block on torch 2.13: noise, not a problem
@@ -88,9 +89,8 @@ KEY_DOCS = {
     "eval.amp": "CUDA autocast in evaluate / infer",
     "eval.split": "the split evaluate / infer read",
     "eval.group_by": "eval/errors_by_group.csv and metrics.json by_group from this key of each structure's info",
-    "eval.objective": "not used by the run: an Optuna sweep reads it from logs/metrics.jsonl (val_loss, "
-                      "val_energy_rmse_per_atom, val_energy_mae_per_atom, val_force_rmse, val_force_mae) or "
-                      "eval/metrics.json (evaluate)",
+    "eval.objective": "not used by the run: an Optuna sweep reads it from logs/metrics.jsonl "
+                      f"({', '.join(OBJECTIVES['mace'])}) or eval/metrics.json (evaluate)",
     "device": "cpu, cuda, cuda:N or auto",
     **{k: f"refused: {v}" for k, v in REFUSED.items()},
 }
@@ -98,32 +98,19 @@ KEY_DOCS = {
 
 def stress_problems(spec: Any) -> List[str]:
     """``train.stress_weight > 0`` with training data that holds no stress: one line before anything runs.
+    Looks at the first, middle and last record of ``data.train`` (:func:`data.datasets.sample_carries`), so a
+    dry run imports no torch. Unreadable data is preflight's own report, not this one's."""
+    from launcher.core.schema import TRAINING_TASKS
 
-    Looks at the first, middle and last record of ``data.train``: an LMDB record's raw bytes (a pickled record
-    names its ``stress`` attribute, as preflight's forces note reads them), so a dry run imports no torch; an
-    ASE-database record through its reader. Unreadable data is preflight's own report, not this one's.
-    """
     t = spec.train
-    if not (t.stress_weight > 0) or spec.task not in ("train", "finetune", "resume") or not spec.data.train:
+    if not (t.stress_weight > 0) or spec.task not in TRAINING_TASKS or not spec.data.train:
         return []
-    try:
-        from data.datasets import detect_format, open_dataset
+    from data.datasets import sample_carries
 
-        raw = detect_format(spec.data.train) == "lmdb"
-        ds = open_dataset(spec.data.train, trust_pickles=bool(spec.data.trust_pickles))
-    except Exception:  # noqa: BLE001 - preflight reports unreadable data by itself
+    carries, picks = sample_carries(spec.data.train, "stress", spread=True,
+                                    trust_pickles=bool(spec.data.trust_pickles))
+    if carries is not False:
         return []
-    try:
-        n = len(ds)
-        picks = sorted({0, n // 2, n - 1}) if n else []
-        if any((b"stress" in ds.get_bytes(i)) if raw else (ds[i].stress is not None) for i in picks):
-            return []
-    except Exception:  # noqa: BLE001
-        return []
-    finally:
-        close = getattr(ds, "close", None)
-        if close is not None:
-            close()
     return [f"train.stress_weight: {t.stress_weight:g} needs stress labels, but data.train ({spec.data.train}) has "
             f"none (entries {', '.join(map(str, picks))} checked); convert the data with launch-data convert "
             "--stress-key KEY, or set train.stress_weight=0"]
