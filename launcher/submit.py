@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from launcher.core.errors import EXIT_PREEMPTED, ConfigError
 from launcher.core.layout import RunLayout
-from launcher.core.schema import RunSpec
+from launcher.core.schema import TRAINING_TASKS, RunSpec
 from launcher.params import LauncherParams
 
 CLUSTERS = ("inprocess", "local", "slurm")
@@ -371,9 +371,6 @@ def outcomes_of(jobs: Sequence[Any], bases: Sequence[JobOutcome], cluster: str) 
 # ---------------------------------------------------------------------------------------------
 # Submission
 # ---------------------------------------------------------------------------------------------
-
-TRAINING_TASKS = ("train", "finetune", "resume")
-
 
 def _echo_best(run_dir: str, echo: Callable[[str], None]) -> None:
     """A finished training's best validation metrics, with units (the sweep summary has every run's)."""

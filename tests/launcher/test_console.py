@@ -55,9 +55,9 @@ def test_metrics_line_of_an_evaluation_and_of_a_best_epoch():
 
 
 def test_loss_on_the_epoch_lines_has_four_digits():
-    from trainers.mace.loop import _fmt
+    from trainers.mace.loop import sig     # what the loop formats its losses with
 
-    assert _fmt(1.88609123) == "1.886" and _fmt(None) == "n/a"
+    assert sig(1.88609123) == "1.886" and sig(None) == "n/a"
 
 
 # ------------------------------------------------------------------ FairChem's output

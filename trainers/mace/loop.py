@@ -28,7 +28,7 @@ import numpy as np
 
 from launcher.core.atomic import atomic_torch_save
 from launcher.core.errors import ConfigError, TrainingDiverged
-from launcher.core.metrics import fmt_metric, sig
+from launcher.core.metrics import metrics_line, sig
 from launcher.core.schema import cuda_index, early_stop_evals, log_every_updates, plateau_patience
 from trainers.mace.freeze import HeadFreeze
 from trainers.mace.model_io import CHECKPOINT_FORMAT
@@ -375,17 +375,16 @@ class Trainer:
         else:
             st.bad_evals += 1
         st.last_val_loss = loss
-        errors = "".join(f" {label}={fmt_metric(key, m[key])}" for key, label in
-                         (("energy_rmse_per_atom", "E_rmse/atom"), ("force_rmse", "F_rmse"),
-                                          ("stress_rmse", "S_rmse")) if m.get(key) is not None)
-        self.log.info(f"eval {split} epoch={rec['epoch']} step={st.update_step} loss={_fmt(loss)}{errors} lr={lr:.4g}"
+        shown = [k for k in ("energy_rmse_per_atom", "force_rmse", "stress_rmse") if m.get(k) is not None]
+        errors = f" {metrics_line(m, keys=shown, sep=' ')}" if shown else ""
+        self.log.info(f"eval {split} epoch={rec['epoch']} step={st.update_step} loss={sig(loss)}{errors} lr={lr:.4g}"
                       + (" *best*" if improved else "") + f" ({time.perf_counter() - t_eval:.2f} s)")
         self.log.flush()
         self.log.curves(self._curves_title())
         if self.stop_after is not None and st.bad_evals >= self.stop_after:
             st.stopped = (f"early_stop_factor: {st.bad_evals} evaluations without {split} improvement "
                           f"(early_stop_factor {t.early_stop_factor} x patience {plateau_patience(t)}); "
-                          f"best loss {_fmt(st.best_loss)} at epoch {st.best_epoch}")
+                          f"best loss {sig(st.best_loss)} at epoch {st.best_epoch}")
         if st.stopped:
             self.log.info(f"stopping early ({st.stopped})")
         unit = "cycle" if kind == "cycle" else "epoch"
@@ -554,7 +553,7 @@ class Trainer:
         if self.main and not self.layout.best_model.exists():
             with self._ema_weights():
                 atomic_torch_save(self.model.state_dict(), self.layout.best_model)
-        self.log.info(f"training done: {st.epoch} epochs, {st.update_step} updates, best loss {_fmt(st.best_loss)} "
+        self.log.info(f"training done: {st.epoch} epochs, {st.update_step} updates, best loss {sig(st.best_loss)} "
                       f"(epoch {st.best_epoch}) in {time.time() - t_start:.1f}s")
         if math.isfinite(st.best_loss):
             self.log.summary({"best/loss": st.best_loss, "best/epoch": st.best_epoch, "best/step": st.best_step,
@@ -579,11 +578,6 @@ def make_loss(t: Any) -> Any:
         return WeightedEnergyForcesStressLoss(energy_weight=t.energy_weight, forces_weight=t.force_weight,
                                               stress_weight=t.stress_weight)
     return WeightedEnergyForcesLoss(energy_weight=t.energy_weight, forces_weight=t.force_weight)
-
-
-def _fmt(x: Optional[float]) -> str:
-    """A loss on the console: 4 significant digits (metrics.jsonl keeps full precision)."""
-    return sig(x)
 
 
 class _null:

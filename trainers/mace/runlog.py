@@ -26,6 +26,7 @@ class RunLog:
 
     sinks: Sequence[Any] = ()             # TensorBoard / wandb writers (open_sinks), rank 0 only
     _curves_error: Optional[str] = None   # the last drawing failure, reported once
+    _curves_current = False               # curves.png drawn from every record written so far
 
     def __init__(self, layout: RunLayout, enabled: bool, echo: bool = True) -> None:
         self.layout, self.enabled, self.echo = layout, enabled, echo
@@ -50,7 +51,8 @@ class RunLog:
         if self.enabled:
             record = {"time": round(time.time() - self.t0, 3), **record}
             append_jsonl(self.layout.metrics_jsonl, record)
-            scalars = scalars_of(record)
+            self._curves_current = False
+            scalars = scalars_of(record) if self.sinks else None
             if scalars and isinstance(record.get("step"), int):
                 for sink in self.sinks:
                     sink.log(scalars, record["step"])
@@ -86,12 +88,13 @@ class RunLog:
     def curves(self, title: str = "") -> None:
         """Re-draw ``logs/curves.png`` from metrics.jsonl. A drawing failure is logged once and training goes on:
         a plot is never worth a lost run."""
-        if not self.enabled:
+        if not self.enabled or (self._curves_current and self.layout.curves_png.exists()):
             return
         from launcher.core.curves import update_curves
 
         try:
             update_curves(self.layout.metrics_jsonl, self.layout.curves_png, title=title)
+            self._curves_current = True
         except Exception as e:  # noqa: BLE001 - see the docstring
             msg = f"{type(e).__name__}: {e}"
             if msg != self._curves_error:
@@ -213,8 +216,10 @@ def scalars_of(record: Dict[str, Any]) -> Dict[str, float]:
     def num(x: Any) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool)
 
+    from launcher.core.curves import is_progress
+
     out: Dict[str, float] = {}
-    if record.get("split") == "train" and "train_loss" not in record:
+    if is_progress(record):
         for key, name in (("loss", "train/loss"), ("lr", "lr"), ("throughput", "throughput"),
                           ("data_wait", "data_wait")):
             if num(record.get(key)):
