@@ -48,12 +48,13 @@ def sweep_status(sweep_dir: Path, *, wait: bool = False) -> "object":
     params = LauncherParams(**{k: v for k, v in (rec.get("params") or {}).items()
                                if k in LauncherParams.__dataclass_fields__})
     outcomes = wait_for(jobs, bases, params) if wait else outcomes_of(jobs, bases, cluster)
-    write_record(sweep_dir, params, Path(rec["submitit_folder"]), outcomes, rec.get("array_ids") or [])
+    objective = rec.get("objective") if isinstance(rec.get("objective"), str) else None   # an Optuna study's
+    write_record(sweep_dir, params, Path(rec["submitit_folder"]), outcomes, rec.get("array_ids") or [], objective)
     for o in outcomes:   # the cluster (or a dead local pid) may lag: a run whose job is gone is interrupted
         if o.state in ("RUNNING", "FAILED") and o.run_dir and RunLayout.of(o.run_dir).status() == "interrupted":
             o.state, o.error = "INTERRUPTED", f"its job died without finishing; launch it again to resume ({o.run_dir})"
     result = SweepResult(sweep_dir, outcomes, list(rec.get("array_ids") or []))
-    result.summary_path = summary.write_summary(sweep_dir, outcomes)["csv"]
+    result.summary_path = summary.write_summary(sweep_dir, outcomes, objective)["csv"]
     return result
 
 

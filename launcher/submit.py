@@ -234,18 +234,11 @@ def _record_path(sweep_dir: Path) -> Path:
 
 def write_record(sweep_dir: Path, params: LauncherParams, folder: Path, outcomes: Sequence[JobOutcome],
                  array_ids: Sequence[str], objective: Optional[str] = None) -> Path:
-    """Write sweep.json. ``objective`` (an Optuna study's eval.objective; default: the one the record already
-    names) makes the summary rank the jobs, also when ``launch-status`` rewrites it."""
-    import json
-
+    """Write sweep.json. ``objective`` (an Optuna study's eval.objective) makes the summary rank the jobs, also
+    when ``launch-status`` rewrites it."""
     from launcher.core.atomic import atomic_write_json
 
     path = _record_path(sweep_dir)
-    if objective is None and path.is_file():
-        try:
-            objective = json.loads(path.read_text(encoding="utf-8")).get("objective")
-        except (OSError, ValueError, AttributeError):
-            objective = None
     rec = {"cluster": params.cluster, "submitit_folder": str(folder), "array_ids": list(array_ids),
            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "params": asdict(params),
            "jobs": [asdict(o) for o in outcomes]}
@@ -562,14 +555,16 @@ def submit_runs(
         return result
 
     def progress(outcomes: List[JobOutcome]) -> None:
-        write_record(sweep_dir, params, folder, [*before.outcomes, *outcomes], [*before.array_ids, *array_ids])
+        write_record(sweep_dir, params, folder, [*before.outcomes, *outcomes], [*before.array_ids, *array_ids],
+                     before.objective or None)
 
     try:
         result.outcomes = wait_for(jobs, bases, params, on_change=progress)
     except KeyboardInterrupt:
         echo(f"stopped waiting; the jobs keep running: `launch-status {sweep_dir}` reports on them")
         raise
-    write_record(sweep_dir, params, folder, [*before.outcomes, *result.outcomes], [*before.array_ids, *array_ids])
+    write_record(sweep_dir, params, folder, [*before.outcomes, *result.outcomes], [*before.array_ids, *array_ids],
+                 before.objective or None)
     single = earlier is None and len(specs) == 1
     if single and result.outcomes[0].state == "FINISHED" and specs[0].task in TRAINING_TASKS:
         _echo_best(result.outcomes[0].run_dir, echo)

@@ -206,24 +206,14 @@ def plot_curves(outcomes: Sequence[Any], path: Path, metric: str = "loss") -> bo
     return bool(drawn)
 
 
-def _recorded_objective(sweep_dir: Path) -> Optional[str]:
-    """The ``objective`` sweep.json names (an Optuna sweep's), so that ``launch-status`` ranks alike."""
-    try:
-        value = json.loads((Path(sweep_dir) / "sweep.json").read_text(encoding="utf-8")).get("objective")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
-
-
 def write_summary(sweep_dir: Path, outcomes: Sequence[Any], objective: Optional[str] = None) -> Dict[str, Path]:
     """Write summary.csv / summary.md (always) and summary.png (when any job logged validation).
 
-    ``objective`` (default: the one sweep.json records) ranks the jobs, as an Optuna sweep's trials."""
+    ``objective`` (an Optuna study's eval.objective) ranks the jobs, as the study's trials."""
     from launcher.core.atomic import atomic_write_text
 
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    objective = objective or _recorded_objective(sweep_dir)
     columns, table = rows(outcomes, objective)
     paths = {"csv": sweep_dir / "summary.csv", "md": sweep_dir / "summary.md"}
     atomic_write_text(paths["csv"], to_csv(columns, table))
