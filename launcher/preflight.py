@@ -245,10 +245,12 @@ def check_sweep(
     cluster: str = "inprocess",
     gpus_per_node: Optional[int] = None,
     warn: Optional[Callable[[str], None]] = None,
+    notes: bool = True,
 ) -> List[str]:
     """Problems of every point, each prefixed with its label when there are several points.
 
-    When there are none, the points' warnings (:func:`data_notes`) go to ``warn`` (default: stderr).
+    When there are none, the points' warnings (:func:`data_notes`) go to ``warn`` (default: stderr);
+    ``notes=False`` skips them (their data was read, and they were shown, once already).
     """
     labels = list(labels) if labels is not None else [s.run_name for s in specs]
     problems: List[str] = []
@@ -263,18 +265,18 @@ def check_sweep(
             problems.append(f"[{label}] run_dir: {rd} is also the run_dir of [{seen[rd]}]; every run needs its own")
         elif rd:
             seen[rd] = label
-    if not problems:
+    if not problems and notes:
         import sys
 
         warn = warn or (lambda line: print(line, file=sys.stderr))
-        notes: Dict[str, None] = {}  # once each: a sweep's points usually share their data
+        shown: Dict[str, None] = {}  # once each: a sweep's points usually share their data
         looked = set()
         for spec in specs:
             what = (spec.task, spec.data.train, spec.train.force_weight > 0)
             if what not in looked:
                 looked.add(what)
-                notes.update(dict.fromkeys(data_notes(spec)))
-        for note in notes:
+                shown.update(dict.fromkeys(data_notes(spec)))
+        for note in shown:
             warn(f"warning: {note}")
     return problems
 

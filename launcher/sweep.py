@@ -288,7 +288,7 @@ def check_study(launcher: Any, fixed: Sequence[str], distributions: Dict[str, An
         resolve_model_names(specs, cwd)
         labels = [label for label, _ in probes]
         problems = check_sweep(specs, labels, cluster=params.cluster, gpus_per_node=params.gpus_per_node,
-                               warn=lambda line: None)
+                               notes=False)
         problems += [f"[{label}] {p}" for spec, label in zip(specs, labels) for p in objective_problems(spec)]
         problems += backend_launch_problems(specs, params)
         if problems:
@@ -322,7 +322,7 @@ def launch_trials(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
             (spec,), _, _ = compose_points(launcher, [list(ov)], idx)
             resolve_model_names([spec], [Path(os.getcwd())])
             problems = check_sweep([spec], [str(idx)], cluster=params.cluster, gpus_per_node=params.gpus_per_node,
-                                   warn=lambda line: None) + objective_problems(spec)
+                                   notes=False) + objective_problems(spec)
         except Exception as e:  # noqa: BLE001 - a point Hydra or the schema refused: this trial fails
             problems = config_error_message(e) or [f"{type(e).__name__}: {e}"]
         if problems:
