@@ -136,10 +136,14 @@ def launch_sweep(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
         returns.append(_job_return(o.overrides, status, o))
     if result.failed:
         lines = [f"{len(result.failed)} of {len(result.outcomes)} runs FAILED:"]
-        lines += [f"  [{o.index}] {' '.join(o.overrides)} -> {o.error} (run_dir {o.run_dir}, log {o.log_path})"
-                  for o in result.failed]
+        lines += [failed_line(o, o.overrides) for o in result.failed]
         raise SweepFailed("\n".join(lines))
     return returns
+
+
+def failed_line(o: Any, overrides: List[str]) -> str:
+    """One failed run of a sweep or study, as the closing error lists it."""
+    return f"  [{o.index}] {' '.join(overrides)} -> {o.error} (run_dir {o.run_dir}, log {o.log_path})"
 
 
 def point_labels(overrides: List[List[str]], first: int = 0) -> List[str]:

@@ -158,13 +158,13 @@ class MlipOptunaSweeperImpl(OptunaSweeperImpl):
             sys.exit(EXIT_PREEMPTED)
         if failed:
             from launcher.summary import varying_overrides
+            from launcher.sweep import failed_line
 
             everyone = self.launcher_outcomes
             varied = dict(zip(map(id, everyone), varying_overrides([o.overrides for o in everyone])))
             lines = [f"{len(failed)} of {len(study.trials)} trial(s) FAILED (told to Optuna as FAIL)"
                      + (f"; study stopped: {stopped}" if stopped else "") + ":"]
-            lines += [f"  [{o.index}] {' '.join(varied.get(id(o), o.overrides))} -> {o.error} "
-                      f"(run_dir {o.run_dir}, log {o.log_path})" for o in failed]
+            lines += [failed_line(o, varied.get(id(o), o.overrides)) for o in failed]
             raise SweepFailed("\n".join(lines))
 
     def _save_results(self, study: Any, sweep_dir: Path, objective: str, stopped: Optional[str]) -> None:

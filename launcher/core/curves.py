@@ -142,3 +142,13 @@ def update_curves(metrics_jsonl: Path, path: Path, title: str = "") -> bool:
     from launcher.core.atomic import read_jsonl
 
     return render_run_curves(read_jsonl(Path(metrics_jsonl)), path, title=title)
+
+
+def redraw(metrics_jsonl: Path, path: Path, title: str = "") -> Optional[str]:
+    """:func:`update_curves` for a running training: a drawing failure comes back as one line
+    (``TypeName: message``) instead of raising, because a plot is never worth a lost run."""
+    try:
+        update_curves(metrics_jsonl, path, title=title)
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        return f"{type(e).__name__}: {e}"
+    return None

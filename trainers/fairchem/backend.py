@@ -620,13 +620,12 @@ class FairchemBackend:
     def _curves(self, plan: Plan) -> None:
         """Re-draw logs/curves.png from logs/metrics.jsonl (every FairChem invocation of the run). A drawing
         failure is one line; the training goes on."""
-        from launcher.core.curves import update_curves
+        from launcher.core.curves import redraw
 
         logs = plan.log_path.parent
-        try:
-            update_curves(logs / "metrics.jsonl", logs / "curves.png", title=plan.title)
-        except Exception as e:  # noqa: BLE001 - a plot is never worth a lost run
-            self.echo(f"[fairchem] logs/curves.png not updated ({type(e).__name__}: {e})")
+        failed = redraw(logs / "metrics.jsonl", logs / "curves.png", title=plan.title)
+        if failed:
+            self.echo(f"[fairchem] logs/curves.png not updated ({failed})")
 
     def _child(self, spec: RunSpec, *args: str) -> str:
         """Run a checkpoint helper of child.py in the FairChem env; its stdout. It dies with the launcher, and

@@ -90,16 +90,13 @@ class RunLog:
         a plot is never worth a lost run."""
         if not self.enabled or (self._curves_current and self.layout.curves_png.exists()):
             return
-        from launcher.core.curves import update_curves
+        from launcher.core.curves import redraw
 
-        try:
-            update_curves(self.layout.metrics_jsonl, self.layout.curves_png, title=title)
-            self._curves_current = True
-        except Exception as e:  # noqa: BLE001 - see the docstring
-            msg = f"{type(e).__name__}: {e}"
-            if msg != self._curves_error:
-                self._curves_error = msg
-                self.info(f"logs/curves.png not updated ({msg})")
+        msg = redraw(self.layout.metrics_jsonl, self.layout.curves_png, title=title)
+        self._curves_current = msg is None
+        if msg is not None and msg != self._curves_error:
+            self._curves_error = msg
+            self.info(f"logs/curves.png not updated ({msg})")
 
     def truncate_after(self, step: int) -> None:
         """Drop metric lines a killed attempt wrote after the checkpoint we resume from."""
