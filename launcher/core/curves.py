@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 Points = List[Tuple[float, float]]
 
@@ -152,3 +152,47 @@ def redraw(metrics_jsonl: Path, path: Path, title: str = "") -> Optional[str]:
     except Exception as e:  # noqa: BLE001 - see the docstring
         return f"{type(e).__name__}: {e}"
     return None
+
+
+class BackgroundRedraw:
+    """:func:`redraw` on a thread of its own, for a caller that must not stall while a figure is drawn.
+
+    FairChem's runner reads the child's output on the thread that would draw: a drawing (about a second, more
+    for matplotlib's first import) would hold the console and ``metrics.jsonl`` behind FairChem, and a stop
+    signal would find the run's records steps behind the process. Requests made while a drawing runs are
+    coalesced into one more drawing; :meth:`close` waits for the thread and draws a last time, so the file
+    ends complete. ``on_fail`` gets a failed drawing's line (from the drawing thread).
+    """
+
+    def __init__(self, metrics_jsonl: Path, path: Path, title: str = "",
+                 on_fail: Optional[Callable[[str], None]] = None) -> None:
+        import threading
+
+        self.metrics_jsonl, self.path, self.title, self.on_fail = Path(metrics_jsonl), Path(path), title, on_fail
+        self._wanted = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="curves-redraw", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    def _draw(self) -> None:
+        failed = redraw(self.metrics_jsonl, self.path, title=self.title)
+        if failed and self.on_fail is not None:
+            self.on_fail(failed)
+
+    def _loop(self) -> None:
+        while True:
+            self._wanted.wait()
+            if self._closing:
+                return
+            self._wanted.clear()
+            self._draw()
+
+    def close(self) -> None:
+        """Stop the thread (after a drawing in progress) and draw once more, on the caller's thread."""
+        self._closing = True
+        self._wanted.set()
+        self._thread.join()
+        self._draw()

@@ -123,3 +123,46 @@ def test_log_scale_only_for_positive_values_spanning_decades(values, log):
     ax = new_figure(3, 3).subplots()
     log_if_decades(ax, values)
     assert (ax.get_yscale() == "log") is log
+
+
+def test_background_redraw_returns_at_once_and_close_draws_the_final_records(tmp_path, monkeypatch):
+    import threading
+
+    from launcher.core import curves
+
+    metrics, png = tmp_path / "metrics.jsonl", tmp_path / "curves.png"
+    records = _mace_records()
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records[:5]))
+    release, drawn = threading.Event(), []
+    real = curves.update_curves
+
+    def slow(path, out, title=""):      # a drawing that takes as long as the test says
+        release.wait(30)
+        drawn.append(len(path.read_text().splitlines()))
+        return real(path, out, title=title)
+
+    monkeypatch.setattr(curves, "update_curves", slow)
+    bg = curves.BackgroundRedraw(metrics, png, title="t")
+    bg.request()                        # the caller is not held while the drawing waits
+    for _ in range(3):                  # requests during a drawing: one more drawing, not three
+        bg.request()
+    with metrics.open("a") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in records[5:]))
+    release.set()
+    bg.close()
+    assert drawn[-1] == len(records)    # the last drawing saw every record
+    assert 2 <= len(drawn) <= 3, drawn  # first drawing, at most one coalesced one, the closing one
+    assert _image(png).shape[0] > 0
+
+
+def test_background_redraw_failure_is_one_line_to_on_fail(tmp_path):
+    from launcher.core.curves import BackgroundRedraw
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in _mace_records()))
+    (tmp_path / "file").write_text("")
+    lines = []
+    bg = BackgroundRedraw(metrics, tmp_path / "file" / "curves.png", on_fail=lines.append)   # parent is a file
+    bg.request()
+    bg.close()
+    assert lines and all("\n" not in x and "Error" in x for x in lines)

@@ -584,8 +584,9 @@ class FairchemBackend:
         from trainers.fairchem.logparse import ConsoleLines, MetricsTap
 
         training = plan.mode == "train"
+        curves = self._curves(plan) if training else None
         tap = MetricsTap(plan.log_path.parent / "metrics.jsonl", plan.timestamp_id,
-                         on_val=(lambda: self._curves(plan)) if training else None,
+                         on_val=curves.request if curves is not None else None,
                          steps_per_epoch=plan.steps_per_epoch)
         console = ConsoleLines()   # warnings stay in the FairChem log; metrics with units
 
@@ -609,23 +610,23 @@ class FairchemBackend:
                 tmp.parent.rmdir()
             except OSError:
                 pass
-            if training:   # the whole run so far, this invocation included, whatever ended it
-                self._curves(plan)
+            if curves is not None:   # the whole run so far, this invocation included, whatever ended it
+                curves.close()
         if res.preempted:
             raise preemption.Preempted(f"FairChem stopped on a preemption signal ({res.describe_exit()})")
         if res.returncode != 0:
             raise FairchemError(failure_message(plan, res))
 
     # ------------------------------------------------------------------ helpers
-    def _curves(self, plan: Plan) -> None:
-        """Re-draw logs/curves.png from logs/metrics.jsonl (every FairChem invocation of the run). A drawing
-        failure is one line; the training goes on."""
-        from launcher.core.curves import redraw
+    def _curves(self, plan: Plan) -> Any:
+        """logs/curves.png re-drawn from logs/metrics.jsonl (every FairChem invocation of the run) at each
+        validation, off the thread that reads FairChem's output. A drawing failure is one line; the training
+        goes on."""
+        from launcher.core.curves import BackgroundRedraw
 
         logs = plan.log_path.parent
-        failed = redraw(logs / "metrics.jsonl", logs / "curves.png", title=plan.title)
-        if failed:
-            self.echo(f"[fairchem] logs/curves.png not updated ({failed})")
+        return BackgroundRedraw(logs / "metrics.jsonl", logs / "curves.png", title=plan.title,
+                                on_fail=lambda failed: self.echo(f"[fairchem] logs/curves.png not updated ({failed})"))
 
     def _child(self, spec: RunSpec, *args: str) -> str:
         """Run a checkpoint helper of child.py in the FairChem env; its stdout. It dies with the launcher, and

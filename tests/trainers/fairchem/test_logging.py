@@ -151,8 +151,7 @@ def test_fairchem_events_land_in_logs_tensorboard_once_per_step_across_a_stop(fa
     out, _ = proc.communicate(timeout=300)
     assert json.loads((run_dir / "state.json").read_text())["status"] == "preempted", out[-3000:]
     stopped_at = max(steps("train"))
-    checkpoint_at = max(s for s in steps("val") if s <= stopped_at)
-    assert stopped_at > checkpoint_at, (stopped_at, steps("val"))   # steps logged past the checkpoint
+    first_run = {r["run"] for r in read_jsonl(metrics)}
 
     out2 = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert out2.returncode == 0, (out2.stdout + out2.stderr)[-3000:]
@@ -164,10 +163,15 @@ def test_fairchem_events_land_in_logs_tensorboard_once_per_step_across_a_stop(fa
     acc = EventAccumulator(str(tb), size_guidance={"scalars": 0})
     acc.Reload()
     assert {"train/loss", "train/lr", "val/loss", "val/energy_mae", "val/forces_mae"} <= set(acc.Tags()["scalars"])
+    # the relaunch starts after the checkpoint it resumed from: the steps the stopped invocation logged past
+    # it are redone (our metrics.jsonl keeps both invocations' records)
+    redone = [r["step"] for r in read_jsonl(metrics) if r["split"] == "train" and r["run"] not in first_run]
+    checkpoint_at = min(redone) - 1
+    assert stopped_at > checkpoint_at, (stopped_at, checkpoint_at, steps("val"))   # the case this test is about
+    assert all(steps("train").count(s) == 2 for s in range(checkpoint_at + 1, stopped_at + 1)), steps("train")
     train_steps = [e.step for e in acc.Scalars("train/loss")]
-    # the stopped invocation's steps after its checkpoint are dropped, redone once
+    # in the events, the stopped invocation's steps after its checkpoint are dropped: each step once
     assert train_steps == list(range(1, 40)), (train_steps, stopped_at, checkpoint_at, out2.stdout[-2000:])
-    assert steps("train").count(stopped_at) == 2        # (our metrics.jsonl keeps both invocations' records)
     vals = [r for r in read_jsonl(metrics) if r["split"] == "val"]
     events = [(e.step, e.value) for e in acc.Scalars("val/loss")]
     # our records carry the step FairChem logged each validation at, and the value its log line printed (4 decimals)
