@@ -133,25 +133,27 @@ def test_background_redraw_returns_at_once_and_close_draws_the_final_records(tmp
     metrics, png = tmp_path / "metrics.jsonl", tmp_path / "curves.png"
     records = _mace_records()
     metrics.write_text("".join(json.dumps(r) + "\n" for r in records[:5]))
-    release, drawn = threading.Event(), []
+    started, release, drawn = threading.Event(), threading.Event(), []
     real = curves.update_curves
 
     def slow(path, out, title=""):      # a drawing that takes as long as the test says
-        release.wait(30)
         drawn.append(len(path.read_text().splitlines()))
+        started.set()
+        release.wait(30)
         return real(path, out, title=title)
 
     monkeypatch.setattr(curves, "update_curves", slow)
     bg = curves.BackgroundRedraw(metrics, png, title="t")
-    bg.request()                        # the caller is not held while the drawing waits
+    bg.request()
+    assert started.wait(30)             # the drawing runs (and waits), the caller goes on
     for _ in range(3):                  # requests during a drawing: one more drawing, not three
         bg.request()
     with metrics.open("a") as fh:
         fh.write("".join(json.dumps(r) + "\n" for r in records[5:]))
     release.set()
     bg.close()
-    assert drawn[-1] == len(records)    # the last drawing saw every record
-    assert 2 <= len(drawn) <= 3, drawn  # first drawing, at most one coalesced one, the closing one
+    assert drawn[0] == 5 and drawn[-1] == len(records)   # the closing drawing saw every record
+    assert len(drawn) in (2, 3), drawn  # first drawing, at most one coalesced one, the closing one
     assert _image(png).shape[0] > 0
 
 

@@ -212,6 +212,7 @@ class MaceBackend:
         per-structure scalars (``launcher.core.metrics.EvalStream``): memory does not grow with the split."""
         from launcher.core.metrics import EvalStream, metrics_line
         from trainers.mace import graphs, stream
+        from trainers.mace.heap import hold_freed_memory
         from trainers.mace.loop import head_of, progress_enabled, select_device, set_threads
         from trainers.mace.model_config import heads_of
         from trainers.mace.model_io import load_model
@@ -220,6 +221,7 @@ class MaceBackend:
         spec = ctx.spec
         split = spec.eval.split
         set_threads()
+        hold_freed_memory()
         with _default_dtype(spec.train.dtype):
             device = select_device(spec)
             loaded = load_model(spec, prefer="best")

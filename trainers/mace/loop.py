@@ -109,6 +109,7 @@ class Trainer:
         import torch
 
         from trainers.mace import distributed, graphs
+        from trainers.mace.heap import hold_freed_memory
         from trainers.mace.model_config import build_model, load_model_json, resolve
         from trainers.mace.model_io import load_checkpoint, load_model
 
@@ -123,6 +124,9 @@ class Trainer:
         self.ctx.resume = bool(self.dist.broadcast_object(self.ctx.resume))
         self.main = self.dist.is_main
         self.log = RunLog(self.layout, self.main)
+        held = hold_freed_memory()
+        if held:
+            self.log.info(held)
         self.dtype = torch.float64 if t.dtype == "float64" else torch.float32
         torch.set_default_dtype(self.dtype)
         if t.amp and self.device.type != "cuda":
