@@ -21,10 +21,13 @@ TRIM_THRESHOLD = (2 << 30) - 1   # mallopt takes an int
 def hold_freed_memory() -> Optional[str]:
     """Set glibc's thresholds as above, once per process; a line for train.log, or None where the C library is not
     glibc (musl, macOS: nothing is changed)."""
-    global _done
-    if _done is not None:
-        return _done
-    _done = ""
+    global _line
+    if _line is _UNSET:
+        _line = _set_thresholds()
+    return _line  # type: ignore[return-value]
+
+
+def _set_thresholds() -> Optional[str]:
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
@@ -39,9 +42,9 @@ def hold_freed_memory() -> Optional[str]:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     if not (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
         return None
-    _done = (f"memory: glibc {version().decode()} keeps freed blocks for reuse (mmap threshold "
-             f"{MMAP_THRESHOLD >> 20} MiB, trim threshold 2 GiB): no page faults per step once warm")
-    return _done
+    return (f"memory: glibc {version().decode()} keeps freed blocks for reuse (mmap threshold "
+            f"{MMAP_THRESHOLD >> 20} MiB, trim threshold 2 GiB): no page faults per step once warm")
 
 
-_done: Optional[str] = None
+_UNSET = object()
+_line: object = _UNSET
