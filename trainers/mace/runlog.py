@@ -30,6 +30,8 @@ class RunLog:
 
     def __init__(self, layout: RunLayout, enabled: bool, echo: bool = True) -> None:
         self.layout, self.enabled, self.echo = layout, enabled, echo
+        if enabled:
+            layout.logs.mkdir(parents=True, exist_ok=True)
         self.bars = False  # tqdm bars are on: console lines go through tqdm.write so bars stay intact
         self.t0 = time.time()
 
