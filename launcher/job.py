@@ -116,9 +116,64 @@ def state_problem(spec: RunSpec) -> Optional[str]:
     if kind in (DIFFERENT, FOREIGN) and not spec.overwrite:
         what = "a different run" if kind == DIFFERENT else "files that are not an mlip-launch run"
         return f"run_dir: {layout.root} holds {what}; choose another run_dir or set overwrite=true"
+    if kind in (DIFFERENT, FOREIGN) and spec.overwrite:
+        inside = inputs_in_run_dir(spec, layout.root)
+        if inside:
+            return _inputs_inside_message(layout.root, inside)
     if spec.task == "resume" and kind == FRESH and not (spec.model_in or spec.model.manifest):
         return f"run_dir: {layout.root} holds no run to resume (and model_in is not set)"
     return None
+
+
+def _inside(value: Any, root: Path) -> bool:
+    """Whether ``value`` names an existing file or folder that is ``root`` or lies under it."""
+    if not isinstance(value, str) or not value or "\n" in value:
+        return False
+    p = Path(value).expanduser()
+    if not p.is_absolute() and "/" not in value:
+        return False    # a bare word (a command on PATH, a head name), not a path
+    try:
+        if not os.path.lexists(p):
+            return False
+        return p.resolve().is_relative_to(root) or Path(os.path.abspath(p)).is_relative_to(root)
+    except (OSError, ValueError):
+        return False
+
+
+def inputs_in_run_dir(spec: RunSpec, root: Path) -> list:
+    """``[(key, path)]`` of the spec's inputs that live in ``root`` (which ``overwrite=true`` would move aside).
+
+    Every path key of the schema, the weights a manifest names, and path-like values of ``backend_args``
+    (``--opt=PATH`` too) and ``backend_env``.
+    """
+    from launcher.core.schema import PATH_KEYS, get_key
+
+    root = Path(root).resolve()
+    found = [(k, get_key(spec, k)) for k in PATH_KEYS if k != "run_dir" and _inside(get_key(spec, k), root)]
+    if spec.model.manifest and not any(k == "model.manifest" for k, _ in found):
+        from launcher.core.layout import manifest_weights_path, read_manifest
+
+        try:
+            weights = str(manifest_weights_path(Path(spec.model.manifest), read_manifest(Path(spec.model.manifest))))
+        except (ConfigError, OSError, TypeError, KeyError):
+            weights = None
+        if _inside(weights, root):
+            found.append(("model.manifest", weights))
+    for i, arg in enumerate(spec.backend_args or []):
+        value = str(arg).split("=", 1)[-1]
+        if _inside(value, root):
+            found.append((f"backend_args[{i}]", value))
+    for name, value in (spec.backend_env or {}).items():
+        if _inside(str(value), root):
+            found.append((f"backend_env.{name}", str(value)))
+    return found
+
+
+def _inputs_inside_message(root: Path, inside: list) -> str:
+    key, path = inside[0]
+    more = f" (and {', '.join(k for k, _ in inside[1:])})" if len(inside) > 1 else ""
+    return (f"{key}: {path} is inside run_dir {root}{more}, which overwrite=true would move aside; "
+            "move the input out of run_dir, or choose another run_dir")
 
 
 def _owner(layout: RunLayout) -> str:
@@ -138,17 +193,76 @@ def _move_aside(root: Path) -> Path:
 
 
 def _lock(layout: RunLayout) -> Any:
-    """Take ``layout``'s lock (creating the directory); ConfigError when another job holds it."""
+    """Take ``layout``'s lock (creating the directory); ConfigError when another job holds it.
+
+    The lock counts only while ``.lock`` is still the file at that path: a job that moved the directory
+    aside, or removed the run_dir it had just created, may have left us holding a lock on a file that is
+    no longer there, so that case is tried again rather than taken for ownership.
+    """
     import fcntl
 
-    layout.root.mkdir(parents=True, exist_ok=True)
-    fh = open(layout.lock, "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    for _ in range(20):
+        try:
+            layout.root.mkdir(parents=True, exist_ok=True)
+            fh = open(layout.lock, "a+")
+        except FileNotFoundError:   # a parent was removed between our mkdir and open: try again
+            continue
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise ConfigError(f"run_dir: {layout.root} is in use by another running job ({_owner(layout)})") from None
+        try:
+            same = os.stat(layout.lock).st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fh
         fh.close()
-        raise ConfigError(f"run_dir: {layout.root} is in use by another running job ({_owner(layout)})") from None
-    return fh
+    raise ConfigError(f"run_dir: {layout.root} is being moved or removed by another job; launch again")
+
+
+def _only_lock(root: Path) -> bool:
+    """Whether ``root`` holds nothing but its lock file (a run_dir no job has written to)."""
+    return root.is_dir() and all(p.name == ".lock" for p in root.iterdir())
+
+
+def _existing_ancestor(root: Path) -> Path:
+    node = root
+    while not node.exists() and node != node.parent:
+        node = node.parent
+    return node
+
+
+def _undo_fresh_start(layout: RunLayout, anchor: Path) -> bool:
+    """Remove what this job created in a run_dir that held nothing when it took the lock.
+
+    Called with the lock held, after an input problem found only at start (exit 2), so that the
+    corrected command is not refused as "a different run". A run that got as far as a checkpoint or
+    an artifact is kept. The lock file goes last, then the run_dir and the empty folders this job
+    made above it; a job that locks the path meanwhile gets a new lock file (see :func:`_lock`).
+    """
+    import shutil
+
+    root = layout.root
+    if layout.checkpoint.exists() or (layout.artifacts.is_dir() and any(layout.artifacts.iterdir())):
+        return False
+    for child in list(root.iterdir()):
+        if child.name == layout.lock.name:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    layout.lock.unlink(missing_ok=True)
+    node = root
+    while node != anchor:
+        try:
+            node.rmdir()
+        except OSError:     # another job's files, or a folder in use: leave it
+            break
+        node = node.parent
+    return True
 
 
 @contextlib.contextmanager
@@ -183,8 +297,6 @@ def run_job(spec: RunSpec, *, echo=print, prestarted: Optional[Any] = None) -> J
     """
     from launcher.backends import get_backend
     from launcher.core import preemption
-    from launcher.core.specio import dump_run_yaml
-    from trainers.api import JobContext
 
     layout = RunLayout.of(spec.run_dir)
     kind = classify(spec, layout)
@@ -196,61 +308,80 @@ def run_job(spec: RunSpec, *, echo=print, prestarted: Optional[Any] = None) -> J
     set_thread_defaults(os.environ)
     preemption.install_preemption_handler()
     backend = get_backend(spec.backend)
+    anchor = _existing_ancestor(layout.root)
     with _run_lock(layout) as move_aside:
         kind = classify(spec, layout)          # again, now that no other job can change it
         if kind == SKIP:
             return _skip(layout, echo)
+        pristine = kind == FRESH and _only_lock(layout.root)
         if kind in (DIFFERENT, FOREIGN):
             if not spec.overwrite:
                 raise ConfigError(state_problem(spec) or f"run_dir: {layout.root} cannot be used")
+            inside = inputs_in_run_dir(spec, layout.root)
+            if inside:
+                raise ConfigError(_inputs_inside_message(layout.root, inside))
             echo(f"{layout.root}: previous contents moved to {move_aside()}")
-            kind = FRESH
-        stale = remove_stale_temps(layout.root)
-        if stale:
-            echo(f"{layout.root}: removed {len(stale)} unfinished temp file(s) of an interrupted job")
-        prev = layout.read_state()
-        interrupted = prev.get("status") == "running"     # we hold the lock: its job is gone
-        if kind == FRESH:
-            layout.state_json.unlink(missing_ok=True)      # a failed attempt's record, if any
-        layout.create()
-        if kind == ADD:
-            atomic_write_text(layout.task_yaml(spec.task), dump_run_yaml(spec))
-        else:
-            atomic_write_text(layout.run_yaml, dump_run_yaml(spec))
-        attempt = int(prev.get("attempt", 0)) + 1 if kind == RESUME else 1
-        if kind != ADD:
-            me = os.getpid()
-            layout.write_state(status="running", task=spec.task, attempt=attempt, host=socket.gethostname(),
-                               pid=me, pid_start=process_start(me), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                               slurm_job_id=os.environ.get("SLURM_JOB_ID"))
-        ctx = JobContext(spec=spec, layout=layout, resume=(kind == RESUME), attempt=attempt, prestarted=prestarted)
-        if kind == RESUME:
-            how = "an interrupted" if interrupted else "an unfinished"
-            echo(f"{layout.root}: resuming {how} run (attempt {attempt})")
-        t0 = time.time()
-        ck_before = _mtime(layout.checkpoint)
+            kind, pristine, anchor = FRESH, True, layout.root
         try:
-            result = backend.run(ctx) or {}
-        except preemption.Preempted:
-            saved = _mtime(layout.checkpoint) not in (None, ck_before)
-            if kind != ADD:
-                layout.write_state(status="preempted", wall_s=time.time() - t0, checkpoint_saved=saved)
-            if saved:
-                msg = "preempted; checkpoint saved, the run resumes when launched again"
-            elif layout.checkpoint.exists():
-                msg = "preempted before a new checkpoint; the run resumes from its previous checkpoint when launched again"
-            else:
-                msg = "preempted before its first checkpoint; the run starts over when launched again"
-            echo(f"{layout.root}: {msg}")
-            preemption.run_deferred_handlers()
-            return JobResult(str(layout.root), "preempted", {}, msg)
-        except BaseException as e:
-            if kind != ADD:
-                layout.write_state(status="failed", error=f"{type(e).__name__}: {e}", wall_s=time.time() - t0)
+            return _run_locked(spec, layout, kind, backend, echo, prestarted)
+        except ConfigError:      # an input problem found at start: leave a run_dir we made as it was
+            if pristine:
+                _undo_fresh_start(layout, anchor)
             raise
+
+
+def _run_locked(spec: RunSpec, layout: RunLayout, kind: str, backend: Any, echo, prestarted: Optional[Any]) -> JobResult:
+    """The part of :func:`run_job` that runs with the run_dir locked and its state decided."""
+    from launcher.core import preemption
+    from launcher.core.specio import dump_run_yaml
+    from trainers.api import JobContext
+
+    stale = remove_stale_temps(layout.root)
+    if stale:
+        echo(f"{layout.root}: removed {len(stale)} unfinished temp file(s) of an interrupted job")
+    prev = layout.read_state()
+    interrupted = prev.get("status") == "running"     # we hold the lock: its job is gone
+    if kind == FRESH:
+        layout.state_json.unlink(missing_ok=True)      # a failed attempt's record, if any
+    layout.create()
+    if kind == ADD:
+        atomic_write_text(layout.task_yaml(spec.task), dump_run_yaml(spec))
+    else:
+        atomic_write_text(layout.run_yaml, dump_run_yaml(spec))
+    attempt = int(prev.get("attempt", 0)) + 1 if kind == RESUME else 1
+    if kind != ADD:
+        me = os.getpid()
+        layout.write_state(status="running", task=spec.task, attempt=attempt, host=socket.gethostname(),
+                           pid=me, pid_start=process_start(me), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                           slurm_job_id=os.environ.get("SLURM_JOB_ID"))
+    ctx = JobContext(spec=spec, layout=layout, resume=(kind == RESUME), attempt=attempt, prestarted=prestarted)
+    if kind == RESUME:
+        how = "an interrupted" if interrupted else "an unfinished"
+        echo(f"{layout.root}: resuming {how} run (attempt {attempt})")
+    t0 = time.time()
+    ck_before = _mtime(layout.checkpoint)
+    try:
+        result = backend.run(ctx) or {}
+    except preemption.Preempted:
+        saved = _mtime(layout.checkpoint) not in (None, ck_before)
         if kind != ADD:
-            layout.write_state(status="finished", result=result, wall_s=time.time() - t0,
-                               epochs_done=result.get("epochs_done", spec.train.epochs))
+            layout.write_state(status="preempted", wall_s=time.time() - t0, checkpoint_saved=saved)
+        if saved:
+            msg = "preempted; checkpoint saved, the run resumes when launched again"
+        elif layout.checkpoint.exists():
+            msg = "preempted before a new checkpoint; the run resumes from its previous checkpoint when launched again"
+        else:
+            msg = "preempted before its first checkpoint; the run starts over when launched again"
+        echo(f"{layout.root}: {msg}")
+        preemption.run_deferred_handlers()
+        return JobResult(str(layout.root), "preempted", {}, msg)
+    except BaseException as e:
+        if kind != ADD:
+            layout.write_state(status="failed", error=f"{type(e).__name__}: {e}", wall_s=time.time() - t0)
+        raise
+    if kind != ADD:
+        layout.write_state(status="finished", result=result, wall_s=time.time() - t0,
+                           epochs_done=result.get("epochs_done", spec.train.epochs))
     echo(f"{layout.root}: {spec.task} finished")
     return JobResult(str(layout.root), "finished", result)
 

@@ -162,69 +162,18 @@ def report_config_error(lines: List[str]) -> NoReturn:
 # Submitting from a door: failures become one line; a start refused on input leaves no trace
 # ------------------------------------------------------------------------------------------------
 
-def _fresh_state(run_dir: Optional[str]) -> Optional[tuple]:
-    """``(root, nearest existing ancestor)`` when ``run_dir`` is absent or empty (a fresh run), else None."""
-    from pathlib import Path
-
-    if not run_dir:
-        return None
-    root = Path(run_dir)
-    if root.is_dir() and not any(root.iterdir()):
-        return root, root
-    if root.exists() or root.is_symlink():
-        return None
-    anchor = root.parent
-    while not anchor.exists() and anchor != anchor.parent:
-        anchor = anchor.parent
-    return root, anchor
-
-
-def _undo_fresh_start(fresh: tuple) -> None:
-    """Return a run_dir to the state it had before a job that stopped at start on an input problem.
-
-    Everything in it was written by that job (it was absent or empty); a run that got as far as a
-    checkpoint or artifacts is kept. Folders the job created above it are removed while empty.
-    """
-    import shutil
-
-    from launcher.core.layout import RunLayout
-
-    root, anchor = fresh
-    layout = RunLayout.of(root)
-    trained = layout.checkpoint.exists() or (layout.artifacts.is_dir() and any(layout.artifacts.iterdir()))
-    if not root.is_dir() or trained:
-        return
-    for child in list(root.iterdir()):
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
-    if root == anchor:
-        return
-    node = root
-    while node != anchor:
-        try:
-            node.rmdir()
-        except OSError:
-            return
-        node = node.parent
-
-
 def guarded_submit(specs: list, submit: Callable[[], Any]) -> Any:
     """Call ``submit`` (which runs or submits ``specs``) so that whatever escapes it ends as one line.
 
-    A problem with the input found only when the job started (a ``ConfigError``) exits 2 and leaves
-    a run_dir that was fresh as it was, so the corrected command is not refused; any other failure of
-    a single in-process run exits 1 naming its run_dir and log.
+    A problem with the input found only when the job started (a ``ConfigError``) exits 2; the job
+    itself, holding the run_dir's lock, has left a run_dir it found fresh as it was
+    (:func:`launcher.job.run_job`): cleaning up here, without the lock, could delete the files of
+    another job that launched into the same run_dir meanwhile. Any other failure of a single
+    in-process run exits 1 naming its run_dir and log.
     """
-    fresh = [f for f in (_fresh_state(s.run_dir) for s in specs) if f is not None]
     try:
         return submit()
-    except (SystemExit, KeyboardInterrupt):
-        raise
-    except ConfigError:
-        for f in fresh:
-            _undo_fresh_start(f)
+    except (SystemExit, KeyboardInterrupt, ConfigError):
         raise
     except BaseException as exc:  # noqa: BLE001 - reported as one line (traceback with MLIP_DEBUG=1)
         if len(specs) == 1 and specs[0].run_dir:

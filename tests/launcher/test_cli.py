@@ -236,47 +236,6 @@ def test_multirun_over_a_config_group_composes_each_point(launch, demo_data, tmp
     assert err.count("holds no run to resume") == 2
 
 
-def test_a_start_refused_on_input_leaves_a_fresh_run_dir_as_it_was(tmp_path):
-    """A ConfigError raised when the job starts (exit 2) must not leave run.yaml / state.json "failed"
-    behind: the corrected command would be refused as 'a different run'. A run with a checkpoint stays."""
-    from launcher.core.errors import ConfigError
-    from launcher.core.layout import RunLayout
-    from launcher.core.schema import RunSpec
-    from launcher.reporting import guarded_submit
-
-    def start_then_refuse(spec):
-        def submit():
-            layout = RunLayout.of(spec.run_dir).create()
-            layout.run_yaml.write_text("x: 1\n")
-            layout.write_state(status="failed")
-            raise ConfigError("data.train: found bad only at start")
-        return submit
-
-    absent = RunSpec(run_dir=str(tmp_path / "new" / "deeper" / "run"))
-    with pytest.raises(ConfigError):
-        guarded_submit([absent], start_then_refuse(absent))
-    assert not (tmp_path / "new").exists()
-
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    spec = RunSpec(run_dir=str(empty))
-    with pytest.raises(ConfigError):
-        guarded_submit([spec], start_then_refuse(spec))
-    assert empty.is_dir() and not any(empty.iterdir())
-
-    trained = RunSpec(run_dir=str(tmp_path / "trained"))
-
-    def refuse_after_a_checkpoint():
-        layout = RunLayout.of(trained.run_dir).create()
-        layout.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        layout.checkpoint.write_bytes(b"weights")
-        raise ConfigError("data.test: bad")
-
-    with pytest.raises(ConfigError):
-        guarded_submit([trained], refuse_after_a_checkpoint)
-    assert RunLayout.of(trained.run_dir).checkpoint.exists()
-
-
 def test_a_run_time_failure_is_one_line_exit_1(tmp_path, capsys):
     from launcher.core.errors import TrainingDiverged
     from launcher.core.schema import RunSpec

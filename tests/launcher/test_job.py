@@ -24,6 +24,8 @@ class RecordingBackend:
     name = "recording"
     fail = False
     preempt = None     # None, or "saved" / "unsaved": raise Preempted after writing a checkpoint or not
+    refuse_at_start = None          # a message: raise ConfigError (an input problem found at start)
+    write_checkpoint_first = False  # ... after writing a checkpoint
 
     def check(self, spec):
         return []
@@ -35,6 +37,12 @@ class RecordingBackend:
         if ctx.spec.task not in ("train", "resume"):
             raise unsupported_task(ctx.spec)
         CALLS.append(("train", ctx.resume, ctx.attempt))
+        if RecordingBackend.refuse_at_start:
+            if RecordingBackend.write_checkpoint_first:
+                from launcher.core.atomic import atomic_write_bytes
+
+                atomic_write_bytes(ctx.layout.checkpoint, b"state")
+            raise ConfigError(RecordingBackend.refuse_at_start)
         if RecordingBackend.fail:
             raise RuntimeError("boom")
         if RecordingBackend.preempt:
@@ -63,6 +71,8 @@ def recording_backend(monkeypatch):
     CALLS.clear()
     RecordingBackend.fail = False
     RecordingBackend.preempt = None
+    RecordingBackend.refuse_at_start = None
+    RecordingBackend.write_checkpoint_first = False
 
 
 def _spec(run_dir: Path, **train):
@@ -239,3 +249,90 @@ def test_preempted_says_checkpoint_saved_only_when_one_was(tmp_path, saved):
     state = json.loads((tmp_path / "r" / "state.json").read_text())
     assert state["status"] == "preempted" and state["checkpoint_saved"] is saved
     assert ("checkpoint saved" in said[-1]) is saved, said
+
+
+def test_a_start_refused_on_input_leaves_a_fresh_run_dir_as_it_was(tmp_path):
+    """A ConfigError raised when the job starts (exit 2) must not leave run.yaml / state.json "failed"
+    behind in a run_dir it found fresh: the corrected command would be refused as 'a different run'.
+    The job undoes it itself, under the lock; a run that wrote a checkpoint is kept."""
+    RecordingBackend.refuse_at_start = "data.train: found bad only at start"
+    try:
+        absent = _spec(tmp_path / "new" / "deeper" / "run")
+        with pytest.raises(ConfigError, match="found bad only at start"):
+            run_job(absent, echo=lambda *_: None)
+        assert not (tmp_path / "new").exists()
+
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        with pytest.raises(ConfigError):
+            run_job(_spec(empty), echo=lambda *_: None)
+        assert empty.is_dir() and not any(empty.iterdir())
+
+        RecordingBackend.preempt = None
+        RecordingBackend.write_checkpoint_first = True
+        with pytest.raises(ConfigError):
+            run_job(_spec(tmp_path / "trained"), echo=lambda *_: None)
+        assert RunLayout.of(tmp_path / "trained").checkpoint.exists()
+    finally:
+        RecordingBackend.refuse_at_start = None
+        RecordingBackend.write_checkpoint_first = False
+
+
+def test_a_start_refused_on_input_keeps_a_run_dir_that_held_a_run(tmp_path):
+    spec = _spec(tmp_path / "r")
+    RecordingBackend.fail = True
+    with pytest.raises(RuntimeError):
+        run_job(spec, echo=lambda *_: None)          # a failed run: its run.yaml and state.json stay
+    RecordingBackend.fail = False
+    RecordingBackend.refuse_at_start = "data.train: bad"
+    try:
+        with pytest.raises(ConfigError):
+            run_job(spec, echo=lambda *_: None)
+    finally:
+        RecordingBackend.refuse_at_start = None
+    assert (tmp_path / "r" / "run.yaml").exists() and (tmp_path / "r" / ".lock").exists()
+
+
+@pytest.mark.parametrize("key", ["data.train", "train.input_json", "model_in", "data.indices_path", "manifest"])
+def test_overwrite_refuses_a_run_dir_holding_the_runs_own_inputs(tmp_path, key):
+    """overwrite=true would move run_dir aside, inputs included: refused up front, nothing moved."""
+    run_dir = tmp_path / "r"
+    run_job(_spec(run_dir, lr=0.01), echo=lambda *_: None)
+    inputs = run_dir / "inputs"
+    inputs.mkdir()
+    (inputs / "data.lmdb").write_bytes(b"x")
+    (inputs / "model.json").write_text("{}")
+    (inputs / "weights.pt").write_bytes(b"w")
+    (inputs / "idx.txt").write_text("0\n")
+    manifest = tmp_path / "manifest.json"     # outside run_dir, naming weights inside it
+    manifest.write_text(json.dumps({"backend": "mace", "weights": {"path": str(inputs / "weights.pt")}}))
+    over = {"data.train": {"data": {"train": str(inputs / "data.lmdb")}},
+            "train.input_json": {"train": {"input_json": str(inputs / "model.json"), "lr": 0.02}},
+            "model_in": {"task": "finetune", "model_in": str(inputs / "weights.pt")},
+            "data.indices_path": {"data": {"train": "/d.lmdb", "indices_path": str(inputs / "idx.txt")}},
+            "manifest": {"task": "finetune", "model": {"manifest": str(manifest)}}}[key]
+    base = {"backend": "mace", "task": "train", "run_dir": str(run_dir), "device": "cpu", "overwrite": True,
+            "data": {"train": "/d.lmdb"}, "train": {"input_json": "/m.json", "lr": 0.05}}
+    for k, v in over.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    spec = spec_from_dict(base)
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    problem = state_problem(spec)
+    named = "model.manifest" if key == "manifest" else key
+    assert problem and problem.startswith(f"{named}: ") and "overwrite=true" in problem, problem
+    with pytest.raises(ConfigError) as e:
+        run_job(spec, echo=lambda *_: None)
+    assert str(e.value) == problem
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+    assert not list(tmp_path.glob("r.replaced-*"))
+
+
+def test_overwrite_still_moves_a_run_dir_whose_inputs_live_elsewhere(tmp_path):
+    run_job(_spec(tmp_path / "r", lr=0.01), echo=lambda *_: None)
+    data = tmp_path / "d.lmdb"
+    data.write_bytes(b"x")
+    spec = spec_from_dict({"backend": "mace", "task": "train", "run_dir": str(tmp_path / "r"), "device": "cpu",
+                           "overwrite": True, "data": {"train": str(data)}, "train": {"input_json": "/m.json"}})
+    assert state_problem(spec) is None
+    assert run_job(spec, echo=lambda *_: None).status == "finished"
+    assert len(list(tmp_path.glob("r.replaced-*"))) == 1
