@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from launcher.core.env import gpu_visible
 from launcher.core.errors import ConfigError, NotImplementedBackend
 from launcher.core.schema import TRAINING_TASKS, RunSpec, cuda_index, is_cuda, validate
+from launcher.model_files import model_file_problems
 
 DATA_SPLITS = ("train", "val", "test")
 
@@ -209,6 +210,7 @@ def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Opti
         _check_json("model.manifest", spec.model.manifest, problems, want=dict)
     if spec.model.weights and _check_file("model.weights", spec.model.weights, problems):
         _check_model_file("model.weights", spec.model.weights, problems)
+    problems.extend(model_file_problems(spec))   # pickled model files against the backend's allow-list
     _check_backend_inputs(spec, problems)
 
     if is_cuda(spec.device):  # cuda or cuda:N (the job checks N against the GPUs torch sees)

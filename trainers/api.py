@@ -12,6 +12,9 @@ A backend is one folder under ``trainers/`` (or any installed package), one Hydr
 - ``describe(ctx)``: what a dry run prints.
 - ``run(ctx)``: run ``ctx.spec.task`` (train, finetune, resume, evaluate, infer or export);
   returns a small JSON-able result (``epochs_done``, best metrics...).
+- ``model_globals`` (optional attribute, default None): the fully qualified names a model file of this
+  backend may refer to in its pickle, beyond what torch's weights-only unpickler allows by itself;
+  preflight refuses files naming anything else (``launcher.model_files``) unless ``data.trust_pickles``.
 
 Heavy imports (torch, mace, fairchem) belong inside the backend's functions, never at module level:
 preflight and dry runs import the backend module.

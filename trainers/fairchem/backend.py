@@ -25,6 +25,7 @@ from launcher.core.layout import RunLayout
 from launcher.core.schema import TRAINING_TASKS, RunSpec
 from trainers.api import JobContext, run_task
 from trainers.fairchem import checkpoints as ck
+from trainers.fairchem.child import CHECKPOINT_GLOBALS
 from trainers.fairchem.models import MODEL_NAMES
 from trainers.fairchem.process import format_command, run_process
 
@@ -264,6 +265,7 @@ class FairchemBackend:
     """The FairChem runner behind the common backend interface (``trainers.api.Backend``)."""
 
     name = "fairchem"
+    model_globals = CHECKPOINT_GLOBALS   # what a checkpoint may name (preflight: launcher.model_files)
 
     def __init__(self, echo=None) -> None:
         self.echo = echo or (lambda line: print(line, flush=True))
@@ -632,12 +634,14 @@ class FairchemBackend:
         """Run a checkpoint helper of child.py in the FairChem env; its stdout. It dies with the launcher, and
         a stop signal meanwhile ends the run as preempted (it holds nothing worth waiting for)."""
         from launcher.core import preemption
+        from trainers.fairchem.child import TRUST_ENV
         from trainers.fairchem.env import child_env, resolve_python
         from trainers.fairchem.process import ProbeFailed, run_probe
 
         python = resolve_python(spec.backend_python)
         try:
-            out = run_probe([python, str(CHILD), *args], env=child_env(spec.backend_env), timeout=None,
+            env = {**child_env(spec.backend_env), **({TRUST_ENV: "1"} if spec.data.trust_pickles else {})}
+            out = run_probe([python, str(CHILD), *args], env=env, timeout=None,
                             what=f"checkpoint helper '{args[0]}'")
         except ProbeFailed as e:
             raise FairchemError(str(e)) from None

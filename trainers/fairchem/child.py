@@ -38,10 +38,55 @@ SUMMARY = "summary.json"
 WEIGHTS = "weights.pt"
 
 
+#: What a FairChem v1 checkpoint may name besides what torch's weights-only unpickler allows by itself
+#: (tensors, storages, dtypes, OrderedDict): numpy values and arrays in metrics and normalizers, plain
+#: containers. Read by the launcher's preflight too (no torch needed there).
+CHECKPOINT_GLOBALS = (
+    "collections.defaultdict", "builtins.slice", "builtins.frozenset", "torch.torch_version.TorchVersion",
+    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype", "numpy.dtypes.Float64DType",
+    "numpy.dtypes.Float32DType", "numpy.dtypes.Float16DType", "numpy.dtypes.Int64DType", "numpy.dtypes.Int32DType",
+    "numpy.dtypes.BoolDType",
+)
+TRUST_ENV = "MLIP_LAUNCH_TRUST_PICKLES"   # "1": data.trust_pickles=true, checkpoints are unpickled as they are
+
+
 def _load(path):
+    """A checkpoint read through torch's weights-only unpickler with :data:`CHECKPOINT_GLOBALS` allowed (a
+    pickle naming anything else is refused, naming it: loading it could run code); plain pickle under
+    ``MLIP_LAUNCH_TRUST_PICKLES=1``."""
+    import importlib
+    import pickle
+
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=False)
+    if os.environ.get(TRUST_ENV) == "1":
+        return torch.load(path, map_location="cpu", weights_only=False)
+    import warnings
+
+    allowed = []
+    for full in CHECKPOINT_GLOBALS:
+        module, _, name = full.rpartition(".")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # numpy 2 warns on numpy.core
+                allowed.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    scoped = getattr(torch.serialization, "safe_globals", None)
+    try:
+        if scoped is not None:
+            with scoped(allowed):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        torch.serialization.add_safe_globals(allowed)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e).split("WeightsUnpickler error:", 1)[-1]   # torch's own reason, past its preamble
+        paras = [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
+        first = next((p for p in paras if not p.startswith(("Weights only load failed", "Check the documentation"))),
+                     type(e).__name__)
+        _die(f"{path} could not be loaded without running code from it ({first[:300]}); "
+             "if you trust this file, set data.trust_pickles=true")
 
 
 def _atomic_write(path, write):

@@ -13,6 +13,7 @@ from typing import Any, Dict, List
 from launcher.core.errors import ConfigError
 from launcher.core.schema import OBJECTIVES
 from trainers.api import JobContext, run_task
+from trainers.mace.safe_load import MODEL_GLOBALS
 
 # e3nn's TorchScript compilation warns once per block on torch 2.13: noise, not a problem
 warnings.filterwarnings("ignore", message=r"The TorchScript type system")
@@ -120,6 +121,7 @@ class MaceBackend:
     """The core MACE trainer behind the common backend interface (``trainers.api.Backend``)."""
 
     name = "mace"
+    model_globals = MODEL_GLOBALS   # what a model file may name (preflight: launcher.model_files)
     key_docs = KEY_DOCS
     distributed = True   # every rank of a multi-process job calls run(); ranks > 0 with ctx.extra["follower"]
 

@@ -2,8 +2,10 @@
 
 Sources (``model_in`` / ``model.manifest`` / ``model.weights``):
 
-- a mace ``.model`` file (``mace_run_train`` output, foundation models): a pickled module,
-  loaded with ``weights_only=False`` -- trusted input only;
+- a mace ``.model`` file (``mace_run_train`` output, foundation models): a pickled module, read
+  through an allow-list of MACE/e3nn/torch classes without running code from it
+  (:mod:`trainers.mace.safe_load`; ``data.trust_pickles=true`` for files off the list), then rebuilt
+  from its config and state dict;
 - our artifacts: ``manifest.json`` (or the run dir holding it) + ``best_model.pt`` + model config;
 - our ``checkpoints/checkpoint.pt`` (or a run dir holding one);
 - a plain state dict or a mace checkpoint (``{"model": state_dict, ...}``) with a resolved
@@ -16,7 +18,7 @@ whose ``train.input_json`` lists heads the base model lacks adds them (:func:`ad
 existing part keeps the base weights, each new head's readout starts from a named head or fresh
 (``head_init``), and what happened is returned in ``LoadedModel.notes`` for train.log.
 
-Everything we write ourselves is loaded with ``weights_only=True``.
+Every torch file is read through that allow-list (torch's weights-only unpickler).
 """
 from __future__ import annotations
 
@@ -63,36 +65,45 @@ def exact_jit(device: str) -> Iterator[None]:
         yield
 
 
-def load_weights_only(path: Path) -> Any:
+def load_weights_only(path: Path, *, key: str = "model", trust: bool = False) -> Any:
+    """A torch file (state dict, checkpoint) read through the allow-list unpickler (:mod:`trainers.mace.safe_load`)."""
+    from trainers.mace.safe_load import load_model_file
+
+    return load_model_file(path, key=key, trust=trust)
+
+
+def load_mace_module(path: Path, *, key: str = "model_in", trust: bool = False) -> Any:
+    """A pickled mace module (``.model``), read through the allow-list unpickler: a source of its config and
+    state dict, not a module to run (its compiled parts are not restored); ``trust`` loads it as it is."""
     import torch
 
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"model: file not found: {path}") from None
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is bad input
-        raise ConfigError(f"model: {path} is not a weights-only torch file ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    from trainers.mace.safe_load import load_model_file
 
-
-def load_mace_module(path: Path) -> Any:
-    """A pickled mace module (``.model``). Executes pickled code: trusted files only."""
-    import mace  # noqa: F401 - registers mace classes before unpickling
-    import torch
-
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise ConfigError(f"model_in: file not found: {path}") from None
+    obj = load_model_file(path, key=key, trust=trust)
     if not isinstance(obj, torch.nn.Module):
-        raise ConfigError(f"model_in: {path} does not hold a mace model (got {type(obj).__name__})")
-    return obj
+        raise ConfigError(f"{key}: {path} does not hold a mace model (got {type(obj).__name__})")
+    if trust:
+        return obj
+    from trainers.mace.model_config import config_from_module
+
+    state = obj.state_dict()
+    return _from_config_and_state(config_from_module(obj), state, str(path))
+
+
+def _is_codegen_constant(key: str) -> bool:
+    """A constant of e3nn's generated code (``..._compiled_main_left_right._w3j_1_1_2``): a function of the
+    architecture, rebuilt with it; a module read without its TorchScript has none."""
+    return any(part.startswith("_compiled_main") for part in key.split("."))
 
 
 def _from_config_and_state(cfg: Dict[str, Any], state: Dict[str, Any], source: str) -> Any:
     from trainers.mace.model_config import build_model
 
     model = build_model(cfg)
+    own = model.state_dict()
+    missing = {k: own[k] for k in own if k not in state and _is_codegen_constant(k)}
+    if missing:
+        state = {**state, **missing}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -220,14 +231,15 @@ def _load_base(spec: Any, *, prefer: str) -> LoadedModel:
     if model_in is not None and not model_in.exists():
         raise ConfigError(f"model_in: file not found: {model_in}")
 
+    trust = bool(spec.data.trust_pickles)
     if model_in is not None and model_in.suffix == ".model":
-        module = load_mace_module(model_in)
+        module = load_mace_module(model_in, trust=trust)
         cfg = config_from_module(module)
         model = _from_config_and_state(cfg, module.state_dict(), str(model_in))
         return LoadedModel(model.to(dtype), cfg, str(model_in))
 
     if model_in is not None and weights is None:
-        obj = load_weights_only(model_in)
+        obj = load_weights_only(model_in, key="model_in", trust=trust)
         if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
             cfg = check_model_config(obj["model_config"], source=str(model_in))
             model = _from_config_and_state(cfg, obj["model"], str(model_in))
@@ -274,10 +286,11 @@ def _load_base(spec: Any, *, prefer: str) -> LoadedModel:
     if weights is None:
         raise ConfigError("model.weights: no weights named (set model_in or model.weights)")
     if state is None:
+        wkey = "model.weights" if spec.model.weights else ("model.manifest" if manifest_path else "model_in")
         if weights.suffix == ".model":
-            state = load_mace_module(weights).state_dict()
+            state = load_mace_module(weights, key=wkey, trust=trust).state_dict()
         else:
-            state = _state_of(load_weights_only(weights), weights)
+            state = _state_of(load_weights_only(weights, key=wkey, trust=trust), weights)
     from trainers.mace.model_config import heads_of
 
     n_state = _n_state_heads(state)
