@@ -20,7 +20,8 @@ from typing import Iterable, List, Optional
 TORCH_DEFAULT_GLOBALS = frozenset({
     "collections.OrderedDict", "collections.Counter", "torch.nn.parameter.Parameter", "torch.serialization._get_layout",
     "torch.Size", "torch.Tensor", "torch.device", "_codecs.encode", "builtins.bytearray", "builtins.set",
-    "builtins.complex", "torch._tensor._rebuild_from_type_v2",
+    "builtins.complex", "torch._tensor._rebuild_from_type_v2", "torch.storage.TypedStorage",
+    "torch.storage.UntypedStorage",
 })
 _TORCH_DEFAULT_RE = re.compile(
     r"torch\._utils\._rebuild_[a-z0-9_]+"                                       # tensor/parameter rebuild functions

@@ -336,3 +336,29 @@ def test_overwrite_still_moves_a_run_dir_whose_inputs_live_elsewhere(tmp_path):
     assert state_problem(spec) is None
     assert run_job(spec, echo=lambda *_: None).status == "finished"
     assert len(list(tmp_path.glob("r.replaced-*"))) == 1
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_overwrite_with_inputs_in_run_dir_is_refused_by_the_door_the_same_dry_or_not(launch, demo_data, model_json,
+                                                                                      tmp_path, dry):
+    import shutil
+
+    from launcher.core.specio import dump_run_yaml
+
+    run_dir = tmp_path / "r"
+    (run_dir / "data").mkdir(parents=True)
+    for split in ("train", "val"):
+        shutil.copy(demo_data[split], run_dir / "data" / f"{split}.lmdb")
+    old = _spec(run_dir, lr=0.5)
+    (run_dir / "run.yaml").write_text(dump_run_yaml(old))
+    RunLayout.of(run_dir).write_state(status="finished", epochs_done=1)
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    code, _out, err = launch("backend=mace", "task=train", f"run_dir={run_dir}", "device=cpu", "overwrite=true",
+                             f"data.train={run_dir / 'data' / 'train.lmdb'}", f"data.val={run_dir / 'data' / 'val.lmdb'}",
+                             f"train.input_json={model_json}", f"dry_run={str(dry).lower()}")
+    assert code == 2, err
+    assert err.strip() == (f"error: data.train: {run_dir / 'data' / 'train.lmdb'} is inside run_dir {run_dir} "
+                           "(and data.val), which overwrite=true would move aside; move the input out of run_dir, "
+                           "or choose another run_dir")
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+    assert not list(tmp_path.glob("r.replaced-*")) and CALLS == []

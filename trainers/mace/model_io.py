@@ -86,8 +86,12 @@ def load_mace_module(path: Path, *, key: str = "model_in", trust: bool = False) 
         return obj
     from trainers.mace.model_config import config_from_module
 
-    state = obj.state_dict()
-    return _from_config_and_state(config_from_module(obj), state, str(path))
+    try:
+        cfg = config_from_module(obj)
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as e:  # a module mace cannot describe
+        raise ConfigError(f"{key}: {path} is not a mace model this version can read "
+                          f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    return _from_config_and_state(cfg, obj.state_dict(), str(path))
 
 
 def _is_codegen_constant(key: str) -> bool:
