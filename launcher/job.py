@@ -11,8 +11,11 @@ State of ``run_dir`` against the spec being launched:
 
 The run directory is locked (``.lock``, flock) before anything in it is moved or written, and the
 state is classified again under the lock: a directory another live job holds is refused, with or
-without ``overwrite=true``. The OS releases the lock of a killed job; its state.json still says
-"running", which :meth:`RunLayout.status` reports as "interrupted" and the next launch resumes.
+without ``overwrite=true``, and the refused job touches nothing. The OS releases the lock of a killed
+job; its state.json still says "running", which :meth:`RunLayout.status` reports as "interrupted" and
+the next launch resumes. A job stopped at start by an input problem (ConfigError) removes, still under
+the lock, what it wrote into a run_dir it found empty; nobody else cleans up a run_dir. ``overwrite=true``
+is refused before anything moves when the run_dir holds one of the run's own inputs.
 
 ``evaluate`` / ``infer`` / ``export`` may target the directory of a finished training run: they
 add their outputs (``eval/``, ``artifacts/``) and record their spec as ``run.<task>.yaml``.
