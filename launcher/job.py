@@ -146,22 +146,16 @@ def _inside(value: Any, root: Path) -> bool:
 def inputs_in_run_dir(spec: RunSpec, root: Path) -> list:
     """``[(key, path)]`` of the spec's inputs that live in ``root`` (which ``overwrite=true`` would move aside).
 
-    Every path key of the schema, the weights a manifest names, and path-like values of ``backend_args``
-    (``--opt=PATH`` too) and ``backend_env``.
+    Every path key of the schema, the model files it leads to (the weights a manifest names, a run
+    directory's checkpoint), and path-like values of ``backend_args`` (``--opt=PATH`` too) and ``backend_env``.
     """
     from launcher.core.schema import PATH_KEYS, get_key
 
+    from launcher.model_files import model_files
+
     root = Path(root).resolve()
     found = [(k, get_key(spec, k)) for k in PATH_KEYS if k != "run_dir" and _inside(get_key(spec, k), root)]
-    if spec.model.manifest and not any(k == "model.manifest" for k, _ in found):
-        from launcher.core.layout import manifest_weights_path, read_manifest
-
-        try:
-            weights = str(manifest_weights_path(Path(spec.model.manifest), read_manifest(Path(spec.model.manifest))))
-        except (ConfigError, OSError, TypeError, KeyError):
-            weights = None
-        if _inside(weights, root):
-            found.append(("model.manifest", weights))
+    found += [(k, str(p)) for k, p in model_files(spec) if _inside(str(p), root) and k not in dict(found)]
     for i, arg in enumerate(spec.backend_args or []):
         value = str(arg).split("=", 1)[-1]
         if _inside(value, root):
