@@ -12,7 +12,7 @@ distance transform, gate and readout our model.json can build, the multi-head MA
   buffers stands in, and the source is never run;
 - e3nn's ``CodeGenMixin.__setstate__`` loads TorchScript stored as bytes: that state is dropped;
 - ``builtins.getattr`` (how a gate such as ``torch.tanh`` is pickled) is limited to a few torch
-  activation functions.
+  activation functions; the fx tracer class a graph module refers to is a placeholder.
 
 Modules of the allow-list are restored from their state only (a call to their constructor from the
 file is refused). What comes back is a source of a config and a state dict, never run as it is: the
@@ -33,6 +33,7 @@ from launcher.core.safe_pickle import TRUST_HINT, model_file_problem, unpickler_
 
 _GRAPH_MODULE = "torch.fx.graph_module.reduce_graph_module"
 _GETATTR = "builtins.getattr"
+_TRACER = "torch.fx._symbolic_trace.Tracer"
 #: torch functions a pickled gate may name (``getattr(torch._C._VariableFunctionsClass, NAME)``).
 GATE_FUNCTIONS = frozenset({"tanh", "abs", "sigmoid", "relu", "exp", "sin", "cos", "erf"})
 
@@ -147,6 +148,15 @@ def _gate_function(owner: Any, name: Any) -> Any:
                                  "is not allowed in a model file")
 
 
+class _Reference:
+    """Stands in for a class a file only refers to (an fx graph module's tracer class): never built."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        import pickle
+
+        raise pickle.UnpicklingError("a class named only as a reference cannot be built from a model file")
+
+
 def _state_only(cls: type, full_name: str) -> type:
     """A subclass of module class ``cls`` that the unpickler can restore from state but not construct by
     calling it, and that drops e3nn's stored TorchScript (``__codegen__``) instead of loading it."""
@@ -171,9 +181,10 @@ def _safe_globals() -> Tuple[Tuple[Any, str], ...]:
     """``(object, full name)`` for torch's ``safe_globals``: the allow-list as it is loaded."""
     import torch
 
-    out: List[Tuple[Any, str]] = [(_graph_module_state, _GRAPH_MODULE), (_gate_function, _GETATTR)]
+    out: List[Tuple[Any, str]] = [(_graph_module_state, _GRAPH_MODULE), (_gate_function, _GETATTR),
+                                  (_Reference, _TRACER)]
     for full in MODEL_GLOBALS:
-        if full in (_GRAPH_MODULE, _GETATTR):
+        if full in (_GRAPH_MODULE, _GETATTR, _TRACER):
             continue
         module, _, name = full.rpartition(".")
         try:
