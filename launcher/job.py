@@ -150,7 +150,6 @@ def inputs_in_run_dir(spec: RunSpec, root: Path) -> list:
     directory's checkpoint), and path-like values of ``backend_args`` (``--opt=PATH`` too) and ``backend_env``.
     """
     from launcher.core.schema import PATH_KEYS, get_key
-
     from launcher.model_files import model_files
 
     root = Path(root).resolve()
