@@ -261,6 +261,16 @@ def _undo_fresh_start(layout: RunLayout, anchor: Path) -> bool:
     return True
 
 
+def _restore(path: Path, content: Optional[bytes]) -> None:
+    """Put back ``content`` at ``path`` (atomically), or remove ``path`` when there was none."""
+    from launcher.core.atomic import atomic_write_bytes
+
+    if content is None:
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write_bytes(path, content)
+
+
 @contextlib.contextmanager
 def _run_lock(layout: RunLayout):
     """One job per run directory at a time; the OS drops the lock when a killed job dies.
@@ -318,11 +328,15 @@ def run_job(spec: RunSpec, *, echo=print, prestarted: Optional[Any] = None) -> J
                 raise ConfigError(_inputs_inside_message(layout.root, inside))
             echo(f"{layout.root}: previous contents moved to {move_aside()}")
             kind, pristine, anchor = FRESH, True, layout.root
+        record = layout.task_yaml(spec.task)
+        earlier = record.read_bytes() if kind == ADD and record.is_file() else None
         try:
             return _run_locked(spec, layout, kind, backend, echo, prestarted)
         except ConfigError:      # an input problem found at start: leave a run_dir we made as it was
             if pristine:
                 _undo_fresh_start(layout, anchor)
+            elif kind == ADD:    # and a finished run keeps the record of its last evaluate/infer/export
+                _restore(record, earlier)
             raise
 
 

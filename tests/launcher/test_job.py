@@ -34,6 +34,8 @@ class RecordingBackend:
         return "recording backend"
 
     def run(self, ctx):
+        if RecordingBackend.refuse_at_start and ctx.spec.task == "evaluate":
+            raise ConfigError(RecordingBackend.refuse_at_start)
         if ctx.spec.task not in ("train", "resume"):
             raise unsupported_task(ctx.spec)
         CALLS.append(("train", ctx.resume, ctx.attempt))
@@ -362,3 +364,17 @@ def test_overwrite_with_inputs_in_run_dir_is_refused_by_the_door_the_same_dry_or
                            "or choose another run_dir")
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
     assert not list(tmp_path.glob("r.replaced-*")) and CALLS == []
+
+
+def test_an_evaluate_refused_at_start_leaves_a_finished_run_as_it_was(tmp_path):
+    run_dir = tmp_path / "r"
+    run_job(_spec(run_dir), echo=lambda *_: None)
+    earlier = b"task: evaluate\n# the record of an earlier evaluate\n"
+    (run_dir / "run.evaluate.yaml").write_bytes(earlier)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    RecordingBackend.refuse_at_start = "data.test: bad"
+    ev = spec_from_dict({"backend": "mace", "task": "evaluate", "run_dir": str(run_dir), "device": "cpu",
+                         "model_in": str(run_dir), "data": {"test": "/d.lmdb"}})
+    with pytest.raises(ConfigError, match="data.test: bad"):
+        run_job(ev, echo=lambda *_: None)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
