@@ -154,7 +154,7 @@ def inputs_in_run_dir(spec: RunSpec, root: Path) -> list:
 
     root = Path(root).resolve()
     found = [(k, get_key(spec, k)) for k in PATH_KEYS if k != "run_dir" and _inside(get_key(spec, k), root)]
-    found += [(k, str(p)) for k, p in model_files(spec) if _inside(str(p), root) and k not in dict(found)]
+    found += [(k, str(p)) for k, p in model_files(spec, own=False) if _inside(str(p), root) and k not in dict(found)]
     for i, arg in enumerate(spec.backend_args or []):
         value = str(arg).split("=", 1)[-1]
         if _inside(value, root):

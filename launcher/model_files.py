@@ -23,14 +23,19 @@ def _manifest_weights(manifest: Path) -> Optional[Path]:
         return None     # reported by the manifest checks
 
 
-def model_files(spec: Any) -> List[Tuple[str, Path]]:
+def model_files(spec: Any, own: bool = True) -> List[Tuple[str, Path]]:
     """``(key, file)`` for every existing pickled file the job may load from ``model_in``, ``model.manifest``
     (its weights) and ``model.weights``; a run directory as ``model_in`` brings its checkpoint and the
-    weights its manifest names."""
+    weights its manifest names. ``own``: also the checkpoints in ``run_dir`` itself that a resume (or an
+    evaluate/infer/export naming no model) starts from, keyed ``run_dir``."""
     from launcher.core.layout import RunLayout
 
     found: List[Tuple[str, Path]] = []
     manifests: List[Tuple[str, Path]] = []
+    no_model = not (spec.model_in or spec.model.manifest or spec.model.weights)
+    if own and spec.run_dir and (spec.task == "resume" or (no_model and spec.task in ("evaluate", "infer", "export"))):
+        mine = RunLayout.of(spec.run_dir)
+        found += [("run_dir", mine.checkpoint), ("run_dir", mine.best_checkpoint)]
     if spec.model_in:
         p = Path(spec.model_in)
         if p.is_dir():

@@ -39,3 +39,14 @@ def test_every_file_naming_an_unlisted_global_is_one_problem(tmp_path):
     assert model_file_problems(spec) == problems
     spec.data.trust_pickles = True
     assert model_file_problems(spec) == []
+
+
+def test_a_resume_checks_the_checkpoint_it_starts_from(tmp_path):
+    mine = RunLayout.of(tmp_path / "run")
+    bad = _pickle(mine.checkpoint, [os.system])
+    spec = RunSpec(backend="mace", task="resume", run_dir=str(mine.root))
+    assert model_files(spec) == [("run_dir", bad)] and model_files(spec, own=False) == []
+    problems = model_file_problems(spec)
+    assert len(problems) == 1 and problems[0].startswith(f"run_dir: {bad} refers to ")
+    spec.task = "train"
+    assert model_files(spec) == []
