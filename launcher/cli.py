@@ -16,10 +16,35 @@ from launcher.reporting import config_error_message, debug, exit_for, report_con
 
 def _run_single(cfg: Any, prestarted: Optional[Any] = None) -> None:
     """Hydra's task function for ``launch`` without ``-m``: one run, submitted like a sweep of one."""
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         _run_single_checked(cfg, prestarted)
     except ConfigError as e:  # exit here: Hydra would add its own multi-line report
         report_config_error(config_error_message(e) or [str(e)])
+    except OmegaConfBaseException as e:  # e.g. an interpolation of the composed config that does not resolve
+        lines = config_error_message(_with_key(cfg, e))
+        if lines is None:
+            raise
+        report_config_error(lines)
+
+
+def _with_key(cfg: Any, exc: BaseException) -> BaseException:
+    """``exc`` with the key it is about: an error raised by ``cfg.get`` names none, so resolve the run's
+    config (Hydra's own node aside) once more to find the key that fails."""
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    if getattr(exc, "full_key", None):
+        return exc
+    try:
+        run_cfg = cfg.copy()
+        with open_dict(run_cfg):
+            run_cfg.pop("hydra", None)
+        OmegaConf.to_container(run_cfg, resolve=True)
+    except OmegaConfBaseException as located:
+        return located
+    return exc
 
 
 def default_run_dir() -> str:
@@ -156,6 +181,7 @@ def refused_hydra_override(argv: List[str]) -> Optional[str]:
 
 
 def _main(early: Optional[Any]) -> None:
+    from launcher.hydra_source import install as install_config_source
     from launcher.resolvers import register, register_configs, remove_hydra_scratch
 
     try:
@@ -164,6 +190,7 @@ def _main(early: Optional[Any]) -> None:
             report_config_error([refused])
         register()
         register_configs()
+        install_config_source()
         if _wants_app_help(sys.argv[1:]):
             print_app_help([a for a in sys.argv[1:] if not a.startswith("-")])
             return

@@ -129,6 +129,12 @@ def config_error_message(exc: BaseException) -> Optional[List[str]]:
     except ImportError:  # pragma: no cover
         return None
     cause = exc.__cause__ or exc.__context__
+    for e in (exc, cause):
+        line = _interpolation_line(e)
+        if line:
+            return [line]
+        if isinstance(e, OverrideParseException):
+            return [_override_parse_line(e)]
     if isinstance(exc, MissingConfigException):
         return [_missing_option_message(str(exc))]
     if isinstance(exc, (ConfigCompositionException, OverrideParseException)) or (
@@ -145,6 +151,39 @@ def config_error_message(exc: BaseException) -> Optional[List[str]]:
     if isinstance(exc, ValidationError):
         return [_type_error_message(exc, "command line")]
     return None
+
+
+def _override_parse_line(exc: Any) -> str:
+    """Hydra's grammar error for one override -> one line naming it and saying how to quote it."""
+    from launcher.translate import quoted_override
+
+    override = str(getattr(exc, "override", "") or "")
+    why = one_line(getattr(exc, "message", "") or exc).split(" See https://")[0]
+    import re
+
+    key = override.partition("=")[0]
+    if "=" not in override or not re.fullmatch(r"[+~]{0,2}[A-Za-z0-9_./@-]+", key):
+        return (f"command line: cannot parse override '{override}' ({why}); an override is KEY=VALUE, "
+                f"KEY a plain dotted name (A-Z a-z 0-9 _ . / -)")
+    return (f"command line: cannot parse override '{override}' ({why}): a value with characters outside "
+            f"A-Z a-z 0-9 _ . / - (non-ASCII letters, '=', spaces, quotes...) must be quoted for Hydra inside "
+            f"the shell's quotes, e.g. {quoted_override(override)}")
+
+
+def _interpolation_line(exc: Optional[BaseException]) -> Optional[str]:
+    """A failed interpolation in a composed config -> one line naming the key and the file that set it."""
+    from launcher.core.schema import interpolation_message
+
+    if exc is None:
+        return None
+    node = getattr(exc, "child_node", None)
+    raw = node._value() if node is not None and hasattr(node, "_value") else None
+    source = "config"
+    if isinstance(raw, str):
+        from launcher.hydra_source import where_set
+
+        source = where_set(raw)
+    return interpolation_message(exc, source)
 
 
 def report_config_error(lines: List[str]) -> NoReturn:

@@ -8,6 +8,7 @@ out as one job array through the preset its ``launcher:`` map names (default: in
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -35,8 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _apply_sets(specs, sets: List[str]):
-    import yaml
-
+    from launcher.core.readers import parse_yaml
     from launcher.core.schema import spec_from_dict
     from launcher.core.specio import deep_merge, expand_dotted
 
@@ -47,7 +47,7 @@ def _apply_sets(specs, sets: List[str]):
         if "=" not in item:
             raise ConfigError(f"--set: expected KEY=VALUE, got '{item}'")
         k, v = item.split("=", 1)
-        patch[k] = yaml.safe_load(v) if v else None
+        patch[k] = parse_yaml(v, where=f"--set {k}") if v else None
     patch = expand_dotted(patch, source="--set")
     return [spec_from_dict(deep_merge(s.to_dict(), patch), source="--set") for s in specs]
 
@@ -67,8 +67,7 @@ def launcher_params_from_map(launcher_map: dict):
     """``launcher: {preset: slurm, partition: x}`` -> LauncherParams, through the same preset files."""
     from dataclasses import fields
 
-    import yaml
-
+    from launcher.core.readers import load_yaml
     from launcher.params import LauncherParams
     from launcher.resolvers import conf_dir
 
@@ -78,7 +77,7 @@ def launcher_params_from_map(launcher_map: dict):
     if not path.exists():
         opts = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"launcher.preset: no preset '{preset}'; available: {', '.join(opts)}")
-    base = yaml.safe_load(path.read_text()) or {}
+    base = dict(load_yaml(path, key="launcher.preset") or {})
     base.pop("defaults", None)
     names = {f.name for f in fields(LauncherParams)}
     merged = {**base, **m}
@@ -86,6 +85,65 @@ def launcher_params_from_map(launcher_map: dict):
     if unknown:
         raise ConfigError(f"launcher: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
     return LauncherParams(**{k: v for k, v in merged.items() if not (isinstance(v, str) and "${" in v)})
+
+
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def write_experiments(specs: list, launcher_map: dict, out: Path) -> List[Path]:
+    """``--to-experiment``: each run as ``out/NAME.yaml``, all or nothing.
+
+    Run names must be plain file names (no folder, no ``..``), and every run must pass the preflight a launch
+    would run (model names from the registry are kept as names, resolved when the experiment is launched);
+    nothing is written for a file set with any problem, and a write that fails removes what it wrote.
+    """
+    from launcher.core.atomic import atomic_write_text
+    from launcher.translate import spec_to_experiment_yaml
+
+    bad = [s.run_name for s in specs if not _FILE_NAME.fullmatch(s.run_name) or ".." in s.run_name]
+    if bad:
+        raise ConfigError(f"--to-experiment: run name '{bad[0]}' is not a plain file name (letters, digits, "
+                          f"_ . - and no '..'); set 'name' to one")
+    _check_exportable(specs, launcher_map)
+    texts = [(out / f"{s.run_name}.yaml", spec_to_experiment_yaml(s)) for s in specs]
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--to-experiment: {out} is a file, expected a folder")
+    first_new = next((p for p in [*reversed(out.parents), out] if not p.exists()), None)
+    written: List[Path] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for path, text in texts:
+            atomic_write_text(path, text)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if first_new is not None:
+            import shutil
+
+            shutil.rmtree(first_new, ignore_errors=True)
+        raise
+    return written
+
+
+def _check_exportable(specs: list, launcher_map: dict) -> None:
+    """The preflight of a launch, less the check that a registry model name is a file (it stays a name)."""
+    from launcher.models import load_registry
+    from launcher.preflight import check_sweep
+    from launcher.submit import check_params
+
+    params = launcher_params_from_map(launcher_map)
+    check_params(params)
+    names = set(load_registry()) if any(s.model_in for s in specs) else set()
+    as_name = {s.run_name for s in specs
+               if s.model_in and not Path(s.model_in).exists() and Path(s.model_in).name.lower() in names}
+    labels = [s.run_name for s in specs]
+    problems = [p for p in check_sweep(specs, labels, cluster=params.cluster, gpus_per_node=params.gpus_per_node,
+                                       notes=False)
+                if not (("model_in" in p.split(":")[0] or p.split("] ", 1)[-1].startswith("model_in"))
+                        and any(p.startswith(f"[{n}]") or len(specs) == 1 for n in as_name))]
+    if problems:
+        raise ConfigErrors(problems)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -111,15 +169,7 @@ def _main(args: argparse.Namespace) -> int:
             print(spec_to_shell_line(s))
         return 0
     if args.to_experiment:
-        from launcher.translate import spec_to_experiment_yaml
-
-        out = Path(args.to_experiment)
-        texts = [(out / f"{s.run_name}.yaml", spec_to_experiment_yaml(s)) for s in specs]  # all checked first
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--to-experiment: {out} is a file, expected a folder")
-        out.mkdir(parents=True, exist_ok=True)
-        for path, text in texts:
-            path.write_text(text)
+        for path in write_experiments(specs, launcher_map, Path(args.to_experiment)):
             print(path)
         return 0
     if args.dry_run:

@@ -54,6 +54,23 @@ def _quote(value: str) -> str:
     return q + body.replace(q, "\\" + q) + q
 
 
+def quoted_override(override: str) -> str:
+    """A command-line override Hydra's grammar refused, rewritten with its value quoted for Hydra (each item of a
+    ``[...]`` list or ``a,b`` sweep quoted alone), then for bash: what to type instead."""
+    import shlex
+
+    key, sep, value = override.partition("=")
+    if not sep:
+        return shlex.quote(override)
+    if value.startswith("[") and value.endswith("]"):
+        body = "[" + ",".join(_quote(v.strip()) for v in value[1:-1].split(",") if v.strip()) + "]"
+    elif "," in value:
+        body = ",".join(_quote(v) for v in value.split(","))
+    else:
+        body = _quote(value)
+    return shlex.quote(f"{key}={body}")
+
+
 def _strings(value: Any):
     if isinstance(value, str):
         yield value
@@ -177,8 +194,12 @@ def spec_from_hydra_cfg(cfg: Any, *, base_dir: Optional[Path] = None) -> RunSpec
         try:
             spec = OmegaConf.to_object(cfg)
         except OmegaConfBaseException as e:
+            from launcher.reporting import config_error_message
+
             key = getattr(e, "full_key", None) or "?"
-            raise ConfigError(f"command line: bad value for '{key}': {str(e).strip().splitlines()[0]}") from None
+            lines = config_error_message(e) if "Interpolation" in type(e).__name__ else None
+            raise ConfigError(lines[0] if lines else
+                              f"command line: bad value for '{key}': {str(e).strip().splitlines()[0]}") from None
     else:
         container = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(container, dict)

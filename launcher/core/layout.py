@@ -289,17 +289,14 @@ def write_manifest(
 
 
 def read_json_file(path: Path, *, key: str, missing_hint: str = "") -> Any:
-    """Parse a JSON input file; a missing or malformed one is a one-line ConfigError naming ``key``."""
+    """Parse a JSON input file (:func:`launcher.core.readers.load_json`: regular files only, bounded, UTF-8,
+    no duplicate keys); a missing or malformed one is a one-line ConfigError naming ``key``."""
+    from launcher.core.readers import load_json
+
     path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{key}: file not found: {path}{missing_hint}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{key}: expected a file, got a directory: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
-        raise ConfigError(f"{key}: {path} is not valid JSON ({where})") from None
+    if missing_hint and not path.exists() and not path.is_symlink():
+        raise ConfigError(f"{key}: file not found: {path}{missing_hint}")
+    return load_json(path, key=key)
 
 
 def read_manifest(path: Path) -> Dict[str, Any]:
