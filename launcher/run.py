@@ -93,8 +93,7 @@ _FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 def write_experiments(specs: list, launcher_map: dict, out: Path) -> List[Path]:
     """``--to-experiment``: each run as ``out/NAME.yaml``, all or nothing.
 
-    Run names must be plain file names (no folder, no ``..``), and every run must pass the preflight a launch
-    would run (model names from the registry are kept as names, resolved when the experiment is launched);
+    Run names must be plain file names (no folder, no ``..``), and every run must pass the schema's checks;
     nothing is written for a file set with any problem, and a write that fails removes what it wrote.
     """
     from launcher.core.atomic import atomic_write_text
@@ -127,21 +126,13 @@ def write_experiments(specs: list, launcher_map: dict, out: Path) -> List[Path]:
 
 
 def _check_exportable(specs: list, launcher_map: dict) -> None:
-    """The preflight of a launch, less the check that a registry model name is a file (it stays a name)."""
-    from launcher.models import load_registry
-    from launcher.preflight import check_sweep
+    """What is wrong with a run wherever it is launched (schema values, the launcher map); file checks are left
+    to the launch, which may happen on another machine."""
+    from launcher.core.schema import validate
     from launcher.submit import check_params
 
-    params = launcher_params_from_map(launcher_map)
-    check_params(params)
-    names = set(load_registry()) if any(s.model_in for s in specs) else set()
-    as_name = {s.run_name for s in specs
-               if s.model_in and not Path(s.model_in).exists() and Path(s.model_in).name.lower() in names}
-    labels = [s.run_name for s in specs]
-    problems = [p for p in check_sweep(specs, labels, cluster=params.cluster, gpus_per_node=params.gpus_per_node,
-                                       notes=False)
-                if not (("model_in" in p.split(":")[0] or p.split("] ", 1)[-1].startswith("model_in"))
-                        and any(p.startswith(f"[{n}]") or len(specs) == 1 for n in as_name))]
+    check_params(launcher_params_from_map(launcher_map))
+    problems = [f"[{s.run_name}] {p}" if len(specs) > 1 else p for s in specs for p in validate(s)]
     if problems:
         raise ConfigErrors(problems)
 

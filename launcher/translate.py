@@ -147,7 +147,7 @@ def spec_to_experiment_yaml(spec: RunSpec) -> str:
         "  - _self_",
         "",
     ]
-    return "\n".join(lines) + yaml.safe_dump(body, sort_keys=False)
+    return "\n".join(lines) + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
 
 
 def keys_outside_schema(cfg: Any, cls: type = RunSpec, prefix: str = "") -> List[str]:
@@ -194,12 +194,14 @@ def spec_from_hydra_cfg(cfg: Any, *, base_dir: Optional[Path] = None) -> RunSpec
         try:
             spec = OmegaConf.to_object(cfg)
         except OmegaConfBaseException as e:
-            from launcher.reporting import config_error_message
+            from launcher.core.schema import interpolation_message
+            from launcher.hydra_source import where_set
 
             key = getattr(e, "full_key", None) or "?"
-            lines = config_error_message(e) if "Interpolation" in type(e).__name__ else None
-            raise ConfigError(lines[0] if lines else
-                              f"command line: bad value for '{key}': {str(e).strip().splitlines()[0]}") from None
+            node = getattr(e, "child_node", None)
+            raw = node._value() if node is not None and hasattr(node, "_value") else None
+            line = interpolation_message(e, where_set(raw) if isinstance(raw, str) else "config")
+            raise ConfigError(line or f"command line: bad value for '{key}': {str(e).strip().splitlines()[0]}") from None
     else:
         container = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(container, dict)

@@ -222,7 +222,8 @@ def dump_run_yaml(spec: RunSpec) -> str:
 
     header = "# Resolved mlip-launch run spec. Re-run as is: launch-run --config run.yaml\n"
     # a literal "${" is escaped: reading the file back must give the same strings, not interpolations
-    return header + yaml.safe_dump(escape_strings(spec.to_dict()), sort_keys=False, default_flow_style=False)
+    return header + yaml.safe_dump(escape_strings(spec.to_dict()), sort_keys=False, default_flow_style=False,
+                                  allow_unicode=True)
 
 
 def load_run_yaml_spec(path: Path) -> RunSpec:
