@@ -177,6 +177,11 @@ def refused_hydra_override(argv: List[str]) -> Optional[str]:
         key = a.lstrip("+~").partition("=")[0]
         if key in _REFUSED_HYDRA:
             return f"{key}: {_REFUSED_HYDRA[key]}"
+        # what Hydra would build from the command line runs before any check (a dry run included)
+        if key.replace("/", ".").split(".")[:2] == ["hydra", "callbacks"]:
+            return f"{key}: launch does not run Hydra callbacks"
+        if "_target_" in key.split("."):
+            return f"{key}: the command line may not name Python objects to build"
     return None
 
 

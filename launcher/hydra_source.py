@@ -75,13 +75,19 @@ def _refuse_targets(data: Any, where: str, package: str) -> None:
 class CheckedFileConfigSource(FileConfigSource):
     """``file://`` configs read through the safe reader (regular files, bounded, UTF-8, plain YAML)."""
 
+    def is_config(self, config_path: str) -> bool:
+        """Any existing entry, not only regular files: a FIFO or folder named like a config is then refused
+        by name in :meth:`load_config` instead of reported as a missing option."""
+        full_path = os.path.realpath(os.path.join(self.path, self._normalize_file_name(config_path)))
+        return os.path.exists(full_path) and not os.path.isdir(os.path.join(self.path, config_path))
+
     def load_config(self, config_path: str) -> ConfigResult:
         from omegaconf import OmegaConf
 
         from launcher.core.readers import parse_yaml, read_text
 
         normalized = self._normalize_file_name(config_path)
-        full_path = os.path.realpath(os.path.join(self.path, normalized))
+        full_path = os.path.normpath(os.path.join(os.path.abspath(self.path), normalized))  # as named, links kept
         if not os.path.exists(full_path):
             raise ConfigLoadError(f"Config not found : {full_path}")
         text = read_text(full_path, key=None, what="config file")

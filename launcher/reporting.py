@@ -125,7 +125,7 @@ def config_error_message(exc: BaseException) -> Optional[List[str]]:
         return [str(exc)]
     try:
         from hydra.errors import (ConfigCompositionException, HydraException, MissingConfigException,
-                                  OverrideParseException)
+                                  OverrideParseException, SearchPathException)
     except ImportError:  # pragma: no cover
         return None
     cause = exc.__cause__ or exc.__context__
@@ -137,6 +137,8 @@ def config_error_message(exc: BaseException) -> Optional[List[str]]:
             return [_override_parse_line(e)]
     if isinstance(exc, MissingConfigException):
         return [_missing_option_message(str(exc))]
+    if isinstance(exc, SearchPathException):  # --config-dir naming no folder
+        return [f"--config-dir: {one_line(exc)}"]
     if isinstance(exc, (ConfigCompositionException, OverrideParseException)) or (
             isinstance(exc, HydraException) and isinstance(cause, OmegaConfBaseException)):
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):

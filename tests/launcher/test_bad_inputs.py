@@ -129,13 +129,19 @@ def test_bad_model_json(work, case, text, needle):
     assert _tree(work) == before
 
 
-@pytest.mark.parametrize("case", [*YAML_CASES, "callbacks", "target", "unset_env"])
+@pytest.mark.parametrize("case", [*YAML_CASES, *SPECIAL, "callbacks", "target", "unset_env"])
 def test_bad_experiment_file(work, case):
     """launch --config-dir DIR +experiment=BAD dry_run=true: the file named, and nothing in it run."""
     exp = work / "confdir" / "experiment"
     exp.mkdir(parents=True)
     marker = work / "instantiated"
-    if case in YAML_CASES:
+    bad = exp / f"{case}.yaml"
+    if case in SPECIAL:
+        target = _special(case, bad)
+        if target != bad:  # a device: reached through a link named like a config
+            bad.symlink_to(target)
+        data, needle = None, _SPECIAL_NEEDLE[case]
+    elif case in YAML_CASES:
         data, needle = YAML_CASES[case]
         data = b"# @package _global_\n" + data
     elif case == "callbacks":
@@ -147,8 +153,8 @@ def test_bad_experiment_file(work, case):
         needle = "_target_"
     else:
         data, needle = b"# @package _global_\nrun_dir: ${oc.env:UNSET_FOR_TEST}\n", "UNSET_FOR_TEST"
-    bad = exp / f"{case}.yaml"
-    bad.write_bytes(data)
+    if data is not None:
+        bad.write_bytes(data)
     before = _tree(work)
     proc, _ = _run([str(BIN / "launch"), "--config-dir", str(work / "confdir"), f"+experiment={case}",
                     "device=cpu", "dry_run=true"], work)
@@ -214,3 +220,28 @@ def test_quoted_non_ascii_and_space_paths_are_accepted(work, demo_data):
                     "device=cpu", "dry_run=true", f"run_dir={work / 'run'}"], work)
     assert proc.returncode == 0, proc.stderr
     assert str(folder / "train.lmdb") in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("+hydra.callbacks.x._target_=pathlib.Path.touch", "hydra.callbacks"),
+    ("+hydra/callbacks=x", "hydra.callbacks"),
+    ("+train._target_=os.system", "_target_"),
+])
+def test_command_line_builds_no_python_objects(work, override, needle):
+    before = _tree(work)
+    proc, _ = _run([str(BIN / "launch"), override, "dry_run=true"], work)
+    _assert_one_line(proc, needle.split(".")[-1], override.lstrip("+").split("=")[0].split(".")[0])
+    assert _tree(work) == before
+
+
+def test_missing_config_dir_is_an_input_error(work):
+    proc, _ = _run([str(BIN / "launch"), "--config-dir", str(work / "nowhere"), "dry_run=true"], work)
+    _assert_one_line(proc, "not found", str(work / "nowhere"))
+
+
+@pytest.mark.parametrize("value, needle", [("[1, 2", "not valid YAML"), ("!!python/name:os.system", "tag")])
+def test_bad_set_value(work, value, needle):
+    f = work / "run.yaml"
+    f.write_text(_run_yaml(work, str(work / "m.json")))
+    proc, _ = _run([str(BIN / "launch-run"), "--config", str(f), "--dry-run", "--set", f"train.epochs={value}"], work)
+    _assert_one_line(proc, needle, "--set train.epochs")
