@@ -151,9 +151,11 @@ class RunLayout:
     # ---- state.json ----
     def read_state(self) -> Dict[str, Any]:
         """The run's state record; {} when absent or unreadable (a run that never started)."""
-        try:
-            state = json.loads(self.state_json.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        from launcher.core.readers import MAX_JSON_BYTES, read_bytes
+
+        try:  # regular files only: a FIFO in its place must not block the launch
+            state = json.loads(read_bytes(self.state_json, key=None, max_bytes=MAX_JSON_BYTES).decode("utf-8"))
+        except (ConfigError, OSError, ValueError, RecursionError):
             return {}
         return state if isinstance(state, dict) else {}
 
