@@ -9,8 +9,8 @@ line naming it, then lets OmegaConf parse the checked text as Hydra would.
 ``hydra_plugins``: plugin discovery refuses a second class for a scheme).
 
 A config file outside this project's ``conf/`` folders may not name Python objects for Hydra to build:
-``hydra.callbacks`` and any ``_target_`` (or logging ``()`` factory) other than an installed Hydra plugin
-are refused, so that composing a config (a dry run included) runs no code from it.
+``hydra.callbacks`` and any ``_target_`` (or logging ``()`` factory) outside :data:`ALLOWED_TARGETS` are
+refused, so that composing a config (a dry run included) runs no code from it.
 """
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ from typing import Any, List, Tuple
 
 from hydra._internal.core_plugins.file_config_source import FileConfigSource
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
+
+# what a user's config file may name in a _target_: installed Hydra plugins (a launcher or sweeper preset of
+# one's own) and Optuna's samplers and pruners (hydra/sweeper/sampler options)
+ALLOWED_TARGETS = ("hydra_plugins.", "optuna.samplers.", "optuna.pruners.")
 
 # (path, text) of every file this process composed from: a failed interpolation is traced back to its file
 _LOADED: List[Tuple[str, str]] = []
@@ -66,9 +70,9 @@ def _refuse_targets(data: Any, where: str, package: str) -> None:
             if (here == "hydra.callbacks" or here.startswith("hydra.callbacks.")) and v:
                 raise ConfigError(f"{where}: {line(node, k)}hydra.callbacks: launch does not run Hydra callbacks "
                                   f"from config files; remove them")
-            if k in ("_target_", "()") and not str(v).startswith("hydra_plugins."):
+            if k in ("_target_", "()") and not str(v).startswith(ALLOWED_TARGETS):
                 raise ConfigError(f"{where}: {line(node, k)}{here}: '{v}': config files may not name Python "
-                                  f"objects to build (only installed Hydra plugins, hydra_plugins.*)")
+                                  f"objects to build (only {', '.join(p + '*' for p in ALLOWED_TARGETS)})")
             stack.append((v, here))
 
 
