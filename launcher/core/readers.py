@@ -40,7 +40,8 @@ def _prefix(key: Optional[str], path: Any) -> str:
     return f"{key}: {path}" if key else str(path)
 
 
-def _file_kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words (from its ``st_mode``)."""
     for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO (named pipe)"),
                        (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
                        (stat.S_ISSOCK, "socket")):
@@ -64,7 +65,7 @@ def read_bytes(path: Any, *, key: Optional[str], max_bytes: int = MAX_CONFIG_BYT
     except OSError as e:
         raise ConfigError(f"{where}: {e.strerror or e}", key=key) from None
     if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{where} is a {_file_kind(st.st_mode)}, expected a regular {what}", key=key)
+        raise ConfigError(f"{where} is a {file_kind(st.st_mode)}, expected a regular {what}", key=key)
     if st.st_size > max_bytes:
         raise ConfigError(f"{where} is {st.st_size} bytes, more than the {max_bytes} a {what} may have", key=key)
     try:

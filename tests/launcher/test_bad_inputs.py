@@ -245,3 +245,19 @@ def test_bad_set_value(work, value, needle):
     f.write_text(_run_yaml(work, str(work / "m.json")))
     proc, _ = _run([str(BIN / "launch-run"), "--config", str(f), "--dry-run", "--set", f"train.epochs={value}"], work)
     _assert_one_line(proc, needle, "--set train.epochs")
+
+
+@pytest.mark.parametrize("overrides", [
+    ["task=finetune", "model_in={fifo}"],
+    ["data.train={fifo}"],
+    ["task=finetune", "model.manifest={fifo}"],
+    ["data.indices_path={fifo}"],
+])
+def test_fifo_for_any_path_key_is_refused_without_blocking(work, overrides):
+    fifo = work / "pipe"
+    os.mkfifo(fifo)
+    before = _tree(work)
+    args = [o.format(fifo=fifo) for o in overrides]
+    proc, _ = _run([str(BIN / "launch"), *args, "device=cpu", "dry_run=true", f"run_dir={work / 'run'}"], work)
+    _assert_one_line(proc, "FIFO", str(fifo))
+    assert _tree(work) == before
