@@ -29,6 +29,23 @@ ALLOWED_TARGETS = ("hydra_plugins.", "optuna.samplers.", "optuna.pruners.")
 _LOADED: List[Tuple[str, str]] = []
 
 
+def where_key(full_key: str, leaf: str) -> str:
+    """Where a key Hydra refused came from: ``command line`` when an override names it, else ``FILE: line N`` of
+    the last config file of the user's that writes it, else ``command line``."""
+    import re
+    import sys
+
+    given = [a.lstrip("+~").partition("=")[0] for a in sys.argv[1:] if "=" in a]
+    if any(k in (full_key, leaf) or k.endswith("." + leaf) for k in given):
+        return "command line"
+    pattern = re.compile(r"^[ \t-]*['\"]?" + re.escape(leaf) + r"['\"]?[ \t]*:", re.M)
+    for path, text in reversed(_LOADED):
+        m = pattern.search(text) if not _trusted(path) else None
+        if m:
+            return f"{path}: line {text.count(chr(10), 0, m.start()) + 1}"
+    return "command line"
+
+
 def where_set(value: str) -> str:
     """Where a composed value came from: ``FILE: line N`` of the last config file read that holds its text,
     else ``command line`` (a value no file holds came from an override)."""

@@ -142,17 +142,26 @@ def config_error_message(exc: BaseException) -> Optional[List[str]]:
     if isinstance(exc, (ConfigCompositionException, OverrideParseException)) or (
             isinstance(exc, HydraException) and isinstance(cause, OmegaConfBaseException)):
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
-            return [_key_error_message(cause, "command line")]
+            return [_key_error_message(cause, _key_source(cause))]
         if isinstance(cause, ValidationError):
             return [_type_error_message(cause, "command line")]
         if isinstance(cause, MissingConfigException):
             return [_missing_option_message(str(cause))]
         return [" ".join(str(exc).split())]
     if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
-        return [_key_error_message(exc, "command line")]
+        return [_key_error_message(exc, _key_source(exc))]
     if isinstance(exc, ValidationError):
         return [_type_error_message(exc, "command line")]
     return None
+
+
+def _key_source(exc: BaseException) -> str:
+    """``command line``, or the user's config file (and line) that holds the unknown key."""
+    from launcher.hydra_source import where_key
+
+    full_key = str(getattr(exc, "full_key", None) or "")
+    leaf = str(getattr(exc, "key", None) or full_key.rsplit(".", 1)[-1])
+    return where_key(full_key, leaf) if leaf else "command line"
 
 
 def _override_parse_line(exc: Any) -> str:

@@ -129,7 +129,8 @@ def test_bad_model_json(work, case, text, needle):
     assert _tree(work) == before
 
 
-@pytest.mark.parametrize("case", [*YAML_CASES, *SPECIAL, "callbacks", "target", "unset_env"])
+@pytest.mark.parametrize("case", [*YAML_CASES, *SPECIAL, "callbacks", "target", "unset_env", "unknown_key",
+                                  "dotted_key"])
 def test_bad_experiment_file(work, case):
     """launch --config-dir DIR +experiment=BAD dry_run=true: the file named, and nothing in it run."""
     exp = work / "confdir" / "experiment"
@@ -151,6 +152,10 @@ def test_bad_experiment_file(work, case):
     elif case == "target":
         data = f"# @package _global_\nmodel:\n  _target_: os.system\n  command: touch {marker}\n".encode()
         needle = "_target_"
+    elif case == "unknown_key":
+        data, needle = b"# @package _global_\ntrain:\n  epochs: 1\n  lrr: 0.1\n", "line 4: unknown key 'train.lrr'"
+    elif case == "dotted_key":
+        data, needle = b"# @package _global_\ntrain:\n  epochs: 1\ntrain.epochs: 2\n", "line 4: unknown key"
     else:
         data, needle = b"# @package _global_\nrun_dir: ${oc.env:UNSET_FOR_TEST}\n", "UNSET_FOR_TEST"
     if data is not None:
