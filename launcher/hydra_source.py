@@ -127,5 +127,6 @@ def install() -> None:
     from hydra._internal.sources_registry import SourcesRegistry
     from hydra.core.plugins import Plugins
 
+    _LOADED.clear()  # one launch's files only (tests run several launches in one process)
     Plugins.instance()  # plugin discovery first: it registers Hydra's own file source, which this replaces
     SourcesRegistry.instance().types[CheckedFileConfigSource.scheme()] = CheckedFileConfigSource

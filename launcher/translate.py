@@ -201,7 +201,8 @@ def spec_from_hydra_cfg(cfg: Any, *, base_dir: Optional[Path] = None) -> RunSpec
             node = getattr(e, "child_node", None)
             raw = node._value() if node is not None and hasattr(node, "_value") else None
             line = interpolation_message(e, where_set(raw) if isinstance(raw, str) else "config")
-            raise ConfigError(line or f"command line: bad value for '{key}': {str(e).strip().splitlines()[0]}") from None
+            first = str(e).strip().splitlines()[0]
+            raise ConfigError(line or f"command line: bad value for '{key}': {first}") from None
     else:
         container = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(container, dict)

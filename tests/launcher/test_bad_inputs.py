@@ -266,3 +266,13 @@ def test_fifo_for_any_path_key_is_refused_without_blocking(work, overrides):
     proc, _ = _run([str(BIN / "launch"), *args, "device=cpu", "dry_run=true", f"run_dir={work / 'run'}"], work)
     _assert_one_line(proc, "FIFO", str(fifo))
     assert _tree(work) == before
+
+
+def test_refused_slurm_run_file_creates_no_sweep_folder(work):
+    """A run file whose SLURM submission is refused (no sbatch here) leaves no sweeps/ folder behind."""
+    f = work / "slurm.yaml"
+    f.write_text(_run_yaml(work, str(work / "m.json")) + "launcher: {preset: slurm}\n")
+    before = _tree(work)
+    proc, _ = _run([str(BIN / "launch-run"), "--config", str(f)], work, {"PATH": str(work / "no-commands")})
+    _assert_one_line(proc, "sbatch not found", "hydra.launcher.cluster")
+    assert _tree(work) == before
