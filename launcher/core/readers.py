@@ -18,10 +18,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from launcher.core.errors import ConfigError
 
-MAX_CONFIG_BYTES = 1 << 20       # YAML is parsed in pure Python: 1 MiB is far above any real config
+MAX_CONFIG_BYTES = 256 << 10      # YAML is parsed in pure Python (~1 s per 100 KiB on a busy core); real configs: a few KiB
 MAX_JSON_BYTES = 16 << 20        # model.json, manifests
 MAX_DEPTH = 64                   # nesting levels (a run spec needs 3; FairChem configs fewer than 10)
-MAX_NODES = 100_000              # YAML nodes after alias expansion
+MAX_NODES = 100_000              # YAML nodes that alias expansion may add to those written out
 
 # the tags a configuration may carry: YAML's core schema (implicit timestamps included), nothing that
 # builds Python objects, byte strings or sets
@@ -155,11 +155,12 @@ def _loader_class() -> type:
 
 
 def _check_tree(root: Any) -> None:
-    """Refuse recursive aliases, tags outside :data:`ALLOWED_TAGS`, duplicate keys, and a tree whose aliases
-    expand past :data:`MAX_NODES` nodes or :data:`MAX_DEPTH` levels. Iterative, each node visited once."""
+    """Refuse recursive aliases, tags outside :data:`ALLOWED_TAGS`, duplicate keys, and aliases that add more than
+    :data:`MAX_NODES` nodes to the file's own or nest past :data:`MAX_DEPTH` levels. Iterative, each node once."""
     import yaml
 
     info: Dict[int, Tuple[int, int]] = {}   # id(node) -> (expanded size, expanded depth)
+    nodes: List[Any] = []
     active = set()
     stack: List[Tuple[Any, bool]] = [(root, False)]
     while stack:
@@ -172,13 +173,11 @@ def _check_tree(root: Any) -> None:
             children = [n for pair in node.value for n in pair]
         if done:
             active.discard(nid)
-            size = 1 + sum(info[id(c)][0] for c in children)
             depth = 1 + max((info[id(c)][1] for c in children), default=0)
-            if size > MAX_NODES:
-                raise _Refused(f"its aliases expand to more than {MAX_NODES} nodes", node.start_mark)
             if depth > MAX_DEPTH:
                 raise _Refused(f"its aliases expand to more than {MAX_DEPTH} levels of nesting", node.start_mark)
-            info[nid] = (size, depth)
+            info[nid] = (1 + sum(info[id(c)][0] for c in children), depth)
+            nodes.append(node)
             continue
         if nid in info:
             continue
@@ -192,6 +191,10 @@ def _check_tree(root: Any) -> None:
         active.add(nid)
         stack.append((node, True))
         stack.extend((c, False) for c in children if id(c) not in info)
+    limit = len(info) + MAX_NODES
+    if info[id(root)][0] > limit:  # name the first node (children come before parents) past the bound
+        first = next(n for n in nodes if info[id(n)][0] > limit)
+        raise _Refused(f"its aliases expand to more than {MAX_NODES} nodes beyond the file's own", first.start_mark)
 
 
 def _check_duplicate_keys(node: Any) -> None:

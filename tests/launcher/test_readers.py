@@ -95,3 +95,9 @@ def test_oversized_json_is_refused_without_reading(tmp_path):
     with pytest.raises(ConfigError, match="bytes, more than"):
         load_json(f, key="model.manifest")
     assert time.monotonic() - t0 < 5
+
+
+def test_many_nodes_written_out_are_not_an_alias_bomb():
+    """The alias bound counts what aliases add: a long list without aliases reads in full."""
+    text = "a: [" + ",".join(["1"] * 110_000) + "]\n"
+    assert len(parse_yaml(text, where="f")["a"]) == 110_000
