@@ -22,11 +22,11 @@ def _run_single(cfg: Any, prestarted: Optional[Any] = None) -> None:
         _run_single_checked(cfg, prestarted)
     except ConfigError as e:  # exit here: Hydra would add its own multi-line report
         report_config_error(config_error_message(e) or [str(e)])
-    except OmegaConfBaseException as e:  # e.g. an interpolation of the composed config that does not resolve
-        lines = config_error_message(_with_key(cfg, e))
-        if lines is None:
-            raise
-        report_config_error(lines)
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001 - one line here: past this point Hydra would add its own line
+        # an interpolation of the composed config that does not resolve is an input error naming its key
+        exit_for(_with_key(cfg, e) if isinstance(e, OmegaConfBaseException) else e)
 
 
 def _with_key(cfg: Any, exc: BaseException) -> BaseException:

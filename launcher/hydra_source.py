@@ -14,6 +14,7 @@ refused, so that composing a config (a dry run included) runs no code from it.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 from typing import Any, List, Tuple
@@ -56,13 +57,17 @@ def where_set(value: str) -> str:
     return "command line"
 
 
-def _trusted(path: str) -> bool:
+@functools.lru_cache(maxsize=1)
+def _trusted_roots() -> Tuple[str, ...]:
+    """This project's ``conf/`` and the conf folders of registered backends: the configs shipped with the code."""
     from launcher.core.plugins import backend_conf_dirs
     from launcher.resolvers import conf_dir
 
-    roots = [str(conf_dir()), *(str(d) for d in backend_conf_dirs())]
-    real = os.path.realpath(path)
-    return any(real.startswith(os.path.realpath(r) + os.sep) for r in roots)
+    return tuple(os.path.realpath(r) + os.sep for r in (conf_dir(), *backend_conf_dirs()))
+
+
+def _trusted(path: str) -> bool:
+    return os.path.realpath(path).startswith(_trusted_roots())
 
 
 def _refuse_targets(data: Any, where: str, package: str) -> None:
