@@ -276,3 +276,35 @@ def test_refused_slurm_run_file_creates_no_sweep_folder(work):
     proc, _ = _run([str(BIN / "launch-run"), "--config", str(f)], work, {"PATH": str(work / "no-commands")})
     _assert_one_line(proc, "sbatch not found", "hydra.launcher.cluster")
     assert _tree(work) == before
+
+
+@pytest.mark.parametrize("case", ["duplicate_key", "alias_bomb", "fifo", "unset_env"])
+def test_multirun_door(work, case):
+    """launch -m (a sweep of two points) refuses a bad experiment file the same way, before any job."""
+    exp = work / "confdir" / "experiment"
+    exp.mkdir(parents=True)
+    bad = exp / f"{case}.yaml"
+    if case == "fifo":
+        os.mkfifo(bad)
+        needle = "FIFO"
+    elif case == "unset_env":
+        bad.write_text("# @package _global_\ntrain:\n  lr: ${oc.env:UNSET_FOR_TEST}\n")
+        needle = "UNSET_FOR_TEST"
+    else:
+        data, needle = YAML_CASES[case]
+        bad.write_bytes(b"# @package _global_\n" + data)
+    before = _tree(work)
+    proc, _ = _run([str(BIN / "launch"), "-m", "--config-dir", str(work / "confdir"), f"+experiment={case}",
+                    "seed=1,2", "device=cpu", "dry_run=true"], work)
+    _assert_one_line(proc, needle, str(bad))
+    assert _tree(work) == before
+
+
+def test_bad_manifest_through_run_yaml(work):
+    bad = work / "manifest.json"
+    bad.write_text('{"backend": "mace",\n "weights": {"path": "w.pt"},\n "backend": "mace"}')
+    f = work / "run.yaml"
+    f.write_text(_run_yaml(work, str(work / "m.json")).replace("task: train", "task: finetune")
+                 + f"model: {{manifest: {bad}}}\n")
+    proc, _ = _run([str(BIN / "launch-run"), "--config", str(f), "--dry-run"], work)
+    _assert_one_line(proc, "line 3: duplicate key 'backend' (first at line 1)", str(bad))
