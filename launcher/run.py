@@ -73,9 +73,10 @@ def launcher_params_from_map(launcher_map: dict):
 
     m = dict(launcher_map)
     preset = m.pop("preset", "inprocess")
-    path = conf_dir() / "hydra" / "launcher" / f"{preset}.yaml"
-    if not path.exists():
-        opts = sorted(p.stem for p in path.parent.glob("*.yaml"))
+    presets = conf_dir() / "hydra" / "launcher"
+    path = presets / f"{preset}.yaml"
+    if not isinstance(preset, str) or not _FILE_NAME.fullmatch(preset) or not path.is_file():
+        opts = sorted(p.stem for p in presets.glob("*.yaml"))
         raise ConfigError(f"launcher.preset: no preset '{preset}'; available: {', '.join(opts)}")
     base = dict(load_yaml(path, key="launcher.preset") or {})
     base.pop("defaults", None)

@@ -308,3 +308,12 @@ def test_bad_manifest_through_run_yaml(work):
                  + f"model: {{manifest: {bad}}}\n")
     proc, _ = _run([str(BIN / "launch-run"), "--config", str(f), "--dry-run"], work)
     _assert_one_line(proc, "line 3: duplicate key 'backend' (first at line 1)", str(bad))
+
+
+def test_launcher_preset_names_no_file_outside_the_presets(work):
+    outside = work / "mine.yaml"
+    outside.write_text("cluster: inprocess\n")
+    f = work / "run.yaml"
+    f.write_text(_run_yaml(work, str(work / "m.json")) + f"launcher: {{preset: '../../../../../../..{work}/mine'}}\n")
+    proc, _ = _run([str(BIN / "launch-run"), "--config", str(f), "--dry-run"], work)
+    _assert_one_line(proc, "available: inprocess", "launcher.preset")
