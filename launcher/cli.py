@@ -185,6 +185,24 @@ def refused_hydra_override(argv: List[str]) -> Optional[str]:
     return None
 
 
+def check_hydra_flags(argv: List[str]) -> None:
+    """Hydra's own flags parsed as Hydra will parse them, so that a bad one is one ``error:`` line and exit 2
+    (argparse would print the whole usage first)."""
+    if any(a in ("--version", "--hydra-help") for a in argv):
+        return
+    from hydra._internal.utils import get_args_parser
+
+    from launcher.reporting import one_line
+
+    parser = get_args_parser()
+
+    def error(message: str) -> None:
+        report_config_error([f"launch: {one_line(message)} (see launch --help)"])
+
+    parser.error = error  # type: ignore[method-assign]
+    parser.parse_args(argv)
+
+
 def _main(early: Optional[Any]) -> None:
     from launcher.hydra_source import install as install_config_source
     from launcher.resolvers import register, register_configs, remove_hydra_scratch
@@ -199,6 +217,7 @@ def _main(early: Optional[Any]) -> None:
         if _wants_app_help(sys.argv[1:]):
             print_app_help([a for a in sys.argv[1:] if not a.startswith("-")])
             return
+        check_hydra_flags(sys.argv[1:])
         _hydra_entry(early)
     except SystemExit:
         raise

@@ -317,3 +317,9 @@ def test_launcher_preset_names_no_file_outside_the_presets(work):
     f.write_text(_run_yaml(work, str(work / "m.json")) + f"launcher: {{preset: '../../../../../../..{work}/mine'}}\n")
     proc, _ = _run([str(BIN / "launch-run"), "--config", str(f), "--dry-run"], work)
     _assert_one_line(proc, "available: inprocess", "launcher.preset")
+
+
+@pytest.mark.parametrize("argv", [["--set", "x"], ["--config-dir"], ["--cfg", "nope"]])
+def test_bad_hydra_flag_is_one_line(work, argv):
+    proc, _ = _run([str(BIN / "launch"), *argv], work)
+    _assert_one_line(proc, "see launch --help", "launch:")
