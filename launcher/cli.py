@@ -180,7 +180,9 @@ def refused_hydra_override(argv: List[str]) -> Optional[str]:
         # what Hydra would build from the command line runs before any check (a dry run included)
         if key.replace("/", ".").split(".")[:2] == ["hydra", "callbacks"]:
             return f"{key}: launch does not run Hydra callbacks"
-        if "_target_" in key.split("."):
+        parts = key.split(".")
+        logging_class = parts[:2] in (["hydra", "job_logging"], ["hydra", "hydra_logging"]) and parts[-1] == "class"
+        if "_target_" in parts or "()" in parts or logging_class:
             return f"{key}: the command line may not name Python objects to build"
     return None
 

@@ -92,6 +92,10 @@ def _refuse_targets(data: Any, where: str, package: str) -> None:
             if (here == "hydra.callbacks" or here.startswith("hydra.callbacks.")) and v:
                 raise ConfigError(f"{where}: {line(node, k)}hydra.callbacks: launch does not run Hydra callbacks "
                                   f"from config files; remove them")
+            logging_class = k == "class" and here.startswith(("hydra.job_logging.", "hydra.hydra_logging."))
+            if logging_class and not str(v).startswith("logging."):  # logging's dictConfig builds these too
+                raise ConfigError(f"{where}: {line(node, k)}{here}: '{v}': a logging handler class must be one of "
+                                  f"the standard library's (logging.*)")
             if k in ("_target_", "()") and not str(v).startswith(ALLOWED_TARGETS):
                 raise ConfigError(f"{where}: {line(node, k)}{here}: '{v}': config files may not name Python "
                                   f"objects to build (only {', '.join(p + '*' for p in ALLOWED_TARGETS)})")

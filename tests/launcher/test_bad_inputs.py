@@ -323,3 +323,18 @@ def test_launcher_preset_names_no_file_outside_the_presets(work):
 def test_bad_hydra_flag_is_one_line(work, argv):
     proc, _ = _run([str(BIN / "launch"), *argv], work)
     _assert_one_line(proc, "see launch --help", "launch:")
+
+
+def test_logging_config_of_the_user_builds_nothing(work):
+    """A hydra/job_logging option of the user's naming a non-logging class is refused before logging is set up."""
+    marker = work / "instantiated"
+    group = work / "confdir" / "hydra" / "job_logging"
+    group.mkdir(parents=True)
+    bad = group / "evil.yaml"
+    bad.write_text(f"version: 1\nhandlers:\n  h:\n    class: subprocess.Popen\n    args: [touch, {marker}]\n"
+                   "root:\n  handlers: [h]\n")
+    before = _tree(work)
+    proc, _ = _run([str(BIN / "launch"), "--config-dir", str(work / "confdir"), "hydra/job_logging=evil",
+                    "device=cpu", "dry_run=true"], work)
+    _assert_one_line(proc, "line 4: hydra.job_logging.handlers.h.class", str(bad))
+    assert not marker.exists() and _tree(work) == before
