@@ -9,8 +9,9 @@ line naming it, then lets OmegaConf parse the checked text as Hydra would.
 ``hydra_plugins``: plugin discovery refuses a second class for a scheme).
 
 A config file outside this project's ``conf/`` folders may not name Python objects for Hydra to build:
-``hydra.callbacks`` and any ``_target_`` (or logging ``()`` factory) outside :data:`ALLOWED_TARGETS` are
-refused, so that composing a config (a dry run included) runs no code from it.
+``hydra.callbacks``, any ``_target_`` (or logging ``()`` factory) outside :data:`ALLOWED_TARGETS` and a
+logging handler ``class`` outside ``logging.*`` are refused, so that composing a config (a dry run included)
+runs no code from it.
 """
 from __future__ import annotations
 
@@ -124,8 +125,11 @@ class CheckedFileConfigSource(FileConfigSource):
         data = parse_yaml(text, where=full_path)
         header = ConfigSource._get_header_dict(text[:512])
         if not _trusted(full_path):
-            package = header.get("package") or os.path.dirname(normalized).replace("/", ".")
-            _refuse_targets(data, full_path, "" if package == "_global_" else package)
+            group = os.path.dirname(normalized).replace("/", ".")
+            package = (header.get("package") or group).replace("_group_", group)
+            if package.startswith("_global_"):
+                package = package[len("_global_"):].lstrip(".")
+            _refuse_targets(data, full_path, package)
         _LOADED.append((full_path, text))
         cfg = OmegaConf.load(io.StringIO(text))
         return ConfigResult(config=cfg, path=f"{self.scheme()}://{self.path}", provider=self.provider, header=header)
