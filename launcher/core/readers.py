@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from launcher.core.errors import ConfigError
 
-MAX_CONFIG_BYTES = 256 << 10      # YAML is parsed in pure Python (~1 s per 100 KiB on a busy core); real configs: a few KiB
+MAX_CONFIG_BYTES = 256 << 10      # YAML is parsed in pure Python (~1 s per 100 KiB on a busy core)
 MAX_JSON_BYTES = 16 << 20        # model.json, manifests
 MAX_DEPTH = 64                   # nesting levels (a run spec needs 3; FairChem configs fewer than 10)
 MAX_NODES = 100_000              # YAML nodes that alias expansion may add to those written out
@@ -301,9 +301,9 @@ def parse_json(text: str, *, where: str) -> Any:
         import re
 
         key = str(e.args[0])
-        lines = [_position(text, m.start())[0] for m in re.finditer(re.escape(json.dumps(key)) + r"\s*:", text)]
-        at = f"line {lines[1]}: " if len(lines) > 1 else ""
-        first = f" (first at line {lines[0]})" if len(lines) > 1 else ""
+        spots = [_position(text, m.start()) for m in re.finditer(re.escape(json.dumps(key)) + r"\s*:", text)]
+        at = f"line {spots[1][0]}, column {spots[1][1]}: " if len(spots) > 1 else ""
+        first = f" (first at line {spots[0][0]}, column {spots[0][1]})" if len(spots) > 1 else ""
         raise ConfigError(f"{where}: {at}duplicate key '{key}'{first}; an object takes each key once") from None
     except RecursionError:
         raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels") from None

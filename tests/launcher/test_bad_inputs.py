@@ -307,7 +307,7 @@ def test_bad_manifest_through_run_yaml(work):
     f.write_text(_run_yaml(work, str(work / "m.json")).replace("task: train", "task: finetune")
                  + f"model: {{manifest: {bad}}}\n")
     proc, _ = _run([str(BIN / "launch-run"), "--config", str(f), "--dry-run"], work)
-    _assert_one_line(proc, "line 3: duplicate key 'backend' (first at line 1)", str(bad))
+    _assert_one_line(proc, "line 3, column 2: duplicate key 'backend' (first at line 1, column 2)", str(bad))
 
 
 def test_launcher_preset_names_no_file_outside_the_presets(work):

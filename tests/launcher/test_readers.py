@@ -76,7 +76,7 @@ def test_not_utf8_names_the_byte(tmp_path):
 
 
 def test_json_duplicate_key_names_both_lines():
-    with pytest.raises(ConfigError, match=r"f.json: line 3: duplicate key 'x' \(first at line 2\)"):
+    with pytest.raises(ConfigError, match=r"f.json: line 3, column 2: duplicate key 'x' \(first at line 2, column 2\)"):
         parse_json('{\n "x": 1,\n "x": 2\n}', where="f.json")
 
 
