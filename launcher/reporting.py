@@ -166,12 +166,12 @@ def _key_source(exc: BaseException) -> str:
 
 def _override_parse_line(exc: Any) -> str:
     """Hydra's grammar error for one override -> one line naming it and saying how to quote it."""
+    import re
+
     from launcher.translate import quoted_override
 
     override = str(getattr(exc, "override", "") or "")
     why = one_line(getattr(exc, "message", "") or exc).split(" See https://")[0]
-    import re
-
     key = override.partition("=")[0]
     if "=" not in override or not re.fullmatch(r"[+~]{0,2}[A-Za-z0-9_./@-]+", key):
         return (f"command line: cannot parse override '{override}' ({why}); an override is KEY=VALUE, "

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from launcher.core.errors import ConfigError
 
-MAX_CONFIG_BYTES = 256 << 10      # YAML is parsed in pure Python (~1 s per 100 KiB on a busy core)
+MAX_CONFIG_BYTES = 256 << 10     # YAML is parsed in pure Python (~1 s per 100 KiB on a busy core)
 MAX_JSON_BYTES = 16 << 20        # model.json, manifests
 MAX_DEPTH = 64                   # nesting levels (a run spec needs 3; FairChem configs fewer than 10)
 MAX_NODES = 100_000              # YAML nodes that alias expansion may add to those written out
