@@ -17,7 +17,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from launcher.core.errors import ConfigError
 
-from data.util import one_line
+# an index list is read whole (its entries are what sampling keeps): bounded, not unlimited
+MAX_INDICES_BYTES = 1 << 30
 
 
 def _as_index_array(values: Any, n: int, key: str) -> np.ndarray:
@@ -51,15 +52,12 @@ def _as_index_array(values: Any, n: int, key: str) -> np.ndarray:
 
 def load_indices_json(path: str | os.PathLike, key: str, split: str | None = None) -> Any:
     """Read a JSON list of indices (or a ``{split: [...]}`` record when ``split`` is given)."""
+    from launcher.core.readers import load_json
+
     p = Path(path)
-    try:
-        obj = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{key}: {p}: no such file (expected a JSON list of indices)",
-                          key=key) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{key}: {p}: not readable JSON ({one_line(exc)}); expected a JSON "
-                          f"list of indices", key=key) from None
+    if not p.exists() and not p.is_symlink():
+        raise ConfigError(f"{key}: {p}: no such file (expected a JSON list of indices)", key=key)
+    obj = load_json(p, key=key, max_bytes=MAX_INDICES_BYTES)
     if isinstance(obj, dict) and split is not None and split in obj:
         obj = obj[split]
     if not isinstance(obj, list):

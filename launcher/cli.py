@@ -16,10 +16,35 @@ from launcher.reporting import config_error_message, debug, exit_for, report_con
 
 def _run_single(cfg: Any, prestarted: Optional[Any] = None) -> None:
     """Hydra's task function for ``launch`` without ``-m``: one run, submitted like a sweep of one."""
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         _run_single_checked(cfg, prestarted)
     except ConfigError as e:  # exit here: Hydra would add its own multi-line report
         report_config_error(config_error_message(e) or [str(e)])
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001 - one line here: past this point Hydra would add its own line
+        # an interpolation of the composed config that does not resolve is an input error naming its key
+        exit_for(_with_key(cfg, e) if isinstance(e, OmegaConfBaseException) else e)
+
+
+def _with_key(cfg: Any, exc: BaseException) -> BaseException:
+    """``exc`` with the key it is about: an error raised by ``cfg.get`` names none, so resolve the run's
+    config (Hydra's own node aside) once more to find the key that fails."""
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    if getattr(exc, "full_key", None):
+        return exc
+    try:
+        run_cfg = cfg.copy()
+        with open_dict(run_cfg):
+            run_cfg.pop("hydra", None)
+        OmegaConf.to_container(run_cfg, resolve=True)
+    except OmegaConfBaseException as located:
+        return located
+    return exc
 
 
 def default_run_dir() -> str:
@@ -152,10 +177,36 @@ def refused_hydra_override(argv: List[str]) -> Optional[str]:
         key = a.lstrip("+~").partition("=")[0]
         if key in _REFUSED_HYDRA:
             return f"{key}: {_REFUSED_HYDRA[key]}"
+        # what Hydra would build from the command line runs before any check (a dry run included)
+        if key.replace("/", ".").split(".")[:2] == ["hydra", "callbacks"]:
+            return f"{key}: launch does not run Hydra callbacks"
+        parts = key.split(".")
+        logging_class = parts[:2] in (["hydra", "job_logging"], ["hydra", "hydra_logging"]) and parts[-1] == "class"
+        if "_target_" in parts or "()" in parts or logging_class:
+            return f"{key}: the command line may not name Python objects to build"
     return None
 
 
+def check_hydra_flags(argv: List[str]) -> None:
+    """Hydra's own flags parsed as Hydra will parse them, so that a bad one is one ``error:`` line and exit 2
+    (argparse would print the whole usage first)."""
+    if any(a in ("--version", "--hydra-help") for a in argv):
+        return
+    from hydra._internal.utils import get_args_parser
+
+    from launcher.reporting import one_line
+
+    parser = get_args_parser()
+
+    def error(message: str) -> None:
+        report_config_error([f"launch: {one_line(message)} (see launch --help)"])
+
+    parser.error = error  # type: ignore[method-assign]
+    parser.parse_args(argv)
+
+
 def _main(early: Optional[Any]) -> None:
+    from launcher.hydra_source import install as install_config_source
     from launcher.resolvers import register, register_configs, remove_hydra_scratch
 
     try:
@@ -164,9 +215,11 @@ def _main(early: Optional[Any]) -> None:
             report_config_error([refused])
         register()
         register_configs()
+        install_config_source()
         if _wants_app_help(sys.argv[1:]):
             print_app_help([a for a in sys.argv[1:] if not a.startswith("-")])
             return
+        check_hydra_flags(sys.argv[1:])
         _hydra_entry(early)
     except SystemExit:
         raise

@@ -57,16 +57,13 @@ def registry_files() -> List[Path]:
 
 def load_registry() -> Dict[str, ModelEntry]:
     """Lower-cased name or alias -> entry."""
-    import yaml
+    from launcher.core.readers import load_yaml
 
     out: Dict[str, ModelEntry] = {}
     for path in registry_files():
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"MLIP_LAUNCH_MODELS: model registry not found: {path}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"model registry {path}: not valid YAML ({' '.join(str(e).split())})") from None
+        if not path.exists() and not path.is_symlink():
+            raise ConfigError(f"MLIP_LAUNCH_MODELS: model registry not found: {path}")
+        raw = load_yaml(path, key="model registry") or {}
         models = raw.get("models") if isinstance(raw, dict) else None
         if not isinstance(models, dict):
             raise ConfigError(f"model registry {path}: expected a 'models:' mapping of name -> entry")

@@ -23,10 +23,30 @@ def _check_file(key: str, value: Optional[str], problems: List[str], *, kind: st
     if not p.exists():
         problems.append(f"{key}: {kind} not found: {p}")
         return False
+    special = _special_file(key, p)
+    if special:
+        problems.append(special)
+        return False
     if kind == "file" and not p.is_file():
         problems.append(f"{key}: expected a file, got a directory: {p}")
         return False
     return True
+
+
+def _special_file(key: str, p: Path) -> Optional[str]:
+    """The problem of a path that is neither a regular file nor a folder (a FIFO would block its reader)."""
+    import os
+    import stat
+
+    from launcher.core.readers import file_kind
+
+    try:
+        mode = os.stat(p).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return f"{key}: {p} is a {file_kind(mode)}, expected a regular file or a folder"
 
 
 def _check_json(key: str, value: Optional[str], problems: List[str], *, want: type) -> None:
@@ -191,7 +211,10 @@ def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Opti
     sizes: Dict[str, int] = {}
     for split in DATA_SPLITS:
         path = getattr(spec.data, split)
-        if path:
+        special = _special_file(f"data.{split}", Path(path)) if path else None
+        if special:
+            problems.append(special)
+        elif path:
             n = _check_dataset(f"data.{split}", path, problems, bool(spec.data.trust_pickles))
             if n is not None:
                 sizes[split] = n

@@ -125,26 +125,76 @@ def config_error_message(exc: BaseException) -> Optional[List[str]]:
         return [str(exc)]
     try:
         from hydra.errors import (ConfigCompositionException, HydraException, MissingConfigException,
-                                  OverrideParseException)
+                                  OverrideParseException, SearchPathException)
     except ImportError:  # pragma: no cover
         return None
     cause = exc.__cause__ or exc.__context__
+    for e in (exc, cause):
+        line = _interpolation_line(e)
+        if line:
+            return [line]
+        if isinstance(e, OverrideParseException):
+            return [_override_parse_line(e)]
     if isinstance(exc, MissingConfigException):
         return [_missing_option_message(str(exc))]
+    if isinstance(exc, SearchPathException):  # --config-dir naming no folder
+        return [f"--config-dir: {one_line(exc)}"]
     if isinstance(exc, (ConfigCompositionException, OverrideParseException)) or (
             isinstance(exc, HydraException) and isinstance(cause, OmegaConfBaseException)):
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
-            return [_key_error_message(cause, "command line")]
+            return [_key_error_message(cause, _key_source(cause))]
         if isinstance(cause, ValidationError):
             return [_type_error_message(cause, "command line")]
         if isinstance(cause, MissingConfigException):
             return [_missing_option_message(str(cause))]
         return [" ".join(str(exc).split())]
     if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
-        return [_key_error_message(exc, "command line")]
+        return [_key_error_message(exc, _key_source(exc))]
     if isinstance(exc, ValidationError):
         return [_type_error_message(exc, "command line")]
     return None
+
+
+def _key_source(exc: BaseException) -> str:
+    """``command line``, or the user's config file (and line) that holds the unknown key."""
+    from launcher.hydra_source import where_key
+
+    full_key = str(getattr(exc, "full_key", None) or "")
+    leaf = str(getattr(exc, "key", None) or full_key.rsplit(".", 1)[-1])
+    return where_key(full_key, leaf) if leaf else "command line"
+
+
+def _override_parse_line(exc: Any) -> str:
+    """Hydra's grammar error for one override -> one line naming it and saying how to quote it."""
+    import re
+
+    from launcher.translate import quoted_override
+
+    override = str(getattr(exc, "override", "") or "")
+    why = one_line(getattr(exc, "message", "") or exc).split(" See https://")[0]
+    key = override.partition("=")[0]
+    if "=" not in override or not re.fullmatch(r"[+~]{0,2}[A-Za-z0-9_./@-]+", key):
+        return (f"command line: cannot parse override '{override}' ({why}); an override is KEY=VALUE, "
+                f"KEY a plain dotted name (A-Z a-z 0-9 _ . / -)")
+    return (f"command line: cannot parse override '{override}' ({why}): a value with characters outside "
+            f"A-Z a-z 0-9 _ . / - (non-ASCII letters, '=', spaces, quotes...) must be quoted for Hydra inside "
+            f"the shell's quotes, e.g. {quoted_override(override)}")
+
+
+def _interpolation_line(exc: Optional[BaseException]) -> Optional[str]:
+    """A failed interpolation in a composed config -> one line naming the key and the file that set it."""
+    from launcher.core.schema import interpolation_message
+
+    if exc is None:
+        return None
+    node = getattr(exc, "child_node", None)
+    raw = node._value() if node is not None and hasattr(node, "_value") else None
+    source = "config"
+    if isinstance(raw, str):
+        from launcher.hydra_source import where_set
+
+        source = where_set(raw)
+    return interpolation_message(exc, source)
 
 
 def report_config_error(lines: List[str]) -> NoReturn:

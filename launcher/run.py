@@ -8,6 +8,7 @@ out as one job array through the preset its ``launcher:`` map names (default: in
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -35,8 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _apply_sets(specs, sets: List[str]):
-    import yaml
-
+    from launcher.core.readers import parse_yaml
     from launcher.core.schema import spec_from_dict
     from launcher.core.specio import deep_merge, expand_dotted
 
@@ -47,7 +47,7 @@ def _apply_sets(specs, sets: List[str]):
         if "=" not in item:
             raise ConfigError(f"--set: expected KEY=VALUE, got '{item}'")
         k, v = item.split("=", 1)
-        patch[k] = yaml.safe_load(v) if v else None
+        patch[k] = parse_yaml(v, where=f"--set {k}") if v else None
     patch = expand_dotted(patch, source="--set")
     return [spec_from_dict(deep_merge(s.to_dict(), patch), source="--set") for s in specs]
 
@@ -67,18 +67,18 @@ def launcher_params_from_map(launcher_map: dict):
     """``launcher: {preset: slurm, partition: x}`` -> LauncherParams, through the same preset files."""
     from dataclasses import fields
 
-    import yaml
-
+    from launcher.core.readers import load_yaml
     from launcher.params import LauncherParams
     from launcher.resolvers import conf_dir
 
     m = dict(launcher_map)
     preset = m.pop("preset", "inprocess")
-    path = conf_dir() / "hydra" / "launcher" / f"{preset}.yaml"
-    if not path.exists():
-        opts = sorted(p.stem for p in path.parent.glob("*.yaml"))
+    presets = conf_dir() / "hydra" / "launcher"
+    path = presets / f"{preset}.yaml"
+    if not isinstance(preset, str) or not _FILE_NAME.fullmatch(preset) or not path.is_file():
+        opts = sorted(p.stem for p in presets.glob("*.yaml"))
         raise ConfigError(f"launcher.preset: no preset '{preset}'; available: {', '.join(opts)}")
-    base = yaml.safe_load(path.read_text()) or {}
+    base = dict(load_yaml(path, key="launcher.preset") or {})
     base.pop("defaults", None)
     names = {f.name for f in fields(LauncherParams)}
     merged = {**base, **m}
@@ -86,6 +86,56 @@ def launcher_params_from_map(launcher_map: dict):
     if unknown:
         raise ConfigError(f"launcher: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
     return LauncherParams(**{k: v for k, v in merged.items() if not (isinstance(v, str) and "${" in v)})
+
+
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def write_experiments(specs: list, launcher_map: dict, out: Path) -> List[Path]:
+    """``--to-experiment``: each run as ``out/NAME.yaml``, all or nothing.
+
+    Run names must be plain file names (no folder, no ``..``), and every run must pass the schema's checks;
+    nothing is written for a file set with any problem, and a write that fails removes what it wrote.
+    """
+    from launcher.core.atomic import atomic_write_text
+    from launcher.translate import spec_to_experiment_yaml
+
+    bad = [s.run_name for s in specs if not _FILE_NAME.fullmatch(s.run_name) or ".." in s.run_name]
+    if bad:
+        raise ConfigError(f"--to-experiment: run name '{bad[0]}' is not a plain file name (letters, digits, "
+                          f"_ . - and no '..'); set 'name' to one")
+    _check_exportable(specs, launcher_map)
+    texts = [(out / f"{s.run_name}.yaml", spec_to_experiment_yaml(s)) for s in specs]
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--to-experiment: {out} is a file, expected a folder")
+    first_new = next((p for p in [*reversed(out.parents), out] if not p.exists()), None)
+    written: List[Path] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for path, text in texts:
+            atomic_write_text(path, text)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if first_new is not None:
+            import shutil
+
+            shutil.rmtree(first_new, ignore_errors=True)
+        raise
+    return written
+
+
+def _check_exportable(specs: list, launcher_map: dict) -> None:
+    """What is wrong with a run wherever it is launched (schema values, the launcher map); file checks are left
+    to the launch, which may happen on another machine."""
+    from launcher.core.schema import validate
+    from launcher.submit import check_params
+
+    check_params(launcher_params_from_map(launcher_map))
+    problems = [f"[{s.run_name}] {p}" if len(specs) > 1 else p for s in specs for p in validate(s)]
+    if problems:
+        raise ConfigErrors(problems)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -111,15 +161,7 @@ def _main(args: argparse.Namespace) -> int:
             print(spec_to_shell_line(s))
         return 0
     if args.to_experiment:
-        from launcher.translate import spec_to_experiment_yaml
-
-        out = Path(args.to_experiment)
-        texts = [(out / f"{s.run_name}.yaml", spec_to_experiment_yaml(s)) for s in specs]  # all checked first
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"--to-experiment: {out} is a file, expected a folder")
-        out.mkdir(parents=True, exist_ok=True)
-        for path, text in texts:
-            path.write_text(text)
+        for path in write_experiments(specs, launcher_map, Path(args.to_experiment)):
             print(path)
         return 0
     if args.dry_run:

@@ -10,6 +10,7 @@ submitit is imported only when jobs are submitted (it costs ~0.4 s at start-up o
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -401,15 +402,27 @@ def _run_inprocess(specs: Sequence[RunSpec], overrides: List[List[str]], echo: C
     return outcomes
 
 
-def _submit(specs: Sequence[RunSpec], params: LauncherParams, sweep_dir: Path) -> tuple:
-    """Submit every spec; a sweep is one job array (several where it exceeds MaxArraySize)."""
-    import shutil
-
-    from submitit.core.utils import FailedJobError
-
+def _check_cluster_commands(params: LauncherParams) -> None:
     if params.cluster == "slurm" and not shutil.which("sbatch"):
         raise ConfigError("hydra.launcher.cluster: slurm needs the SLURM commands (sbatch not found on PATH)",
                           key="cluster")
+
+
+def _first_missing(folder: Path) -> Optional[Path]:
+    """The highest folder of ``folder``'s path that does not exist yet (what ``mkdir -p`` would create first)."""
+    missing = None
+    for p in [folder, *folder.parents]:
+        if p.exists() or p.is_symlink():
+            break
+        missing = p
+    return missing
+
+
+def _submit(specs: Sequence[RunSpec], params: LauncherParams, sweep_dir: Path) -> tuple:
+    """Submit every spec; a sweep is one job array (several where it exceeds MaxArraySize)."""
+    from submitit.core.utils import FailedJobError
+
+    _check_cluster_commands(params)
     ex = make_executor(params, sweep_dir)
     size = max_array_size() if params.cluster == "slurm" else max(1, len(specs))
     jobs: List[Any] = []
@@ -534,9 +547,16 @@ def submit_runs(
     numbers = list(indices) if indices is not None else list(range(len(specs)))
     bases = [JobOutcome(i, s.run_dir or "", "PENDING", list(ov)) for i, s, ov in zip(numbers, specs, overrides)]
     before = earlier or Earlier(objective="")
+    _check_cluster_commands(params)  # before the sweep folder exists: a refused submission leaves none
+    first_new = _first_missing(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    jobs, array_ids = _submit(specs, params, sweep_dir)
+    try:
+        jobs, array_ids = _submit(specs, params, sweep_dir)
+    except ConfigError:
+        if first_new is not None:
+            shutil.rmtree(first_new, ignore_errors=True)
+        raise
     folder = submitit_folder(params, sweep_dir)
     for b, j in zip(bases, jobs):
         b.job_id = str(j.job_id)

@@ -54,6 +54,23 @@ def _quote(value: str) -> str:
     return q + body.replace(q, "\\" + q) + q
 
 
+def quoted_override(override: str) -> str:
+    """A command-line override Hydra's grammar refused, rewritten with its value quoted for Hydra (each item of a
+    ``[...]`` list or ``a,b`` sweep quoted alone), then for bash: what to type instead."""
+    import shlex
+
+    key, sep, value = override.partition("=")
+    if not sep:
+        return shlex.quote(override)
+    if value.startswith("[") and value.endswith("]"):
+        body = "[" + ",".join(_quote(v.strip()) for v in value[1:-1].split(",") if v.strip()) + "]"
+    elif "," in value:
+        body = ",".join(_quote(v) for v in value.split(","))
+    else:
+        body = _quote(value)
+    return shlex.quote(f"{key}={body}")
+
+
 def _strings(value: Any):
     if isinstance(value, str):
         yield value
@@ -130,7 +147,7 @@ def spec_to_experiment_yaml(spec: RunSpec) -> str:
         "  - _self_",
         "",
     ]
-    return "\n".join(lines) + yaml.safe_dump(body, sort_keys=False)
+    return "\n".join(lines) + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
 
 
 def keys_outside_schema(cfg: Any, cls: type = RunSpec, prefix: str = "") -> List[str]:
@@ -177,8 +194,15 @@ def spec_from_hydra_cfg(cfg: Any, *, base_dir: Optional[Path] = None) -> RunSpec
         try:
             spec = OmegaConf.to_object(cfg)
         except OmegaConfBaseException as e:
+            from launcher.core.schema import interpolation_message
+            from launcher.hydra_source import where_set
+
             key = getattr(e, "full_key", None) or "?"
-            raise ConfigError(f"command line: bad value for '{key}': {str(e).strip().splitlines()[0]}") from None
+            node = getattr(e, "child_node", None)
+            raw = node._value() if node is not None and hasattr(node, "_value") else None
+            line = interpolation_message(e, where_set(raw) if isinstance(raw, str) else "config")
+            first = str(e).strip().splitlines()[0]
+            raise ConfigError(line or f"command line: bad value for '{key}': {first}") from None
     else:
         container = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(container, dict)

@@ -151,9 +151,11 @@ class RunLayout:
     # ---- state.json ----
     def read_state(self) -> Dict[str, Any]:
         """The run's state record; {} when absent or unreadable (a run that never started)."""
-        try:
-            state = json.loads(self.state_json.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        from launcher.core.readers import MAX_JSON_BYTES, read_bytes
+
+        try:  # regular files only: a FIFO in its place must not block the launch
+            state = json.loads(read_bytes(self.state_json, key=None, max_bytes=MAX_JSON_BYTES).decode("utf-8"))
+        except (ConfigError, OSError, ValueError, RecursionError):
             return {}
         return state if isinstance(state, dict) else {}
 
@@ -289,17 +291,14 @@ def write_manifest(
 
 
 def read_json_file(path: Path, *, key: str, missing_hint: str = "") -> Any:
-    """Parse a JSON input file; a missing or malformed one is a one-line ConfigError naming ``key``."""
+    """Parse a JSON input file (:func:`launcher.core.readers.load_json`: regular files only, bounded, UTF-8,
+    no duplicate keys); a missing or malformed one is a one-line ConfigError naming ``key``."""
+    from launcher.core.readers import load_json
+
     path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{key}: file not found: {path}{missing_hint}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{key}: expected a file, got a directory: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
-        raise ConfigError(f"{key}: {path} is not valid JSON ({where})") from None
+    if missing_hint and not path.exists() and not path.is_symlink():
+        raise ConfigError(f"{key}: file not found: {path}{missing_hint}")
+    return load_json(path, key=key)
 
 
 def read_manifest(path: Path) -> Dict[str, Any]:

@@ -390,10 +390,27 @@ def spec_from_dict(raw: Dict[str, Any], *, source: str = "config") -> RunSpec:
     except ValidationError as e:
         raise ConfigError(_type_error_message(e, source)) from None
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{source}: {_first_line(str(e))}") from None
-    spec = OmegaConf.to_object(merged)
+        raise ConfigError(interpolation_message(e, source) or f"{source}: {_first_line(str(e))}") from None
+    try:
+        spec = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve (${oc.env:UNSET}, ...)
+        raise ConfigError(interpolation_message(e, source) or _type_error_message(e, source)) from None
     assert isinstance(spec, RunSpec)
     return spec
+
+
+def interpolation_message(e: Exception, source: str) -> Optional[str]:
+    """One line for an OmegaConf interpolation that fails to parse or resolve, naming the key; else None."""
+    from omegaconf.errors import GrammarParseError, InterpolationResolutionError
+
+    if not isinstance(e, (GrammarParseError, InterpolationResolutionError)):
+        return None
+    key = getattr(e, "full_key", None) or "?"
+    reason = _first_line(str(e)).replace('"', "'")
+    if "Environment variable" in reason:  # 'KeyError raised while resolving interpolation: "Environment ..."'
+        reason = reason.split(": ", 1)[-1].strip("'")
+    kind = "bad interpolation syntax" if isinstance(e, GrammarParseError) else "interpolation failed"
+    return f"{source}: {key}: {kind}: {reason}"
 
 
 def _first_line(text: str) -> str:

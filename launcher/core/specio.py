@@ -28,11 +28,14 @@ LAUNCHER_KEY = "launcher"
 # --------------------------------------------------------------------------------------------
 
 def expand_dotted(raw: Dict[str, Any], *, source: str) -> Dict[str, Any]:
-    """``{"data.train": x}`` -> ``{"data": {"train": x}}`` (nested keys pass through)."""
+    """``{"data.train": x}`` -> ``{"data": {"train": x}}`` (nested keys pass through).
+
+    A field set twice, once dotted and once nested (``train.epochs: 1`` beside ``train: {epochs: 2}``),
+    is refused naming both keys (and their lines, for a mapping read by :mod:`launcher.core.readers`).
+    """
+    _refuse_overlaps(raw, source=source)
     out: Dict[str, Any] = {}
     for key, value in raw.items():
-        if not isinstance(key, str):
-            raise ConfigError(f"{source}: keys must be strings, got {key!r}")
         if isinstance(value, dict):
             value = expand_dotted(value, source=source)
         parts = key.split(".")
@@ -48,6 +51,36 @@ def expand_dotted(raw: Dict[str, Any], *, source: str) -> Dict[str, Any]:
         else:
             node[leaf] = value
     return out
+
+
+def _leaf_paths(prefix: str, value: Any) -> Iterable[str]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaf_paths(f"{prefix}.{k}", v)
+    else:
+        yield prefix
+
+
+def _refuse_overlaps(raw: Dict[str, Any], *, source: str) -> None:
+    """Refuse two keys of one mapping that set the same field (or a field and a value above it)."""
+    from launcher.core.readers import key_line
+
+    owner: Dict[str, str] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{source}: keys must be strings, got {key!r}")
+        for leaf in _leaf_paths(key, value):
+            hits = [p for p in owner if p == leaf or p.startswith(leaf + ".") or leaf.startswith(p + ".")]
+            if hits and owner[hits[0]] != key:
+                other = owner[hits[0]]
+
+                def at(k: str) -> str:
+                    line = key_line(raw, k)
+                    return f"'{k}' (line {line})" if line else f"'{k}'"
+
+                raise ConfigError(f"{source}: {at(key)} and {at(other)} both set {min(leaf, hits[0], key=len)}; "
+                                  f"keep one")
+            owner[leaf] = key
 
 
 def deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
@@ -103,20 +136,9 @@ def _normpath(p: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 def _load_yaml(path: Path) -> Any:
-    import yaml
+    from launcher.core.readers import load_yaml
 
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"--config: file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"--config: {path} is a directory, expected a run.yaml file") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"--config: {path} is not valid YAML{where}") from None
+    return load_yaml(path, key="--config")
 
 
 def _required_hint(key: str) -> str:
@@ -146,7 +168,7 @@ def parse_run_file(path: Path, *, supplied: Iterable[str] = ()) -> Tuple[List[Ru
         raise ConfigError(f"--config: {path} is empty")
     if not isinstance(raw, dict):
         raise ConfigError(f"--config: {path} must hold a mapping (one run) or a 'runs:' list")
-    raw = dict(raw)
+    raw = copy.copy(raw)  # keeps the line of each key (readers.MarkedDict) for messages
     launcher = raw.pop(LAUNCHER_KEY, None) or {}
     if not isinstance(launcher, dict):
         raise ConfigError(f"{path}: 'launcher' must be a mapping (preset and its keys)")
@@ -200,7 +222,8 @@ def dump_run_yaml(spec: RunSpec) -> str:
 
     header = "# Resolved mlip-launch run spec. Re-run as is: launch-run --config run.yaml\n"
     # a literal "${" is escaped: reading the file back must give the same strings, not interpolations
-    return header + yaml.safe_dump(escape_strings(spec.to_dict()), sort_keys=False, default_flow_style=False)
+    return header + yaml.safe_dump(escape_strings(spec.to_dict()), sort_keys=False, default_flow_style=False,
+                                  allow_unicode=True)
 
 
 def load_run_yaml_spec(path: Path) -> RunSpec:

@@ -76,7 +76,7 @@ def test_explicit_indices_are_validated(bad, needle):
 
 
 @pytest.mark.parametrize("text, needle", [
-    ("[1, 2", "not readable JSON"),
+    ("[1, 2", "not valid JSON"),
     ('{"a": 1}', "expected a JSON list of indices, got dict"),
     ("3", "got int"),
     ("[0, 99]", "index 99 out of range"),

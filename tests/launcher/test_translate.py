@@ -169,7 +169,7 @@ def test_runs_list_with_shared_defaults_and_selection(tmp_path):
     ("runs:\n  - 3\n", r"runs\[0\] must be a mapping"),
     ("backend: mace\ntask: train\nruns:\n  - {run_dir: a}\n  - {run_dir: a}\n", "run names must be unique"),
     ("train: {lrr: 1}\n", "unknown key 'train.lrr'"),
-    ("train: [\n", "not valid YAML at line"),
+    ("train: [\n", "line 2, column 1: not valid YAML"),
     ("launcher: 3\nrun_dir: x\n", "'launcher' must be a mapping"),
 ])
 def test_bad_run_files(tmp_path, text, match):

@@ -22,27 +22,10 @@ PATH_SUFFIXES = (".pt", ".pth", ".npz", ".npy", ".pkl", ".json", ".yml", ".yaml"
 
 
 def _yaml_load(path: Path) -> Dict[str, Any]:
-    import yaml
+    """A FairChem config file read safely (duplicate keys refused, as FairChem does), one line per problem."""
+    from launcher.core.readers import load_yaml
 
-    class _UniqueKeyLoader(yaml.SafeLoader):
-        """FairChem refuses duplicate keys; so do we, with the file named."""
-
-        def construct_mapping(self, node, deep=False):  # type: ignore[override]
-            seen = set()
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=deep)
-                if key in seen:
-                    raise ConfigError(f"train.config_yml: {path}: duplicate key {key!r} at line {key_node.start_mark.line + 1}")
-                seen.add(key)
-            return super().construct_mapping(node, deep)
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.load(fh, Loader=_UniqueKeyLoader)
-    except FileNotFoundError:
-        raise ConfigError(f"train.config_yml: file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"train.config_yml: {path} is not valid YAML ({' '.join(str(e).split())})") from None
+    data = load_yaml(path, key="train.config_yml")
     if data is None:
         data = {}
     if not isinstance(data, dict):
