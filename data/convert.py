@@ -27,6 +27,8 @@ STRESS_KEYS = ("stress", "REF_stress", "stress_xtb", "DFT_stress", "dft_stress")
 NONE = "none"  # pass as a key to drop that label
 ISOLATED_TYPE = "IsolatedAtom"
 FORMATS = ("extxyz", "asedb", "lmdb", "aselmdb")
+_FORMAT_NAMES = {"lmdb": "a FairChem LMDB (pickled PyG records; --format lmdb)",
+                 "aselmdb": "an ASE-database LMDB (--format aselmdb)"}
 
 
 def _lookup(atoms: Any, key: str) -> Any:
@@ -165,6 +167,25 @@ def _read_frames(path: Path, fmt: str, show: bool) -> list[Any]:
     return frames
 
 
+def _check_lmdb_options(path: Path, fmt: str, keys: dict[str, str | None],
+                        trust_pickles: bool) -> None:
+    """Refuse options that mean nothing for LMDB input, naming them (never ignore them silently)."""
+    from data.datasets import detect_format
+
+    for label, key in keys.items():
+        if key is not None:
+            raise ConfigError(f"--{label}-key: applies to extxyz and ASE database input only; {path} "
+                              f"is an LMDB, whose records store {label} under a fixed name",
+                              key=f"--{label}-key")
+    actual = detect_format(path)
+    if actual != fmt:
+        raise ConfigError(f"--format {fmt}: {path} is {_FORMAT_NAMES[actual]}", key="--format")
+    if trust_pickles and fmt == "aselmdb":
+        raise ConfigError(f"--trust-pickles: applies to FairChem LMDB input only ({path} is an "
+                          f"ASE-database LMDB, whose rows are JSON, not pickles)",
+                          key="--trust-pickles")
+
+
 def read_structures(path: str | os.PathLike, *, energy_key: str | None = None,
                     forces_key: str | None = None, stress_key: str | None = None,
                     fmt: str | None = None, progress: bool = True,
@@ -173,12 +194,23 @@ def read_structures(path: str | os.PathLike, *, energy_key: str | None = None,
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: no such file or folder (expected an extxyz file or ASE database)")
+    if not (p.is_file() or p.is_dir()):
+        raise ConfigError(f"{p}: not a regular file or folder")
     fmt = guess_format(p, fmt)
     if fmt in ("lmdb", "aselmdb"):
+        _check_lmdb_options(p, fmt, {"energy": energy_key, "forces": forces_key,
+                                     "stress": stress_key}, trust_pickles)
         from data.datasets import open_dataset
 
         ds = open_dataset(p, trust_pickles=trust_pickles)
+        if len(ds) == 0:
+            raise ConfigError(f"{p}: holds no structures")
         return [ds[i] for i in progress_bar(range(len(ds)), progress, desc="read", unit="struct")]
+    if trust_pickles:
+        raise ConfigError(f"--trust-pickles: applies to FairChem LMDB input only ({p} is read as "
+                          f"{fmt}, which holds no pickles)", key="--trust-pickles")
+    if p.is_dir():
+        raise ConfigError(f"{p}: a folder (expected an {fmt} file)")
     frames = _read_frames(p, fmt, progress)
     if not frames:
         raise ConfigError(f"{p}: holds no structures")

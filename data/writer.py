@@ -9,8 +9,9 @@ import os
 import pickle
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from launcher.core.errors import ConfigError
@@ -22,6 +23,7 @@ from data.util import one_line
 MAP_SIZE = 1 << 40  # virtual; the file only grows to what is written
 PICKLE_PROTOCOL = 4  # readable by every Python FairChem v1 supports
 COMMIT_EVERY = 1000
+DATASET_SUFFIXES = (".lmdb", ".lmdb-lock", ".aselmdb")  # what --overwrite may delete
 
 
 def shard_names(n_shards: int) -> list[str]:
@@ -70,10 +72,13 @@ def check_target(out: Path, overwrite: bool) -> None:
     """Refuse an existing ``out`` unless ``overwrite``, and a place ``out`` cannot be written to.
 
     Checked before any work is done and without creating anything: the nearest existing folder
-    above ``out`` must be a writable folder.
+    above ``out`` must be a writable folder. ``--overwrite`` replaces a file, a link or a folder of
+    LMDB shards, never a folder holding anything else (that would be deleted with it) or a device.
     """
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise ConfigError(f"{out}: already exists (pass --overwrite to replace it)")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise ConfigError(f"{out}: already exists (pass --overwrite to replace it)")
+        _check_replaceable(out)
     parent = out.absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -81,6 +86,18 @@ def check_target(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"{out}: cannot be created: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{out}: cannot be created: no permission to write in {parent}")
+
+
+def _check_replaceable(out: Path) -> None:
+    if out.is_symlink() or out.is_file():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"{out}: not a regular file or folder (not replaced, even with --overwrite)")
+    others = sorted(p.name for p in out.iterdir()
+                    if not (p.is_file() and p.name.endswith(DATASET_SUFFIXES)))
+    if others:
+        raise ConfigError(f"{out}: --overwrite replaces a dataset, but this folder also holds "
+                          f"{others[0]!r}{' and more' if len(others) > 1 else ''} (not replaced)")
 
 
 def _replace(tmp: Path, out: Path, overwrite: bool) -> None:
@@ -91,7 +108,57 @@ def _replace(tmp: Path, out: Path, overwrite: bool) -> None:
         os.replace(out, old)
     os.replace(tmp, out)
     if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+
+
+def replace_all(pairs: Sequence[tuple[Path, Path]], overwrite: bool) -> None:
+    """Move each finished ``(staged, out)`` into place, with SIGINT / SIGTERM held back meanwhile."""
+    from data.interrupt import committing
+
+    with committing():
+        for staged, out in pairs:
+            _replace(staged, out, overwrite)
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """``mkdir -p folder``; the folders it created, deepest first (to undo it)."""
+    created = []
+    p = folder.absolute()
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+@contextmanager
+def staging(where: Path, name: str) -> Iterator[Path]:
+    """A new hidden folder ``where/.NAME.tmp-*`` to write into, removed when the body ends.
+
+    On an error or interruption the folders made for it (``where`` and above) go too, so a failed
+    command leaves the file system as it found it; the body moves its finished output out first.
+    """
+    created = _make_parents(where)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=where))
+    except BaseException:
+        _remove_empty(created)
+        raise
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def write_lmdb(structures: Sequence[Structure], out: str | os.PathLike, *, shards: int = 1,
@@ -99,9 +166,22 @@ def write_lmdb(structures: Sequence[Structure], out: str | os.PathLike, *, shard
     """Write ``structures`` in order as FairChem-layout LMDB and return the shard paths.
 
     ``out`` ending in ``.lmdb`` with ``shards == 1`` is one file; otherwise ``out`` is a folder
-    of ``shards`` contiguous ``data.NNNN.lmdb`` files (global index = input order).
+    of ``shards`` contiguous ``data.NNNN.lmdb`` files (global index = input order). Written into a
+    temporary folder beside ``out`` and moved into place at the end.
     """
     out = Path(out)
+    check_write(structures, out, shards, overwrite)
+    try:
+        with staging(out.parent, out.name) as tmp:
+            names = write_staged(structures, tmp / out.name, shards, progress, desc)
+            replace_all([(tmp / out.name, out)], overwrite)
+    except OSError as exc:  # not writable after all, disk full, ...: one line naming OUT
+        raise ConfigError(f"{out}: cannot be written ({exc.strerror or one_line(exc)})") from None
+    return [out] if _single_file(out, shards) else [out / n for n in names]
+
+
+def check_write(structures: Sequence[Structure], out: Path, shards: int, overwrite: bool) -> None:
+    """Everything :func:`write_lmdb` refuses, before anything is written."""
     check_shards(shards)
     if len(structures) == 0:
         raise ConfigError(f"{out}: nothing to write (no structures)")
@@ -110,10 +190,10 @@ def write_lmdb(structures: Sequence[Structure], out: str | os.PathLike, *, shard
                           f"(expected at most one shard per structure)")
     check_target(out, overwrite)
     _check_uniform(structures)
-    try:
-        return _write(structures, out, shards, overwrite, progress, desc)
-    except OSError as exc:  # not writable after all, disk full, ...: one line naming OUT
-        raise ConfigError(f"{out}: cannot be written ({exc.strerror or one_line(exc)})") from None
+
+
+def _single_file(out: Path, shards: int) -> bool:
+    return out.suffix == ".lmdb" and shards == 1
 
 
 def check_shards(shards: object) -> None:
@@ -122,33 +202,28 @@ def check_shards(shards: object) -> None:
         raise ConfigError(f"--shards: expected a positive integer, got {shards!r}")
 
 
-def _write(structures: Sequence[Structure], out: Path, shards: int, overwrite: bool,
-           progress: bool, desc: str) -> list[Path]:
-    single_file = out.suffix == ".lmdb" and shards == 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+def write_staged(structures: Sequence[Structure], dest: Path, shards: int, progress: bool,
+                 desc: str) -> list[str]:
+    """Write ``dest``: one LMDB file (a ``.lmdb`` name and one shard) or a folder of shards.
+
+    Returns the names written (``[dest.name]`` for a file, the shard names otherwise).
+    """
+    single_file = _single_file(dest, shards)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(structures), desc=desc, unit="struct", mininterval=0.5)
     try:
-        bounds = np.array_split(np.arange(len(structures)), shards)
-        names = [out.name] if single_file else shard_names(shards)
-        for name, idx in zip(names, bounds):
-            start = int(idx[0])
-            _write_shard(tmp / name, (structures[int(i)] for i in idx), start, bar)
         if single_file:
-            (tmp / out.name).chmod(0o644)
-            _replace(tmp / out.name, out, overwrite)
-            tmp.rmdir()
-            return [out]
-        tmp.chmod(0o755)
-        _replace(tmp, out, overwrite)
-        return [out / name for name in names]
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            _write_shard(dest, structures, 0, bar)
+            dest.chmod(0o644)
+            return [dest.name]
+        dest.mkdir()
+        names = shard_names(shards)
+        for name, idx in zip(names, np.array_split(np.arange(len(structures)), shards)):
+            _write_shard(dest / name, (structures[int(i)] for i in idx), int(idx[0]), bar)
+        return names
     finally:
         if bar is not None:
             bar.close()
