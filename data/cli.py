@@ -106,10 +106,10 @@ def _os_error(exc: OSError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     from data.interrupt import Interrupted, interruptible
 
-    args = _parser().parse_args(argv)
-    code = EXIT_CONFIG
+    code, args = EXIT_CONFIG, None
     try:
         with interruptible():
+            args = _parser().parse_args(argv)
             return _run(args)
     except Interrupted as exc:
         error: BaseException = exc
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = _os_error(exc) if isinstance(exc, OSError) else str(exc)
     except Exception as exc:  # noqa: BLE001 - a failure we did not foresee: still one line
         error, code = exc, EXIT_FAILED
-        message = f"launch-data {args.cmd} failed: {type(exc).__name__}: {exc}"
+        message = f"launch-data {getattr(args, 'cmd', '')} failed: {type(exc).__name__}: {exc}"
     if os.environ.get("MLIP_DEBUG") == "1":
         import traceback
 
