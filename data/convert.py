@@ -9,8 +9,9 @@ flagged ``info["isolated"] = True``: MACE uses them for the atomic reference ene
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from launcher.core.errors import ConfigError
@@ -115,6 +116,21 @@ def atoms_to_structure(atoms: Any, index: int, energy_key: str | None, forces_ke
         raise ConfigError(f"{source}: entry {index}: {one_line(exc)}") from None
 
 
+class _Entries(Sequence):
+    """An open dataset as a read-on-access sequence of :class:`Structure` (what the writer iterates)."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self.ds[j] for j in range(*i.indices(len(self)))]
+        return self.ds[i]
+
+
 def guess_format(path: Path, fmt: str | None = None) -> str:
     """The input format: ``fmt`` when given, else from the suffix (our LMDBs also by content)."""
     if fmt is not None:
@@ -189,8 +205,12 @@ def _check_lmdb_options(path: Path, fmt: str, keys: dict[str, str | None],
 def read_structures(path: str | os.PathLike, *, energy_key: str | None = None,
                     forces_key: str | None = None, stress_key: str | None = None,
                     fmt: str | None = None, progress: bool = True,
-                    trust_pickles: bool = False) -> list[Structure]:
-    """Read every entry of an extxyz file, an ASE database, or one of our LMDBs."""
+                    trust_pickles: bool = False, stream: bool = False) -> Sequence[Structure]:
+    """Read every entry of an extxyz file, an ASE database, or one of our LMDBs (a list).
+
+    ``stream``: an LMDB comes back as a sequence that reads entry ``i`` when asked, so converting one
+    holds one entry at a time in memory, never the dataset.
+    """
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: no such file or folder (expected an extxyz file or ASE database)")
@@ -205,6 +225,8 @@ def read_structures(path: str | os.PathLike, *, energy_key: str | None = None,
         ds = open_dataset(p, trust_pickles=trust_pickles)
         if len(ds) == 0:
             raise ConfigError(f"{p}: holds no structures")
+        if stream:
+            return _Entries(ds)
         return [ds[i] for i in progress_bar(range(len(ds)), progress, desc="read", unit="struct")]
     if trust_pickles:
         raise ConfigError(f"--trust-pickles: applies to FairChem LMDB input only ({p} is read as "
@@ -238,5 +260,5 @@ def convert(input_path: str | os.PathLike, out: str | os.PathLike, *, shards: in
     check_target(out, overwrite)
     structures = read_structures(input_path, energy_key=energy_key, forces_key=forces_key,
                                  stress_key=stress_key, fmt=fmt, progress=progress,
-                                 trust_pickles=trust_pickles)
+                                 trust_pickles=trust_pickles, stream=True)
     return write_lmdb(structures, out, shards=shards, overwrite=overwrite, progress=progress)

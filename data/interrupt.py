@@ -65,8 +65,8 @@ def interruptible() -> Iterator[None]:
 def committing() -> Iterator[None]:
     """Hold SIGINT / SIGTERM back while the body moves finished output into place.
 
-    A signal that arrived meanwhile is raised afterwards if the move failed (the cleanup runs), and
-    dropped if it succeeded: the output is complete, so the command finishes and says so.
+    A signal that arrived meanwhile is raised as :class:`Interrupted` if the move failed (the cleanup runs),
+    and dropped if it succeeded: the output is complete, so the command finishes and says so.
     """
     if not _State.active:
         yield
@@ -74,11 +74,13 @@ def committing() -> Iterator[None]:
     _State.holding = True
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
         _State.holding = False
-        if _State.held is not None:
-            for sig in SIGNALS:
-                signal.signal(sig, signal.SIG_IGN)
-        raise
+        held = _State.held
+        if held is None or isinstance(exc, Interrupted):
+            raise
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(held) from exc  # the user asked to stop: say so, and the cleanup runs
     _State.holding = False
     _State.done = True

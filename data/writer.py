@@ -31,17 +31,29 @@ def shard_names(n_shards: int) -> list[str]:
     return [f"data.{k:04d}.lmdb" for k in range(n_shards)]
 
 
-def _check_uniform(structures: Sequence[Structure]) -> None:
-    """All entries must carry the same labels, or FairChem's collate breaks mid-epoch."""
-    for label in ("energy", "forces", "stress"):
-        have = [getattr(s, label) is not None for s in structures]
-        if any(have) and not all(have):
-            bad = have.index(False)
-            raise ConfigError(f"entry {bad}: lacks '{label}' while other entries have it "
-                              f"(all entries of a dataset must carry the same labels)")
+class _SameLabels:
+    """All entries must carry the same labels, or FairChem's collate breaks mid-epoch. Checked as each
+    entry is written (the input may be a stream), against the first one."""
+
+    LABELS = ("energy", "forces", "stress")
+
+    def __init__(self) -> None:
+        self.first: tuple[bool, ...] | None = None
+
+    def __call__(self, s: Structure, index: int) -> None:
+        have = tuple(getattr(s, label) is not None for label in self.LABELS)
+        if self.first is None:
+            self.first = have
+        elif have != self.first:
+            label = next(lb for lb, a, b in zip(self.LABELS, have, self.first) if a != b)
+            what = (f"lacks '{label}' while entry 0 has it" if self.first[self.LABELS.index(label)]
+                    else f"has '{label}' while entry 0 lacks it")
+            raise ConfigError(f"entry {index}: {what} (all entries of a dataset must carry the same "
+                              f"labels)")
 
 
-def _write_shard(path: Path, structures: Iterable[Structure], start: int, bar) -> int:
+def _write_shard(path: Path, structures: Iterable[Structure], start: int, bar,
+                 same: _SameLabels) -> int:
     import lmdb
 
     from data.pyg import structure_to_pyg
@@ -52,6 +64,7 @@ def _write_shard(path: Path, structures: Iterable[Structure], start: int, bar) -
     try:
         txn = env.begin(write=True)
         for s in structures:
+            same(s, start + n)
             record = structure_to_pyg(s, default_sid=start + n)
             txn.put(encode_key(n), pickle.dumps(record, protocol=PICKLE_PROTOCOL))
             n += 1
@@ -120,15 +133,14 @@ def replace_all(pairs: Sequence[tuple[Path, Path]], overwrite: bool) -> None:
             _replace(staged, out, overwrite)
 
 
-def _make_parents(folder: Path) -> list[Path]:
-    """``mkdir -p folder``; the folders it created, deepest first (to undo it)."""
-    created = []
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders ``mkdir -p folder`` would create, deepest first (to undo it)."""
+    missing = []
     p = folder.absolute()
     while not p.exists() and p != p.parent:
-        created.append(p)
+        missing.append(p)
         p = p.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    return created
+    return missing
 
 
 @contextmanager
@@ -138,32 +150,34 @@ def staging(where: Path, name: str) -> Iterator[Path]:
     On an error or interruption the folders made for it (``where`` and above) go too, so a failed
     command leaves the file system as it found it; the body moves its finished output out first.
     """
-    created = _make_parents(where)
+    created = _missing_folders(where)
+    tmp = None
     try:
+        where.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=where))
-    except BaseException:
-        _remove_empty(created)
-        raise
-    try:
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         _remove_empty(created)
         raise
     shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _remove_empty(folders: list[Path]) -> None:
-    for folder in folders:
+    for folder in folders:  # deepest first; one that holds something now is not ours alone
         try:
             folder.rmdir()
+        except FileNotFoundError:
+            continue
         except OSError:
             return
 
 
 def write_lmdb(structures: Sequence[Structure], out: str | os.PathLike, *, shards: int = 1,
                overwrite: bool = False, progress: bool = True, desc: str = "write") -> list[Path]:
-    """Write ``structures`` in order as FairChem-layout LMDB and return the shard paths.
+    """Write ``structures`` (a list, or any sequence that reads entry ``i`` on access) in order as
+    FairChem-layout LMDB and return the shard paths.
 
     ``out`` ending in ``.lmdb`` with ``shards == 1`` is one file; otherwise ``out`` is a folder
     of ``shards`` contiguous ``data.NNNN.lmdb`` files (global index = input order). Written into a
@@ -189,7 +203,6 @@ def check_write(structures: Sequence[Structure], out: Path, shards: int, overwri
         raise ConfigError(f"--shards: {shards} shards for {len(structures)} structures "
                           f"(expected at most one shard per structure)")
     check_target(out, overwrite)
-    _check_uniform(structures)
 
 
 def _single_file(out: Path, shards: int) -> bool:
@@ -215,14 +228,15 @@ def write_staged(structures: Sequence[Structure], dest: Path, shards: int, progr
 
         bar = tqdm(total=len(structures), desc=desc, unit="struct", mininterval=0.5)
     try:
+        same = _SameLabels()
         if single_file:
-            _write_shard(dest, structures, 0, bar)
+            _write_shard(dest, structures, 0, bar, same)
             dest.chmod(0o644)
             return [dest.name]
         dest.mkdir()
         names = shard_names(shards)
         for name, idx in zip(names, np.array_split(np.arange(len(structures)), shards)):
-            _write_shard(dest / name, (structures[int(i)] for i in idx), int(idx[0]), bar)
+            _write_shard(dest / name, (structures[int(i)] for i in idx), int(idx[0]), bar, same)
         return names
     finally:
         if bar is not None:
