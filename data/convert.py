@@ -257,6 +257,9 @@ def convert(input_path: str | os.PathLike, out: str | os.PathLike, *, shards: in
 
     out = Path(out)
     check_shards(shards)
+    if Path(input_path).exists() and out.exists() and out.resolve() == Path(input_path).resolve() \
+            and guess_format(Path(input_path), fmt) not in ("lmdb", "aselmdb"):
+        raise ConfigError(f"{out}: OUT is the input file; write the LMDB elsewhere (the input would be lost)")
     check_target(out, overwrite)
     structures = read_structures(input_path, energy_key=energy_key, forces_key=forces_key,
                                  stress_key=stress_key, fmt=fmt, progress=progress,

@@ -32,9 +32,14 @@ def detect_format(path: str | os.PathLike) -> str:
         raise ConfigError(f"{p}: no such file or folder (expected an LMDB file or a folder of "
                           f"*.lmdb / *.aselmdb shards)")
     if p.is_dir():
-        if any(p.glob(f"*{LMDB_SUFFIX}")):
+        pyg = any(q.is_file() for q in p.glob(f"*{LMDB_SUFFIX}"))
+        ase = any(q.is_file() for q in p.glob(f"*{ASELMDB_SUFFIX}"))
+        if pyg and ase:  # reading one kind would silently leave out the other
+            raise ConfigError(f"{p}: folder holds both *{LMDB_SUFFIX} and *{ASELMDB_SUFFIX} shards "
+                              f"(expected one kind)")
+        if pyg:
             return "lmdb"
-        if any(p.glob(f"*{ASELMDB_SUFFIX}")):
+        if ase:
             return "aselmdb"
         find_shards(p, LMDB_SUFFIX)  # raises the precise "empty" / "no *.lmdb" error
     if p.suffix == ASELMDB_SUFFIX:

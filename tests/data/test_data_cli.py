@@ -1,6 +1,6 @@
 import json
-import pytest
 
+import pytest
 from ase.io import read
 
 from data import count
@@ -251,3 +251,33 @@ def test_demo_keeps_what_an_existing_folder_holds(tmp_path, capsys):
     assert [count(out / f"{s}.lmdb") for s in ("train", "val")] == [2, 1]
     assert main(["demo", str(out), "--n-train", "2", "--n-val", "0", "--n-test", "0"]) == 2
     assert "train.lmdb: already exists" in _one_error_line(capsys)
+
+
+def test_convert_never_replaces_its_own_extxyz_input(tmp_path, capsys):
+    src = tmp_path / "in.xyz"
+    (tmp_path / "unused").write_text("x")
+    src.write_text("2\nenergy=1.0 Properties=species:S:1:pos:R:3\nH 0 0 0\nH 0 0 1\n")
+    before = src.read_bytes()
+    assert main(["convert", str(src), str(src), "--overwrite", "--quiet"]) == 2
+    assert "OUT is the input file" in _one_error_line(capsys)
+    assert src.read_bytes() == before
+    # an LMDB may be rewritten in place (e.g. into another number of shards): it is read as it is written
+    assert main(["convert", str(src), str(tmp_path / "a.lmdb"), "--quiet"]) == 0
+    assert main(["convert", str(tmp_path / "a.lmdb"), str(tmp_path / "a.lmdb"), "--overwrite", "--quiet"]) == 0
+    assert count(tmp_path / "a.lmdb") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.lmdb", "in.xyz", "unused"]
+
+
+def test_a_folder_of_both_kinds_of_shards_is_refused(tmp_path, make_structures, capsys):
+    from data.writer import write_lmdb
+
+    from .test_data_aselmdb import _legacy_row, _write_legacy
+
+    folder = tmp_path / "mixed"
+    write_lmdb(make_structures(2), folder, shards=1, progress=False)
+    _write_legacy(folder / "b.aselmdb", [_legacy_row(0)])
+    assert main(["info", str(folder), "--quiet"]) == 2
+    assert "both *.lmdb and *.aselmdb" in _one_error_line(capsys)
+    assert main(["convert", str(folder), str(tmp_path / "o"), "--quiet"]) == 2
+    assert "both *.lmdb and *.aselmdb" in _one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
