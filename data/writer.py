@@ -120,8 +120,11 @@ def _replace(tmp: Path, out: Path, overwrite: bool) -> None:
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.replace(out, old)
     os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    if old is not None:  # the new output is in place: failing to delete the old one must not undo that
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def replace_all(pairs: Sequence[tuple[Path, Path]], overwrite: bool) -> None:
