@@ -157,7 +157,8 @@ def staging(where: Path, name: str) -> Iterator[Path]:
     tmp = None
     try:
         where.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=where))
+        remove_stale_staging(where, name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=where))
         yield tmp
     except BaseException:
         if tmp is not None:
@@ -165,6 +166,28 @@ def staging(where: Path, name: str) -> Iterator[Path]:
         _remove_empty(created)
         raise
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_staging(where: Path, name: str) -> list[Path]:
+    """Remove ``where/.NAME.tmp-PID-*`` folders whose process is gone (killed outright: SIGKILL, or a
+    crash no cleanup survives); the folders of a live process are left alone."""
+    removed = []
+    for p in where.glob(f".{name}.tmp-*-*"):
+        pid = p.name[len(f".{name}.tmp-"):].split("-", 1)[0]
+        if p.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -150,3 +150,22 @@ def test_info_interrupted_is_one_line(tmp_path, big_lmdb):
         pytest.fail("info finished before the signal: make the input bigger")
     assert proc.returncode == 130, err
     _one_line(err, "SIGINT")
+
+
+def test_a_killed_convert_leaves_a_temp_folder_the_next_run_removes(tmp_path, big_lmdb):
+    """SIGKILL runs no cleanup; the next write to the same OUT removes the dead process's folder."""
+    out = tmp_path / "out"
+    proc = _start("convert", str(big_lmdb), str(out), "--shards", "40")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not _temps(tmp_path):
+        time.sleep(0.002)
+    proc.kill()
+    proc.communicate(timeout=120)
+    assert _temps(tmp_path) and not out.exists()
+    from data.writer import remove_stale_staging
+
+    mine = tmp_path / f".out.tmp-{os.getpid()}-live"  # a live process's folder is never touched
+    mine.mkdir()
+    write_lmdb(random_structures(2, seed=9), out, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", mine.name])
+    assert remove_stale_staging(tmp_path, "out") == []
