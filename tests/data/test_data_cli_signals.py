@@ -66,7 +66,8 @@ def _digest(path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def big_lmdb(tmp_path_factory) -> Path:
-    """An LMDB of 600 copies of one record: quick to make, a second or more to convert."""
+    """An LMDB of 3000 copies of one record: quick to make, seconds to convert or scan (the tests
+    signal each command long before it would finish)."""
     folder = tmp_path_factory.mktemp("big")
     one = folder / "one.lmdb"
     write_lmdb(random_structures(1, seed=5), one, progress=False)
@@ -76,7 +77,7 @@ def big_lmdb(tmp_path_factory) -> Path:
     with env.begin() as txn:
         raw = txn.get(b"0")
     env.close()
-    n = 600
+    n = 3000
     items = {str(i): raw for i in range(n)}
     items["length"] = pickle.dumps(n)
     return raw_lmdb(folder / "big.lmdb", items)
