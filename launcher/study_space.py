@@ -22,9 +22,20 @@ def search_space_problems(overrides: Sequence[str], search_space: Optional[Any] 
 
     from launcher.core.schema import coerce_leaf
 
-    parsed = {o.get_key_element(): o for o in OverridesParser.create().parse_overrides(list(overrides))}
-    space = {k: v for k, v in dict(search_space or {}).items() if k not in parsed}
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    parsed: dict = {}
     problems: List[str] = []
+    for text in overrides:
+        try:
+            (o,) = parser.parse_overrides([text])
+        except OverrideParseException as e:  # e.g. hydra.sweeper.params from a config file
+            lines = [ln for ln in str(e).splitlines() if not ln.strip().startswith("See https://")]
+            problems.append(f"{text}: {' '.join(' '.join(lines).split())}")
+            continue
+        parsed[o.get_key_element()] = o
+    space = {k: v for k, v in dict(search_space or {}).items() if k not in parsed}
     for key, o in parsed.items():
         if o.is_sweep_override():
             problems += _sweep_problems(key, o.input_line, o, coerce_leaf)
@@ -97,6 +108,8 @@ def _sweep_problems(key: str, what: str, o: Any, coerce: Any) -> List[str]:
     value = o.value()
     if type(value).__name__ == "Glob":
         return [f"{what}: an Optuna study samples choice(...), range(...) or interval(...), not glob(...)"]
+    if o.is_range_sweep() and isinstance(value.step, (int, float)) and not value.step > 0:
+        return [f"{what}: expected range(low, high, step) with step > 0"]
     if o.is_choice_sweep() or (o.is_range_sweep() and value.shuffle):
         values = list(o.sweep_iterator())
         if base is None and key in _GROUPS:
@@ -105,8 +118,8 @@ def _sweep_problems(key: str, what: str, o: Any, coerce: Any) -> List[str]:
         return [found] if found else []
     if o.is_range_sweep():
         found = _numbers_problem(key, what, base, [value.start, value.stop, value.step])
-        if found is None and not list(o.sweep_iterator()):
-            found = f"{what}: an empty range"
+        if found is None and not value.start < value.stop:
+            found = f"{what}: an empty range (expected range(low, high, step) with low < high)"
         return [found] if found else []
     if o.is_interval_sweep():
         found = _numbers_problem(key, what, base, [value.start, value.end])

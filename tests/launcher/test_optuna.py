@@ -136,6 +136,21 @@ def test_bad_search_space_config_entries(space, needle):
     assert len(problems) == 1 and needle in problems[0], problems
 
 
+@pytest.mark.parametrize("arg, needle", [
+    ("train.epochs=range(1,10,0)", "step > 0"),      # Python's range() would raise; never iterated
+    ("train.epochs=range(10,1,-2)", "step > 0"),     # the plugin would give optuna low > high
+    ("train.epochs=range(5,1)", "an empty range"),
+    ("train.lr=interval(0.1,0.1)", "low < high"),
+    ("data.batch_size=choice()", "empty choice"),    # from a config's hydra.sweeper.params: one line too
+    ("train.lr=foo(1,2)", "Unknown function 'foo'"),
+])
+def test_bad_ranges_are_one_line(arg, needle):
+    from launcher.study_space import search_space_problems
+
+    problems = search_space_problems([arg])
+    assert len(problems) == 1 and problems[0].startswith(arg) and needle in problems[0], problems
+
+
 def test_a_sound_search_space_has_no_problems():
     from launcher.study_space import search_space_problems
 
