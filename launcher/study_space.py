@@ -6,9 +6,11 @@ second; the values the space reaches are preflighted afterwards by :func:`launch
 """
 from __future__ import annotations
 
+import typing
 from typing import Any, List, Optional, Sequence, Tuple
 
 from launcher.core.errors import ConfigError
+from launcher.core.schema import CHOICES, _leaf_types, coerce_leaf
 from launcher.sweep import _GROUPS
 
 
@@ -19,9 +21,6 @@ def search_space_problems(overrides: Sequence[str], search_space: Optional[Any] 
     are not of the key's type, sweeps Optuna has no distribution for. Imports neither optuna nor a backend, so a bad
     space is refused before the slow imports; the empty list when there is something to search and it is sound."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from launcher.core.schema import coerce_leaf
-
     from hydra.errors import OverrideParseException
 
     parser = OverridesParser.create()
@@ -38,9 +37,9 @@ def search_space_problems(overrides: Sequence[str], search_space: Optional[Any] 
     space = {k: v for k, v in dict(search_space or {}).items() if k not in parsed}
     for key, o in parsed.items():
         if o.is_sweep_override():
-            problems += _sweep_problems(key, o.input_line, o, coerce_leaf)
+            problems += _sweep_problems(key, o.input_line, o)
     for key, dist in space.items():
-        problems += _search_space_problems(key, dist, coerce_leaf)
+        problems += _search_space_problems(key, dist)
     if not problems and not space and not any(o.is_sweep_override() for o in parsed.values()):
         problems.append("hydra/sweeper=optuna: nothing to search; give at least one key a range, e.g. "
                         "'train.lr=interval(1e-4,1e-2)', 'train.batch_size=range(4,17,4)' or "
@@ -48,12 +47,8 @@ def search_space_problems(overrides: Sequence[str], search_space: Optional[Any] 
     return problems
 
 
-def _key_problem(key: str, what: str, coerce: Any) -> Tuple[Optional[str], Any]:
+def _key_problem(key: str, what: str) -> Tuple[Optional[str], Any]:
     """(the one line refusing ``key`` outright, or None; the key's base type, None for a config group)."""
-    import typing
-
-    from launcher.core.schema import _leaf_types
-
     if key.startswith("hydra.") or key.startswith("hydra/"):
         return f"{what}: an Optuna study samples run keys only; Hydra's own settings stay fixed", None
     if key == "eval.objective":
@@ -63,7 +58,7 @@ def _key_problem(key: str, what: str, coerce: Any) -> Tuple[Optional[str], Any]:
     t = _leaf_types().get(key)
     if t is None:
         try:
-            coerce(key, None, source=what)
+            coerce_leaf(key, None, source=what)
         except ConfigError as e:  # the schema's unknown-key message
             return str(e), None
         return f"{what}: unknown key '{key}'", None  # pragma: no cover - coerce names it
@@ -84,15 +79,13 @@ def _numbers_problem(key: str, what: str, base: Any, values: Sequence[Any]) -> O
     return None
 
 
-def _choices_problem(key: str, what: str, values: Sequence[Any], coerce: Any) -> Optional[str]:
+def _choices_problem(key: str, what: str, values: Sequence[Any]) -> Optional[str]:
     if not values:
         return f"{what}: no choices"
-    from launcher.core.schema import CHOICES
-
     allowed = CHOICES.get(key)
     for v in values:
         try:
-            coerce(key, v, source=what)
+            coerce_leaf(key, v, source=what)
         except ConfigError:
             return f"{what}: choice {v!r} is not a valid value of {key}"
         if allowed is not None and v not in allowed:
@@ -100,9 +93,9 @@ def _choices_problem(key: str, what: str, values: Sequence[Any], coerce: Any) ->
     return None
 
 
-def _sweep_problems(key: str, what: str, o: Any, coerce: Any) -> List[str]:
+def _sweep_problems(key: str, what: str, o: Any) -> List[str]:
     """The problems of one sweep override (choice, range or interval) of a study."""
-    refused, base = _key_problem(key, what, coerce)
+    refused, base = _key_problem(key, what)
     if refused:
         return [refused]
     value = o.value()
@@ -114,7 +107,7 @@ def _sweep_problems(key: str, what: str, o: Any, coerce: Any) -> List[str]:
         values = list(o.sweep_iterator())
         if base is None and key in _GROUPS:
             return [] if values else [f"{what}: no choices"]  # every option is composed and preflighted
-        found = _choices_problem(key, what, values, coerce)
+        found = _choices_problem(key, what, values)
         return [found] if found else []
     if o.is_range_sweep():
         found = _numbers_problem(key, what, base, [value.start, value.stop, value.step])
@@ -131,16 +124,16 @@ def _sweep_problems(key: str, what: str, o: Any, coerce: Any) -> List[str]:
     return [f"{what}: an Optuna study samples choice(...), range(...) or interval(...), not this sweep"]  # pragma: no cover
 
 
-def _search_space_problems(key: str, dist: Any, coerce: Any) -> List[str]:
+def _search_space_problems(key: str, dist: Any) -> List[str]:
     """The problems of one ``hydra.sweeper.search_space`` entry (type, low, high, step, log, choices)."""
     what = f"hydra.sweeper.search_space.{key}"
-    refused, base = _key_problem(key, what, coerce)
+    refused, base = _key_problem(key, what)
     if refused:
         return [refused]
     get = dist.get if hasattr(dist, "get") else (lambda k, d=None: getattr(dist, k, d))
     kind = str(get("type", "")).split(".")[-1].lower()
     if kind == "categorical":
-        found = _choices_problem(key, what, list(get("choices") or []), coerce)
+        found = _choices_problem(key, what, list(get("choices") or []))
         return [found] if found else []
     if kind not in ("int", "float"):
         return [f"{what}: type must be int, float or categorical, got {get('type')!r}"]
