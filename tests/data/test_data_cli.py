@@ -281,3 +281,19 @@ def test_a_folder_of_both_kinds_of_shards_is_refused(tmp_path, make_structures, 
     assert main(["convert", str(folder), str(tmp_path / "o"), "--quiet"]) == 2
     assert "both *.lmdb and *.aselmdb" in _one_error_line(capsys)
     assert not (tmp_path / "o").exists()
+
+
+def test_an_unforeseen_failure_is_one_line_exit_1(tmp_path, make_structures, capsys, monkeypatch):
+    import data.info
+    from data.writer import write_lmdb
+
+    monkeypatch.delenv("MLIP_DEBUG", raising=False)
+    write_lmdb(make_structures(2), tmp_path / "a.lmdb", progress=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(data.info, "summarize", broken)
+    assert main(["info", str(tmp_path / "a.lmdb"), "--quiet"]) == 1
+    err = _one_error_line(capsys)
+    assert "launch-data info failed: RuntimeError: disk on fire second line" in err
