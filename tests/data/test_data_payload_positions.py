@@ -154,3 +154,19 @@ def test_launch_data_info_and_convert(planted, tmp_path, capsys, monkeypatch):
     assert err.count("\n") == 1 and str(shard) in err and f"key '{local}'" in err, err
     assert not out.exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
     assert not marker.exists()
+
+
+def test_launch_dry_run_preflight(planted, tmp_path, monkeypatch):
+    """``launch ... dry_run=true``: preflight's sample of data.train refuses the record, in one line."""
+    import data.datasets
+    from tests.launcher.conftest import run_launch
+
+    monkeypatch.setattr(data.datasets.random, "sample", lambda population, k: [])
+    folder, shard, local, _i, marker = planted
+    repo = Path(__file__).resolve().parents[2]
+    code, _out, err = run_launch(["device=cpu", f"train.input_json={repo / 'conf' / 'mace' / 'tiny.json'}",
+                                  f"data.train={folder}", "dry_run=true"], monkeypatch, cwd=tmp_path)
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "data.train" in lines[0] and str(shard) in lines[0], err
+    assert f"key '{local}'" in lines[0] and not marker.exists()
