@@ -9,8 +9,9 @@ flagged ``info["isolated"] = True``: MACE uses them for the atomic reference ene
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from launcher.core.errors import ConfigError
@@ -27,6 +28,8 @@ STRESS_KEYS = ("stress", "REF_stress", "stress_xtb", "DFT_stress", "dft_stress")
 NONE = "none"  # pass as a key to drop that label
 ISOLATED_TYPE = "IsolatedAtom"
 FORMATS = ("extxyz", "asedb", "lmdb", "aselmdb")
+_FORMAT_NAMES = {"lmdb": "a FairChem LMDB (pickled PyG records; --format lmdb)",
+                 "aselmdb": "an ASE-database LMDB (--format aselmdb)"}
 
 
 def _lookup(atoms: Any, key: str) -> Any:
@@ -113,6 +116,21 @@ def atoms_to_structure(atoms: Any, index: int, energy_key: str | None, forces_ke
         raise ConfigError(f"{source}: entry {index}: {one_line(exc)}") from None
 
 
+class _Entries(Sequence):
+    """An open dataset as a read-on-access sequence of :class:`Structure` (what the writer iterates)."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self.ds[j] for j in range(*i.indices(len(self)))]
+        return self.ds[i]
+
+
 def guess_format(path: Path, fmt: str | None = None) -> str:
     """The input format: ``fmt`` when given, else from the suffix (our LMDBs also by content)."""
     if fmt is not None:
@@ -165,20 +183,56 @@ def _read_frames(path: Path, fmt: str, show: bool) -> list[Any]:
     return frames
 
 
+def _check_lmdb_options(path: Path, fmt: str, keys: dict[str, str | None],
+                        trust_pickles: bool) -> None:
+    """Refuse options that mean nothing for LMDB input, naming them (never ignore them silently)."""
+    from data.datasets import detect_format
+
+    for label, key in keys.items():
+        if key is not None:
+            raise ConfigError(f"--{label}-key: applies to extxyz and ASE database input only; {path} "
+                              f"is an LMDB, whose records store {label} under a fixed name",
+                              key=f"--{label}-key")
+    actual = detect_format(path)
+    if actual != fmt:
+        raise ConfigError(f"--format {fmt}: {path} is {_FORMAT_NAMES[actual]}", key="--format")
+    if trust_pickles and fmt == "aselmdb":
+        raise ConfigError(f"--trust-pickles: applies to FairChem LMDB input only ({path} is an "
+                          f"ASE-database LMDB, whose rows are JSON, not pickles)",
+                          key="--trust-pickles")
+
+
 def read_structures(path: str | os.PathLike, *, energy_key: str | None = None,
                     forces_key: str | None = None, stress_key: str | None = None,
                     fmt: str | None = None, progress: bool = True,
-                    trust_pickles: bool = False) -> list[Structure]:
-    """Read every entry of an extxyz file, an ASE database, or one of our LMDBs."""
+                    trust_pickles: bool = False, stream: bool = False) -> Sequence[Structure]:
+    """Read every entry of an extxyz file, an ASE database, or one of our LMDBs (a list).
+
+    ``stream``: an LMDB comes back as a sequence that reads entry ``i`` when asked, so converting one
+    holds one entry at a time in memory, never the dataset.
+    """
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: no such file or folder (expected an extxyz file or ASE database)")
+    if not (p.is_file() or p.is_dir()):
+        raise ConfigError(f"{p}: not a regular file or folder")
     fmt = guess_format(p, fmt)
     if fmt in ("lmdb", "aselmdb"):
+        _check_lmdb_options(p, fmt, {"energy": energy_key, "forces": forces_key,
+                                     "stress": stress_key}, trust_pickles)
         from data.datasets import open_dataset
 
         ds = open_dataset(p, trust_pickles=trust_pickles)
+        if len(ds) == 0:
+            raise ConfigError(f"{p}: holds no structures")
+        if stream:
+            return _Entries(ds)
         return [ds[i] for i in progress_bar(range(len(ds)), progress, desc="read", unit="struct")]
+    if trust_pickles:
+        raise ConfigError(f"--trust-pickles: applies to FairChem LMDB input only ({p} is read as "
+                          f"{fmt}, which holds no pickles)", key="--trust-pickles")
+    if p.is_dir():
+        raise ConfigError(f"{p}: a folder (expected an {fmt} file)")
     frames = _read_frames(p, fmt, progress)
     if not frames:
         raise ConfigError(f"{p}: holds no structures")
@@ -203,8 +257,11 @@ def convert(input_path: str | os.PathLike, out: str | os.PathLike, *, shards: in
 
     out = Path(out)
     check_shards(shards)
+    if Path(input_path).exists() and out.exists() and out.resolve() == Path(input_path).resolve() \
+            and guess_format(Path(input_path), fmt) not in ("lmdb", "aselmdb"):
+        raise ConfigError(f"{out}: OUT is the input file; write the LMDB elsewhere (the input would be lost)")
     check_target(out, overwrite)
     structures = read_structures(input_path, energy_key=energy_key, forces_key=forces_key,
                                  stress_key=stress_key, fmt=fmt, progress=progress,
-                                 trust_pickles=trust_pickles)
+                                 trust_pickles=trust_pickles, stream=True)
     return write_lmdb(structures, out, shards=shards, overwrite=overwrite, progress=progress)

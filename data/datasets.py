@@ -19,7 +19,7 @@ from data.lmdb_dataset import LmdbDataset, encode_key, read_length, refusal
 from data.shards import ASELMDB_SUFFIX, LMDB_SUFFIX, find_shards, lmdb_error, open_env
 from data.util import one_line
 
-#: Records per shard whose pickles ``check_readable`` checks besides the first and last.
+#: Records per shard whose pickles ``check_readable`` checks besides the first, middle and last.
 RANDOM_SAMPLE = 3
 
 Dataset = Union[LmdbDataset, AseLmdbDataset]
@@ -32,9 +32,14 @@ def detect_format(path: str | os.PathLike) -> str:
         raise ConfigError(f"{p}: no such file or folder (expected an LMDB file or a folder of "
                           f"*.lmdb / *.aselmdb shards)")
     if p.is_dir():
-        if any(p.glob(f"*{LMDB_SUFFIX}")):
+        pyg = any(q.is_file() for q in p.glob(f"*{LMDB_SUFFIX}"))
+        ase = any(q.is_file() for q in p.glob(f"*{ASELMDB_SUFFIX}"))
+        if pyg and ase:  # reading one kind would silently leave out the other
+            raise ConfigError(f"{p}: folder holds both *{LMDB_SUFFIX} and *{ASELMDB_SUFFIX} shards "
+                              f"(expected one kind)")
+        if pyg:
             return "lmdb"
-        if any(p.glob(f"*{ASELMDB_SUFFIX}")):
+        if ase:
             return "aselmdb"
         find_shards(p, LMDB_SUFFIX)  # raises the precise "empty" / "no *.lmdb" error
     if p.suffix == ASELMDB_SUFFIX:
@@ -114,7 +119,7 @@ def count(path: str | os.PathLike) -> int:
 def check_readable(path: str | os.PathLike, *, trust_pickles: bool = False) -> None:
     """ConfigError unless ``path`` is a non-empty, openable dataset whose first entries exist.
 
-    For FairChem LMDBs the first, the last and :data:`RANDOM_SAMPLE` random records of every
+    For FairChem LMDBs the first, the middle, the last and :data:`RANDOM_SAMPLE` random records of every
     shard are also checked against the pickle allow-list (unless ``trust_pickles``): FairChem's
     own reader unpickles every record without restriction, so for FairChem backends this
     sample is the only check before a record is loaded; it cannot prove the records it does
@@ -140,7 +145,7 @@ def check_readable(path: str | os.PathLike, *, trust_pickles: bool = False) -> N
 def _check_sample(shard: Path, n: int, txn: lmdb.Transaction) -> None:
     from data.fastpickle import RefusedGlobal, check_record
 
-    picks = {0, n - 1, *random.sample(range(n), min(n, RANDOM_SAMPLE))}
+    picks = {0, n // 2, n - 1, *random.sample(range(n), min(n, RANDOM_SAMPLE))}
     for i in sorted(picks):
         raw = txn.get(encode_key(i))
         if raw is None:

@@ -87,32 +87,50 @@ def make_emt_structures(n: int, seed: int = 0, *, progress: bool = False) -> lis
 def make_demo_dataset(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int = 64,
                       n_val: int = 16, n_test: int = 16, progress: bool = False,
                       overwrite: bool = False) -> dict[str, Path]:
-    """Write ``train.lmdb``, ``val.lmdb``, ``test.lmdb`` under ``out_dir``; return split -> path."""
+    """Write ``train.lmdb``, ``val.lmdb``, ``test.lmdb`` under ``out_dir``; return split -> path.
+
+    All splits are written into one temporary folder and moved into place together at the end: an
+    error or interruption leaves ``out_dir`` as it was (absent, or holding what it held).
+    """
     from data.convert import atoms_to_structure
-    from data.writer import check_target, write_lmdb
+    from data.writer import check_target, replace_all, staging, write_staged
 
     out = Path(out_dir)
     sizes = {"train": n_train, "val": n_val, "test": n_test}
-    for split in SPLITS:  # an existing or unwritable target: say so before computing anything
-        if sizes[split]:
-            check_target(out / f"{split}.lmdb", overwrite)
+    _check_sizes(sizes, seed)
+    splits = [s for s in SPLITS if sizes[s]]
+    for split in splits:  # an existing or unwritable target: say so before computing anything
+        check_target(out / f"{split}.lmdb", overwrite)
     frames = make_emt_structures(sum(sizes.values()), seed, progress=progress)
     structures = [atoms_to_structure(a, i, "energy", "forces", "stress", out)
                   for i, a in enumerate(frames)]
+    inside = out.is_dir()  # an existing folder keeps what else it holds; else it is made whole
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        with staging(out if inside else out.parent, out.name) as tmp:
+            stage = tmp if inside else tmp / out.name
+            stage.mkdir(exist_ok=True)
+            start = 0
+            for split in SPLITS:
+                part = structures[start:start + sizes[split]]
+                start += sizes[split]
+                if part:
+                    write_staged(part, stage / f"{split}.lmdb", 1, progress, split)
+            pairs = ([(stage / f"{s}.lmdb", out / f"{s}.lmdb") for s in splits] if inside
+                     else [(stage, out)])
+            replace_all(pairs, overwrite)
     except OSError as exc:
-        raise ConfigError(f"{out}: cannot be created ({exc.strerror or exc})") from None
-    paths: dict[str, Path] = {}
-    start = 0
-    for split in SPLITS:
-        part = structures[start:start + sizes[split]]
-        start += sizes[split]
-        if not part:
-            continue
-        paths[split] = write_lmdb(part, out / f"{split}.lmdb", overwrite=overwrite,
-                                  progress=progress, desc=split)[0]
-    return paths
+        raise ConfigError(f"{out}: cannot be written ({exc.strerror or exc})") from None
+    return {split: out / f"{split}.lmdb" for split in splits}
+
+
+def _check_sizes(sizes: dict[str, int], seed: int) -> None:
+    for split, n in sizes.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"--n-{split}: expected a non-negative integer, got {n!r}")
+    if not any(sizes.values()):
+        raise ConfigError("--n-train, --n-val, --n-test: all 0, nothing to write")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"--seed: expected a non-negative integer, got {seed!r}")
 
 
 def ensure_demo_dataset(root: str | os.PathLike | None = None, *, seed: int = 0) -> dict[str, Path]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from launcher.core.errors import ConfigError
 
 from data.datasets import detect_format, open_dataset, shard_lengths
 from data.util import progress_bar
@@ -14,8 +15,14 @@ from data.util import progress_bar
 
 def summarize(path: str | os.PathLike, *, progress: bool = True,
               trust_pickles: bool = False) -> dict[str, Any]:
-    """Scan every entry once and return a JSON-friendly summary."""
+    """Scan every entry once and return a JSON-friendly summary (ConfigError for an empty dataset)."""
+    if trust_pickles and detect_format(path) == "aselmdb":
+        raise ConfigError(f"--trust-pickles: applies to FairChem LMDB input only ({path} is an "
+                          f"ASE-database LMDB, whose rows are JSON, not pickles)",
+                          key="--trust-pickles")
     ds = open_dataset(path, trust_pickles=trust_pickles)
+    if len(ds) == 0:
+        raise ConfigError(f"{path}: dataset holds no entries (every shard's length is 0)")
     elements: Counter = Counter()
     natoms: Counter = Counter()
     labels = Counter()

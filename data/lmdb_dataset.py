@@ -108,19 +108,26 @@ class LmdbDataset(ShardedDataset):
                               f"(the shard's length is {self.lengths[k]})")
         return raw
 
-    def _load(self, i: int, tensors: bool) -> tuple[Any, int, int]:
+    def get_record(self, i: int, *, tensors: bool = True) -> Any:
+        """Entry ``i`` unpickled as stored (no PyG upgrade), through the allow-list unless trusted;
+        a refused or malformed record is a one-line ConfigError naming its shard and key."""
         from data.fastpickle import RefusedGlobal, loads_record
-        from data.pyg import pyg2
 
         raw = self.get_bytes(i)
         k, local = self.locate(i)
         try:
-            obj = loads_record(raw, tensors=tensors, trust=self.trust_pickles)
+            return loads_record(raw, tensors=tensors, trust=self.trust_pickles)
         except RefusedGlobal as exc:
             raise ConfigError(refusal(self.shards[k], local, exc)) from None
         except Exception as exc:  # noqa: BLE001
             raise ConfigError(f"{self.shards[k]}: key '{local}': value does not unpickle "
                               f"({one_line(exc)})") from None
+
+    def _load(self, i: int, tensors: bool) -> tuple[Any, int, int]:
+        from data.pyg import pyg2
+
+        obj = self.get_record(i, tensors=tensors)
+        k, local = self.locate(i)
         if not hasattr(obj, "__dict__") or not hasattr(obj, "keys"):
             raise ConfigError(f"{self.shards[k]}: key '{local}': expected a torch_geometric "
                               f"Data record, got {type(obj).__name__}")

@@ -206,54 +206,6 @@ def objective_problems(spec: RunSpec) -> List[str]:
             "(use task=train, finetune, resume or evaluate)"]
 
 
-def search_space_problems(overrides: Sequence[Any], distributions: Dict[str, Any]) -> List[str]:
-    """Keys an Optuna study cannot sample as asked (one line each), from the parsed command-line overrides and
-    the optuna distributions built from them: numbers drawn for a key that takes none, floats for an int key,
-    Hydra's own settings, and ``eval.objective`` itself."""
-    import typing
-
-    from optuna.distributions import (CategoricalDistribution, DiscreteUniformDistribution,
-                                      IntLogUniformDistribution, IntUniformDistribution)
-
-    from launcher.core.schema import _leaf_types
-
-    text = {o.get_key_element(): o.input_line for o in overrides if o.is_sweep_override()}
-    problems: List[str] = []
-    for key, dist in distributions.items():
-        what = text.get(key) or key
-        if key.startswith("hydra.") or key.startswith("hydra/"):
-            problems.append(f"{what}: an Optuna study samples run keys only; Hydra's own settings stay fixed")
-            continue
-        if key == "eval.objective":
-            problems.append(f"{what}: eval.objective is what the study minimises; it cannot be sampled")
-            continue
-        if isinstance(dist, CategoricalDistribution):
-            continue  # every choice is composed and preflighted by check_study
-        t = _leaf_types().get(key)
-        if t is None:
-            if key in _GROUPS:
-                problems.append(f"{what}: {key} is a config group; sample its options with choice(...)")
-                continue
-            from launcher.core.schema import coerce_leaf
-
-            try:
-                coerce_leaf(key, None)
-            except Exception as e:  # noqa: BLE001 - the schema's unknown-key message
-                problems.append(str(e))
-            continue
-        args = [a for a in typing.get_args(t) if a is not type(None)] if typing.get_origin(t) is typing.Union else [t]
-        base = args[0] if args else t
-        integral = isinstance(dist, (IntUniformDistribution, IntLogUniformDistribution)) or (
-            isinstance(dist, DiscreteUniformDistribution) and all(float(v).is_integer()
-                                                                  for v in (dist.low, dist.high, dist.q)))
-        if base is bool or base not in (int, float):
-            name = getattr(base, "__name__", str(base))
-            problems.append(f"{what}: samples numbers, but {key} takes a {name}; list its values with choice(...)")
-        elif base is int and not integral:
-            problems.append(f"{what}: samples floats, but {key} takes an int; give int bounds (e.g. interval(1, 8))")
-    return problems
-
-
 def probe_overrides(fixed: Sequence[str], distributions: Dict[str, Any]) -> List[Tuple[str, List[str]]]:
     """(label, overrides) of the points preflight checks before a study starts: each sampled key at its
     bounds or at each of its choices, the other keys as composed."""

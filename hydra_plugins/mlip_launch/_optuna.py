@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import optuna
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
@@ -60,7 +59,7 @@ class MlipOptunaSweeperImpl(OptunaSweeperImpl):
         from launcher.core.errors import EXIT_PREEMPTED, ConfigErrors
         from launcher.preflight import print_dry_run
         from launcher.submit import Earlier
-        from launcher.sweep import SweepFailed, check_study, search_space_problems
+        from launcher.sweep import SweepFailed, check_study
 
         assert self.config is not None and self.launcher is not None
         if not hasattr(self.launcher, "study"):  # only our launchers run a batch of trials as a study's
@@ -69,20 +68,14 @@ class MlipOptunaSweeperImpl(OptunaSweeperImpl):
         problems = self.settings_problems()
         self._process_searchspace_config()
         params_conf = self._parse_sweeper_params_config() + list(arguments)
-        parsed = OverridesParser.create().parse_overrides(params_conf)
         distributions, fixed_params = create_params_from_overrides(params_conf)
         if self.search_space_distributions:
             distributions = {**self.search_space_distributions, **distributions}
         for name in fixed_params:
             distributions.pop(name, None)
         is_grid = isinstance(self.sampler, functools.partial) and self.sampler.func == optuna.samplers.GridSampler
-        problems += search_space_problems(parsed, distributions)
-        if problems:
+        if problems:  # the search space itself was checked before optuna was imported (launcher.study_space)
             raise ConfigErrors(problems)
-        if not distributions:
-            raise ConfigErrors(["hydra/sweeper=optuna: nothing to search; give at least one key a range, e.g. "
-                                "'train.lr=interval(1e-4,1e-2)', 'train.batch_size=range(4,17,4)' or "
-                                "'train.optimizer=choice(adam,adamw)'"])
         fixed = [f"{k}={v}" for k, v in fixed_params.items()]
         base = check_study(self.launcher, fixed, distributions)  # exit 2 before anything is queued or written
         objective = base.eval.objective

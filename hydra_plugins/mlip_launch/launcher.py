@@ -6,7 +6,7 @@ plugin discovery at start-up, so it must stay free of heavy imports.
 """
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
@@ -114,6 +114,7 @@ if OptunaSweeperConf is not None:
         our sweeper runs them (``_optuna``)."""
 
         _target_: str = "hydra_plugins.mlip_launch.launcher.MlipOptunaSweeper"
+        _recursive_: bool = False  # the sampler is instantiated (optuna imported) only once the space is checked
         max_failure_rate: float = 1.0  # a failed trial is told to Optuna as FAIL and the study goes on
 
 
@@ -137,19 +138,39 @@ class OptunaSweeperEntry(SearchPathPlugin):
 
 
 class MlipOptunaSweeper(Sweeper):
-    """``hydra/sweeper=optuna``: an Optuna study whose trials run through our launchers (see ``_optuna``)."""
+    """``hydra/sweeper=optuna``: an Optuna study whose trials run through our launchers (see ``_optuna``).
+
+    optuna (with scipy) takes seconds to import, so the search space is checked first
+    (:func:`launcher.study_space.search_space_problems`) and optuna, its sampler and the plugin's sweeper are only
+    loaded for a sound space: a bad one is one line and exit 2 within a second.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs   # the sampler stays a config until then (_recursive_=False): instantiating it imports optuna
+        self.sweeper: Any = None
+        self._setup: Dict[str, Any] = {}
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self._setup = dict(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> None:
+        from launcher.core.errors import ConfigErrors
+        from launcher.study_space import search_space_problems
+
+        params = self.kwargs.get("params") or {}
+        problems = search_space_problems([f"{k}={v}" for k, v in params.items()] + list(arguments),
+                                         self.kwargs.get("search_space"))
+        if problems:
+            raise ConfigErrors(problems)
+        from hydra.utils import instantiate
+
         from hydra_plugins.mlip_launch._optuna import MlipOptunaSweeperImpl
 
+        kwargs = {**self.kwargs, "sampler": instantiate(self.kwargs["sampler"])}
         rate = kwargs.get("max_failure_rate")
         ok = isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0
         # the plugin asserts the rate at construction; ours refuses it in one line when the study starts
         self.sweeper = MlipOptunaSweeperImpl(**{**kwargs, "max_failure_rate": rate if ok else 1.0})
         self.sweeper.bad_failure_rate = None if ok else rate
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
-
-    def sweep(self, arguments: List[str]) -> None:
+        self.sweeper.setup(**self._setup)
         return self.sweeper.sweep(arguments)

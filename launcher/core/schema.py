@@ -144,7 +144,7 @@ class DataSpec:
     trust_pickles: bool = _f(False, "read LMDB records without the allow-list of data classes (PyG Data, torch tensors, "
                                     "numpy arrays; records naming anything else are refused); only for files you trust: "
                                     "a pickle can run code. FairChem backends read records with FairChem's own "
-                                    "unrestricted reader: for them preflight checks the first, last and 3 random "
+                                    "unrestricted reader: for them preflight checks the first, middle, last and 3 random "
                                     "records of each shard. Also model files (model_in, model.weights, a manifest's "
                                     "weights: a mace .model, a FairChem .pt): without it they are read through an "
                                     "allow-list of the model classes MACE, e3nn, torch.nn and FairChem checkpoints "

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from ase.io import read
 
 from data import count
@@ -116,3 +117,183 @@ def test_mlip_debug_adds_the_traceback(tmp_path):
                        text=True, cwd=repo, env=dict(env, MLIP_DEBUG="0"), timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr  # (the EMT progress bar is there)
     assert r.stderr.splitlines()[-1].startswith(f"error: {out}")
+
+
+# ------------------------------------------------------------------ hostile input, every subcommand
+def _lmdb_files(tmp_path):
+    """(name, path) of LMDB inputs that hold nothing readable."""
+    import pickle
+
+    from .conftest import raw_lmdb
+
+    raw_lmdb(tmp_path / "no_entries.lmdb", {})
+    raw_lmdb(tmp_path / "length0.lmdb", {"length": pickle.dumps(0)})
+    (tmp_path / "zero_bytes.lmdb").write_bytes(b"")
+    (tmp_path / "garbage.lmdb").write_bytes(bytes(range(256)) * 40)
+    (tmp_path / "no_shards").mkdir()
+    (tmp_path / "no_shards" / "readme.txt").write_text("x")
+    (tmp_path / "empty_dir").mkdir()
+    raw_lmdb(tmp_path / "bad_record.lmdb", {"0": b"not a pickle", "length": pickle.dumps(1)})
+    raw_lmdb(tmp_path / "missing_key.lmdb", {"0": b"x", "length": pickle.dumps(3)})
+    import os
+
+    os.mkfifo(tmp_path / "fifo.lmdb")
+    return [(p.name, p) for p in sorted(tmp_path.iterdir())]
+
+
+def test_hostile_lmdb_inputs_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLIP_DEBUG", raising=False)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cases = _lmdb_files(inputs)
+    assert len(cases) == 9
+    for name, path in cases:
+        assert main(["info", str(path), "--quiet"]) == 2, name
+        assert name in _one_error_line(capsys), name
+        out = tmp_path / f"out_{name}"
+        assert main(["convert", str(path), str(out), "--quiet"]) == 2, name
+        assert name in _one_error_line(capsys), name
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+@pytest.mark.parametrize("option", ["--energy-key", "--forces-key", "--stress-key"])
+def test_label_keys_are_refused_for_lmdb_input(tmp_path, make_structures, capsys, option):
+    from data.writer import write_lmdb
+
+    src = tmp_path / "src.lmdb"
+    write_lmdb(make_structures(2), src, progress=False)
+    out = tmp_path / "out"
+    assert main(["convert", str(src), str(out), option, "energy", "--quiet"]) == 2
+    err = _one_error_line(capsys)
+    assert err.startswith(f"error: {option}:") and "src.lmdb" in err, err
+    assert not out.exists()
+
+
+def test_options_that_do_not_apply_to_the_input_are_refused(tmp_path, make_structures, capsys,
+                                                            solvent_train):
+    from data.writer import write_lmdb
+
+    src = tmp_path / "src.lmdb"
+    write_lmdb(make_structures(2), src, progress=False)
+    out = tmp_path / "out"
+    assert main(["convert", str(src), str(out), "--format", "aselmdb", "--quiet"]) == 2
+    assert "--format aselmdb" in _one_error_line(capsys)
+    assert main(["convert", str(solvent_train), str(out), "--trust-pickles", "--quiet"]) == 2
+    assert "--trust-pickles" in _one_error_line(capsys)
+    assert not out.exists()
+    assert main(["convert", str(src), str(out), "--format", "lmdb", "--quiet"]) == 0  # it applies
+
+
+def test_trust_pickles_is_refused_for_ase_lmdb(tmp_path, capsys):
+    from .test_data_aselmdb import _legacy_row, _write_legacy
+
+    path = tmp_path / "a.aselmdb"
+    _write_legacy(path, [_legacy_row(0), _legacy_row(1)])
+    assert main(["info", str(path), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(path), "--quiet", "--trust-pickles"]) == 2
+    assert "--trust-pickles" in _one_error_line(capsys)
+    assert main(["convert", str(path), str(tmp_path / "o"), "--trust-pickles", "--quiet"]) == 2
+    assert "--trust-pickles" in _one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_usage_errors_are_one_line_exit_2(capsys):
+    for argv in (["convert"], ["convert", "a", "b", "--shards", "x"], ["info", "--bogus", "p"],
+                 ["demo", "d", "--seed", "1.5"], ["nope"], []):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2, argv
+        assert "launch-data" in _one_error_line(capsys), argv
+
+
+def test_demo_refuses_sizes_and_seeds_it_cannot_use(tmp_path, capsys):
+    for argv, needle in ((["--n-train", "0", "--n-val", "0", "--n-test", "0"], "nothing to write"),
+                         (["--n-val", "-1"], "--n-val"), (["--seed", "-2"], "--seed")):
+        assert main(["demo", str(tmp_path / "d"), *argv]) == 2, argv
+        assert needle in _one_error_line(capsys), argv
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_datasets_only(tmp_path, solvent_train, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "data.0000.lmdb").write_bytes(b"old")
+    (out / "notes.txt").write_text("keep")
+    assert main(["convert", str(solvent_train), str(out), "--overwrite", "--quiet"]) == 2
+    assert "notes.txt" in _one_error_line(capsys)
+    assert (out / "notes.txt").read_text() == "keep" and (out / "data.0000.lmdb").read_bytes() == b"old"
+    (out / "notes.txt").unlink()
+    assert main(["convert", str(solvent_train), str(out), "--overwrite", "--quiet"]) == 0
+    assert count(out) == 203
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp, no old copy left
+
+
+def test_non_regular_inputs_and_outputs(tmp_path, solvent_train, capsys):
+    import os
+
+    fifo = tmp_path / "f.xyz"
+    os.mkfifo(fifo)
+    assert main(["convert", str(fifo), str(tmp_path / "o"), "--quiet"]) == 2
+    assert "f.xyz: not a regular file" in _one_error_line(capsys)
+    assert main(["convert", str(solvent_train), str(fifo), "--overwrite", "--quiet"]) == 2
+    assert "f.xyz: not a regular file" in _one_error_line(capsys)
+    assert fifo.exists() and not (tmp_path / "o").exists()
+
+
+def test_demo_keeps_what_an_existing_folder_holds(tmp_path, capsys):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["demo", str(out), "--n-train", "2", "--n-val", "1", "--n-test", "0"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "train.lmdb", "val.lmdb"]
+    assert [count(out / f"{s}.lmdb") for s in ("train", "val")] == [2, 1]
+    assert main(["demo", str(out), "--n-train", "2", "--n-val", "0", "--n-test", "0"]) == 2
+    assert "train.lmdb: already exists" in _one_error_line(capsys)
+
+
+def test_convert_never_replaces_its_own_extxyz_input(tmp_path, capsys):
+    src = tmp_path / "in.xyz"
+    (tmp_path / "unused").write_text("x")
+    src.write_text("2\nenergy=1.0 Properties=species:S:1:pos:R:3\nH 0 0 0\nH 0 0 1\n")
+    before = src.read_bytes()
+    assert main(["convert", str(src), str(src), "--overwrite", "--quiet"]) == 2
+    assert "OUT is the input file" in _one_error_line(capsys)
+    assert src.read_bytes() == before
+    # an LMDB may be rewritten in place (e.g. into another number of shards): it is read as it is written
+    assert main(["convert", str(src), str(tmp_path / "a.lmdb"), "--quiet"]) == 0
+    assert main(["convert", str(tmp_path / "a.lmdb"), str(tmp_path / "a.lmdb"), "--overwrite", "--quiet"]) == 0
+    assert count(tmp_path / "a.lmdb") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.lmdb", "in.xyz", "unused"]
+
+
+def test_a_folder_of_both_kinds_of_shards_is_refused(tmp_path, make_structures, capsys):
+    from data.writer import write_lmdb
+
+    from .test_data_aselmdb import _legacy_row, _write_legacy
+
+    folder = tmp_path / "mixed"
+    write_lmdb(make_structures(2), folder, shards=1, progress=False)
+    _write_legacy(folder / "b.aselmdb", [_legacy_row(0)])
+    assert main(["info", str(folder), "--quiet"]) == 2
+    assert "both *.lmdb and *.aselmdb" in _one_error_line(capsys)
+    assert main(["convert", str(folder), str(tmp_path / "o"), "--quiet"]) == 2
+    assert "both *.lmdb and *.aselmdb" in _one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_unforeseen_failure_is_one_line_exit_1(tmp_path, make_structures, capsys, monkeypatch):
+    import data.info
+    from data.writer import write_lmdb
+
+    monkeypatch.delenv("MLIP_DEBUG", raising=False)
+    write_lmdb(make_structures(2), tmp_path / "a.lmdb", progress=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(data.info, "summarize", broken)
+    assert main(["info", str(tmp_path / "a.lmdb"), "--quiet"]) == 1
+    err = _one_error_line(capsys)
+    assert "launch-data info failed: RuntimeError: disk on fire second line" in err

@@ -162,3 +162,31 @@ def test_overwrite_and_reshard_an_lmdb(tmp_path):
     convert(tmp_path / "a.xyz", tmp_path / "three", shards=2, overwrite=True, progress=False)
     assert len(list((tmp_path / "three").glob("*.lmdb"))) == 2 and count(tmp_path / "three") == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.xyz", "one.lmdb", "three"]
+
+
+def test_convert_from_lmdb_holds_one_entry_at_a_time(tmp_path, make_structures, monkeypatch):
+    """Scale: an LMDB is converted as a stream (never the whole dataset in memory), in order."""
+    import weakref
+
+    from data.lmdb_dataset import LmdbDataset
+    from data.writer import write_lmdb
+
+    items = make_structures(30, seed=7)
+    write_lmdb(items, tmp_path / "src", shards=3, progress=False)
+    live: set = set()
+    peak = [0]
+    real = LmdbDataset.__getitem__
+
+    def getitem(self, i):
+        s = real(self, i)
+        live.add(id(s))
+        weakref.finalize(s, live.discard, id(s))
+        peak[0] = max(peak[0], len(live))
+        return s
+
+    monkeypatch.setattr(LmdbDataset, "__getitem__", getitem)
+    convert(tmp_path / "src", tmp_path / "out", shards=2, progress=False)
+    assert 1 <= peak[0] <= 2, peak
+    monkeypatch.undo()
+    back = open_dataset(tmp_path / "out")
+    assert [back[i].energy for i in range(len(back))] == [s.energy for s in items]

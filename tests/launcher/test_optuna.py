@@ -90,6 +90,104 @@ def test_dry_run_validates_the_study_and_runs_nothing(launch, demo_data, tmp_pat
     assert not sweep.exists()
 
 
+# ------------------------------------------------------------------ a bad search space: refused before optuna loads
+
+BAD_SPACES = [
+    ("train.lr=interval(0.2,0.1)", "expected interval(low, high) with low < high"),
+    ("train.lr=tag(log,interval(0,1))", "a log interval needs low > 0"),
+    ("train.lrr=interval(0.1,0.2)", "unknown key 'train.lrr'"),
+    ("data.batch_size=choice(a,b)", "choice 'a' is not a valid value of data.batch_size"),
+    ("train.optimizer=choice(adam,sgd2)", "choice 'sgd2': train.optimizer is one of"),
+    ("train.optimizer=interval(1,2)", "samples numbers, but train.optimizer takes a str"),
+    ("train.patience=range(1.5,4.5)", "samples floats, but train.patience takes an int"),
+    ("train.epochs=range(5,1)", "an empty range"),
+    ("train.lr=glob(*)", "not glob(...)"),
+    ("hydra.job.name=choice(a,b)", "'hydra.job.name=choice(a,b)'"),  # Hydra's own refusal
+    ("seed=1", "nothing to search"),
+]
+
+
+@pytest.mark.parametrize("arg, needle", BAD_SPACES)
+def test_bad_search_space_is_refused_without_importing_optuna(launch, demo_data, tmp_path, monkeypatch, arg,
+                                                              needle):
+    import sys
+
+    for name in ("optuna", "hydra_plugins.hydra_optuna_sweeper._impl", "hydra_plugins.mlip_launch._optuna"):
+        monkeypatch.setitem(sys.modules, name, None)  # importing any of them now raises ImportError
+    sweep = tmp_path / "sweep"
+    code, out, err = launch(*OPTUNA, f"hydra.sweep.dir={sweep}", *_keys(demo_data), arg, "dry_run=true")
+    assert code == 2, (out, err)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+    assert not sweep.exists()
+
+
+@pytest.mark.parametrize("space, needle", [
+    ({"train.patience": {"type": "float", "low": 1, "high": 3}}, "search_space.train.patience: samples floats"),
+    ({"train.nope": {"type": "int", "low": 1, "high": 3}}, "unknown key 'train.nope'"),
+    ({"train.lr": {"type": "float", "low": 0.1, "high": 0.01}}, "expected low <= high"),
+    ({"train.optimizer": {"type": "categorical", "choices": ["adam", "nadam"]}}, "choice 'nadam'"),
+    ({"train.lr": {"type": "gaussian", "low": 0.1, "high": 0.2}}, "type must be int, float or categorical"),
+])
+def test_bad_search_space_config_entries(space, needle):
+    from launcher.study_space import search_space_problems
+
+    problems = search_space_problems(["seed=1"], space)
+    assert len(problems) == 1 and needle in problems[0], problems
+
+
+@pytest.mark.parametrize("arg, needle", [
+    ("train.epochs=range(1,10,0)", "step > 0"),      # Python's range() would raise; never iterated
+    ("train.epochs=range(10,1,-2)", "step > 0"),     # the plugin would give optuna low > high
+    ("train.epochs=range(5,1)", "an empty range"),
+    ("train.lr=interval(0.1,0.1)", "low < high"),
+    ("data.batch_size=choice()", "empty choice"),    # from a config's hydra.sweeper.params: one line too
+    ("train.lr=foo(1,2)", "Unknown function 'foo'"),
+])
+def test_bad_ranges_are_one_line(arg, needle):
+    from launcher.study_space import search_space_problems
+
+    problems = search_space_problems([arg])
+    assert len(problems) == 1 and problems[0].startswith(arg) and needle in problems[0], problems
+
+
+def test_a_sound_search_space_has_no_problems():
+    from launcher.study_space import search_space_problems
+
+    assert search_space_problems(["train.batch_size=range(4,17,4)", "train.lr=tag(log,interval(1e-4,1e-2))",
+                                  "train.optimizer=choice(adam,adamw)", "train.amp=choice(true,false)",
+                                  "backend=choice(mace,equiformer_v2)"]) == []
+    # a key fixed on the command line is not searched: its search-space entry is not checked
+    assert search_space_problems(["train.lr=0.01", "seed=choice(1,2)"],
+                                 {"train.lr": {"type": "float", "low": 1, "high": 0}}) == []
+    # the later override of a key wins, as in Hydra
+    assert search_space_problems(["train.lr=interval(1,0)", "train.lr=interval(0.1,0.2)"]) == []
+
+
+@pytest.mark.slow
+def test_bad_search_space_in_a_fresh_process_is_quick_and_loads_no_optuna(demo_data, tmp_path):
+    """As the user runs it: one line, exit 2, and neither optuna nor scipy imported (what took seconds)."""
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLIP_DEBUG", None)
+    for arg, needle in (BAD_SPACES[0], BAD_SPACES[2], BAD_SPACES[3]):
+        start = time.monotonic()
+        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "launcher.cli", *OPTUNA,
+                            f"hydra.sweep.dir={tmp_path / 'sweep'}", *_keys(demo_data), arg, "dry_run=true"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        took = time.monotonic() - start
+        imports = [ln for ln in r.stderr.splitlines() if ln.startswith("import time:")]
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("import time:")]
+        assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr[-2000:]
+        loaded = {ln.split("|")[-1].strip() for ln in imports}
+        assert "optuna" not in loaded and "scipy" not in loaded and "torch" not in loaded, arg
+        assert took < 60, took  # generous: the point is the imports above, not this machine's speed
+    assert not (tmp_path / "sweep").exists()
+
+
 # ------------------------------------------------------------------ ranking (no runs needed)
 
 def test_summary_ranks_trials_by_objective_and_puts_failed_ones_last(tmp_path):

@@ -49,9 +49,7 @@ def write_subset(src: str | Path, indices: Sequence[int], out: Path, *, rekey: b
         for i in indices:
             raw = ds.get_bytes(int(i))
             if rekey:   # through the allow-list (data.trust_pickles lifts it), never a bare pickle.loads
-                from data.fastpickle import loads_record
-
-                data = loads_record(raw, tensors=True, trust=trust_pickles)
+                data = ds.get_record(int(i))
                 data.sid = int(i)
                 data.fid = 0
                 raw = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
