@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from launcher.core.errors import EXIT_FAILED, EXIT_PREEMPTED, ConfigError, ConfigErrors
-from launcher.reporting import config_error_message, debug, exit_for, report_config_error
+from launcher.reporting import config_error_message, debug, exit_for, path_error_message, report_config_error
 
 
 def _run_single(cfg: Any, prestarted: Optional[Any] = None) -> None:
@@ -20,6 +20,11 @@ def _run_single(cfg: Any, prestarted: Optional[Any] = None) -> None:
         _run_single_checked(cfg, prestarted)
     except ConfigError as e:  # exit here: Hydra would add its own multi-line report
         report_config_error(config_error_message(e) or [str(e)])
+    except OSError as e:  # a path problem checks met (a name too long ...): one line, not Hydra's report too
+        line = path_error_message(e)
+        if line is None:
+            raise
+        report_config_error([line])
 
 
 def default_run_dir() -> str:
