@@ -97,7 +97,7 @@ def weights_digest(model: Any) -> str:
 
 
 #: Up to this many indices a share record lists them; beyond, its count and digest stand for them (bounded log).
-SHARE_INDICES_LIMIT = 20000
+SHARE_INDICES_LIMIT = 2000
 
 
 def share_record(epoch: int, rank: int, world: int, indices: Any) -> Dict[str, Any]:
