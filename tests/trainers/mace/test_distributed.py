@@ -48,6 +48,8 @@ def test_two_process_gloo_run(tiny_data, tiny_model_json, tmp_path):
 def _assert_shares(lay, seed: int, world: int, epochs: int) -> None:
     """logs/shares.jsonl: per epoch, one record per rank; the shares are disjoint, cover the epoch's selection
     but its remainder, and are rank r's documented slice r, r+N, r+2N ... of the epoch's shuffled order."""
+    import hashlib
+
     import numpy as np
 
     from launcher.core.atomic import read_jsonl
@@ -70,6 +72,40 @@ def _assert_shares(lay, seed: int, world: int, epochs: int) -> None:
             set.union(*sets))
         for r in range(world):
             assert shares[r] == ordered[:keep][r::world].tolist(), f"epoch {epoch}: rank {r} is not its slice"
+        for rec in (x for x in records if x["epoch"] == epoch):   # the digest stands for the list where it is left out
+            assert rec["sha256"] == hashlib.sha256(np.asarray(rec["indices"], dtype=np.int64).tobytes()).hexdigest()
     e1 = [r["indices"] for r in records if r["epoch"] == 1 and r["rank"] == 0]
     e2 = [r["indices"] for r in records if r["epoch"] == 2 and r["rank"] == 0]
     assert e1 != e2, "every epoch reshuffles"
+
+
+def test_the_share_record_is_what_the_rank_reads(tiny_data, tiny_model_json, tmp_path):
+    """Streaming, one process: the entries read from the LMDB during each epoch are, in order, the record's."""
+    from launcher.core.atomic import read_jsonl
+    from launcher.job import run_job
+    from trainers.mace import loop, stream
+
+    run_dir = tmp_path / "one"
+    spec = make_spec(run_dir, tiny_data, train={"input_json": str(tiny_model_json), "epochs": 2, "batch_size": 5},
+                     data={"cache": "none", "train_indices": {"max_samples": 17, "shuffle": True}})
+    reads, epoch = {}, {"now": None}
+    orig_item, orig_groups = stream.SplitGraphs.__getitem__, loop.Trainer._groups
+
+    def item(self, j):
+        if epoch["now"] is not None and self.path == str(tiny_data["train"]):
+            reads.setdefault(epoch["now"], []).append(int(self.indices[j]))
+        return orig_item(self, j)
+
+    def groups(self, batches, start):     # called as an epoch's reading starts
+        epoch["now"] = self.state.epoch + 1
+        return orig_groups(self, batches, start)
+
+    stream.SplitGraphs.__getitem__, loop.Trainer._groups = item, groups
+    try:
+        assert run_job(spec, echo=lambda *_: None).status == "finished"
+    finally:
+        stream.SplitGraphs.__getitem__, loop.Trainer._groups = orig_item, orig_groups
+    records = read_jsonl(run_dir / "logs" / "shares.jsonl")
+    assert [(r["epoch"], r["rank"], r["world"], r["n"]) for r in records] == [(1, 0, 1, 17), (2, 0, 1, 17)]
+    assert sorted(records[0]["indices"]) == sorted(json.loads((run_dir / "logs" / "indices.json").read_text())["train"])
+    assert [reads.get(1), reads.get(2)] == [records[0]["indices"], records[1]["indices"]]
