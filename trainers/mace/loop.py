@@ -248,6 +248,7 @@ class Trainer:
                           f"epoch {self.state.epoch}, update {self.state.update_step}")
         else:
             self.log.truncate_after(0)
+            self.log.truncate_shares(0)
         self.log.open_sinks(spec, self.state.update_step, resumed=ckpt is not None)
         if self.main:
             from trainers.mace.model_config import save_model_json
