@@ -20,8 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from launcher.core.errors import EXIT_PREEMPTED
-
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,7 +126,7 @@ def test_kill9_at_random_moments_and_overwrite_race_lose_nothing(project):
     assert _wait_for(lambda: _new_steps(run_dir, 0) >= 1 and not _writing_checkpoint(run_dir), proc)
     os.kill(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == EXIT_PREEMPTED, out
+    assert proc.returncode == 143, out    # the number SLURM and users see, not the constant
     assert "checkpoint saved" in out and json.loads((run_dir / "state.json").read_text())["status"] == "preempted"
 
     rng = random.Random(SEED)

@@ -17,7 +17,7 @@ EPOCHS = 120  # headroom: the interruption must land well before a tiny run coul
 
 def test_preempted_and_requeued_jobs_resume_without_repeating_epochs(slurm_cluster, tiny_mace, tmp_path):
     from launcher.core.schema import spec_from_dict
-    from launcher.status import EXIT_ACTIVE, main as status_main, sweep_status
+    from launcher.status import main as status_main, sweep_status
     from launcher.submit import LauncherParams, submit_runs
     from launcher.core.specio import expand_dotted
 
@@ -30,7 +30,7 @@ def test_preempted_and_requeued_jobs_resume_without_repeating_epochs(slurm_clust
     res = submit_runs(specs, params, sweep, overrides=[["case=usr2"], ["case=requeue"]], wait=False)
     assert [o.state for o in res.outcomes] == ["PENDING", "PENDING"] and len(res.array_ids) == 1
     usr2_job, requeue_job = (o.job_id for o in res.outcomes)
-    assert status_main([str(sweep), "--quiet"]) == EXIT_ACTIVE  # launch-status while the jobs run
+    assert status_main([str(sweep), "--quiet"]) == 3  # launch-status while the jobs run
 
     # interrupt each job as soon as it has checkpointed a few epochs (both train at once)
     interrupt_after_epochs(sweep, {"usr2": usr2_job, "requeue": requeue_job}, slurm_cluster, after=3, last=EPOCHS,

@@ -96,6 +96,25 @@ def weights_digest(model: Any) -> str:
     return h.hexdigest()
 
 
+#: Up to this many indices a share record lists them; beyond, its count and digest stand for them (bounded log).
+SHARE_INDICES_LIMIT = 2000
+
+
+def share_record(epoch: int, rank: int, world: int, indices: Any) -> Dict[str, Any]:
+    """What one rank trains on in one epoch: the dataset indices of its batches in the order it reads them
+    (``logs/shares.jsonl``), so that every rank reading its own share, and only it, can be checked."""
+    import hashlib
+
+    import numpy as np
+
+    idx = np.ascontiguousarray(indices, dtype=np.int64)
+    rec: Dict[str, Any] = {"epoch": int(epoch), "rank": int(rank), "world": int(world), "n": int(idx.size),
+                           "sha256": hashlib.sha256(idx.tobytes()).hexdigest()}
+    if idx.size <= SHARE_INDICES_LIMIT:
+        rec["indices"] = idx.tolist()
+    return rec
+
+
 #: The torch.distributed variables (env:// initialisation) this module provides.
 TORCH_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 

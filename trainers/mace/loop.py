@@ -30,6 +30,7 @@ from launcher.core.atomic import atomic_torch_save
 from launcher.core.errors import ConfigError, TrainingDiverged
 from launcher.core.metrics import metrics_line, sig
 from launcher.core.schema import cuda_index, early_stop_evals, log_every_updates, plateau_patience
+from trainers.mace.distributed import share_record
 from trainers.mace.freeze import HeadFreeze
 from trainers.mace.model_io import CHECKPOINT_FORMAT
 from trainers.mace.optim import make_optimizer, make_scheduler, scheduler_length
@@ -201,6 +202,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.train_graphs, self.val_graphs = self._graph_sources(train_idx, val_idx, sample)
         self.n_train_structures = len(train_idx)
+        self.train_idx = train_idx
 
         self.freeze = None
         if t.freeze == "head_only":
@@ -241,10 +243,12 @@ class Trainer:
                 if note:
                     self.log.info(note)
             self.log.truncate_after(self.state.update_step)
+            self.log.truncate_shares(self.state.epoch)
             self.log.info(f"resumed from {self.layout.checkpoint if self.ctx.resume else spec.model_in}: "
                           f"epoch {self.state.epoch}, update {self.state.update_step}")
         else:
             self.log.truncate_after(0)
+            self.log.truncate_shares(0)
         self.log.open_sinks(spec, self.state.update_step, resumed=ckpt is not None)
         if self.main:
             from trainers.mace.model_config import save_model_json
@@ -493,6 +497,9 @@ class Trainer:
         while st.epoch < t.epochs and not st.stopped:
             order = epoch_order(self.seed, st.epoch, len(self.train_graphs))
             batches = rank_batches(order, t.batch_size, t.drop_last, self.dist.rank, self.dist.world)
+            # every rank's share of the epoch, gathered into logs/shares.jsonl (one collective per epoch)
+            mine = self.train_idx[np.asarray([i for b in batches for i in b], dtype=np.int64)]
+            self.log.shares(self.dist.gather_object(share_record(st.epoch + 1, self.dist.rank, self.dist.world, mine)))
             groups = [batches[i:i + t.accum_steps] for i in range(0, len(batches), t.accum_steps)]
             bar = None
             if self.progress:

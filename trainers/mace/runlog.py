@@ -59,6 +59,21 @@ class RunLog:
                 for sink in self.sinks:
                     sink.log(scalars, record["step"])
 
+    def shares(self, records: Sequence[Dict[str, Any]]) -> None:
+        """One line per rank in ``logs/shares.jsonl``: the indices that rank reads this epoch
+        (:func:`trainers.mace.distributed.share_record`)."""
+        if self.enabled:
+            for rec in records:
+                append_jsonl(self.layout.logs / "shares.jsonl", rec)
+
+    def truncate_shares(self, epochs_done: int) -> None:
+        """Drop share records of epochs not completed: a resumed run writes its current epoch's again."""
+        path = self.layout.logs / "shares.jsonl"
+        if not self.enabled or not path.exists():
+            return
+        kept = [r for r in read_jsonl(path) if int(r.get("epoch", 0)) <= epochs_done]
+        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+
     # ------------------------------------------------------------------ train.logger, curves.png
     def open_sinks(self, spec: Any, resume_step: int, resumed: bool) -> None:
         """Start ``train.logger``'s writer. Events after ``resume_step`` (a killed attempt's, redone now) are

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trainers.mace.distributed import first_host, job_port, rank_and_world, torch_env
+from trainers.mace.distributed import SHARE_INDICES_LIMIT, first_host, job_port, rank_and_world, share_record, torch_env
 
 from .conftest import REPO
 
@@ -121,3 +121,16 @@ def test_two_ranks_through_the_local_launcher(tiny_data, tiny_model_json, tmp_pa
     assert results[1]["result"]["weights_sha256_by_rank"] == digests
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == [
         "artifacts", "checkpoints", "logs", "run.yaml", "state.json"]
+
+
+def test_share_record_lists_indices_in_read_order_and_bounds_its_size():
+    import hashlib
+
+    import numpy as np
+
+    rec = share_record(3, 1, 2, np.array([7, 2, 5]))
+    assert rec == {"epoch": 3, "rank": 1, "world": 2, "n": 3, "indices": [7, 2, 5],
+                   "sha256": hashlib.sha256(np.array([7, 2, 5], dtype=np.int64).tobytes()).hexdigest()}
+    assert share_record(3, 1, 2, np.array([2, 7, 5]))["sha256"] != rec["sha256"]     # the order counts
+    big = share_record(1, 0, 1, np.arange(SHARE_INDICES_LIMIT + 1))
+    assert "indices" not in big and big["n"] == SHARE_INDICES_LIMIT + 1

@@ -105,3 +105,7 @@ def test_preempted_mid_epoch_then_resume_task_is_bit_identical(reference, tiny_d
     second = run_job(resume, echo=lambda *_: None)
     assert second.status == "finished"
     _assert_identical(reference, _final_state(run_dir))
+    from launcher.core.atomic import read_jsonl
+
+    shares = read_jsonl(run_dir / "logs" / "shares.jsonl")      # epoch 2's record written once, not twice
+    assert [(r["epoch"], r["rank"], r["n"]) for r in shares] == [(1, 0, 24), (2, 0, 24), (3, 0, 24)]
