@@ -28,20 +28,6 @@ def _check_file(key: str, value: Optional[str], problems: List[str], *, kind: st
     return True
 
 
-def _check_json(key: str, value: Optional[str], problems: List[str], *, want: type) -> None:
-    from launcher.core.layout import read_json_file
-
-    if not _check_file(key, value, problems):
-        return
-    try:
-        obj = read_json_file(Path(value), key=key)
-    except ConfigError as e:
-        problems.append(str(e))
-        return
-    if not isinstance(obj, want):
-        problems.append(f"{key}: {value} must hold a JSON {want.__name__}")
-
-
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
@@ -98,36 +84,6 @@ def _check_indices(spec: RunSpec, sizes: Dict[str, int], problems: List[str]) ->
                 problems.append(msg)
 
 
-def _check_model_file(key: str, value: Optional[str], problems: List[str]) -> None:
-    """``model_in`` / ``model.weights``: a run directory, a manifest.json, or a file torch.save wrote.
-
-    The job's torch.load would fail on anything else (UnpicklingError); this reads only the header
-    (zip archive, or a pickle's protocol byte), so a dry run stays free of torch.
-    """
-    import zipfile
-
-    p = Path(value) if value else None
-    if p is None or not p.is_file():
-        return
-    if p.suffix == ".json":
-        _check_json(key, value, problems, want=dict)
-        return
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(2)
-        if zipfile.is_zipfile(p):
-            with zipfile.ZipFile(p) as zf:
-                if any(n.endswith("data.pkl") for n in zf.namelist()):
-                    return
-        elif head[:1] == b"\x80" and head[1:2] and head[1] <= 5:  # pickle protocol 2..5 (torch's legacy format)
-            return
-    except OSError as e:
-        problems.append(f"{key}: cannot read {p} ({e.strerror or _one_line(e)})")
-        return
-    problems.append(f"{key}: {p} is not a PyTorch file (a torch.save archive: checkpoint, .model or weights), "
-                    "a manifest.json or a run directory")
-
-
 def _check_run_dir(run_dir: str, problems: List[str]) -> bool:
     """run_dir must be a folder, or creatable: a file there, or an unwritable parent, fails only at
     job start otherwise. False when it is unusable (its state is then not read)."""
@@ -152,6 +108,8 @@ def _check_run_dir(run_dir: str, problems: List[str]) -> bool:
 
 def _check_backend_inputs(spec: RunSpec, problems: List[str]) -> None:
     """Inputs a backend would refuse only once the job has started."""
+    if any(p.startswith("model.manifest:") for p in problems):
+        return  # the manifest itself is wrong: that line says enough
     if spec.backend == "mace" and spec.task == "resume" and spec.model.manifest and not spec.model_in \
             and spec.run_dir:
         from launcher.core.layout import RunLayout
@@ -203,12 +161,9 @@ def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Opti
             index_files_ok = False
     if index_files_ok:
         _check_indices(spec, sizes, problems)
-    if spec.model_in and _check_file("model_in", spec.model_in, problems, kind="path"):
-        _check_model_file("model_in", spec.model_in, problems)
-    if spec.model.manifest:
-        _check_json("model.manifest", spec.model.manifest, problems, want=dict)
-    if spec.model.weights and _check_file("model.weights", spec.model.weights, problems):
-        _check_model_file("model.weights", spec.model.weights, problems)
+    from launcher.models import model_input_problems
+
+    problems += model_input_problems(spec)  # every refusal the job's model loading would make
     _check_backend_inputs(spec, problems)
 
     if is_cuda(spec.device):  # cuda or cuda:N (the job checks N against the GPUs torch sees)
