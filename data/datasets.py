@@ -114,16 +114,18 @@ def count(path: str | os.PathLike) -> int:
 def check_readable(path: str | os.PathLike, *, trust_pickles: bool = False) -> None:
     """ConfigError unless ``path`` is a non-empty, openable dataset whose first entries exist.
 
-    For FairChem LMDBs the first, the last and :data:`RANDOM_SAMPLE` random records of every
-    shard are also checked against the pickle allow-list (unless ``trust_pickles``): FairChem's
-    own reader unpickles every record without restriction, so for FairChem backends this
-    sample is the only check before a record is loaded; it cannot prove the records it does
-    not read harmless. The MACE trainer checks every record it reads.
+    For FairChem LMDBs a sample of every shard (:func:`sample_positions`: the first, the last and
+    :data:`RANDOM_SAMPLE` records spread across it, the same ones on every run, so a dry run and the launch
+    give one verdict) is also checked against the pickle allow-list (unless ``trust_pickles``) and for values
+    no model can use (no atoms, NaN/inf positions, cell or labels: :func:`data.structure.values_problem`).
+    FairChem's own reader unpickles every record without restriction, so for FairChem backends this sample
+    is the only check before a record is loaded; it cannot prove the records it does not read harmless.
+    The MACE trainer checks every record it reads.
     """
     table = _shard_table(path)
     if sum(n for _, n, _ in table) == 0:
         raise ConfigError(f"{path}: dataset holds no entries")
-    pickles = not trust_pickles and detect_format(path) == "lmdb"
+    lmdb_records = detect_format(path) == "lmdb"
     for shard, n, key in table:
         if key is None:
             continue
@@ -131,24 +133,54 @@ def check_readable(path: str | os.PathLike, *, trust_pickles: bool = False) -> N
             with open_env(shard).begin() as txn:
                 if txn.get(key) is None:
                     raise ConfigError(f"{shard}: key '{key.decode()}': first entry missing")
-                if pickles:
-                    _check_sample(shard, n, txn)
+                if lmdb_records:
+                    _check_sample(shard, n, txn, allow_list=not trust_pickles)
         except lmdb.Error as exc:
             raise lmdb_error(shard, exc) from None
 
 
-def _check_sample(shard: Path, n: int, txn: lmdb.Transaction) -> None:
-    from data.fastpickle import RefusedGlobal, check_record
+def sample_positions(n: int, k: int = RANDOM_SAMPLE, seed: int = 0) -> list[int]:
+    """The positions of ``range(n)`` preflight reads: the first, the last, and one seeded pick in each of ``k``
+    equal stretches between them, so the sample spans the whole set and is the same on every call."""
+    rng = random.Random(f"{seed}:{n}")  # a str seed is hashed with SHA-512: the same on every machine
+    picks = {0, n - 1} if n else set()
+    for j in range(k):
+        lo, hi = j * n // k, (j + 1) * n // k
+        if hi > lo:
+            picks.add(rng.randrange(lo, hi))
+    return sorted(picks)
 
-    picks = {0, n - 1, *random.sample(range(n), min(n, RANDOM_SAMPLE))}
-    for i in sorted(picks):
+
+def _first(fields: dict, names: Sequence[str]) -> object:
+    return next((fields[k] for k in names if fields.get(k) is not None), None)
+
+
+def _check_sample(shard: Path, n: int, txn: lmdb.Transaction, *, allow_list: bool = True) -> None:
+    from data.fastpickle import RefusedGlobal, check_record, record_fields
+    from data.pyg import ENERGY_FIELDS, FORCES_FIELDS, STRESS_FIELDS
+    from data.structure import values_problem
+
+    for i in sample_positions(n):
         raw = txn.get(encode_key(i))
         if raw is None:
             raise ConfigError(f"{shard}: key '{i}': entry missing (the shard's length is {n})")
         try:
-            check_record(raw)
+            if allow_list:
+                check_record(raw)
+            fields = record_fields(raw)
         except RefusedGlobal as exc:
-            raise ConfigError(refusal(shard, i, exc)) from None
+            if allow_list:
+                raise ConfigError(refusal(shard, i, exc)) from None
+            fields = None  # a trusted record naming other classes: only an unrestricted load reads it
         except Exception as exc:  # noqa: BLE001 - a malformed pickle is bad input too
             raise ConfigError(f"{shard}: key '{i}': value does not unpickle "
                               f"({one_line(exc)})") from None
+        if fields is None or fields.get("pos") is None:
+            continue  # read by the job's own reader, which checks the values it loads
+        try:
+            bad = values_problem(fields["pos"], fields.get("cell"), _first(fields, ENERGY_FIELDS),
+                                 _first(fields, FORCES_FIELDS), _first(fields, STRESS_FIELDS))
+        except (TypeError, ValueError):
+            continue  # an odd field type: the job's reader reports it with its own words
+        if bad:
+            raise ConfigError(f"{shard}: key '{i}': {bad}")

@@ -135,7 +135,11 @@ class LmdbDataset(ShardedDataset):
 
         data, k, local = self._load(i, tensors=False)
         try:
-            return pyg_to_structure(data, self.start(k) + local)
+            s = pyg_to_structure(data, self.start(k) + local)
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else one_line(exc)
             raise ConfigError(f"{self.shards[k]}: key '{local}': {msg}") from None
+        bad = s.problem()  # refused by name here: a NaN position would stall the neighbour search
+        if bad:
+            raise ConfigError(f"{self.shards[k]}: key '{local}': {bad}")
+        return s

@@ -144,8 +144,8 @@ class DataSpec:
     trust_pickles: bool = _f(False, "read LMDB records without the allow-list of data classes (PyG Data, torch tensors, "
                                     "numpy arrays; records naming anything else are refused); only for files you trust: "
                                     "a pickle can run code. FairChem backends read records with FairChem's own "
-                                    "unrestricted reader: for them preflight checks the first, last and 3 random "
-                                    "records of each shard")
+                                    "unrestricted reader: for them preflight checks the first, last and 3 records "
+                                    "spread across each shard (seeded: the same ones every run)")
 
 
 @dataclass
