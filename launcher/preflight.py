@@ -6,7 +6,7 @@ device files; the job itself confirms it with torch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from launcher.core.env import gpu_visible
 from launcher.core.errors import ConfigError, NotImplementedBackend
@@ -201,8 +201,13 @@ def check_sweep(
     gpus_per_node: Optional[int] = None,
     warn: Optional[Callable[[str], None]] = None,
     notes: bool = True,
+    params: Optional[Any] = None,
 ) -> List[str]:
     """Problems of every point, each prefixed with its label when there are several points.
+
+    ``params`` (the door's :class:`launcher.params.LauncherParams`) adds the launcher settings each point's
+    backend refuses (:func:`launcher.submit.backend_launch_problems`, also run at submission), so that a dry
+    run refuses them as the launch does.
 
     When there are none, the points' warnings (:func:`data_notes`) go to ``warn`` (default: stderr);
     ``notes=False`` skips them (their data was read, and they were shown, once already).
@@ -211,7 +216,12 @@ def check_sweep(
     problems: List[str] = []
     many = len(specs) > 1
     for spec, label in zip(specs, labels):
-        for p in check_spec(spec, cluster=cluster, gpus_per_node=gpus_per_node):
+        point = check_spec(spec, cluster=cluster, gpus_per_node=gpus_per_node)
+        if params is not None:
+            from launcher.submit import backend_launch_problems
+
+            point += [p for p in backend_launch_problems([spec], params) if p not in point]
+        for p in point:
             problems.append(f"[{label}] {p}" if many else p)
     seen: Dict[str, str] = {}
     for spec, label in zip(specs, labels):
