@@ -392,6 +392,12 @@ def _manifest_problems(spec: Any, key: str, path: Path, weights: Optional[Path])
     if _registered_other(m.get("backend"), spec):
         return [f"{key}: {path} is a {m['backend']} model; backend={spec.backend} cannot use it "
                 f"(use backend={m['backend']})"]
+    from launcher.core.layout import manifest_model_config
+    from launcher.core.schema import nonfinite_number
+
+    bad = nonfinite_number(manifest_model_config(m))
+    if bad:
+        return [f"{key}: {path}: the model's {bad[0]} is {bad[1]}; expected a finite number"]
     escape = _weights_escape(path, m)
     if escape:
         return [f"{key}: {path}: {escape}; expected a file in that folder (or an absolute path)"]
