@@ -15,7 +15,7 @@ from typing import Any
 
 import lmdb
 import numpy as np
-from launcher.core.errors import ConfigError
+from launcher.core.errors import BadRecord, ConfigError
 
 from data.shards import ASELMDB_SUFFIX, ShardedDataset, lmdb_error, open_env
 from data.structure import Structure
@@ -128,7 +128,7 @@ class AseLmdbDataset(ShardedDataset):
                               f"({one_line(exc)})") from None
         bad = s.problem()
         if bad:
-            raise ConfigError(f"{self.shards[k]}: key '{row['id']}': {bad}")
+            raise BadRecord(f"{self.shards[k]}: key '{row['id']}': {bad}")
         return s
 
     def get_data(self, i: int) -> Any:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
-from launcher.core.errors import ConfigError
+from launcher.core.errors import BadRecord, ConfigError
 
 from data.shards import LMDB_SUFFIX, ShardedDataset, lmdb_error, open_env
 from data.structure import Structure
@@ -141,5 +141,5 @@ class LmdbDataset(ShardedDataset):
             raise ConfigError(f"{self.shards[k]}: key '{local}': {msg}") from None
         bad = s.problem()  # refused by name here: a NaN position would stall the neighbour search
         if bad:
-            raise ConfigError(f"{self.shards[k]}: key '{local}': {bad}")
+            raise BadRecord(f"{self.shards[k]}: key '{local}': {bad}")
         return s

@@ -11,7 +11,7 @@ from typing import List
 import numpy as np
 import pytest
 
-from launcher.core.errors import ConfigError
+from launcher.core.errors import BadRecord, ConfigError
 
 N = 40
 
@@ -96,7 +96,7 @@ def test_every_reader_refuses_a_record_the_sample_missed(tmp_path, structures):
     check_readable(path)  # not in the sample: preflight cannot see it
     ds = open_dataset(path)
     assert np.isfinite(ds[at - 1].positions).all()
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(BadRecord) as e:
         ds[at]
     assert str(e.value).startswith(f"{path}: key '{at}': positions not finite")
 
