@@ -95,7 +95,30 @@ def _case_not_a_head(tmp: Path, w: Path) -> Dict[str, str]:
     return {"model.manifest": str(m), "task": "evaluate", "train.head_key": "omat_pbe"}
 
 
+def _case_foreign_checkpoint(tmp: Path, w: Path) -> Dict[str, str]:
+    import torch
+
+    p = tmp / "gemnet.pt"  # what a FairChem checkpoint holds at its top level
+    torch.save({"epoch": 1, "state_dict": {"w": torch.zeros(2)}, "config": {"model": {"name": "gemnet_oc"}}}, p)
+    return {"model_in": str(p)}
+
+
+def _case_weights_without_config(tmp: Path, w: Path) -> Dict[str, str]:
+    # a state dict, and no manifest or model.json to build it (the Hydra door's train group names one by default)
+    return {"model_in": str(w), "task": "evaluate", "train.input_json": "null"}
+
+
+def _case_module_outside_model_file(tmp: Path, w: Path) -> Dict[str, str]:
+    import torch
+
+    p = tmp / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), p)
+    return {"model_in": str(p)}
+
+
 CASES: Dict[str, Callable[[Path, Path], Dict[str, str]]] = {
+    "checkpoint-of-another-backend": _case_foreign_checkpoint, "weights-without-config": _case_weights_without_config,
+    "module-outside-a-model-file": _case_module_outside_model_file,
     "sha256-mismatch": _case_sha, "weights-leave-the-folder": _case_escape, "empty-folder": _case_empty_dir,
     "empty-json-manifest": _case_empty_manifest, "manifest-of-another-backend": _case_other_backend_manifest,
     "run-dir-of-another-backend": _case_other_backend_run_dir, "weights-missing": _case_missing_weights,
@@ -126,7 +149,7 @@ def _plain_door(tmp: Path, keys: Dict[str, str], dry: bool, capsys):
         *parents, leaf = k.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = int(v) if v.isdigit() else v
+        node[leaf] = int(v) if v.isdigit() else None if v == "null" else v
     f = tmp / "run.yaml"
     f.write_text(yaml.safe_dump(body))
     capsys.readouterr()

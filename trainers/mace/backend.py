@@ -141,6 +141,9 @@ class MaceBackend:
         from trainers.mace.runlog import logger_problems
 
         problems += logger_problems(spec)
+        from trainers.mace.model_files import model_file_problems
+
+        problems += model_file_problems(spec)
         if not t.input_json:
             return problems
         try:
