@@ -144,3 +144,13 @@ def test_manifest_model_with_nan_is_refused(tmp_path):
     spec = RunSpec(backend="mace", task="finetune", run_dir=str(tmp_path / "r"))
     spec.model.manifest = str(m)
     assert model_input_problems(spec) == [f"model.manifest: {m}: the model's r_max is nan; expected a finite number"]
+
+
+def test_fairchem_config_with_nan_is_refused_in_the_dry_run(tmp_path, demo_data, launch):
+    cfg = tmp_path / "fc.yml"
+    cfg.write_text("model: {name: equiformer_v2, cutoff: .nan}\noptim: {batch_size: 2}\n")
+    for dry in ("true", "false"):
+        code, _out, err = launch("backend=equiformer_v2", "task=train", "device=cpu", f"train.config_yml={cfg}",
+                                 f"data.train={demo_data['train']}", f"run_dir={tmp_path / 'r'}", f"dry_run={dry}")
+        assert code == 2 and "train.config_yml: model.cutoff is nan; expected a finite number" in err, err
+        assert not (tmp_path / "r").exists()

@@ -331,6 +331,11 @@ class FairchemBackend:
         for key, value in overrides:
             set_dotted(cfg, key, value)
         problems += missing_files(cfg, origin)
+        from launcher.core.schema import nonfinite_number
+
+        bad = nonfinite_number(cfg)
+        if bad:  # a NaN cutoff stalls FairChem's graph building; a NaN elsewhere trains nothing
+            problems.append(f"{origin}: {bad[0]} is {bad[1]}; expected a finite number")
         name = (cfg.get("model") or {}).get("name") if isinstance(cfg.get("model"), dict) else None
         allowed = MODEL_NAMES.get(spec.backend, ())
         if name is None:
