@@ -116,16 +116,15 @@ def check_readable(path: str | os.PathLike, *, trust_pickles: bool = False) -> N
 
     For FairChem LMDBs a sample of every shard (:func:`sample_positions`: the first, the last and
     :data:`RANDOM_SAMPLE` records spread across it, the same ones on every run, so a dry run and the launch
-    give one verdict) is also checked against the pickle allow-list (unless ``trust_pickles``) and for values
-    no model can use (no atoms, NaN/inf positions, cell or labels: :func:`data.structure.values_problem`).
-    FairChem's own reader unpickles every record without restriction, so for FairChem backends this sample
-    is the only check before a record is loaded; it cannot prove the records it does not read harmless.
-    The MACE trainer checks every record it reads.
+    give one verdict) is also checked against the pickle allow-list (unless ``trust_pickles``): FairChem's
+    own reader unpickles every record without restriction, so for FairChem backends this sample is the only
+    check before a record is loaded; it cannot prove the records it does not read harmless. The MACE trainer
+    checks every record it reads. The values of the records a run selects: :func:`check_values`.
     """
     table = _shard_table(path)
     if sum(n for _, n, _ in table) == 0:
         raise ConfigError(f"{path}: dataset holds no entries")
-    lmdb_records = detect_format(path) == "lmdb"
+    pickles = not trust_pickles and detect_format(path) == "lmdb"
     for shard, n, key in table:
         if key is None:
             continue
@@ -133,8 +132,8 @@ def check_readable(path: str | os.PathLike, *, trust_pickles: bool = False) -> N
             with open_env(shard).begin() as txn:
                 if txn.get(key) is None:
                     raise ConfigError(f"{shard}: key '{key.decode()}': first entry missing")
-                if lmdb_records:
-                    _check_sample(shard, n, txn, allow_list=not trust_pickles)
+                if pickles:
+                    _check_sample(shard, n, txn)
         except lmdb.Error as exc:
             raise lmdb_error(shard, exc) from None
 
@@ -151,36 +150,57 @@ def sample_positions(n: int, k: int = RANDOM_SAMPLE, seed: int = 0) -> list[int]
     return sorted(picks)
 
 
-def _first(fields: dict, names: Sequence[str]) -> object:
-    return next((fields[k] for k in names if fields.get(k) is not None), None)
-
-
-def _check_sample(shard: Path, n: int, txn: lmdb.Transaction, *, allow_list: bool = True) -> None:
-    from data.fastpickle import RefusedGlobal, check_record, record_fields
-    from data.pyg import ENERGY_FIELDS, FORCES_FIELDS, STRESS_FIELDS
-    from data.structure import values_problem
+def _check_sample(shard: Path, n: int, txn: lmdb.Transaction) -> None:
+    from data.fastpickle import RefusedGlobal, check_record
 
     for i in sample_positions(n):
         raw = txn.get(encode_key(i))
         if raw is None:
             raise ConfigError(f"{shard}: key '{i}': entry missing (the shard's length is {n})")
         try:
-            if allow_list:
-                check_record(raw)
-            fields = record_fields(raw)
+            check_record(raw)
         except RefusedGlobal as exc:
-            if allow_list:
-                raise ConfigError(refusal(shard, i, exc)) from None
-            fields = None  # a trusted record naming other classes: only an unrestricted load reads it
+            raise ConfigError(refusal(shard, i, exc)) from None
         except Exception as exc:  # noqa: BLE001 - a malformed pickle is bad input too
             raise ConfigError(f"{shard}: key '{i}': value does not unpickle "
                               f"({one_line(exc)})") from None
-        if fields is None or fields.get("pos") is None:
-            continue  # read by the job's own reader, which checks the values it loads
-        try:
-            bad = values_problem(fields["pos"], fields.get("cell"), _first(fields, ENERGY_FIELDS),
-                                 _first(fields, FORCES_FIELDS), _first(fields, STRESS_FIELDS))
-        except (TypeError, ValueError):
-            continue  # an odd field type: the job's reader reports it with its own words
-        if bad:
-            raise ConfigError(f"{shard}: key '{i}': {bad}")
+
+
+def _first(fields: dict, names: Sequence[str]) -> object:
+    return next((fields[k] for k in names if fields.get(k) is not None), None)
+
+
+def check_values(path: str | os.PathLike, indices: Sequence[int], *, trust_pickles: bool = False) -> None:
+    """ConfigError naming the file and entry when one of the entries ``indices`` holds values no model can use
+    (:func:`data.structure.values_problem`). FairChem LMDB records are decoded without torch; a record only
+    torch can decode is left to the job's reader, which checks every record it loads."""
+    from data.fastpickle import RefusedGlobal, record_fields
+    from data.pyg import ENERGY_FIELDS, FORCES_FIELDS, STRESS_FIELDS
+    from data.structure import values_problem
+    from launcher.core.errors import BadRecord
+
+    ds = open_dataset(path, trust_pickles=trust_pickles)
+    try:
+        for i in indices:
+            k, local = ds.locate(int(i))
+            if isinstance(ds, AseLmdbDataset):
+                try:
+                    ds[int(i)]
+                except BadRecord as exc:
+                    raise ConfigError(str(exc)) from None
+                continue
+            try:
+                fields = record_fields(ds.get_bytes(int(i)))
+            except RefusedGlobal:
+                continue  # a trusted record naming other classes: only an unrestricted load reads it
+            if fields is None or fields.get("pos") is None:
+                continue
+            try:
+                bad = values_problem(fields["pos"], fields.get("cell"), _first(fields, ENERGY_FIELDS),
+                                     _first(fields, FORCES_FIELDS), _first(fields, STRESS_FIELDS))
+            except (TypeError, ValueError):
+                continue  # an odd field type: the job's reader reports it in its own words
+            if bad:
+                raise ConfigError(f"{ds.shards[k]}: key '{local}': {bad}")
+    finally:
+        ds.close()

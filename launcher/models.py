@@ -312,7 +312,7 @@ def torch_file_problem(key: str, path: Path) -> Optional[str]:
     except (OSError, zipfile.BadZipFile) as e:
         return f"{key}: cannot read {path} ({getattr(e, 'strerror', None) or ' '.join(str(e).split())})"
     what = "empty" if path.stat().st_size == 0 else "not a PyTorch file"
-    return (f"{key}: {path} is {what} (expected a torch.save archive: checkpoint, .model or weights), "
+    return (f"{key}: {path} is {what}; expected a torch.save archive (checkpoint, .model or weights), "
             "a manifest.json or a run directory")
 
 

@@ -84,6 +84,31 @@ def _check_indices(spec: RunSpec, sizes: Dict[str, int], problems: List[str]) ->
                 problems.append(msg)
 
 
+def _check_values(spec: RunSpec, sizes: Dict[str, int], problems: List[str]) -> None:
+    """The values of a seeded sample of the records each split's selection holds (its first, last and a spread
+    across it: :func:`data.datasets.sample_positions`): no atoms or NaN/inf values are refused naming the file
+    and entry. Only selected records are read; the job's reader checks every other record it loads."""
+    from data.datasets import check_values, sample_positions
+    from data.indices import select_split_indices
+
+    reported = {p.split(":", 1)[0] for p in problems}
+    for split, active in _split_reads(spec).items():
+        key = f"data.{split}"
+        if split not in sizes or key in reported:
+            continue
+        try:
+            idx = select_split_indices(spec.data, split, sizes[split], active=active)
+        except ConfigError:
+            continue  # reported by _check_indices
+        try:
+            check_values(getattr(spec.data, split), [int(idx[j]) for j in sample_positions(len(idx))],
+                         trust_pickles=bool(spec.data.trust_pickles))
+        except ConfigError as e:
+            problems.append(f"{key}: {_one_line(e)}")
+        except Exception:  # noqa: BLE001 - readability was checked above; the job's reader gives its verdict
+            continue
+
+
 def _check_run_dir(run_dir: str, problems: List[str]) -> bool:
     """run_dir must be a folder, or creatable: a file there, or an unwritable parent, fails only at
     job start otherwise. False when it is unusable (its state is then not read)."""
@@ -161,6 +186,7 @@ def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Opti
             index_files_ok = False
     if index_files_ok:
         _check_indices(spec, sizes, problems)
+        _check_values(spec, sizes, problems)
     from launcher.models import model_input_problems
 
     problems += model_input_problems(spec)  # every refusal the job's model loading would make

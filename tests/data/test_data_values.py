@@ -71,8 +71,8 @@ def test_sample_positions_are_seeded_and_span_the_set():
                                         ("no-atoms", "holds no atoms"), ("inf-cell", "cell not finite"),
                                         ("nan-energy", "energy not finite"),
                                         ("nan-forces", "forces not finite (nan at atom 1)")])
-def test_preflight_sample_refuses_bad_values_naming_file_and_entry(tmp_path, structures, how, words):
-    from data.datasets import check_readable, sample_positions
+def test_sampled_values_are_refused_naming_file_and_entry(tmp_path, structures, how, words):
+    from data.datasets import check_values, sample_positions
 
     at = sample_positions(N)[2]  # a sampled record in the middle of the set
     assert 0 < at < N - 1
@@ -80,20 +80,47 @@ def test_preflight_sample_refuses_bad_values_naming_file_and_entry(tmp_path, str
     verdicts = set()
     for _ in range(5):  # the same verdict every time
         with pytest.raises(ConfigError) as e:
-            check_readable(path)
+            check_values(path, sample_positions(N))
         verdicts.add(str(e.value))
     [line] = verdicts
     assert line.startswith(f"{path}: key '{at}': {words}"), line
     with pytest.raises(ConfigError, match=f"key '{at}'"):  # trusted pickles: the values are still checked
-        check_readable(path, trust_pickles=True)
+        check_values(path, sample_positions(N), trust_pickles=True)
+    check_values(path, [i for i in range(N) if i != at])  # the other records are fine
+
+
+def _spec(path: Path, val: Path, **data):
+    from launcher.core.schema import RunSpec
+
+    spec = RunSpec(backend="mace", task="train", device="cpu", run_dir="/nonexistent/r")
+    spec.data.train, spec.data.val = str(path), str(val)
+    for k, v in data.items():
+        setattr(spec.data, k, v)
+    return spec
+
+
+def test_preflight_samples_the_selection_and_reads_nothing_it_excludes(tmp_path, structures, demo_data):
+    from data.datasets import sample_positions
+    from launcher.preflight import _check_values
+
+    at = sample_positions(N)[-1]  # the last record
+    path = _write(tmp_path, structures, at, "nan-position")
+    problems: list = []
+    _check_values(_spec(path, demo_data["val"]), {"train": N, "val": 8}, problems)
+    assert problems == [f"data.train: {path}: key '{at}': positions not finite (nan at atom 3); expected finite "
+                        "numbers"]
+    problems = []  # a selection without that record: preflight does not read it, and the run would not either
+    _check_values(_spec(path, demo_data["val"], indices=list(range(at))), {"train": N, "val": 8}, problems)
+    assert problems == []
 
 
 def test_every_reader_refuses_a_record_the_sample_missed(tmp_path, structures):
-    from data.datasets import check_readable, open_dataset, sample_positions
+    from data.datasets import check_readable, check_values, open_dataset, sample_positions
 
     at = next(i for i in range(1, N) if i not in sample_positions(N))
     path = _write(tmp_path, structures, at, "nan-position")
-    check_readable(path)  # not in the sample: preflight cannot see it
+    check_readable(path)
+    check_values(path, sample_positions(N))  # not in the sample: preflight cannot see it
     ds = open_dataset(path)
     assert np.isfinite(ds[at - 1].positions).all()
     with pytest.raises(BadRecord) as e:
@@ -105,7 +132,8 @@ def test_the_sample_check_imports_no_torch(tmp_path, structures):
     from data.datasets import sample_positions
 
     path = _write(tmp_path, structures, sample_positions(N)[1], "nan-position")
-    code = ("import sys\nfrom data.datasets import check_readable\ntry:\n    check_readable(sys.argv[1])\n"
+    code = ("import sys\nfrom data.datasets import check_values, sample_positions\ntry:\n"
+            f"    check_values(sys.argv[1], sample_positions({N}))\n"
             "except Exception as e:\n    print(type(e).__name__)\nprint('torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
