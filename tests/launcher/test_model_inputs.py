@@ -116,7 +116,18 @@ def _case_module_outside_model_file(tmp: Path, w: Path) -> Dict[str, str]:
     return {"model_in": str(p)}
 
 
+def _case_not_a_head_of_the_file(tmp: Path, w: Path) -> Dict[str, str]:
+    import torch
+
+    module = torch.nn.Linear(2, 2)
+    module.heads = ["pbe", "r2scan"]  # what a multi-head mace module carries
+    p = tmp / "two_heads.model"
+    torch.save(module, p)
+    return {"model_in": str(p), "task": "evaluate", "train.head_key": "omat_pbe"}
+
+
 CASES: Dict[str, Callable[[Path, Path], Dict[str, str]]] = {
+    "head-not-in-model-file": _case_not_a_head_of_the_file,
     "checkpoint-of-another-backend": _case_foreign_checkpoint, "weights-without-config": _case_weights_without_config,
     "module-outside-a-model-file": _case_module_outside_model_file,
     "sha256-mismatch": _case_sha, "weights-leave-the-folder": _case_escape, "empty-folder": _case_empty_dir,
@@ -124,7 +135,7 @@ CASES: Dict[str, Callable[[Path, Path], Dict[str, str]]] = {
     "run-dir-of-another-backend": _case_other_backend_run_dir, "weights-missing": _case_missing_weights,
     "empty-weights-file": _case_empty_weights, "head-not-in-model": _case_not_a_head,
 }
-EXPECT = {"head-not-in-model": "train.head_key"}
+EXPECT = {"head-not-in-model": "train.head_key", "head-not-in-model-file": "train.head_key"}
 
 
 def _keys(demo_data: Dict[str, Path], over: Dict[str, str], run_dir: Path) -> Dict[str, str]:

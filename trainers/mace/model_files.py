@@ -27,7 +27,7 @@ class _Named:
         pass
 
     def __setstate__(self, state: Any) -> None:
-        pass
+        self.state = state  # a pickled module's attributes (its heads among them)
 
 
 class _Outline(pickle.Unpickler):
@@ -68,6 +68,29 @@ def _kind(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
+def _heads(obj: Any, kind: str) -> List[str]:
+    """The heads a mace module or our checkpoint names (empty when it does not say)."""
+    if kind == "module":
+        state = getattr(obj, "state", None)
+        heads = state.get("heads") if isinstance(state, dict) else None
+    elif kind == "checkpoint":
+        cfg = obj.get("model_config")
+        heads = cfg.get("heads") if isinstance(cfg, dict) else None
+    else:
+        heads = None
+    return [str(h) for h in heads] if isinstance(heads, (list, tuple)) else []
+
+
+def _head_problem(spec: Any, p: Path, obj: Any, kind: str) -> Optional[str]:
+    """``train.head_key`` must be a head of a multi-head model the task uses as it is (as the job's head_of)."""
+    if spec.task == "train" or (spec.task == "finetune" and spec.train.input_json):
+        return None  # train builds its model; a finetune with a model.json may add heads
+    heads = _heads(obj, kind)
+    if len(heads) < 2 or spec.train.head_key in heads:
+        return None
+    return f"train.head_key: '{spec.train.head_key}' is not a head of the model in {p}; its heads: {', '.join(heads)}"
+
+
 def model_file_problems(spec: Any) -> List[str]:
     """The job's refusals of ``model_in`` / ``model.weights`` files, one line each naming the key and file."""
     problems: List[str] = []
@@ -81,6 +104,9 @@ def model_file_problems(spec: Any) -> List[str]:
         if obj is None:
             continue
         kind = _kind(obj)
+        head = _head_problem(spec, p, obj, kind) if key == "model_in" else None
+        if head:
+            problems.append(head)
         if p.suffix == ".model":
             if kind != "module":
                 problems.append(f"{key}: {p} does not hold a mace model (a .model file is a pickled module; "
