@@ -490,7 +490,7 @@ def number_problems(spec: RunSpec) -> List[str]:
     """Every number the schema reads must be usable: each float key finite (one rule over all of them, so a new
     key is covered), each seed within 0..2**64-1."""
     p: List[str] = []
-    for key, _field, _type in iter_fields():
+    for key in _leaf_types():
         value = get_key(spec, key)
         if isinstance(value, float) and not math.isfinite(value):
             p.append(f"{key}: must be a finite number, got {value}")
