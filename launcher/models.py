@@ -393,7 +393,7 @@ def _manifest_problems(spec: Any, key: str, path: Path, weights: Optional[Path])
         return [f"{key}: {path} is a {m['backend']} model; backend={spec.backend} cannot use it "
                 f"(use backend={m['backend']})"]
     from launcher.core.layout import manifest_model_config
-    from launcher.core.schema import nonfinite_number
+    from launcher.core.numbers import nonfinite_number
 
     bad = nonfinite_number(manifest_model_config(m))
     if bad:

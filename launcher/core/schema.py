@@ -468,44 +468,12 @@ class _KeyLike(Exception):
         self.full_key = full_key
 
 
-# Seeds reach torch.manual_seed (which takes at most 2**64-1) and numpy's PCG64 (which refuses negatives).
-SEED_KEYS = ("seed", "train.seed", "data.train_indices.seed", "data.val_indices.seed", "data.test_indices.seed")
-SEED_MAX = 2**64 - 1
-
-
-def nonfinite_number(obj: Any, prefix: str = "") -> Optional[tuple]:
-    """``(dotted key, value)`` of the first NaN/inf number in a nested mapping / list (a model.json, a config),
-    else None. JSON and YAML readers accept ``NaN`` / ``.nan``; no model can train with one."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return prefix or "value", obj
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
-    for k, v in items:
-        found = nonfinite_number(v, f"{prefix}.{k}" if prefix else str(k))
-        if found:
-            return found
-    return None
-
-
-def number_problems(spec: RunSpec) -> List[str]:
-    """Every number the schema reads must be usable: each float key finite (one rule over all of them, so a new
-    key is covered), each seed within 0..2**64-1."""
-    p: List[str] = []
-    for key in _leaf_types():
-        value = get_key(spec, key)
-        if isinstance(value, float) and not math.isfinite(value):
-            p.append(f"{key}: must be a finite number, got {value}")
-    for key in SEED_KEYS:
-        value = get_key(spec, key)
-        if value is not None and not (0 <= value <= SEED_MAX):
-            p.append(f"{key}: must be an integer in 0..2**64-1 (torch.manual_seed's range; numpy refuses "
-                     f"negative seeds), got {value}")
-    return p
-
-
 def validate(spec: RunSpec) -> List[str]:
     """Cross-field rules every backend shares. Returns every problem found (empty list = valid), one
     line each; a backend's own rules are its ``check()`` (run by preflight)."""
-    numbers = number_problems(spec)
+    from launcher.core.numbers import number_problems
+
+    numbers = number_problems(spec, _leaf_types())
     unusable = {line.split(":", 1)[0] for line in numbers}  # their range rules would only repeat them
     return numbers + [line for line in _rules(spec) if line.split(":", 1)[0] not in unusable]
 

@@ -331,7 +331,7 @@ class FairchemBackend:
         for key, value in overrides:
             set_dotted(cfg, key, value)
         problems += missing_files(cfg, origin)
-        from launcher.core.schema import nonfinite_number
+        from launcher.core.numbers import nonfinite_number
 
         bad = nonfinite_number(cfg)
         if bad:  # a NaN cutoff stalls FairChem's graph building; a NaN elsewhere trains nothing

@@ -152,7 +152,7 @@ class MaceBackend:
             return problems + [str(e)]
         if not isinstance(obj, dict):
             return problems + [f"train.input_json: {t.input_json} must hold a JSON dict"]
-        from launcher.core.schema import nonfinite_number
+        from launcher.core.numbers import nonfinite_number
 
         bad = nonfinite_number(obj)
         if bad:  # whatever the task: a NaN r_max would stall the neighbour search

@@ -93,7 +93,7 @@ def check_model_config(raw: Any, *, source: str = "model.json") -> Dict[str, Any
         close = difflib.get_close_matches(unknown[0], VALID_KEYS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"{source}: unknown key '{unknown[0]}'{hint}; valid keys: {', '.join(VALID_KEYS)}")
-    from launcher.core.schema import nonfinite_number
+    from launcher.core.numbers import nonfinite_number
 
     bad = nonfinite_number(raw)
     if bad:  # a NaN r_max would stall the neighbour search; a NaN anywhere else trains nothing
