@@ -154,3 +154,16 @@ def test_fairchem_config_with_nan_is_refused_in_the_dry_run(tmp_path, demo_data,
                                  f"data.train={demo_data['train']}", f"run_dir={tmp_path / 'r'}", f"dry_run={dry}")
         assert code == 2 and "train.config_yml: model.cutoff is nan; expected a finite number" in err, err
         assert not (tmp_path / "r").exists()
+
+
+def test_fairchem_seeds_fit_numpys_legacy_generator(tmp_path):
+    """FairChem seeds numpy's legacy generator with --seed: 2**32 passes the schema and is refused by the backend."""
+    from launcher.backends import backend_problems
+
+    spec = RunSpec(backend="gemnet_oc", task="train", device="cpu", run_dir=str(tmp_path / "r"), seed=2**32)
+    assert validate(spec) == [p for p in validate(spec) if not p.startswith("seed:")]
+    mine = [p for p in backend_problems(spec) if p.startswith("seed:")]
+    assert mine == [f"seed: backend=gemnet_oc passes it to FairChem, which seeds numpy's legacy generator: must be "
+                    f"in 0..2**32-1, got {2**32}"]
+    spec.seed, spec.train.seed = 7, 2**32 - 1
+    assert not [p for p in backend_problems(spec) if "seed" in p.split(":", 1)[0]]
