@@ -15,7 +15,7 @@ from typing import Any
 
 import lmdb
 import numpy as np
-from launcher.core.errors import ConfigError
+from launcher.core.errors import BadRecord, ConfigError
 
 from data.shards import ASELMDB_SUFFIX, ShardedDataset, lmdb_error, open_env
 from data.structure import Structure
@@ -122,10 +122,14 @@ class AseLmdbDataset(ShardedDataset):
         row = self.get_row(i)
         k, local = self.locate(i)
         try:
-            return row_to_structure(row, self.start(k) + local)
+            s = row_to_structure(row, self.start(k) + local)
         except (KeyError, ValueError, TypeError) as exc:
             raise ConfigError(f"{self.shards[k]}: key '{row['id']}': bad row "
                               f"({one_line(exc)})") from None
+        bad = s.problem()
+        if bad:
+            raise BadRecord(f"{self.shards[k]}: key '{row['id']}': {bad}")
+        return s
 
     def get_data(self, i: int) -> Any:
         """The same entry as a FairChem-layout PyG ``Data``."""

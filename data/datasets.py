@@ -119,11 +119,12 @@ def count(path: str | os.PathLike) -> int:
 def check_readable(path: str | os.PathLike, *, trust_pickles: bool = False) -> None:
     """ConfigError unless ``path`` is a non-empty, openable dataset whose first entries exist.
 
-    For FairChem LMDBs the first, the middle, the last and :data:`RANDOM_SAMPLE` random records of every
-    shard are also checked against the pickle allow-list (unless ``trust_pickles``): FairChem's
-    own reader unpickles every record without restriction, so for FairChem backends this
-    sample is the only check before a record is loaded; it cannot prove the records it does
-    not read harmless. The MACE trainer checks every record it reads.
+    For FairChem LMDBs a sample of every shard (:func:`sample_positions`: the first, the middle, the last and
+    :data:`RANDOM_SAMPLE` records spread across it, the same ones on every run, so a dry run and the launch
+    give one verdict) is also checked against the pickle allow-list (unless ``trust_pickles``): FairChem's
+    own reader unpickles every record without restriction, so for FairChem backends this sample is the only
+    check before a record is loaded; it cannot prove the records it does not read harmless. The MACE trainer
+    checks every record it reads. The values of the records a run selects: :func:`check_values`.
     """
     table = _shard_table(path)
     if sum(n for _, n, _ in table) == 0:
@@ -142,11 +143,24 @@ def check_readable(path: str | os.PathLike, *, trust_pickles: bool = False) -> N
             raise lmdb_error(shard, exc) from None
 
 
+def sample_positions(n: int, k: Optional[int] = None, seed: int = 0) -> list[int]:
+    """The positions of ``range(n)`` preflight reads: the first, the middle, the last, and one seeded pick in
+    each of ``k`` (default :data:`RANDOM_SAMPLE`) equal stretches, so the sample spans the whole set and is the
+    same on every call."""
+    k = RANDOM_SAMPLE if k is None else k
+    rng = random.Random(f"{seed}:{n}")  # a str seed is hashed with SHA-512: the same on every machine
+    picks = {0, n // 2, n - 1} if n else set()
+    for j in range(k):
+        lo, hi = j * n // k, (j + 1) * n // k
+        if hi > lo:
+            picks.add(rng.randrange(lo, hi))
+    return sorted(picks)
+
+
 def _check_sample(shard: Path, n: int, txn: lmdb.Transaction) -> None:
     from data.fastpickle import RefusedGlobal, check_record
 
-    picks = {0, n // 2, n - 1, *random.sample(range(n), min(n, RANDOM_SAMPLE))}
-    for i in sorted(picks):
+    for i in sample_positions(n):
         raw = txn.get(encode_key(i))
         if raw is None:
             raise ConfigError(f"{shard}: key '{i}': entry missing (the shard's length is {n})")
@@ -157,3 +171,43 @@ def _check_sample(shard: Path, n: int, txn: lmdb.Transaction) -> None:
         except Exception as exc:  # noqa: BLE001 - a malformed pickle is bad input too
             raise ConfigError(f"{shard}: key '{i}': value does not unpickle "
                               f"({one_line(exc)})") from None
+
+
+def _first(fields: dict, names: Sequence[str]) -> object:
+    return next((fields[k] for k in names if fields.get(k) is not None), None)
+
+
+def check_values(path: str | os.PathLike, indices: Sequence[int], *, trust_pickles: bool = False) -> None:
+    """ConfigError naming the file and entry when one of the entries ``indices`` holds values no model can use
+    (:func:`data.structure.values_problem`). FairChem LMDB records are decoded without torch; a record only
+    torch can decode is left to the job's reader, which checks every record it loads."""
+    from data.fastpickle import RefusedGlobal, record_fields
+    from data.pyg import ENERGY_FIELDS, FORCES_FIELDS, STRESS_FIELDS
+    from data.structure import values_problem
+    from launcher.core.errors import BadRecord
+
+    ds = open_dataset(path, trust_pickles=trust_pickles)
+    try:
+        for i in indices:
+            k, local = ds.locate(int(i))
+            if isinstance(ds, AseLmdbDataset):
+                try:
+                    ds[int(i)]
+                except BadRecord as exc:
+                    raise ConfigError(str(exc)) from None
+                continue
+            try:
+                fields = record_fields(ds.get_bytes(int(i)))
+            except RefusedGlobal:
+                continue  # a trusted record naming other classes: only an unrestricted load reads it
+            if fields is None or fields.get("pos") is None:
+                continue
+            try:
+                bad = values_problem(fields["pos"], fields.get("cell"), _first(fields, ENERGY_FIELDS),
+                                     _first(fields, FORCES_FIELDS), _first(fields, STRESS_FIELDS))
+            except (TypeError, ValueError):
+                continue  # an odd field type: the job's reader reports it in its own words
+            if bad:
+                raise ConfigError(f"{ds.shards[k]}: key '{local}': {bad}")
+    finally:
+        ds.close()

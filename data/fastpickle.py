@@ -330,6 +330,37 @@ def _tensors_to_numpy(obj: Any) -> Any:
     return obj
 
 
+# ------------------------------------------------------------------ values without torch
+class _Fields:
+    """Stands in for PyG's ``Data`` and its storages: keeps the pickled state, runs nothing."""
+
+
+class _FieldsUnpickler(_NumpyRecordUnpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("torch_geometric.") and (module, name) in ALLOWED:
+            return _Fields
+        return super().find_class(module, name)
+
+
+def record_fields(raw: bytes) -> dict[str, Any] | None:
+    """A FairChem-layout record's fields (tensors as numpy arrays) read without torch, for preflight's value
+    checks; None when the record needs the general unpickler (torch) to be read. Refuses what
+    :func:`check_record` refuses."""
+    try:
+        obj = _FieldsUnpickler(io.BytesIO(raw)).load()
+    except RefusedGlobal:
+        raise
+    except Exception:  # noqa: BLE001 - unusual content: the job's reader decides
+        return None
+    state = getattr(obj, "__dict__", None)
+    if not isinstance(state, dict):
+        return None
+    store = state.get("_store")
+    if store is not None:  # PyG 2.x: the fields live in the global storage's mapping
+        state = getattr(store, "__dict__", {}).get("_mapping")
+    return dict(state) if isinstance(state, dict) else None
+
+
 # ------------------------------------------------------------------ checking without loading
 class _Inert:
     """Stands in for every allowed global while checking: accepts anything, runs nothing."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
-from launcher.core.errors import ConfigError
+from launcher.core.errors import BadRecord, ConfigError
 
 from data.shards import LMDB_SUFFIX, ShardedDataset, lmdb_error, open_env
 from data.structure import Structure
@@ -142,7 +142,11 @@ class LmdbDataset(ShardedDataset):
 
         data, k, local = self._load(i, tensors=False)
         try:
-            return pyg_to_structure(data, self.start(k) + local)
+            s = pyg_to_structure(data, self.start(k) + local)
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else one_line(exc)
             raise ConfigError(f"{self.shards[k]}: key '{local}': {msg}") from None
+        bad = s.problem()  # refused by name here: a NaN position would stall the neighbour search
+        if bad:
+            raise BadRecord(f"{self.shards[k]}: key '{local}': {bad}")
+        return s

@@ -30,6 +30,26 @@ def stress_to_3x3(stress: Any) -> np.ndarray:
     raise ValueError(f"stress has {arr.size} components, expected 6 (Voigt) or 9 (3x3)")
 
 
+def values_problem(positions: Any, cell: Any = None, energy: Any = None, forces: Any = None,
+                   stress: Any = None) -> str | None:
+    """What makes a structure's values unusable for a model, in words (None when nothing does): no atoms, or a
+    NaN/inf position, cell entry or label. A NaN position makes the neighbour search run without end, so the
+    readers refuse it by name rather than hand it on."""
+    pos = np.asarray(positions, dtype=np.float64).reshape(-1)
+    if pos.size == 0:
+        return "holds no atoms (a structure needs at least one)"
+    for name, value in (("positions", pos), ("cell", cell), ("energy", energy), ("forces", forces),
+                        ("stress", stress)):
+        if value is None:
+            continue
+        arr = np.asarray(value, dtype=np.float64).reshape(-1)
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if bad.size:
+            where = f" at atom {bad[0] // 3}" if name in ("positions", "forces") else ""
+            return f"{name} not finite ({arr[bad[0]]}{where}); expected finite numbers"
+    return None
+
+
 @dataclass
 class Structure:
     """One labelled (or unlabelled) atomic structure.
@@ -92,6 +112,10 @@ class Structure:
         for name in ("tags", "fixed"):
             if getattr(self, name).shape[0] != n:
                 raise ValueError(f"{name} has {getattr(self, name).shape[0]} entries for {n} atoms")
+
+    def problem(self) -> str | None:
+        """:func:`values_problem` of this structure."""
+        return values_problem(self.positions, self.cell, self.energy, self.forces, self.stress)
 
     @property
     def config_type(self) -> str:

@@ -73,7 +73,8 @@ def _run_single_checked(cfg: Any, prestarted: Optional[Any]) -> None:
     resolve_model_names([spec], [Path(hc.runtime.cwd)])  # model_in=NAME -> the verified cached file
     params = launcher_params(hc.launcher)
     check_params(params)
-    problems = check_sweep([spec], [spec.run_name], cluster=params.cluster, gpus_per_node=params.gpus_per_node)
+    problems = check_sweep([spec], [spec.run_name], cluster=params.cluster, gpus_per_node=params.gpus_per_node,
+                           params=params)
     if problems:
         raise ConfigErrors(problems)
     if spec.dry_run:

@@ -18,7 +18,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from launcher.core.env import cache_root
 from launcher.core.errors import ConfigError, ConfigErrors
@@ -273,3 +273,193 @@ def resolve_model_names(specs: Sequence[Any], bases: Sequence[Path],
             spec.model_in = str(fetched[entry.name])
     if problems:
         raise ConfigErrors(list(dict.fromkeys(problems)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The model a run starts from (model_in / model.manifest / model.weights), checked as the job reads it
+# ---------------------------------------------------------------------------------------------
+# Every refusal the job would make on these inputs is made here, before anything is queued, so a dry run and
+# the launch give the same verdict in well under a second: the job only learns of them after importing torch.
+
+_SHA_MEMO: Dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256: a sweep's points share their model
+
+
+def _sha256_once(path: Path) -> str:
+    st = path.stat()
+    ident = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if ident not in _SHA_MEMO:
+        _SHA_MEMO[ident] = sha256_of(path)
+    return _SHA_MEMO[ident]
+
+
+def torch_file_problem(key: str, path: Path) -> Optional[str]:
+    """``path`` must be a file ``torch.save`` wrote (zip archive with a data.pkl, or a legacy pickle):
+    anything else fails the job's ``torch.load``. Reads the header only (no torch)."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                if any(n.endswith("data.pkl") for n in zf.namelist()):
+                    return None
+        elif head[:1] == b"\x80" and head[1:2] and head[1] <= 5:  # pickle protocol 2..5 (torch's legacy format)
+            return None
+    except (OSError, zipfile.BadZipFile) as e:
+        return f"{key}: cannot read {path} ({getattr(e, 'strerror', None) or ' '.join(str(e).split())})"
+    what = "empty" if path.stat().st_size == 0 else "not a PyTorch file"
+    return (f"{key}: {path} is {what}; expected a torch.save archive (checkpoint, .model or weights), "
+            "a manifest.json or a run directory")
+
+
+def _registered_other(name: Any, spec: Any) -> bool:
+    """``name`` is another registered backend than the spec's (an unknown word is the backend's to judge)."""
+    from launcher.core.plugins import backend_names
+
+    return isinstance(name, str) and name != spec.backend and name in backend_names()
+
+
+def _recorded_backend(run_dir: Path) -> Optional[str]:
+    """The backend an earlier run dir was made by: its run.yaml, else its manifest; None when neither says."""
+    import yaml
+
+    from launcher.core.layout import RunLayout
+
+    layout = RunLayout.of(run_dir)
+    for path, load in ((layout.run_yaml, yaml.safe_load), (layout.manifest, json.loads)):
+        try:
+            obj = load(path.read_text())
+        except (OSError, ValueError, yaml.YAMLError):
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("backend"), str):
+            return obj["backend"]
+    return None
+
+
+def _run_dir_problems(spec: Any, run_dir: Path) -> Tuple[List[str], Optional[Path]]:
+    """A run directory as ``model_in``: made by this backend, holding a model; (problems, its manifest)."""
+    from launcher.core.layout import RunLayout
+
+    theirs = RunLayout.of(run_dir)
+    backend = _recorded_backend(run_dir)
+    if _registered_other(backend, spec):
+        return [f"model_in: {run_dir} is a run of backend={backend}; backend={spec.backend} cannot use it "
+                f"(use backend={backend}, or a model of backend={spec.backend})"], None
+    held = [p for p in (theirs.checkpoint, theirs.manifest, theirs.native_checkpoint) if p.is_file()]
+    if not held:
+        what = "is empty" if not any(run_dir.iterdir()) else "holds no model"
+        return [f"model_in: {run_dir} {what}: expected a run directory holding checkpoints/checkpoint.pt or "
+                f"artifacts/manifest.json, or a model file"], None
+    problems = [p for p in (torch_file_problem("model_in", c) for c in held if c.suffix == ".pt") if p]
+    from launcher.core.schema import TRAINING_TASKS
+
+    # training tasks start from the checkpoint when there is one (the manifest is then not read)
+    used = theirs.manifest.is_file() and not (spec.task in TRAINING_TASKS and theirs.checkpoint.is_file())
+    return problems, theirs.manifest if used else None
+
+
+def _weights_escape(manifest_path: Path, manifest: Dict[str, Any]) -> Optional[str]:
+    """A relative ``weights.path`` must stay inside the manifest's folder (a bundle is a folder; ``..`` out of
+    it reaches files the bundle does not own). Absolute paths are taken as written."""
+    entry = manifest.get("weights")
+    raw = str(entry.get("path")) if isinstance(entry, dict) else None
+    if not raw or os.path.isabs(os.path.expanduser(raw)):
+        return None
+    folder = os.path.normpath(os.path.abspath(manifest_path.parent))
+    target = os.path.normpath(os.path.join(folder, raw))
+    if os.path.commonpath([folder, target]) != folder:
+        return f"weights.path '{raw}' leaves the manifest's folder {folder}"
+    return None
+
+
+def _manifest_problems(spec: Any, key: str, path: Path, weights: Optional[Path]) -> List[str]:
+    """A manifest (``model.manifest``, or a ``*.json`` / run dir as ``model_in``): its shape, backend, the
+    weights it names (inside its folder, present, a torch file, the sha256 it records); ``weights``:
+    ``model.weights``, which replaces the manifest's own."""
+    from launcher.core.layout import manifest_weights_path, read_manifest
+
+    if not path.is_file():
+        return [f"{key}: expected a manifest.json file, got a directory: {path}"]
+    try:
+        m = read_manifest(path)
+    except ConfigError as e:
+        msg = " ".join(str(e).split())
+        return [msg if msg.startswith(f"{key}:") else f"{key}: {msg.split(': ', 1)[-1]}"]
+    if _registered_other(m.get("backend"), spec):
+        return [f"{key}: {path} is a {m['backend']} model; backend={spec.backend} cannot use it "
+                f"(use backend={m['backend']})"]
+    from launcher.core.layout import manifest_model_config
+    from launcher.core.numbers import nonfinite_number
+
+    bad = nonfinite_number(manifest_model_config(m))
+    if bad:
+        return [f"{key}: {path}: the model's {bad[0]} is {bad[1]}; expected a finite number"]
+    escape = _weights_escape(path, m)
+    if escape:
+        return [f"{key}: {path}: {escape}; expected a file in that folder (or an absolute path)"]
+    named = manifest_weights_path(path, m)
+    problems = _head_problems(spec, key, path, m)
+    if weights is not None and weights.resolve() != named.resolve():
+        return problems  # the user's own weights (model.weights is checked by itself)
+    fairchem = m.get("fairchem") if isinstance(m.get("fairchem"), dict) else {}
+    if fairchem.get("checkpoint") and (path.parent / str(fairchem["checkpoint"])).is_file():
+        return problems  # a FairChem run's manifest: its backend starts from the checkpoint beside it
+    if not named.is_file():
+        return problems + [f"{key}: {path} names weights {named}, which do not exist"]
+    bad = torch_file_problem(key, named)
+    if bad:
+        return problems + [bad]
+    entry = m.get("weights") or m.get("source") or {}
+    want = str(entry.get("sha256") or "").lower()
+    if want and _sha256_once(named) != want:
+        return problems + [f"{key}: {named} has sha256 {_sha256_once(named)[:12]}..., but {path} records "
+                           f"{want[:12]}... (a different or damaged file)"]
+    return problems
+
+
+def _head_problems(spec: Any, key: str, path: Path, manifest: Dict[str, Any]) -> List[str]:
+    """``train.head_key`` of a task that uses the model's own heads must be one of a multi-head model's."""
+    from launcher.core.layout import manifest_model_config
+
+    if spec.task == "train" or (spec.task == "finetune" and spec.train.input_json):
+        return []  # train builds its model; a finetune with a model.json may add heads
+    cfg = manifest_model_config(manifest)
+    heads = cfg.get("heads") or manifest.get("heads") or []
+    if not isinstance(heads, list) or len(heads) < 2 or spec.train.head_key in heads:
+        return []
+    return [f"train.head_key: '{spec.train.head_key}' is not a head of the model in {path}; its heads: "
+            f"{', '.join(map(str, heads))}"]
+
+
+def model_input_problems(spec: Any) -> List[str]:
+    """Every problem of the model a spec starts from, one line each naming the key and file (no torch)."""
+    problems: List[str] = []
+    weights = Path(spec.model.weights) if spec.model.weights else None
+    if spec.model_in:
+        p = Path(spec.model_in)
+        if not p.exists():
+            problems.append(f"model_in: path not found: {p}")
+        elif p.is_dir():
+            found, manifest = _run_dir_problems(spec, p)
+            problems += found
+            if manifest is not None and not found:
+                problems += _manifest_problems(spec, "model_in", manifest, weights)
+        elif p.name.endswith(".json"):
+            problems += _manifest_problems(spec, "model_in", p, weights)
+        else:
+            problems += [x for x in [torch_file_problem("model_in", p)] if x]
+    if spec.model.manifest:
+        p = Path(spec.model.manifest)
+        if not p.exists():
+            problems.append(f"model.manifest: file not found: {p}")
+        else:
+            problems += _manifest_problems(spec, "model.manifest", p, weights)
+    if weights is not None:
+        if not weights.exists():
+            problems.append(f"model.weights: file not found: {weights}")
+        elif not weights.is_file():
+            problems.append(f"model.weights: expected a file, got a directory: {weights}")
+        else:
+            problems += [x for x in [torch_file_problem("model.weights", weights)] if x]
+    return list(dict.fromkeys(problems))

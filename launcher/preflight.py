@@ -6,7 +6,7 @@ device files; the job itself confirms it with torch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from launcher.core.env import gpu_visible
 from launcher.core.errors import ConfigError, NotImplementedBackend
@@ -47,20 +47,6 @@ def _special_file(key: str, p: Path) -> Optional[str]:
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
     return f"{key}: {p} is a {file_kind(mode)}, expected a regular file or a folder"
-
-
-def _check_json(key: str, value: Optional[str], problems: List[str], *, want: type) -> None:
-    from launcher.core.layout import read_json_file
-
-    if not _check_file(key, value, problems):
-        return
-    try:
-        obj = read_json_file(Path(value), key=key)
-    except ConfigError as e:
-        problems.append(str(e))
-        return
-    if not isinstance(obj, want):
-        problems.append(f"{key}: {value} must hold a JSON {want.__name__}")
 
 
 def _one_line(text: object) -> str:
@@ -119,34 +105,29 @@ def _check_indices(spec: RunSpec, sizes: Dict[str, int], problems: List[str]) ->
                 problems.append(msg)
 
 
-def _check_model_file(key: str, value: Optional[str], problems: List[str]) -> None:
-    """``model_in`` / ``model.weights``: a run directory, a manifest.json, or a file torch.save wrote.
+def _check_values(spec: RunSpec, sizes: Dict[str, int], problems: List[str]) -> None:
+    """The values of a seeded sample of the records each split's selection holds (its first, last and a spread
+    across it: :func:`data.datasets.sample_positions`): no atoms or NaN/inf values are refused naming the file
+    and entry. Only selected records are read; the job's reader checks every other record it loads."""
+    from data.datasets import check_values, sample_positions
+    from data.indices import select_split_indices
 
-    The job's torch.load would fail on anything else (UnpicklingError); this reads only the header
-    (zip archive, or a pickle's protocol byte), so a dry run stays free of torch.
-    """
-    import zipfile
-
-    p = Path(value) if value else None
-    if p is None or not p.is_file():
-        return
-    if p.suffix == ".json":
-        _check_json(key, value, problems, want=dict)
-        return
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(2)
-        if zipfile.is_zipfile(p):
-            with zipfile.ZipFile(p) as zf:
-                if any(n.endswith("data.pkl") for n in zf.namelist()):
-                    return
-        elif head[:1] == b"\x80" and head[1:2] and head[1] <= 5:  # pickle protocol 2..5 (torch's legacy format)
-            return
-    except OSError as e:
-        problems.append(f"{key}: cannot read {p} ({e.strerror or _one_line(e)})")
-        return
-    problems.append(f"{key}: {p} is not a PyTorch file (a torch.save archive: checkpoint, .model or weights), "
-                    "a manifest.json or a run directory")
+    reported = {p.split(":", 1)[0] for p in problems}
+    for split, active in _split_reads(spec).items():
+        key = f"data.{split}"
+        if split not in sizes or key in reported:
+            continue
+        try:
+            idx = select_split_indices(spec.data, split, sizes[split], active=active)
+        except ConfigError:
+            continue  # reported by _check_indices
+        try:
+            check_values(getattr(spec.data, split), [int(idx[j]) for j in sample_positions(len(idx))],
+                         trust_pickles=bool(spec.data.trust_pickles))
+        except ConfigError as e:
+            problems.append(f"{key}: {_one_line(e)}")
+        except Exception:  # noqa: BLE001 - readability was checked above; the job's reader gives its verdict
+            continue
 
 
 def _check_run_dir(run_dir: str, problems: List[str]) -> bool:
@@ -173,6 +154,8 @@ def _check_run_dir(run_dir: str, problems: List[str]) -> bool:
 
 def _check_backend_inputs(spec: RunSpec, problems: List[str]) -> None:
     """Inputs a backend would refuse only once the job has started."""
+    if any(p.startswith("model.manifest:") for p in problems):
+        return  # the manifest itself is wrong: that line says enough
     if spec.backend == "mace" and spec.task == "resume" and spec.model.manifest and not spec.model_in \
             and spec.run_dir:
         from launcher.core.layout import RunLayout
@@ -227,13 +210,16 @@ def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Opti
             index_files_ok = False
     if index_files_ok:
         _check_indices(spec, sizes, problems)
-    if spec.model_in and _check_file("model_in", spec.model_in, problems, kind="path"):
-        _check_model_file("model_in", spec.model_in, problems)
-    if spec.model.manifest:
-        _check_json("model.manifest", spec.model.manifest, problems, want=dict)
-    if spec.model.weights and _check_file("model.weights", spec.model.weights, problems):
-        _check_model_file("model.weights", spec.model.weights, problems)
-    problems.extend(model_file_problems(spec))   # pickled model files against the backend's allow-list
+        _check_values(spec, sizes, problems)
+    special = [_special_file(k, Path(v)) for k, v in (("model_in", spec.model_in), ("model.manifest",
+               spec.model.manifest), ("model.weights", spec.model.weights)) if v]
+    if any(special):  # a FIFO would block the readers below
+        problems += [x for x in special if x]
+    else:
+        from launcher.models import model_input_problems
+
+        found = model_input_problems(spec)  # every refusal the job's model loading would make
+        problems += found or model_file_problems(spec)  # then pickled model files against the allow-list
     _check_backend_inputs(spec, problems)
 
     if is_cuda(spec.device):  # cuda or cuda:N (the job checks N against the GPUs torch sees)
@@ -271,8 +257,13 @@ def check_sweep(
     gpus_per_node: Optional[int] = None,
     warn: Optional[Callable[[str], None]] = None,
     notes: bool = True,
+    params: Optional[Any] = None,
 ) -> List[str]:
     """Problems of every point, each prefixed with its label when there are several points.
+
+    ``params`` (the door's :class:`launcher.params.LauncherParams`) adds the launcher settings each point's
+    backend refuses (:func:`launcher.submit.backend_launch_problems`, also run at submission), so that a dry
+    run refuses them as the launch does.
 
     When there are none, the points' warnings (:func:`data_notes`) go to ``warn`` (default: stderr);
     ``notes=False`` skips them (their data was read, and they were shown, once already).
@@ -281,7 +272,12 @@ def check_sweep(
     problems: List[str] = []
     many = len(specs) > 1
     for spec, label in zip(specs, labels):
-        for p in check_spec(spec, cluster=cluster, gpus_per_node=gpus_per_node):
+        point = check_spec(spec, cluster=cluster, gpus_per_node=gpus_per_node)
+        if params is not None:
+            from launcher.submit import backend_launch_problems
+
+            point += [p for p in backend_launch_problems([spec], params) if p not in point]
+        for p in point:
             problems.append(f"[{label}] {p}" if many else p)
     seen: Dict[str, str] = {}
     for spec, label in zip(specs, labels):

@@ -183,7 +183,8 @@ def _main(args: argparse.Namespace) -> int:
         labels = [s.run_name for s in specs]
         # model_in=NAME -> the verified cached file (a bare word resolved against the file's folder or the cwd)
         resolve_model_names(specs, [Path(args.config).parent, Path.cwd()])
-        problems = check_sweep(specs, labels, cluster=params.cluster, gpus_per_node=params.gpus_per_node)
+        problems = check_sweep(specs, labels, cluster=params.cluster, gpus_per_node=params.gpus_per_node,
+                               params=params)
         if problems:
             raise ConfigErrors(problems)
         if any(s.dry_run for s in specs):

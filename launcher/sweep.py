@@ -123,7 +123,8 @@ def launch_sweep(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
     resolve_model_names(specs, [Path(os.getcwd())])  # model_in=NAME -> the verified cached file
     params = launcher_params(launcher.config.hydra.launcher)
     labels = point_labels(overrides, initial_job_idx)
-    problems = check_sweep(specs, labels, cluster=params.cluster, gpus_per_node=params.gpus_per_node)
+    problems = check_sweep(specs, labels, cluster=params.cluster, gpus_per_node=params.gpus_per_node,
+                           params=params)
     if problems:
         raise ConfigErrors(problems)
     if any(s.dry_run for s in specs):
@@ -224,7 +225,7 @@ def check_study(launcher: Any, fixed: Sequence[str], distributions: Dict[str, An
     sampled key at its bounds / choices (each with the rest fixed). Problems raise ConfigErrors (exit 2)."""
     from launcher.models import resolve_model_names
     from launcher.preflight import check_sweep
-    from launcher.submit import backend_launch_problems, check_params
+    from launcher.submit import check_params
 
     params = launcher_params(launcher.config.hydra.launcher)
     check_params(params)
@@ -234,8 +235,9 @@ def check_study(launcher: Any, fixed: Sequence[str], distributions: Dict[str, An
     cwd = [Path(os.getcwd())]
     (base,), _, _ = compose_points(launcher, [list(fixed)], 0)
     resolve_model_names([base], cwd)
-    problems = check_sweep([base], [base.run_name], cluster=params.cluster, gpus_per_node=params.gpus_per_node)
-    problems += objective_problems(base) + backend_launch_problems([base], params)
+    problems = check_sweep([base], [base.run_name], cluster=params.cluster, gpus_per_node=params.gpus_per_node,
+                           params=params)
+    problems += objective_problems(base)
     if problems:
         raise ConfigErrors(problems)
     probes = probe_overrides(fixed, distributions)
@@ -244,9 +246,8 @@ def check_study(launcher: Any, fixed: Sequence[str], distributions: Dict[str, An
         resolve_model_names(specs, cwd)
         labels = [label for label, _ in probes]
         problems = check_sweep(specs, labels, cluster=params.cluster, gpus_per_node=params.gpus_per_node,
-                               notes=False)
+                               notes=False, params=params)
         problems += [f"[{label}] {p}" for spec, label in zip(specs, labels) for p in objective_problems(spec)]
-        problems += backend_launch_problems(specs, params)
         if problems:
             raise ConfigErrors(list(dict.fromkeys(problems)))
     return base
@@ -278,7 +279,7 @@ def launch_trials(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
             (spec,), _, _ = compose_points(launcher, [list(ov)], idx)
             resolve_model_names([spec], [Path(os.getcwd())])
             problems = check_sweep([spec], [str(idx)], cluster=params.cluster, gpus_per_node=params.gpus_per_node,
-                                   notes=False) + objective_problems(spec)
+                                   notes=False, params=params) + objective_problems(spec)
         except Exception as e:  # noqa: BLE001 - a point Hydra or the schema refused: this trial fails
             problems = config_error_message(e) or [f"{type(e).__name__}: {e}"]
         if problems:

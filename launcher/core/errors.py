@@ -22,6 +22,23 @@ class ConfigErrors(ConfigError):
         self.problems = list(problems)
 
 
+class BadRecord(RuntimeError):
+    """A dataset record a running job reads holds values no model can use (no atoms, NaN/inf positions, cell or
+    labels), one line naming the file and the entry. Preflight refuses the records it samples as a ConfigError;
+    one found while the run reads its data is a run-time failure (exit 1; the run directory stays resumable).
+
+    Raised in a DataLoader worker, it comes back to the main process wrapped in torch's multi-line report;
+    the one line is recovered from it, so the error reads the same with or without workers.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        text = str(message)
+        if "Traceback" in text:  # torch's ExceptionWrapper.reraise: "Caught ... Original Traceback ... Name: line"
+            last = text.strip().splitlines()[-1]
+            text = last.split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(text)
+
+
 class NotImplementedBackend(RuntimeError):
     """A backend name with no registered implementation, or a task a backend does not run."""
 

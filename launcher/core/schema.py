@@ -144,8 +144,8 @@ class DataSpec:
     trust_pickles: bool = _f(False, "read LMDB records without the allow-list of data classes (PyG Data, torch tensors, "
                                     "numpy arrays; records naming anything else are refused); only for files you trust: "
                                     "a pickle can run code. FairChem backends read records with FairChem's own "
-                                    "unrestricted reader: for them preflight checks the first, middle, last and 3 random "
-                                    "records of each shard. Also model files (model_in, model.weights, a manifest's "
+                                    "unrestricted reader: for them preflight checks the first, middle, last and 3 records "
+                                    "spread across each shard (seeded: the same ones every run). Also model files (model_in, model.weights, a manifest's "
                                     "weights: a mace .model, a FairChem .pt): without it they are read through an "
                                     "allow-list of the model classes MACE, e3nn, torch.nn and FairChem checkpoints "
                                     "need, and a file naming anything else is refused in preflight, naming it")
@@ -491,6 +491,14 @@ class _KeyLike(Exception):
 def validate(spec: RunSpec) -> List[str]:
     """Cross-field rules every backend shares. Returns every problem found (empty list = valid), one
     line each; a backend's own rules are its ``check()`` (run by preflight)."""
+    from launcher.core.numbers import number_problems
+
+    numbers = number_problems(spec, _leaf_types())
+    unusable = {line.split(":", 1)[0] for line in numbers}  # their range rules would only repeat them
+    return numbers + [line for line in _rules(spec) if line.split(":", 1)[0] not in unusable]
+
+
+def _rules(spec: RunSpec) -> List[str]:
     p: List[str] = []
     for key, options in CHOICES.items():
         value = get_key(spec, key)

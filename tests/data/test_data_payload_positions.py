@@ -135,7 +135,7 @@ def test_preflight_sample(planted, monkeypatch):
     import data.datasets
 
     # the random part of the sample must not be what finds the payload: the fixed picks must
-    monkeypatch.setattr(data.datasets.random, "sample", lambda population, k: [])
+    monkeypatch.setattr(data.datasets, "RANDOM_SAMPLE", 0)
     folder, shard, local, _i, marker = planted
     _refused(lambda: check_readable(folder), shard, local)
     check_readable(folder, trust_pickles=True)  # the user's word lifts the check (nothing is unpickled here)
@@ -161,7 +161,7 @@ def test_launch_dry_run_preflight(planted, tmp_path, monkeypatch):
     import data.datasets
     from tests.launcher.conftest import run_launch
 
-    monkeypatch.setattr(data.datasets.random, "sample", lambda population, k: [])
+    monkeypatch.setattr(data.datasets, "RANDOM_SAMPLE", 0)
     folder, shard, local, _i, marker = planted
     repo = Path(__file__).resolve().parents[2]
     code, _out, err = run_launch(["device=cpu", f"train.input_json={repo / 'conf' / 'mace' / 'tiny.json'}",

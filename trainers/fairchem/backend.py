@@ -304,6 +304,10 @@ class FairchemBackend:
         elif t.config_yml and not Path(t.config_yml).is_file():
             problems.append(f"train.config_yml: expected a file, got a directory: {t.config_yml}")
         refused = refused_keys(spec) + _unreadable_formats(spec) + _env_problems(spec) + _data_problems(spec)
+        if not 0 <= spec.effective_seed < 2**32:  # FairChem seeds numpy's legacy generator with --seed
+            key = "seed" if spec.train.seed is None else "train.seed"
+            refused.append(f"{key}: backend={spec.backend} passes it to FairChem, which seeds numpy's legacy "
+                           f"generator: must be in 0..2**32-1, got {spec.effective_seed}")
         wrong_model = _model_problems(spec)
         if problems or wrong_model:  # the config or the model is wrong: what follows would only repeat it
             return problems + wrong_model + refused
@@ -329,6 +333,11 @@ class FairchemBackend:
         for key, value in overrides:
             set_dotted(cfg, key, value)
         problems += missing_files(cfg, origin)
+        from launcher.core.numbers import nonfinite_number
+
+        bad = nonfinite_number(cfg)
+        if bad:  # a NaN cutoff stalls FairChem's graph building; a NaN elsewhere trains nothing
+            problems.append(f"{origin}: {bad[0]} is {bad[1]}; expected a finite number")
         name = (cfg.get("model") or {}).get("name") if isinstance(cfg.get("model"), dict) else None
         allowed = MODEL_NAMES.get(spec.backend, ())
         if name is None:

@@ -143,6 +143,9 @@ class MaceBackend:
         from trainers.mace.runlog import logger_problems
 
         problems += logger_problems(spec)
+        from trainers.mace.model_files import model_file_problems
+
+        problems += model_file_problems(spec)
         if not t.input_json:
             return problems
         try:
@@ -151,6 +154,11 @@ class MaceBackend:
             return problems + [str(e)]
         if not isinstance(obj, dict):
             return problems + [f"train.input_json: {t.input_json} must hold a JSON dict"]
+        from launcher.core.numbers import nonfinite_number
+
+        bad = nonfinite_number(obj)
+        if bad:  # whatever the task: a NaN r_max would stall the neighbour search
+            return problems + [f"train.input_json: {t.input_json}: {bad[0]}: expected a finite number, got {bad[1]}"]
         if spec.task in ("train", "finetune"):
             from trainers.mace.model_config import load_model_json
 

@@ -5,6 +5,7 @@ The trainer streams them (``trainers.mace.stream``) or caches them; evaluate / i
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -43,6 +44,8 @@ def to_graph(s: Any, table: Any, r_max: float, heads: Sequence[str], head: str) 
     own data carries it)."""
     from mace.data import AtomicData, Configuration
 
+    if not (math.isfinite(r_max) and r_max > 0):  # a NaN cutoff stalls the neighbour search
+        raise ConfigError(f"r_max: the model's cutoff is {r_max}; expected a finite number > 0")
     props: Dict[str, Any] = {}
     weights: Dict[str, float] = {}
     if s.energy is not None:

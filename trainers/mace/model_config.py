@@ -93,6 +93,11 @@ def check_model_config(raw: Any, *, source: str = "model.json") -> Dict[str, Any
         close = difflib.get_close_matches(unknown[0], VALID_KEYS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"{source}: unknown key '{unknown[0]}'{hint}; valid keys: {', '.join(VALID_KEYS)}")
+    from launcher.core.numbers import nonfinite_number
+
+    bad = nonfinite_number(raw)
+    if bad:  # a NaN r_max would stall the neighbour search; a NaN anywhere else trains nothing
+        raise ConfigError(f"{source}: {bad[0]}: expected a finite number, got {bad[1]}")
     cfg = dict(DEFAULTS)
     cfg.update(raw)
     if cfg["model"] not in MODEL_KINDS:
