@@ -149,7 +149,30 @@ def _check_run_dir(run_dir: str, problems: List[str]) -> bool:
         what = "is not writable" if node == root else f"cannot be created: no write permission in {node}"
         problems.append(f"run_dir: {root} {what}")
         return False
+    too_long = _name_too_long(root, node)
+    if too_long:
+        problems.append(f"run_dir: {root} cannot be created: {too_long}")
+        return False
     return True
+
+
+def _name_too_long(root: Path, existing: Path) -> Optional[str]:
+    """The file system's name limits for the parts of ``root`` below ``existing`` (the job would fail on
+    them after making the folders above)."""
+    import os
+
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        path_max = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for part in root.relative_to(existing).parts if root != existing else ():
+        if len(os.fsencode(part)) > name_max:
+            return f"the name '{part[:40]}...' is {len(os.fsencode(part))} bytes, the file system allows {name_max}"
+    full = len(os.fsencode(str(root.absolute())))
+    if full >= path_max:
+        return f"the path is {full} bytes, the file system allows {path_max - 1}"
+    return None
 
 
 def _check_backend_inputs(spec: RunSpec, problems: List[str]) -> None:

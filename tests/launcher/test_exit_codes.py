@@ -237,8 +237,6 @@ def test_launch_status_exits_3_while_jobs_run_and_1_once_they_died(files, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="launcher/preflight.py: a run_dir whose name is too long passes the dry run "
-                                       "(exit 0) but the run refuses it (exit 2) after creating its parent folder")
 @pytest.mark.parametrize("door", ["launch", "launch-run"])
 def test_a_dry_run_gives_the_real_runs_verdict_on_a_run_dir_name_too_long(door, files, tmp_path):
     import yaml
