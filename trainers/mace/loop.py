@@ -463,8 +463,11 @@ class Trainer:
             sync = self.dist.enabled and j < len(micro) - 1
             ctx = self.ddp_model.no_sync() if sync else _null()
             with ctx:
+                data = batch.to_dict()
+                if self.spec.train.compile:   # the model sets it too, but inside a compiled graph that is too late
+                    data["positions"].requires_grad_(True)
                 with autocast(self.device, self.amp):
-                    out = self.ddp_model(batch.to_dict(), training=True, compute_force=self.compute_force,
+                    out = self.ddp_model(data, training=True, compute_force=self.compute_force,
                                          **({"compute_stress": True} if self.compute_stress else {}))
                 loss = self.loss_fn(pred=as_float32(out) if self.amp else out, ref=batch) / len(micro)
                 if self.scaler is not None:

@@ -140,3 +140,14 @@ def test_cueq_trains_like_e3nn_stores_e3nn_form_and_resumes_with_e3nn(tiny_data,
     log = (tmp_path / "cueq" / "logs" / "train.log").read_text()
     assert "the checkpoint trained with cueq, this run with e3nn" in log
     assert len(_metrics(tmp_path / "cueq")) == 3
+
+
+def test_fairchem_backends_refuse_kernels_and_compile():
+    from launcher.core.schema import spec_from_dict
+    from trainers.fairchem.derive import refused_keys
+
+    spec = spec_from_dict({"backend": "equiformer_v2", "task": "train", "train": {"kernels": "cueq", "compile": True}})
+    problems = refused_keys(spec)
+    assert sorted(p.split(":")[0] for p in problems) == ["train.compile", "train.kernels"]
+    assert all("not supported by backend=equiformer_v2" in p for p in problems)
+    assert refused_keys(spec_from_dict({"backend": "gemnet_oc", "task": "train"})) == []
