@@ -292,7 +292,8 @@ class MaceBackend:
         from trainers.mace import kernels
 
         name, why = kernels.choose(ctx.spec.train.kernels, device)
-        self._eval_note(ctx, f"kernels: {name} ({why})")
+        if ctx.spec.train.kernels != "auto" or device.type == "cuda":   # CPU with auto: e3nn, nothing to say
+            self._eval_note(ctx, f"kernels: {name} ({why})")
         return kernels.convert(model, name, device)
 
     @staticmethod

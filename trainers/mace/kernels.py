@@ -99,12 +99,18 @@ class E3nnForm:
     """The e3nn-form state dict of a module that runs other kernels, through one e3nn twin built once
     (mace-torch's converters build a new module per call; the checkpoint of every epoch need not)."""
 
-    def __init__(self, model: Any, kernels: str, prepared: bool = False) -> None:
-        """``prepared``: ``model`` went through mace's compile preparation, which drops a few constant flags
-        from its state dict (restored from the twin)."""
+    def __init__(self, model: Any, kernels: str, prepared_from: Optional[Dict[str, Any]] = None) -> None:
+        """``prepared_from``: the config ``model`` was built from through mace's compile preparation, which
+        drops a few constant flags from its state dict (the twin, built from that config, restores them)."""
         self.kernels = kernels
         self.twin = None
-        if kernels == "e3nn" and not prepared:
+        param = next(model.parameters())
+        if prepared_from is not None:
+            from trainers.mace.model_config import build_model
+
+            self.twin = build_model(prepared_from).to(dtype=param.dtype)
+            return
+        if kernels == "e3nn":
             return
         from mace.tools.scripts_utils import extract_config_mace_model
 
@@ -114,7 +120,6 @@ class E3nnForm:
                      config.get("use_reduced_cg", True), config.get("keep_last_layer_irreps", False))
         config.pop("cueq_config", None)
         config.pop("oeq_config", None)
-        param = next(model.parameters())
         self.twin = model.__class__(**config).to(dtype=param.dtype)
 
     def state_dict(self, model: Any) -> Dict[str, Any]:

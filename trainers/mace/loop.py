@@ -278,14 +278,15 @@ class Trainer:
         from trainers.mace import kernels
 
         t = self.spec.train
-        if t.compile:
+        self.kernels, why = kernels.choose(t.kernels, self.device)
+        self.log.info(f"kernels: {self.kernels} ({why})")
+        prepared = bool(t.compile and self.kernels == "e3nn")   # cueq/oeq modules need no e3nn preparation
+        if prepared:
             from trainers.mace.compile import prepare_model
 
             model = prepare_model(self.cfg, model).to(self.device)
-        self.kernels, why = kernels.choose(t.kernels, self.device)
-        self.log.info(f"kernels: {self.kernels} ({why})")
         model = kernels.convert(model, self.kernels, self.device)
-        self.e3nn = kernels.E3nnForm(model, self.kernels, prepared=bool(t.compile))
+        self.e3nn = kernels.E3nnForm(model, self.kernels, prepared_from=self.cfg if prepared else None)
         return model
 
     def _graph_sources(self, train_idx: np.ndarray, val_idx: np.ndarray, sample: Optional[List[Any]]) -> tuple:

@@ -133,6 +133,16 @@ def test_cueq_trains_like_e3nn_stores_e3nn_form_and_resumes_with_e3nn(tiny_data,
     assert e["cueq"][0] == pytest.approx(e["e3nn"][0], rel=1e-6)
     assert np.allclose(e["cueq"][1], e["e3nn"][1], atol=1e-6)
 
+    # evaluate with cuEquivariance kernels: the stored e3nn model converted, the same errors as with e3nn
+    ev = {}
+    for k in ("e3nn", "cueq"):
+        spec = make_spec(tmp_path / f"ev_{k}", tiny_data, task="evaluate", model_in=str(tmp_path / "cueq"),
+                         train={"dtype": "float64", "kernels": k})
+        run_job(spec, echo=lambda *_: None)
+        ev[k] = json.loads((tmp_path / f"ev_{k}" / "eval" / "metrics.json").read_text())
+    assert ev["cueq"]["force_rmse"] == pytest.approx(ev["e3nn"]["force_rmse"], rel=1e-9)
+    assert "kernels: cueq" in (tmp_path / "ev_cueq" / "logs" / "train.log").read_text()
+
     # the cueq run resumed with e3nn kernels for one more epoch: weights converted, moments carried over by name
     spec = make_spec(tmp_path / "cueq", tiny_data, train={"input_json": str(tiny_model_json), "dtype": "float64",
                                                           "kernels": "e3nn", "epochs": 3}, task="resume")
