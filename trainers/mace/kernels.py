@@ -115,17 +115,16 @@ class E3nnForm:
         from mace.tools.scripts_utils import extract_config_mace_model
 
         config = extract_config_mace_model(model)
-        self.layers = int(config["num_interactions"])
-        self.args = (len(config["hidden_irreps"].slices()) - 1, config["correlation"], self.layers,
+        self.args = (len(config["hidden_irreps"].slices()) - 1, config["correlation"], int(config["num_interactions"]),
                      config.get("use_reduced_cg", True), config.get("keep_last_layer_irreps", False))
         config.pop("cueq_config", None)
         config.pop("oeq_config", None)
         self.twin = model.__class__(**config).to(dtype=param.dtype)
 
     def state_dict(self, model: Any) -> Dict[str, Any]:
-        """``model``'s weights in e3nn form, on the CPU (detached copies)."""
+        """``model``'s weights in e3nn form (the twin's tensors: save them before the next call)."""
         if self.twin is None:
-            return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            return model.state_dict()
         if self.kernels == "e3nn":   # a prepared e3nn module: the same weights, the twin adds the flags
             self.twin.to(next(model.parameters()).device).load_state_dict(model.state_dict(), strict=False)
         elif self.kernels == "cueq":
@@ -136,7 +135,7 @@ class E3nnForm:
             dst = self.twin.state_dict()
             src = model.state_dict()
             self.twin.load_state_dict({k: src.get(k, v) if ".conv_tp." not in k else v for k, v in dst.items()})
-        return {k: v.detach().cpu().clone() for k, v in self.twin.state_dict().items()}
+        return self.twin.state_dict()
 
 
 def trainable_names(model: Any) -> List[str]:

@@ -134,7 +134,7 @@ class Trainer:
             warnings.warn("train.amp: autocast is CUDA-only; training on CPU without it", stacklevel=2)
             self.log.info("train.amp: ignored on CPU (CUDA-only)")
         self.amp = bool(t.amp and self.device.type == "cuda")
-        if t.amp:
+        if self.amp:
             from trainers.mace.amp import describe
 
             self.log.info(describe(self.device, self.amp))
