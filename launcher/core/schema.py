@@ -42,6 +42,7 @@ CHOICES: Dict[str, tuple] = {
     "train.progress_bar": ("auto", "true", "false"),
     "train.freeze": (None, "none", "head_only"),
     "train.dtype": ("float64", "float32"),
+    "train.kernels": ("auto", "e3nn", "cueq", "oeq"),
     "train.logger": ("tensorboard", "wandb", "none"),
     "eval.split": ("test", "val", "train"),
 }
@@ -163,7 +164,9 @@ class TrainSpec:
     lr: float = _f(0.01, "learning rate (mace_run_train's default)")
     weight_decay: float = _f(5.0e-7, "weight decay (mace_run_train's default)")
     optimizer: str = _f("adam", "adam (amsgrad, as mace_run_train) | adamw | sgd")
-    amp: bool = _f(False, "CUDA autocast mixed precision (a warning and no effect on CPU)")
+    amp: bool = _f(False, "mixed precision: autocast to bfloat16 (float16 with a gradient scaler on a GPU without "
+                          "bfloat16); the loss and the optimizer state stay float32; needs train.dtype=float32. On "
+                          "CPU: bfloat16 autocast as well (accuracy, not speed: no faster than float32 there)")
     accum_steps: int = _f(1, "micro-batches accumulated per optimizer update")
     max_grad_norm: Optional[float] = _f(10.0, "gradient clipping norm (null = off)")
     save_every: int = _f(1, "write checkpoints/checkpoint.pt every N epochs (or cycles)")
@@ -203,6 +206,13 @@ class TrainSpec:
     drop_last: bool = _f(False, "drop the last incomplete training batch")
     dtype: str = _f("float64", "float64 (as mace_run_train) | float32 (~2x faster on CPU)")
     ema_decay: Optional[float] = _f(None, "exponential moving average of weights (e.g. 0.99; null = off)")
+    kernels: str = _f("auto", "equivariant kernels of a MACE model in train/finetune/resume/evaluate/infer: auto "
+                              "(cueq on CUDA when cuEquivariance's GPU ops import, else e3nn; train.log says which "
+                              "and why) | e3nn | cueq (NVIDIA cuEquivariance; extra [cueq], on GPUs [cuda]) | oeq "
+                              "(OpenEquivariance, CUDA only; extra [oeq]). Weights are always stored in e3nn form, "
+                              "so any run may resume or be evaluated with other kernels")
+    compile: bool = _f(False, "torch.compile the MACE training step (mace-torch's compile preparation, dynamic "
+                              "graph sizes); see README Performance for where it pays off")
     config_yml: Optional[str] = _f(None, "FairChem config for equiformer_v2 / gemnet_oc: required for task=train; optional when model.manifest or model_in brings the model's config (then it supplies the rest)")
     identifier: Optional[str] = _f(None, "FairChem run identifier")
 
@@ -212,7 +222,8 @@ class EvalSpec:
     """Evaluate / infer settings."""
 
     energy_only: bool = _f(False, "skip forces: evaluate/predict energies only")
-    amp: bool = _f(False, "CUDA autocast during evaluate/infer")
+    amp: bool = _f(False, "autocast during evaluate/infer, as train.amp (bfloat16, float16 on a GPU without it; "
+                          "needs train.dtype=float32)")
     split: str = _f("test", "which data split evaluate/infer reads: test | val | train")
     objective: str = _f("val_loss", "what an Optuna sweep (launch -m hydra/sweeper=optuna) minimises: val_<metric>, "
                                     "the lowest value of <metric> in the run's validation records (logs/metrics.jsonl) "
@@ -279,7 +290,9 @@ class RunSpec:
         d = self.to_dict()
         for k in ("task", "dry_run", "overwrite", "name", "backend_env", "device"):
             d.pop(k, None)
-        for k in ("num_workers", "progress_bar", "progress_mininterval", "log_every", "logger", "wandb_project"):
+        # how the same maths runs (kernels, compilation) is not what the run is: it may resume with other ones
+        for k in ("num_workers", "progress_bar", "progress_mininterval", "log_every", "logger", "wandb_project",
+                  "kernels", "compile"):
             d["train"].pop(k, None)
         d["eval"].pop("objective", None)  # read by the sweep after the run; the run itself ignores it
         return d

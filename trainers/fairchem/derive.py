@@ -317,6 +317,8 @@ KEY_MAP: Dict[str, str] = {
 
 #: Keys FairChem has no meaning for: refused (one line each) when the user sets them.
 REFUSED: Dict[str, str] = {
+    "train.kernels": "picks the equivariant kernels of a MACE model; FairChem models have their own",
+    "train.compile": "compiles the MACE training step; FairChem's trainer has no such option",
     "train.input_json": "a MACE model.json; FairChem backends take train.config_yml",
     "train.head_key": "FairChem models have a single head",
     "train.stress_weight": "FairChem 1.10's equiformer_v2 and gemnet_oc models, the ones these backends run, "

@@ -52,7 +52,9 @@ KEY_DOCS = {
     "train.lr": "the optimizer's learning rate",
     "train.weight_decay": "the optimizer's weight decay",
     "train.optimizer": "adam (amsgrad, as mace_run_train), adamw, sgd",
-    "train.amp": "CUDA autocast in training (on CPU a note and no effect)",
+    "train.amp": "CUDA autocast to bfloat16 (float16 with a gradient scaler where the GPU lacks bfloat16), loss and "
+                 "optimizer state in float32; needs train.dtype=float32; refused with device=cpu (mace-torch's e3nn "
+                 "tensor products fail under CPU autocast); device=auto resolved to CPU: a warning, no autocast",
     "train.accum_steps": "micro-batches per optimizer update",
     "train.max_grad_norm": "gradient clipping per update",
     "train.save_every": "checkpoint every N epochs (or cycles)",
@@ -79,6 +81,11 @@ KEY_DOCS = {
     "train.drop_last": "drop the last incomplete batch",
     "train.dtype": "float64 or float32 model and data",
     "train.ema_decay": "exponential moving average of the weights",
+    "train.kernels": "mace-torch's converters turn the e3nn module into its cuEquivariance / OpenEquivariance form "
+                     "for train / finetune / resume / evaluate / infer; weights stored in e3nn form; auto: cueq on "
+                     "CUDA with cuEquivariance's GPU ops, else e3nn (train.log says which and why); an explicit choice "
+                     "whose packages are missing is refused with the install command",
+    "train.compile": "torch.compile of the training forward (mace.tools.compile preparation, dynamic shapes)",
     "data.batch_size": "batch size of evaluate / infer",
     "data.cache": "none: train/val graphs streamed per batch by train.num_workers (each rank reads its share); "
                   "memory: built once before training; auto: memory if the estimate fits data.cache_budget_gb",
@@ -87,7 +94,7 @@ KEY_DOCS = {
     "data.stats_samples": "size of the seeded sample of the training split that E0s, scale/shift and "
                           "avg_num_neighbors of a new model come from (task=train, new heads of a finetune)",
     "eval.energy_only": "energies only in evaluate / infer",
-    "eval.amp": "CUDA autocast in evaluate / infer",
+    "eval.amp": "as train.amp, in evaluate / infer",
     "eval.split": "the split evaluate / infer read",
     "eval.group_by": "eval/errors_by_group.csv and metrics.json by_group from this key of each structure's info",
     "eval.objective": "not used by the run: an Optuna sweep reads it from logs/metrics.jsonl "
@@ -117,6 +124,17 @@ def stress_problems(spec: Any) -> List[str]:
             "--stress-key KEY, or set train.stress_weight=0"]
 
 
+def kernel_problems(spec: Any) -> List[str]:
+    """``train.kernels`` (unknown value, or packages missing: the install command) and ``train.amp`` /
+    ``eval.amp`` (see trainers/mace/amp.py): one line each."""
+    from trainers.mace import amp, kernels
+
+    out = amp.problems(spec)
+    if spec.task != "export":    # export writes e3nn form whatever the kernels
+        out += kernels.preflight_problems(spec.train.kernels)
+    return out
+
+
 class MaceBackend:
     """The core MACE trainer behind the common backend interface (``trainers.api.Backend``)."""
 
@@ -140,6 +158,7 @@ class MaceBackend:
             if value:
                 problems.append(f"{key}: {REFUSED[key]}; leave it unset with backend=mace")
         problems += stress_problems(spec)
+        problems += kernel_problems(spec)
         from trainers.mace.runlog import logger_problems
 
         problems += logger_problems(spec)
@@ -248,11 +267,12 @@ class MaceBackend:
                 import warnings
 
                 warnings.warn("eval.amp: autocast is CUDA-only; evaluating on CPU without it", stacklevel=2)
+            model = self._kernels(ctx, loaded.model.to(device), device)
             out = EvalStream(ctx.layout.eval_dir, with_metrics=with_metrics, with_forces=compute_force,
                              group_by=spec.eval.group_by)
             try:
                 for pred, labels in stream_predictions(
-                        loaded.model.to(device), source, batch_size=spec.data.batch_size, device=device,
+                        model, source, batch_size=spec.data.batch_size, device=device,
                         compute_force=compute_force, amp=spec.eval.amp, num_workers=spec.train.num_workers,
                         progress=progress_enabled(spec.train.progress_bar, True), desc=spec.task,
                         mininterval=spec.train.progress_mininterval):
@@ -276,6 +296,15 @@ class MaceBackend:
         else:
             self._eval_note(ctx, f"{spec.task} data.{split}: {len(idx)} structures predicted, in {ctx.layout.eval_dir}")
         return {"split": split, "n_structures": int(len(idx)), **({"metrics": metrics} if metrics else {})}
+
+    def _kernels(self, ctx: JobContext, model: Any, device: Any) -> Any:
+        """``model`` on the kernels ``train.kernels`` picks for ``device``, the choice noted in train.log."""
+        from trainers.mace import kernels
+
+        name, why = kernels.choose(ctx.spec.train.kernels, device)
+        if ctx.spec.train.kernels != "auto" or device.type == "cuda":   # CPU with auto: e3nn, nothing to say
+            self._eval_note(ctx, f"kernels: {name} ({why})")
+        return kernels.convert(model, name, device)
 
     @staticmethod
     def _eval_note(ctx: JobContext, line: str) -> None:

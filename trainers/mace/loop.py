@@ -32,6 +32,7 @@ from launcher.core.metrics import metrics_line, sig
 from launcher.core.schema import cuda_index, early_stop_evals, log_every_updates, plateau_patience
 from trainers.mace.distributed import share_record
 from trainers.mace.freeze import HeadFreeze
+from trainers.mace.kernels import trainable_names
 from trainers.mace.model_io import CHECKPOINT_FORMAT
 from trainers.mace.optim import make_optimizer, make_scheduler, scheduler_length
 from trainers.mace.order import epoch_order, rank_batches, rng_state, seed_everything, set_rng_state
@@ -134,6 +135,10 @@ class Trainer:
             warnings.warn("train.amp: autocast is CUDA-only; training on CPU without it", stacklevel=2)
             self.log.info("train.amp: ignored on CPU (CUDA-only)")
         self.amp = bool(t.amp and self.device.type == "cuda")
+        if self.amp:
+            from trainers.mace.amp import describe
+
+            self.log.info(describe(self.device, self.amp))
         self.seed = spec.effective_seed
         self.progress = progress_enabled(t.progress_bar, self.main)
         self.log.bars = self.progress
@@ -199,7 +204,7 @@ class Trainer:
 
         self.heads = heads_of(cfg)
         self.head = head_of(cfg, t.head_key)
-        self.model = model.to(self.device)
+        self.model = self._accelerated(model.to(self.device))
         self.train_graphs, self.val_graphs = self._graph_sources(train_idx, val_idx, sample)
         self.n_train_structures = len(train_idx)
         self.train_idx = train_idx
@@ -215,7 +220,9 @@ class Trainer:
             raise ConfigError(f"train.batch_size: {t.batch_size} leaves no full batch of {len(self.train_graphs)} structures with drop_last")
         self.updates_per_epoch = math.ceil(n_batches / t.accum_steps)
         self.sched = make_scheduler(spec, self.opt, scheduler_length(spec, self.updates_per_epoch))
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        from trainers.mace.amp import needs_scaler
+
+        self.scaler = torch.amp.GradScaler("cuda") if needs_scaler(self.device, self.amp) else None
         self.ema = None
         if t.ema_decay:
             from torch_ema import ExponentialMovingAverage
@@ -230,6 +237,10 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.ddp_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if t.compile:
+            from trainers.mace.compile import compile_module
+
+            self.ddp_model = compile_module(self.ddp_model)
         self.log_every = log_every_updates(t, self.updates_per_epoch)
         self.stop_after = early_stop_evals(t)  # None: no early stop
 
@@ -264,6 +275,23 @@ class Trainer:
         if self.stop_after is not None:
             self.log.info(f"early stop after {self.stop_after} evaluations without val improvement "
                           f"(early_stop_factor {t.early_stop_factor} x patience {plateau_patience(t)})")
+
+    def _accelerated(self, model: Any) -> Any:
+        """``model`` (e3nn form) prepared for torch.compile (``train.compile``) and converted to the kernels
+        ``train.kernels`` picks; ``self.e3nn`` gives its weights back in e3nn form for every save."""
+        from trainers.mace import kernels
+
+        t = self.spec.train
+        self.kernels, why = kernels.choose(t.kernels, self.device)
+        self.log.info(f"kernels: {self.kernels} ({why})")
+        prepared = bool(t.compile and self.kernels == "e3nn")   # cueq/oeq modules need no e3nn preparation
+        if prepared:
+            from trainers.mace.compile import prepare_model
+
+            model = prepare_model(self.cfg, model).to(self.device)
+        model = kernels.convert(model, self.kernels, self.device)
+        self.e3nn = kernels.E3nnForm(model, self.kernels, prepared_from=self.cfg if prepared else None)
+        return model
 
     def _graph_sources(self, train_idx: np.ndarray, val_idx: np.ndarray, sample: Optional[List[Any]]) -> tuple:
         """Train and val graphs as streamed datasets, or built once into memory (``data.cache``)."""
@@ -300,7 +328,9 @@ class Trainer:
             "source": self.source,
             "task": self.spec.task,
             "model_config": {k: v for k, v in self.cfg.items()},
-            "model": self.model.state_dict(),
+            "model": self.e3nn.state_dict(self.model),   # e3nn form whatever the kernels: loads anywhere
+            "kernels": self.kernels,
+            "param_names": trainable_names(self.model),  # the optimizer's order, to resume with other kernels
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict() if self.sched is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -323,6 +353,12 @@ class Trainer:
         self.dist.barrier()
 
     def _load_training_state(self, ck: Dict[str, Any]) -> None:
+        from trainers.mace.kernels import adapt_training_state
+
+        old_names = ck.get("param_names") or trainable_names(self.e3nn.twin or self.model)
+        ck, note = adapt_training_state(ck, self.model, self.kernels, old_names)
+        if note:
+            self.log.info(note)
         self.opt.load_state_dict(ck["optimizer"])
         if self.sched is not None and ck.get("scheduler") is not None:
             self.sched.load_state_dict(ck["scheduler"])
@@ -379,7 +415,7 @@ class Trainer:
             st.best_metrics = {k: v for k, v in m.items() if v is not None}
             if self.main:
                 with self._ema_weights():
-                    atomic_torch_save(self.model.state_dict(), self.layout.best_model)
+                    atomic_torch_save(self.e3nn.state_dict(self.model), self.layout.best_model)
         else:
             st.bad_evals += 1
         st.last_val_loss = loss
@@ -422,7 +458,7 @@ class Trainer:
         """One optimizer update over the (collated) micro-batches of ``micro``."""
         import torch
 
-        from trainers.mace.predict import autocast
+        from trainers.mace.amp import as_float32, autocast
 
         t = self.spec.train
         self.opt.zero_grad(set_to_none=True)
@@ -432,10 +468,13 @@ class Trainer:
             sync = self.dist.enabled and j < len(micro) - 1
             ctx = self.ddp_model.no_sync() if sync else _null()
             with ctx:
+                data = batch.to_dict()
+                if self.spec.train.compile:   # the model sets it too, but inside a compiled graph that is too late
+                    data["positions"].requires_grad_(True)
                 with autocast(self.device, self.amp):
-                    out = self.ddp_model(batch.to_dict(), training=True, compute_force=self.compute_force,
+                    out = self.ddp_model(data, training=True, compute_force=self.compute_force,
                                          **({"compute_stress": True} if self.compute_stress else {}))
-                    loss = self.loss_fn(pred=out, ref=batch) / len(micro)
+                loss = self.loss_fn(pred=as_float32(out) if self.amp else out, ref=batch) / len(micro)
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
                 else:
@@ -563,7 +602,7 @@ class Trainer:
             self.save_checkpoint()
         if self.main and not self.layout.best_model.exists():
             with self._ema_weights():
-                atomic_torch_save(self.model.state_dict(), self.layout.best_model)
+                atomic_torch_save(self.e3nn.state_dict(self.model), self.layout.best_model)
         self.log.info(f"training done: {st.epoch} epochs, {st.update_step} updates, best loss {sig(st.best_loss)} "
                       f"(epoch {st.best_epoch}) in {time.time() - t_start:.1f}s")
         if math.isfinite(st.best_loss):

@@ -12,11 +12,9 @@ import numpy as np
 
 
 def autocast(device: Any, enabled: bool):
-    import torch
+    from trainers.mace.amp import autocast as amp_autocast
 
-    if enabled and getattr(device, "type", str(device)) == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+    return amp_autocast(device, enabled)
 
 
 def batches(graphs: Sequence[Any], batch_size: int, positions: Optional[Sequence[int]] = None,
