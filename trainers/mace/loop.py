@@ -262,8 +262,10 @@ class Trainer:
                           f"(early_stop_factor {t.early_stop_factor} x patience {plateau_patience(t)})")
 
     def _graph_sources(self, train_idx: np.ndarray, val_idx: np.ndarray, sample: Optional[List[Any]]) -> tuple:
-        """Train and val graphs as streamed datasets, or built once into memory (``data.cache``)."""
+        """Train and val graphs as streamed datasets, or graph caches that keep what the first epoch (and the
+        first evaluation) builds (``data.cache``): no pass over the data before the first update."""
         from trainers.mace import stream
+        from trainers.mace.graph_cache import GraphCache, estimate_bytes
 
         spec, t = self.spec, self.spec.train
         tp = stream.trust_pickles(spec)
@@ -272,21 +274,19 @@ class Trainer:
         val = stream.SplitGraphs(spec.data.val, val_idx, self.cfg["atomic_numbers"], self.cfg["r_max"], self.heads,
                                  self.head, what=f"data.val ({spec.data.val})", trust_pickles=tp) \
             if spec.data.val else []
-        n = len(train) + len(val)
+        n = len(train) + -(-len(val) // self.dist.world)   # each rank keeps its share of val, all of train
         probe = [train[j] for j in range(min(len(train), 16))]
-        per_graph = float(np.mean([stream.graph_nbytes(g) for g in probe])) if probe else 0.0
+        per_graph = estimate_bytes(probe, t.batch_size)
         decision = stream.decide_cache(spec.data.cache, spec.data.cache_budget_gb, per_graph, n)
         self.cache = decision.cache
-        self.log.info(f"graphs: {'cached in memory' if decision.cache else 'streamed'} ({decision.reason}; "
-                      f"{len(train)} train + {len(val)} val, ~{per_graph / 1024:.1f} kB each, "
-                      f"num_workers={t.num_workers})")
+        how = "cached in memory as the first epoch streams" if decision.cache else "streamed"
+        self.log.info(f"graphs: {how} ({decision.reason}; {len(train)} train + {len(val)} val, "
+                      f"~{per_graph / 1024:.1f} kB each, num_workers={t.num_workers})")
         if not decision.cache:
             return train, val
-        mi, nw = t.progress_mininterval, t.num_workers
-        train_g = stream.materialize(train, num_workers=nw, progress=self.progress, mininterval=mi, desc="graphs train")
-        val_g = stream.materialize(val, num_workers=nw, progress=self.progress, mininterval=mi, desc="graphs val") \
-            if len(val) else []
-        return train_g, val_g
+        limit = spec.data.cache_budget_gb * 1e9 if spec.data.cache == "auto" else None
+        keep = [GraphCache(s, limit_bytes=limit, note=self.log.info) for s in (train, val) if len(s)]
+        return keep[0], (keep[1] if len(keep) > 1 else [])
 
     # ------------------------------------------------------------------ checkpoint
     def _checkpoint(self) -> Dict[str, Any]:
@@ -352,7 +352,7 @@ class Trainer:
             with self._ema_weights():
                 sums = error_sums(self.model, self.val_graphs, batch_size=t.batch_size, device=self.device,
                                   compute_force=True, amp=self.amp, positions=shard,
-                                  num_workers=0 if self.cache else t.num_workers)
+                                  num_workers=t.num_workers)
             sums = self.dist.all_sum(sums)
             m = metrics_from_sums(sums, energy_weight=t.energy_weight, force_weight=t.force_weight,
                                   stress_weight=t.stress_weight)
@@ -457,13 +457,13 @@ class Trainer:
 
     def _groups(self, groups: List[List[List[int]]], start: int):
         """Collated micro-batches of updates ``start..``; streaming, ``train.num_workers`` read and build them
-        ahead in worker processes (with the cache, workers only build the cache)."""
+        ahead in worker processes (with the cache, workers build only what it does not hold yet)."""
         from trainers.mace.stream import loader
 
         flat = [idx for g in groups[start:] for idx in g]
-        # cached graphs are collated here: a forked worker touching them copies the pages of the whole cache
-        # (reference counts), one more copy of it per worker
-        it = loader(self.train_graphs, flat, num_workers=0 if self.cache else self.spec.train.num_workers)
+        # cached graphs are collated here (workers only build the missing ones): a forked worker touching the
+        # cache would copy its pages
+        it = loader(self.train_graphs, flat, num_workers=self.spec.train.num_workers)
         for g in groups[start:]:
             yield [next(it) for _ in g]
 
@@ -546,6 +546,8 @@ class Trainer:
             took = time.time() - te
             self.log.info(f"epoch {st.epoch}/{t.epochs} done in {took:.2f} s (data wait {wait:.2f} s = "
                           f"{100 * wait / max(took, 1e-9):.1f}% of it, after the first batch)")
+            if self.cache:
+                self.log.info(self.train_graphs.status())
             if not cycles:
                 self.evaluate_point("epoch")
                 if st.eval_count % t.save_every == 0 or st.stopped or st.epoch == t.epochs:
