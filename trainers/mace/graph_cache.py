@@ -7,7 +7,9 @@ missing (nothing once every position was visited), and collate the rest here.
 
 Kept graphs are packed: one chunk per built batch holds each dtype's tensor data as one flat numpy array, with
 the offsets and shapes of every graph's tensors beside it; a graph is rebuilt as views into its chunk when read.
-That costs about the tensors' own bytes (no Python object per tensor, no allocator slack of thousands of small
+Values are stored in the narrowest type that holds them exactly (edge indices as int16/int32, the integer cell
+shifts and one-hot node attributes as int8) and cast back when read, so a graph reads back bit for bit. A chunk
+costs about its arrays' own bytes (no Python object per tensor, no allocator slack of thousands of small
 tensors), which is what :func:`estimate_bytes` predicts from a bounded sample, and it crosses from a worker to
 the training process as a few plain arrays (no shared-memory segment per tensor).
 
@@ -20,24 +22,49 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+# Graphs built (seeded positions spread over the split) to estimate the cache's size before it exists.
+ESTIMATE_SAMPLE = 64
 # Resident bytes per packed byte: chunk arrays come from malloc in blocks of one batch, so little is lost
 # (measured with scripts/bench_scale --defaults and tests/trainers/mace/test_graph_cache.py).
 RSS_PER_PACKED_BYTE = 1.05
-# Per chunk (one batch): its Python objects and numpy array headers.
+# Per chunk (one batch): its Python objects (key names, a dict, array headers) once unpickled from a worker.
 CHUNK_OVERHEAD = 2048
 # Per position: the two int32 index arrays.
 INDEX_BYTES = 8
 
 
+_NARROW_INTS = (np.int8, np.int16, np.int32)
+
+
+def _narrow(a: np.ndarray) -> np.ndarray:
+    """``a`` in the narrowest type that gives back exactly its values (``a`` itself when none does)."""
+    if a.size == 0 or a.dtype == np.bool_:
+        return a
+    if a.dtype.kind == "i":
+        lo, hi = int(a.min()), int(a.max())
+        for t in _NARROW_INTS:
+            if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max and np.dtype(t).itemsize < a.dtype.itemsize:
+                return a.astype(t)
+        return a
+    if a.dtype.kind == "f" and np.isfinite(a).all() and np.abs(a).max() <= 127:
+        i = a.astype(np.int8)
+        if np.array_equal(i.astype(a.dtype), a) and not np.signbit(a[a == 0]).any():   # -0.0 would read as 0.0
+            return i
+    return a
+
+
 class Packed:
-    """Graphs of one batch, packed: ``buffers[dtype]`` flat data, ``where[g, k] = (buffer, start, d0, d1, d2)``
-    of tensor key ``k`` of graph ``g`` (dims -1 when absent), ``plain[k]`` a non-tensor value per graph."""
+    """Graphs of one batch, packed. ``buffers[b]``: flat data, one array per stored type; ``where[g, k] =
+    (buffer, start, d0, d1, d2, type)`` of tensor key ``tkeys[k]`` of graph ``g`` (dims -1 when absent, buffer
+    -1 when that graph holds no tensor there; ``types[type]`` the dtype as built); ``plain[key]``: a
+    non-tensor value, one for all graphs, or a list of one per graph when ``key`` is in ``varying``."""
 
-    __slots__ = ("cls", "keys", "buffers", "where", "plain")
+    __slots__ = ("cls", "keys", "tkeys", "buffers", "where", "types", "plain", "varying")
 
-    def __init__(self, cls: type, keys: Tuple[str, ...], buffers: List[np.ndarray], where: np.ndarray,
-                 plain: Dict[str, list]) -> None:
-        self.cls, self.keys, self.buffers, self.where, self.plain = cls, keys, buffers, where, plain
+    def __init__(self, cls: type, keys: Tuple[str, ...], tkeys: Tuple[str, ...], buffers: List[np.ndarray],
+                 where: np.ndarray, types: List[Any], plain: Dict[str, Any], varying: frozenset) -> None:
+        self.cls, self.keys, self.tkeys, self.buffers, self.where = cls, keys, tkeys, buffers, where
+        self.types, self.plain, self.varying = types, plain, varying
 
     def __len__(self) -> int:
         return int(self.where.shape[0])
@@ -47,19 +74,19 @@ class Packed:
         return int(sum(b.nbytes for b in self.buffers) + self.where.nbytes)
 
     def graph(self, i: int) -> Any:
-        """Graph ``i`` of the chunk: its tensors are views into the chunk's buffers."""
+        """Graph ``i`` of the chunk, its tensors read from the chunk's buffers."""
         import torch
 
-        d: Dict[str, Any] = {}
-        row = self.where[i]
-        for k, key in enumerate(self.keys):
-            b, start, d0, d1, d2 = (int(x) for x in row[k])
+        d: Dict[str, Any] = dict.fromkeys(self.keys)   # the attribute order the graph was built with
+        d.update((k, v[i] if k in self.varying else v) for k, v in self.plain.items())
+        for k, row in zip(self.tkeys, self.where[i].tolist()):
+            b, start, d0, d1, d2, t = row
             if b < 0:
-                d[key] = self.plain[key][i]
                 continue
             shape = tuple(x for x in (d0, d1, d2) if x >= 0)
             size = int(np.prod(shape)) if shape else 1
-            d[key] = torch.from_numpy(self.buffers[b][start:start + size]).view(shape)
+            v = torch.from_numpy(self.buffers[b][start:start + size]).view(shape)
+            d[k] = v if v.dtype == self.types[t] else v.to(self.types[t])
         g = self.cls.__new__(self.cls)
         g.__dict__.update(d)
         return g
@@ -69,29 +96,44 @@ def pack(graphs: Sequence[Any]) -> Packed:
     """The graphs of one batch as a :class:`Packed` chunk (the DataLoader's collate when the cache fills)."""
     import torch
 
-    first = graphs[0]
-    keys = tuple(first.__dict__.keys())
-    where = np.full((len(graphs), len(keys), 5), -1, dtype=np.int64)
+    dicts = [g.__dict__ for g in graphs]
+    keys = list(dict.fromkeys(k for d in dicts for k in d))
+    tkeys = tuple(k for k in keys if any(isinstance(d.get(k), torch.Tensor) for d in dicts))
+    plain: Dict[str, Any] = {}
+    varying = set()
+    for k in keys:
+        vals = [d.get(k) for d in dicts]
+        if k in tkeys:
+            vals = [v for v in vals if not isinstance(v, torch.Tensor)]
+            if not vals:
+                continue
+            vals = [None if isinstance(d.get(k), torch.Tensor) else d.get(k) for d in dicts]
+        if all(v is vals[0] for v in vals):
+            plain[k] = vals[0]
+        else:
+            plain[k], _ = vals, varying.add(k)
+    where = np.full((len(graphs), len(tkeys), 6), -1, dtype=np.int32)
+    types: List[Any] = []
     parts: Dict[Any, List[np.ndarray]] = {}
     fill: Dict[Any, int] = {}
-    slot: Dict[Any, int] = {}
-    plain: Dict[str, list] = {}
-    for g_i, g in enumerate(graphs):
-        for k, key in enumerate(keys):
-            v = g.__dict__.get(key)
+    for g_i, d in enumerate(dicts):
+        for k, key in enumerate(tkeys):
+            v = d.get(key)
             if not isinstance(v, torch.Tensor):
-                plain.setdefault(key, [None] * len(graphs))[g_i] = v
                 continue
             if v.dim() > 3:
                 raise ValueError(f"graph cache: tensor {key!r} has {v.dim()} dimensions (at most 3 are kept)")
-            a = v.detach().contiguous().numpy().reshape(-1)
-            b = slot.setdefault(a.dtype, len(slot))
+            if v.dtype not in types:
+                types.append(v.dtype)
+            a = _narrow(v.detach().contiguous().numpy().reshape(-1))
+            b = list(parts).index(a.dtype) if a.dtype in parts else len(parts)
             parts.setdefault(a.dtype, []).append(a)
-            where[g_i, k, 0], where[g_i, k, 1] = b, fill.get(a.dtype, 0)
+            where[g_i, k, :2] = (b, fill.get(a.dtype, 0))
             where[g_i, k, 2:2 + v.dim()] = tuple(v.shape)
+            where[g_i, k, 5] = types.index(v.dtype)
             fill[a.dtype] = fill.get(a.dtype, 0) + a.size
-    buffers = [np.concatenate(parts[dt]) for dt in sorted(slot, key=slot.get)]
-    return Packed(type(first), keys, buffers, where, plain)
+    buffers = [np.concatenate(p) for p in parts.values()]
+    return Packed(type(graphs[0]), tuple(keys), tkeys, buffers, where, types, plain, frozenset(varying))
 
 
 def estimate_bytes(sample: Sequence[Any], batch_size: int) -> float:

@@ -265,7 +265,7 @@ class Trainer:
         """Train and val graphs as streamed datasets, or graph caches that keep what the first epoch (and the
         first evaluation) builds (``data.cache``): no pass over the data before the first update."""
         from trainers.mace import stream
-        from trainers.mace.graph_cache import GraphCache, estimate_bytes
+        from trainers.mace.graph_cache import ESTIMATE_SAMPLE, GraphCache, estimate_bytes
 
         spec, t = self.spec, self.spec.train
         tp = stream.trust_pickles(spec)
@@ -275,7 +275,7 @@ class Trainer:
                                  self.head, what=f"data.val ({spec.data.val})", trust_pickles=tp) \
             if spec.data.val else []
         n = len(train) + -(-len(val) // self.dist.world)   # each rank keeps its share of val, all of train
-        probe = [train[j] for j in range(min(len(train), 16))]
+        probe = [train[int(j)] for j in stream.stats_positions(len(train), ESTIMATE_SAMPLE, self.seed)]
         per_graph = estimate_bytes(probe, t.batch_size)
         decision = stream.decide_cache(spec.data.cache, spec.data.cache_budget_gb, per_graph, n)
         self.cache = decision.cache
