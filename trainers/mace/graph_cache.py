@@ -26,9 +26,9 @@ import numpy as np
 ESTIMATE_SAMPLE = 64
 # Resident bytes per packed byte: chunk arrays come from malloc in blocks of one batch, so little is lost
 # (measured with scripts/bench_scale --defaults and tests/trainers/mace/test_graph_cache.py).
-RSS_PER_PACKED_BYTE = 1.05
+RSS_PER_PACKED_BYTE = 1.0
 # Per chunk (one batch): its Python objects (key names, a dict, array headers) once unpickled from a worker.
-CHUNK_OVERHEAD = 2048
+CHUNK_OVERHEAD = 1024
 # Per position: the two int32 index arrays.
 INDEX_BYTES = 8
 

@@ -143,10 +143,8 @@ est = estimate_bytes([src[int(j)] for j in stats_positions(n, ESTIMATE_SAMPLE, 0
 cache = GraphCache(src)
 order = np.random.default_rng(0).permutation(n)
 batches = [order[i:i + 8].tolist() for i in range(0, n, 8)]
-warm = GraphCache(src)   # allocator and loader warm-up, then dropped
-for _ in loader(warm, batches[:20], num_workers={workers}):
+for _ in loader(GraphCache(src, limit_bytes=0), batches[:20], num_workers={workers}):   # warm-up, keeps nothing
     pass
-del warm
 gc.collect()
 before = anon()
 for _ in loader(cache, batches, num_workers={workers}):
