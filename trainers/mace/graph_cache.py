@@ -102,16 +102,14 @@ def pack(graphs: Sequence[Any]) -> Packed:
     plain: Dict[str, Any] = {}
     varying = set()
     for k in keys:
-        vals = [d.get(k) for d in dicts]
-        if k in tkeys:
-            vals = [v for v in vals if not isinstance(v, torch.Tensor)]
-            if not vals:
-                continue
-            vals = [None if isinstance(d.get(k), torch.Tensor) else d.get(k) for d in dicts]
+        vals = [None if isinstance(d.get(k), torch.Tensor) else d.get(k) for d in dicts]
+        if k in tkeys and all(isinstance(d.get(k), torch.Tensor) for d in dicts):
+            continue
         if all(v is vals[0] for v in vals):
             plain[k] = vals[0]
         else:
-            plain[k], _ = vals, varying.add(k)
+            plain[k] = vals
+            varying.add(k)
     where = np.full((len(graphs), len(tkeys), 6), -1, dtype=np.int32)
     types: List[Any] = []
     parts: Dict[Any, List[np.ndarray]] = {}

@@ -284,8 +284,9 @@ class Trainer:
                       f"~{per_graph / 1024:.1f} kB each, num_workers={t.num_workers})")
         if not decision.cache:
             return train, val
-        limit = spec.data.cache_budget_gb * 1e9 if spec.data.cache == "auto" else None
-        keep = [GraphCache(s, limit_bytes=limit, note=self.log.info) for s in (train, val) if len(s)]
+        budget = spec.data.cache_budget_gb * 1e9 if spec.data.cache == "auto" else None   # shared pro rata
+        keep = [GraphCache(s, limit_bytes=None if budget is None else budget * min(len(s) / max(n, 1), 1.0),
+                           note=self.log.info) for s in (train, val) if len(s)]
         return keep[0], (keep[1] if len(keep) > 1 else [])
 
     # ------------------------------------------------------------------ checkpoint

@@ -1,4 +1,4 @@
-"""The graphs a training run reads: streamed from the LMDB per batch, or cached in memory.
+"""The graphs a training run reads: streamed from the LMDB per batch, or kept in memory once built.
 
 At our users' sizes (millions of structures, runs sampling 500k) building every neighbour graph
 before the first step takes a long serial phase and tens of GB per process; so by default the
