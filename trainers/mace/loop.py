@@ -275,13 +275,16 @@ class Trainer:
                                  self.head, what=f"data.val ({spec.data.val})", trust_pickles=tp) \
             if spec.data.val else []
         n = len(train) + -(-len(val) // self.dist.world)   # each rank keeps its share of val, all of train
-        probe = [train[int(j)] for j in stream.stats_positions(len(train), ESTIMATE_SAMPLE, self.seed)]
+        # the estimate builds a few graphs here: only when it decides something
+        probe = [] if spec.data.cache == "none" else \
+            [train[int(j)] for j in stream.stats_positions(len(train), ESTIMATE_SAMPLE, self.seed)]
         per_graph = estimate_bytes(probe, t.batch_size)
         decision = stream.decide_cache(spec.data.cache, spec.data.cache_budget_gb, per_graph, n)
         self.cache = decision.cache
         how = "cached in memory as the first epoch streams" if decision.cache else "streamed"
-        self.log.info(f"graphs: {how} ({decision.reason}; {len(train)} train + {len(val)} val, "
-                      f"~{per_graph / 1024:.1f} kB each, num_workers={t.num_workers})")
+        size = f"~{per_graph / 1024:.1f} kB each, " if probe else ""
+        self.log.info(f"graphs: {how} ({decision.reason}; {len(train)} train + {len(val)} val, {size}"
+                      f"num_workers={t.num_workers})")
         if not decision.cache:
             return train, val
         budget = spec.data.cache_budget_gb * 1e9 if spec.data.cache == "auto" else None   # shared pro rata

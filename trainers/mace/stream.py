@@ -179,7 +179,7 @@ def decide_cache(setting: str, budget_gb: float, per_graph_bytes: float, n_graph
     (:func:`trainers.mace.graph_cache.estimate_bytes` per graph) with the budget."""
     est = per_graph_bytes * n_graphs / 1e9
     if setting == "memory":
-        return CacheDecision(True, est, "data.cache=memory")
+        return CacheDecision(True, est, f"data.cache=memory: estimate {est:.3g} GB")
     if setting == "none":
         return CacheDecision(False, est, "data.cache=none")
     fits = est <= budget_gb
