@@ -468,8 +468,11 @@ class Trainer:
         # cached graphs are collated here (workers only build the missing ones): a forked worker touching the
         # cache would copy its pages
         it = loader(self.train_graphs, flat, num_workers=self.spec.train.num_workers)
-        for g in groups[start:]:
-            yield [next(it) for _ in g]
+        try:
+            for g in groups[start:]:
+                yield [next(it) for _ in g]
+        finally:   # workers stop when the epoch's feed is closed, not whenever it is collected
+            it.close()
 
     def _log_progress(self, loss: float, structures: int) -> None:
         """The ``train.log_every`` line: step, epoch, loss, lr and throughput since the last such line."""
