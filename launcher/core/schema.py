@@ -135,10 +135,13 @@ class DataSpec:
     batch_size: int = _f(16, "batch size of evaluate / infer")
     cache: str = _f("auto", "how the MACE trainer holds the graphs of train/val: none (stream: train.num_workers "
                             "read, unpickle and build graphs per batch; each process reads only its share) | memory "
-                            "(build every graph once before training) | auto (memory when the estimate fits "
-                            "data.cache_budget_gb, else none); FairChem always streams")
+                            "(the first epoch streams as with none and keeps the graphs it builds, packed, in the "
+                            "training process; later epochs build only what is missing; no pass before the first "
+                            "update) | auto (memory when the estimate, from 64 seeded graphs, fits "
+                            "data.cache_budget_gb, else none; train.log states both); FairChem always streams")
     cache_budget_gb: float = _f(4.0, "data.cache=auto caches only when the estimated size of all graphs of one "
-                                     "process is at most this many GB")
+                                     "process is at most this many GB, and stops keeping graphs (the rest stream) "
+                                     "once the cache reaches it")
     stats_samples: int = _f(2000, "the statistics a new model needs before training (E0s average, scale/shift, "
                                   "avg_num_neighbors) are computed from at most this many training structures "
                                   "(all of them when fewer), stated in train.log and stored in the manifest")

@@ -88,8 +88,9 @@ KEY_DOCS = {
     "train.compile": "torch.compile of the training forward (mace.tools.compile preparation, dynamic shapes)",
     "data.batch_size": "batch size of evaluate / infer",
     "data.cache": "none: train/val graphs streamed per batch by train.num_workers (each rank reads its share); "
-                  "memory: built once before training; auto: memory if the estimate fits data.cache_budget_gb",
-    "data.cache_budget_gb": "the memory budget of data.cache=auto (per process)",
+                  "memory: the graphs the first epoch builds (streaming) are kept for later epochs; auto: memory "
+                  "if the estimate fits data.cache_budget_gb",
+    "data.cache_budget_gb": "the memory budget of data.cache=auto (per process; the cache stops growing there)",
     "data.trust_pickles": "LMDB records read without the allow-list of data classes",
     "data.stats_samples": "size of the seeded sample of the training split that E0s, scale/shift and "
                           "avg_num_neighbors of a new model come from (task=train, new heads of a finetune)",

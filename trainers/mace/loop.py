@@ -294,8 +294,10 @@ class Trainer:
         return model
 
     def _graph_sources(self, train_idx: np.ndarray, val_idx: np.ndarray, sample: Optional[List[Any]]) -> tuple:
-        """Train and val graphs as streamed datasets, or built once into memory (``data.cache``)."""
+        """Train and val graphs as streamed datasets, or graph caches that keep what the first epoch (and the
+        first evaluation) builds (``data.cache``): no pass over the data before the first update."""
         from trainers.mace import stream
+        from trainers.mace.graph_cache import ESTIMATE_SAMPLE, GraphCache, estimate_bytes
 
         spec, t = self.spec, self.spec.train
         tp = stream.trust_pickles(spec)
@@ -304,21 +306,23 @@ class Trainer:
         val = stream.SplitGraphs(spec.data.val, val_idx, self.cfg["atomic_numbers"], self.cfg["r_max"], self.heads,
                                  self.head, what=f"data.val ({spec.data.val})", trust_pickles=tp) \
             if spec.data.val else []
-        n = len(train) + len(val)
-        probe = [train[j] for j in range(min(len(train), 16))]
-        per_graph = float(np.mean([stream.graph_nbytes(g) for g in probe])) if probe else 0.0
+        n = len(train) + -(-len(val) // self.dist.world)   # each rank keeps its share of val, all of train
+        # the estimate builds a few graphs here: only when it decides something
+        probe = [] if spec.data.cache == "none" else \
+            [train[int(j)] for j in stream.stats_positions(len(train), ESTIMATE_SAMPLE, self.seed)]
+        per_graph = estimate_bytes(probe, t.batch_size)
         decision = stream.decide_cache(spec.data.cache, spec.data.cache_budget_gb, per_graph, n)
         self.cache = decision.cache
-        self.log.info(f"graphs: {'cached in memory' if decision.cache else 'streamed'} ({decision.reason}; "
-                      f"{len(train)} train + {len(val)} val, ~{per_graph / 1024:.1f} kB each, "
+        how = "cached in memory as the first epoch streams" if decision.cache else "streamed"
+        size = f"~{per_graph / 1024:.1f} kB each, " if probe else ""
+        self.log.info(f"graphs: {how} ({decision.reason}; {len(train)} train + {len(val)} val, {size}"
                       f"num_workers={t.num_workers})")
         if not decision.cache:
             return train, val
-        mi, nw = t.progress_mininterval, t.num_workers
-        train_g = stream.materialize(train, num_workers=nw, progress=self.progress, mininterval=mi, desc="graphs train")
-        val_g = stream.materialize(val, num_workers=nw, progress=self.progress, mininterval=mi, desc="graphs val") \
-            if len(val) else []
-        return train_g, val_g
+        budget = spec.data.cache_budget_gb * 1e9 if spec.data.cache == "auto" else None   # shared pro rata
+        keep = [GraphCache(s, limit_bytes=None if budget is None else budget * min(len(s) / max(n, 1), 1.0),
+                           note=self.log.info) for s in (train, val) if len(s)]
+        return keep[0], (keep[1] if len(keep) > 1 else [])
 
     # ------------------------------------------------------------------ checkpoint
     def _checkpoint(self) -> Dict[str, Any]:
@@ -392,7 +396,7 @@ class Trainer:
             with self._ema_weights():
                 sums = error_sums(self.model, self.val_graphs, batch_size=t.batch_size, device=self.device,
                                   compute_force=True, amp=self.amp, positions=shard,
-                                  num_workers=0 if self.cache else t.num_workers)
+                                  num_workers=t.num_workers)
             sums = self.dist.all_sum(sums)
             m = metrics_from_sums(sums, energy_weight=t.energy_weight, force_weight=t.force_weight,
                                   stress_weight=t.stress_weight)
@@ -500,15 +504,18 @@ class Trainer:
 
     def _groups(self, groups: List[List[List[int]]], start: int):
         """Collated micro-batches of updates ``start..``; streaming, ``train.num_workers`` read and build them
-        ahead in worker processes (with the cache, workers only build the cache)."""
+        ahead in worker processes (with the cache, workers build only what it does not hold yet)."""
         from trainers.mace.stream import loader
 
         flat = [idx for g in groups[start:] for idx in g]
-        # cached graphs are collated here: a forked worker touching them copies the pages of the whole cache
-        # (reference counts), one more copy of it per worker
-        it = loader(self.train_graphs, flat, num_workers=0 if self.cache else self.spec.train.num_workers)
-        for g in groups[start:]:
-            yield [next(it) for _ in g]
+        # cached graphs are collated here (workers only build the missing ones): a forked worker touching the
+        # cache would copy its pages
+        it = loader(self.train_graphs, flat, num_workers=self.spec.train.num_workers)
+        try:
+            for g in groups[start:]:
+                yield [next(it) for _ in g]
+        finally:   # workers stop when the epoch's feed is closed, not whenever it is collected
+            it.close()
 
     def _log_progress(self, loss: float, structures: int) -> None:
         """The ``train.log_every`` line: step, epoch, loss, lr and throughput since the last such line."""
@@ -592,6 +599,8 @@ class Trainer:
             took = time.time() - te
             self.log.info(f"epoch {st.epoch}/{t.epochs} done in {took:.2f} s (data wait {wait:.2f} s = "
                           f"{100 * wait / max(took, 1e-9):.1f}% of it, after the first batch)")
+            if self.cache:
+                self.log.info(self.train_graphs.status())
             if not cycles:
                 self.evaluate_point("epoch")
                 if st.eval_count % t.save_every == 0 or st.stopped or st.epoch == t.epochs:

@@ -1,11 +1,12 @@
-"""The graphs a training run reads: streamed from the LMDB per batch, or cached in memory.
+"""The graphs a training run reads: streamed from the LMDB per batch, or kept in memory once built.
 
 At our users' sizes (millions of structures, runs sampling 500k) building every neighbour graph
 before the first step takes a long serial phase and tens of GB per process; so by default the
 trainer streams: :class:`SplitGraphs` is a map-style dataset over the run's selected indices whose
 DataLoader workers (``train.num_workers``) read, unpickle and build graphs per batch, and each rank
 reads only the positions of its own batches. ``data.cache=memory`` (or ``auto`` when the estimate
-fits ``data.cache_budget_gb``) builds every graph once, in parallel over the same workers.
+fits ``data.cache_budget_gb``) keeps the graphs the first epoch builds (:mod:`trainers.mace.graph_cache`):
+that epoch streams as above, later epochs read the kept graphs.
 
 Both modes index the same positions, so the same seed gives the same batches and the same losses.
 The statistics a new model needs (E0s, scale/shift, avg_num_neighbors) come from a bounded,
@@ -20,10 +21,6 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from launcher.core.errors import ConfigError
-
-# A cached graph costs its process about 2.4x the bytes of its tensors (Python objects, allocator slack):
-# scripts/bench_scale measured 67 kB of RSS per graph whose tensors hold 28 kB.
-CACHE_RSS_FACTOR = 2.4
 
 
 class SplitGraphs:
@@ -170,17 +167,6 @@ def stats_sample(spec: Any, indices: Optional[np.ndarray] = None, *, r_max: Opti
     return structures, pos, len(indices), avg
 
 
-def graph_nbytes(g: Any) -> int:
-    """Bytes one cached graph costs its process: its tensors' bytes times :data:`CACHE_RSS_FACTOR`."""
-    import torch
-
-    total = 0
-    for v in g.to_dict().values() if hasattr(g, "to_dict") else vars(g).values():
-        if isinstance(v, torch.Tensor):
-            total += v.element_size() * v.nelement()
-    return int(total * CACHE_RSS_FACTOR)
-
-
 @dataclass
 class CacheDecision:
     cache: bool
@@ -189,10 +175,11 @@ class CacheDecision:
 
 
 def decide_cache(setting: str, budget_gb: float, per_graph_bytes: float, n_graphs: int) -> CacheDecision:
-    """``data.cache`` -> whether to build every graph up front; ``auto`` compares the estimate with the budget."""
+    """``data.cache`` -> whether to keep the graphs in memory as they are built; ``auto`` compares the estimate
+    (:func:`trainers.mace.graph_cache.estimate_bytes` per graph) with the budget."""
     est = per_graph_bytes * n_graphs / 1e9
     if setting == "memory":
-        return CacheDecision(True, est, "data.cache=memory")
+        return CacheDecision(True, est, f"data.cache=memory: estimate {est:.3g} GB")
     if setting == "none":
         return CacheDecision(False, est, "data.cache=none")
     fits = est <= budget_gb
@@ -200,54 +187,21 @@ def decide_cache(setting: str, budget_gb: float, per_graph_bytes: float, n_graph
                                     f"{'<=' if fits else '>'} data.cache_budget_gb {budget_gb:g}")
 
 
-def materialize(source: SplitGraphs, *, num_workers: int, progress: bool = False, mininterval: float = 0.5,
-                desc: str = "graphs") -> List[Any]:
-    """Every graph of ``source``, in position order, built by ``num_workers`` processes (0: here)."""
-    from data.util import progress_bar
-
-    n = len(source)
-    bar = progress_bar(None, progress, total=n, desc=desc, unit="struct", mininterval=mininterval, leave=False) \
-        if progress else None
-    out: List[Any] = []
-    try:
-        if num_workers <= 0:
-            for j in range(n):
-                out.append(source[j])
-                if bar is not None:
-                    bar.update(1)
-            return out
-        import pickle
-
-        for blob in loader(source, [list(r) for r in _chunks(n, 64)], num_workers=num_workers, collate=_pickled):
-            chunk = pickle.loads(blob)
-            out.extend(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-        return out
-    finally:
-        if bar is not None:
-            bar.close()
-
-
 def _chunks(n: int, size: int) -> List[range]:
     return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _pickled(items: Sequence[Any]) -> bytes:
-    """A chunk of graphs as one pickle: cached tensors then live in the main process's own memory, not in
-    shared-memory segments (one file descriptor per tensor would exhaust the limit)."""
-    import pickle
-
-    return pickle.dumps(list(items), protocol=pickle.HIGHEST_PROTOCOL)
-
-
 def loader(data: Any, batches: Sequence[Sequence[int]], *, num_workers: int, collate: Any = None) -> Iterator[Any]:
     """Collated batches of ``data`` at the given positions, in order; with workers, built ahead in other
-    processes. A worker's ConfigError comes back as the same one-line ConfigError."""
+    processes. A worker's ConfigError comes back as the same one-line ConfigError. A graph cache serves what
+    it holds and has the rest built this way."""
     if collate is None:
         from trainers.mace.graphs import collate as collate_fn
 
         collate = collate_fn
+    if hasattr(data, "cached_batches"):
+        yield from data.cached_batches(batches, num_workers=num_workers, collate=collate)
+        return
     if num_workers <= 0:
         for b in batches:
             yield collate([data[i] for i in b])

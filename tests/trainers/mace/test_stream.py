@@ -43,17 +43,19 @@ def _weights(run_dir):
 def test_streaming_and_the_cache_give_the_same_batches_and_losses(tiny_data, tiny_model_json, tmp_path):
     import torch
 
-    modes = {"memory": ("memory", 0), "stream": ("none", 0), "stream_workers": ("none", 2)}
+    modes = {"memory": ("memory", 0), "stream": ("none", 0), "stream_workers": ("none", 2),
+             "default_workers": (None, 2)}
     out = {}
     for name, (cache, workers) in modes.items():
         run_dir = tmp_path / name
-        _run(make_spec(run_dir, tiny_data, data={"cache": cache}, train=_train(tiny_model_json, num_workers=workers)))
+        _run(make_spec(run_dir, tiny_data, data={"cache": cache} if cache else {},
+                       train=_train(tiny_model_json, num_workers=workers)))
         out[name] = (_losses(run_dir), _weights(run_dir))
         log = (run_dir / "logs" / "train.log").read_text()
-        assert ("graphs: cached in memory" if cache == "memory" else "graphs: streamed") in log
-    (ref_losses, ref_w) = out["memory"]
+        assert ("graphs: streamed" if cache == "none" else "graphs: cached in memory as the first epoch streams") in log
+    (ref_losses, ref_w) = out["stream"]
     assert len(ref_losses[0]) == 12 and len(ref_losses[1]) == 2   # 6 updates x 2 epochs, 2 validations
-    for name in ("stream", "stream_workers"):
+    for name in ("memory", "stream_workers", "default_workers"):
         losses, w = out[name]
         assert losses == ref_losses, name
         for k in ref_w:
@@ -69,12 +71,30 @@ def test_auto_streams_when_the_estimate_exceeds_the_budget(tiny_data, tiny_model
     assert "data wait" in log
 
 
-def test_streamed_run_preempted_mid_epoch_resumes_exactly(tiny_data, tiny_model_json, tmp_path):
+def test_the_default_caches_while_the_first_epoch_streams(tiny_data, tiny_model_json, tmp_path):
+    """No pass over the data before the first update; epoch 2 builds nothing; the same losses as streaming."""
+    run_dir = tmp_path / "default"
+    _run(make_spec(run_dir, tiny_data, train=_train(tiny_model_json, epochs=3, num_workers=2)))
+    lines = (run_dir / "logs" / "train.log").read_text().splitlines()
+    at = {key: next(i for i, ln in enumerate(lines) if key in ln)
+          for key in ("graphs: cached in memory as the first epoch streams (data.cache=auto: estimate",
+                      "train step=1 ", "epoch 1/3 done", "graph cache (data.train")}
+    decided, first_step, epoch1, cache1 = at.values()
+    assert decided < first_step < epoch1 < cache1           # the first update came before the cache was complete
+    status = [ln for ln in lines if "graph cache (data.train" in ln]
+    assert len(status) == 3 and all("24 of 24 graphs kept" in ln and "24 built so far" in ln for ln in status)
+    ref = tmp_path / "none"
+    _run(make_spec(ref, tiny_data, data={"cache": "none"}, train=_train(tiny_model_json, epochs=3, num_workers=2)))
+    assert _losses(run_dir) == _losses(ref)
+
+
+@pytest.mark.parametrize("cache", ["none", "auto"])
+def test_streamed_run_preempted_mid_epoch_resumes_exactly(tiny_data, tiny_model_json, tmp_path, cache):
     from launcher.core import preemption
     from launcher.job import run_job
     from trainers.mace import loop
 
-    over = {"data": {"cache": "none"}, "train": _train(tiny_model_json, epochs=3, num_workers=2)}
+    over = {"data": {"cache": cache}, "train": _train(tiny_model_json, epochs=3, num_workers=2)}
     _run(make_spec(tmp_path / "ref", tiny_data, **over))
     run_dir = tmp_path / "run"
     calls = {"n": 0}
