@@ -246,6 +246,20 @@ def _model_problems(spec: RunSpec) -> List[str]:
     return []
 
 
+def _gpu_env_problems(spec: RunSpec, python: str) -> List[str]:
+    """A GPU run of GemNet-OC whose env has torch-scatter/torch-sparse without CUDA kernels (learned from the
+    env's files), refused with the rebuild command; also where this machine has no GPU (a login node queueing
+    a GPU job), beside the generic device line."""
+    from trainers.fairchem.env import child_env
+    from trainers.fairchem.provision import env_facts, gpu_extension_problem
+
+    if spec.task == "export" or _use_cpu(spec):
+        return []
+    facts = env_facts(python, child_env(spec.backend_env))
+    line = gpu_extension_problem(facts, spec.backend, spec.device)
+    return [line] if line else []
+
+
 def _use_cpu(spec: RunSpec) -> bool:
     return spec.device == "cpu" or (spec.device == "auto" and not gpu_visible())
 
@@ -307,9 +321,11 @@ class FairchemBackend:
             return problems + wrong_model + refused
         problems += refused
         try:
-            check_python(spec.backend_python, spec.backend_env)
+            python = check_python(spec.backend_python, spec.backend_env)
         except ConfigError as e:
             problems.append(str(e))
+        else:
+            problems += _gpu_env_problems(spec, python)
         if spec.task == "export":
             return problems
         try:

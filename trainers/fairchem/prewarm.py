@@ -7,7 +7,8 @@ as its first act, so both happen at once, and :func:`take` hands it the command 
 
 It is handed the command only when the interpreter, the script and the environment are exactly the
 ones the run would have started; otherwise, or when the run never needs it (dry run, bad input,
-export), it is stopped. The :class:`Prewarm` handle is what the backend's ``prestart`` hook returns:
+export), it is stopped. Only an interpreter of an env ``scripts/setup-fairchem-env`` built is started this
+way (:func:`provisioned`); a ``backend_python`` of the user's own runs only once the run is accepted. The :class:`Prewarm` handle is what the backend's ``prestart`` hook returns:
 it travels with the run's JobContext to the FairChem runner, never through a module global.
 Standard library only: this is imported on the CLI's start-up path.
 """
@@ -161,11 +162,22 @@ def wanted(argv: Sequence[str], environ: Optional[Dict[str, str]] = None) -> Opt
     return {"python": python}
 
 
+def provisioned(python: Optional[str]) -> bool:
+    """Only the interpreter of an env ``scripts/setup-fairchem-env`` built (its stamp beside ``bin/``; None: the
+    default env) starts before preflight: a ``backend_python`` of the user's own is their program, started
+    when an accepted run needs it, never for a refused one."""
+    if python is None:
+        return True
+    from trainers.fairchem.provision import STAMP
+
+    return (Path(python).parent.parent / STAMP).is_file()
+
+
 def start(argv: Sequence[str]) -> Optional[Prewarm]:
     """``launch``: start the interpreter for these command-line arguments when :func:`wanted`; never raises."""
     try:
         want = wanted(argv)
-        if want is None:
+        if want is None or not provisioned(want["python"]):
             return None
         from trainers.fairchem.env import child_env
 
@@ -182,6 +194,7 @@ def start_for_spec(spec) -> Optional[Prewarm]:
             return None
         from trainers.fairchem.env import child_env, resolve_python
 
-        return Prewarm(resolve_python(spec.backend_python), child_env(spec.backend_env))
+        python = resolve_python(spec.backend_python)
+        return Prewarm(python, child_env(spec.backend_env)) if provisioned(python) else None
     except Exception:  # noqa: BLE001 - bad input is reported by preflight, not here
         return None
