@@ -848,8 +848,11 @@ class FairchemBackend:
                     raise preemption.Preempted(f"{e}; no checkpoint written yet") from None
                 raise
             if not (plan.checkpoint_dir / "checkpoint.pt").is_file() and not (plan.checkpoint_dir / "best_checkpoint.pt").is_file():
-                raise FairchemError(f"FairChem exited 0 but wrote no checkpoint in {plan.checkpoint_dir} "
-                                    f"(is optim.max_epochs above the epochs already done?) [log: {plan.log_path}]")
+                # the child saves the final state of every training that took a step: this one took none
+                done_note = f", {done} already done" if done else ""
+                raise FairchemError(f"FairChem exited 0 without training a step, so no checkpoint is in "
+                                    f"{plan.checkpoint_dir} (optim.max_epochs {max_epochs}{done_note}) "
+                                    f"[log: {plan.log_path}]")
         return self._finalize(spec, layout)
 
     def _finalize(self, spec: RunSpec, layout: RunLayout) -> Dict[str, Any]:
@@ -865,7 +868,12 @@ class FairchemBackend:
         if source is None:
             raise FairchemError(f"no FairChem checkpoint in {native}/checkpoints to export")
         summary = self._summary_for(spec, source)
-        manifest = self._write_artifacts(spec, layout, source, source.parent / "weights.pt", summary)
+        if best is None:   # no validation within the run: the final weights, and no best metric to claim
+            summary = {**summary, "best": None, "best_val_metric": None, "val_metrics": {}}
+            self.echo("[fairchem] no validation ran (no data.val, or optim.eval_every beyond the run's steps): "
+                      "artifacts/best_model.pt holds the final weights (manifest: fairchem.weights = final)")
+        manifest = self._write_artifacts(spec, layout, source, source.parent / "weights.pt", summary,
+                                         weights_kind="best" if best is not None else "final")
         last_info = summary.get("last") if source == best and summary.get("last") else summary
         epochs = (last_info or {}).get("epochs_done")
         if last is not None and last.parent != source.parent:
@@ -896,8 +904,15 @@ class FairchemBackend:
         return json.loads(summary_path.read_text(encoding="utf-8"))
 
     def _write_artifacts(self, spec: RunSpec, layout: RunLayout, source: Path, weights: Path,
-                         summary: Dict[str, Any], config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """artifacts/best_model.pt (bare state dict), fairchem_checkpoint.pt (untouched), manifest.json."""
+                         summary: Dict[str, Any], config: Optional[Dict[str, Any]] = None,
+                         weights_kind: Optional[str] = None) -> Dict[str, Any]:
+        """artifacts/best_model.pt (bare state dict), fairchem_checkpoint.pt (untouched), manifest.json.
+
+        The manifest's ``fairchem.weights`` says which weights these are: ``best`` (the best validation's),
+        ``final`` (a training in which no validation ran: its last state; ``fairchem.best`` is then null) or
+        ``checkpoint`` (an exported file that is not a best checkpoint)."""
+        best = summary.get("best", source.name == "best_checkpoint.pt")
+        kind = weights_kind or ("best" if best else "checkpoint")
         from launcher.core.layout import package_versions, write_manifest
 
         ck.atomic_copy(weights, layout.best_model)
@@ -911,7 +926,8 @@ class FairchemBackend:
             extra={"fairchem": {
                 "checkpoint": layout.native_checkpoint.name,
                 "source": str(source),
-                "best": bool(summary.get("best", source.name == "best_checkpoint.pt")),
+                "best": None if best is None else bool(best),
+                "weights": kind,
                 "trainer": summary.get("trainer"),
                 "model_name": model.get("name"),
                 "epoch": summary.get("epoch"),

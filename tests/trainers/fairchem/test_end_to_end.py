@@ -275,6 +275,29 @@ def test_run_keys_reach_childs_training_options(trained, demo_data, tmp_path):
     assert "freeze head_only: training" in fairchem_log
 
 
+def test_a_training_without_validation_leaves_its_final_weights(fairchem_python, fairchem_fixtures, demo_data,
+                                                                tmp_path):
+    """optim.eval_every beyond the run's steps: FairChem never validates nor checkpoints; the run still finishes
+    with artifacts/best_model.pt (the final weights, reloadable) and a manifest that says so."""
+    run_dir = tmp_path / "no-val"
+    spec = make_spec(run_dir, "equiformer_v2", demo_data, epochs=2, args=["--optim.eval_every=1000"],
+                     **{"train.batch_size": 4, "data.train_indices": IndexSampling(max_samples=8),
+                        "data.val_indices": IndexSampling(max_samples=4)})
+    res, out = run(spec)
+    assert res.status == "finished", res.message
+    layout = RunLayout.of(run_dir)
+    assert layout.best_model.is_file() and layout.checkpoint.is_file()
+    assert "optim.eval_every: 1000 steps, and this run trains steps 1-4: no validation will run" in out
+    assert "[mlip-launch] step 4: no checkpoint fell due since step 0" in out
+    m = json.loads(layout.manifest.read_text())
+    assert (m["fairchem"]["best"], m["fairchem"]["weights"], m["fairchem"]["step"]) == (None, "final", 4)
+    assert m["metrics"] == {} and res.result["best_val_metric"] is None and res.result["epochs_done"] == 2
+    assert not list(layout.native("fairchem").glob("checkpoints/*/best_checkpoint.pt"))
+    reload = subprocess.run([fairchem_python, str(RELOAD), str(layout.manifest)], capture_output=True, text=True,
+                            env=reload_env())
+    assert reload.returncode == 0, reload.stderr[-2000:]
+
+
 def test_finetune_from_a_v1_bundle(trained, demo_data, tmp_path):
     """The original implementation's manifest form (legacy model/model_attributes config, bare weights with a
     sha256), made from a model trained here: fine-tuned with model.manifest + model.weights and no config_yml."""
