@@ -195,6 +195,31 @@ def _data_problems(spec: RunSpec) -> List[str]:
     return []
 
 
+def _record_problems(spec: RunSpec) -> List[str]:
+    """FairChem's reader unpickles every record it reads without an allow-list: a bounded sample of the records
+    each split's selection reads (first, last, spread, seeded; the same on every run) is checked against it
+    first, one line per split. ``data.trust_pickles`` skips this."""
+    from data.datasets import detect_format
+    from trainers.fairchem.subset import refused_record, split_selection
+
+    if spec.data.trust_pickles or spec.task == "export":
+        return []
+    splits = {spec.eval.split: True} if spec.task in ("evaluate", "infer") else \
+        {s: s == "train" for s in ("train", "val", "test")}
+    problems = []
+    for split, active in splits.items():
+        path = getattr(spec.data, split)
+        try:
+            if not path or detect_format(path) != "lmdb":
+                continue
+            line = refused_record(path, split_selection(spec, split, active=active))
+        except (ConfigError, OSError):
+            continue  # unreadable data or a bad selection: the generic data checks report it
+        if line:
+            problems.append(f"data.{split}: {line}")
+    return problems
+
+
 def _same_entries(spec: RunSpec) -> bool:
     """Train and val of one file select the same entries (different samplings make two subsets)."""
     try:
@@ -315,7 +340,8 @@ class FairchemBackend:
             problems.append(f"train.config_yml: file not found: {t.config_yml}")
         elif t.config_yml and not Path(t.config_yml).is_file():
             problems.append(f"train.config_yml: expected a file, got a directory: {t.config_yml}")
-        refused = refused_keys(spec) + _unreadable_formats(spec) + _env_problems(spec) + _data_problems(spec)
+        refused = (refused_keys(spec) + _unreadable_formats(spec) + _env_problems(spec) + _data_problems(spec)
+                   + _record_problems(spec))
         wrong_model = _model_problems(spec)
         if problems or wrong_model:  # the config or the model is wrong: what follows would only repeat it
             return problems + wrong_model + refused
