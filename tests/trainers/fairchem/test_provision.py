@@ -235,3 +235,39 @@ def test_dry_runs_and_refused_runs_never_start_backend_python(tmp_path, demo_dat
         assert not marker.exists(), extra
     if layout == "venv":
         assert "has no fairchem.core, torch_scatter, torch_sparse" in out.stderr
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_preflight_and_the_dry_run_text_start_no_process(tmp_path, demo_data, fairchem_fixtures, monkeypatch, named):
+    """Every check and the dry run's description, in process, with process creation itself refused."""
+    import subprocess as sp
+
+    from launcher.preflight import check_sweep, describe
+
+    marker = tmp_path / "started"
+    monkeypatch.setenv("MLIP_LAUNCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLIP_FAIRCHEM_ENV", raising=False)
+    monkeypatch.delenv("MLIP_FAIRCHEM_CUDA_EXT", raising=False)
+    root = tmp_path / "cache" / "envs" / f"fairchem-{script_versions()['FAIRCHEM_VERSION']}-py3.11-{env_hash(False)}"
+    provisioned = _venv(root, marker, FAIRCHEM_PACKAGES)
+    (root / STAMP).write_text(env_hash(False) + "\n")
+    mine = _venv(tmp_path / "mine", marker, FAIRCHEM_PACKAGES)
+
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"a process was started: {args[1] if len(args) > 1 else kwargs.get('args')!r}")
+
+    monkeypatch.setattr(sp.Popen, "__init__", no_process)
+    monkeypatch.setattr(os, "posix_spawn", no_process)
+    for task in ("train", "evaluate"):
+        spec = RunSpec(backend="equiformer_v2", task=task, run_dir=str(tmp_path / task), device="cpu",
+                       backend_python=mine if named else None, dry_run=True)
+        spec.train.config_yml = str(EQV2)
+        spec.data.train, spec.data.val, spec.data.test = (str(demo_data[s]) for s in ("train", "val", "test"))
+        if task == "evaluate":
+            spec.model_in = str(tmp_path / "model.pt")
+            Path(spec.model_in).write_bytes(b"\x80\x02}q\x00.")   # a pickle protocol-2 header: torch's legacy form
+        spec = check(spec)
+        assert check_sweep([spec], notes=False) == []
+        text = describe(spec)
+        assert (mine if named else provisioned) in text and "not runnable" not in text, text
+    assert not marker.exists()
