@@ -97,7 +97,8 @@ def test_train_leaves_the_standard_layout(trained, backend):
     assert (layout.artifacts / "fairchem_checkpoint.pt").is_file()
     m = json.loads(layout.manifest.read_text())
     assert m["backend"] == backend and m["model"]["name"] == backend
-    assert m["fairchem"]["best"] is True and m["versions"]["fairchem-core"] == "1.10.0"
+    assert m["fairchem"]["best"] is True and m["fairchem"]["weights"] == "best"
+    assert m["versions"]["fairchem-core"] == "1.10.0"
     assert np.isfinite(m["metrics"]["energy_mae"]) and np.isfinite(m["metrics"]["forces_mae"])
     logs = list(layout.logs.glob("fairchem-train-*.log"))
     assert len(logs) == 1 and "Total time taken" in logs[0].read_text()
