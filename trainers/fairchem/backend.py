@@ -937,10 +937,10 @@ class FairchemBackend:
         The manifest's ``fairchem.weights`` says which weights these are: ``best`` (the best validation's),
         ``final`` (a training in which no validation ran: its last state; ``fairchem.best`` is then null) or
         ``checkpoint`` (an exported file that is not a best checkpoint)."""
-        best = summary.get("best", source.name == "best_checkpoint.pt")
-        kind = weights_kind or ("best" if best else "checkpoint")
         from launcher.core.layout import package_versions, write_manifest
 
+        best = summary.get("best", source.name == "best_checkpoint.pt")
+        kind = weights_kind or ("best" if best else "checkpoint")
         ck.atomic_copy(weights, layout.best_model)
         ck.atomic_copy(source, layout.native_checkpoint)
         versions = {**package_versions(["mlip-launch"]), **(summary.get("versions") or {})}
