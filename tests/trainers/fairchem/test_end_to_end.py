@@ -284,12 +284,14 @@ def test_a_training_without_validation_leaves_its_final_weights(fairchem_python,
     spec = make_spec(run_dir, "equiformer_v2", demo_data, epochs=2, args=["--optim.eval_every=1000"],
                      **{"train.batch_size": 4, "data.train_indices": IndexSampling(max_samples=8),
                         "data.val_indices": IndexSampling(max_samples=4)})
-    res, out = run(spec)
+    res, _ = run(spec)
     assert res.status == "finished", res.message
     layout = RunLayout.of(run_dir)
     assert layout.best_model.is_file() and layout.checkpoint.is_file()
-    assert "optim.eval_every: 1000 steps, and this run trains steps 1-4: no validation will run" in out
-    assert "[mlip-launch] step 4: no checkpoint fell due since step 0" in out
+    derived = next(layout.native("fairchem").glob("configs/train-*.yml")).read_text()
+    assert "# optim.eval_every: 1000 steps, and this run trains steps 1-4: no validation will run" in derived
+    assert "[mlip-launch] step 4: no checkpoint fell due since step 0" in \
+        next(layout.logs.glob("fairchem-train-*.log")).read_text()
     m = json.loads(layout.manifest.read_text())
     assert (m["fairchem"]["best"], m["fairchem"]["weights"], m["fairchem"]["step"]) == (None, "final", 4)
     assert m["metrics"] == {} and res.result["best_val_metric"] is None and res.result["epochs_done"] == 2
