@@ -874,11 +874,11 @@ class FairchemBackend:
                     raise preemption.Preempted(f"{e}; no checkpoint written yet") from None
                 raise
             if not (plan.checkpoint_dir / "checkpoint.pt").is_file() and not (plan.checkpoint_dir / "best_checkpoint.pt").is_file():
-                # the child saves the final state of every training that took a step: this one took none
-                done_note = f", {done} already done" if done else ""
-                raise FairchemError(f"FairChem exited 0 without training a step, so no checkpoint is in "
-                                    f"{plan.checkpoint_dir} (optim.max_epochs {max_epochs}{done_note}) "
-                                    f"[log: {plan.log_path}]")
+                # child.py saves the final state of every training of FairChem's loop that took a step
+                done_note = f", {done} epochs already done" if done else ""
+                raise FairchemError(f"FairChem exited 0 but wrote no checkpoint in {plan.checkpoint_dir}: it trained "
+                                    f"no step (optim.max_epochs {max_epochs}{done_note}), or its trainer's own loop "
+                                    f"saved none [log: {plan.log_path}]")
         return self._finalize(spec, layout)
 
     def _finalize(self, spec: RunSpec, layout: RunLayout) -> Dict[str, Any]:
