@@ -321,7 +321,8 @@ class FairchemBackend:
 
     # ------------------------------------------------------------------ start-up / checks / dry run
     def prestart(self, argv: Sequence[str], spec: Optional[RunSpec] = None):
-        """Start FairChem's interpreter now, so its imports overlap the launcher's set-up (see prewarm)."""
+        """The handle of FairChem's early interpreter, started by :meth:`run` so that its imports overlap the
+        run's set-up (see prewarm)."""
         from trainers.fairchem import prewarm
 
         return prewarm.start_for_spec(spec) if spec is not None else prewarm.start(argv)
@@ -787,6 +788,9 @@ class FairchemBackend:
             self.echo(f"[fairchem] task {tasks.rank} of {tasks.per_node}: FairChem's ranks run from task 0")
             return {"follower": True}
         self.ranks = tasks.per_node
+        begin = getattr(ctx.prestarted, "begin", None)
+        if begin is not None:   # accepted: the early interpreter imports while the run is prepared (prewarm.py)
+            begin()
         return run_task(ctx, train=self._train_like, predict=self._predict, export=self._export)
 
     def _train_like(self, ctx: JobContext) -> Dict[str, Any]:
