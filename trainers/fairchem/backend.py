@@ -196,6 +196,31 @@ def _data_problems(spec: RunSpec) -> List[str]:
     return []
 
 
+def _record_problems(spec: RunSpec) -> List[str]:
+    """FairChem's reader unpickles every record it reads without an allow-list: a bounded sample of the records
+    each split's selection reads (first, last, spread, seeded; the same on every run) is checked against it
+    first, one line per split. ``data.trust_pickles`` skips this."""
+    from data.datasets import detect_format
+    from trainers.fairchem.subset import refused_record, split_selection
+
+    if spec.data.trust_pickles or spec.task == "export":
+        return []
+    splits = {spec.eval.split: True} if spec.task in ("evaluate", "infer") else \
+        {s: s == "train" for s in ("train", "val", "test")}
+    problems = []
+    for split, active in splits.items():
+        path = getattr(spec.data, split)
+        try:
+            if not path or detect_format(path) != "lmdb":
+                continue
+            line = refused_record(path, split_selection(spec, split, active=active))
+        except (ConfigError, OSError):
+            continue  # unreadable data or a bad selection: the generic data checks report it
+        if line:
+            problems.append(f"data.{split}: {line}")
+    return problems
+
+
 def _same_entries(spec: RunSpec) -> bool:
     """Train and val of one file select the same entries (different samplings make two subsets)."""
     try:
@@ -247,6 +272,20 @@ def _model_problems(spec: RunSpec) -> List[str]:
     return []
 
 
+def _gpu_env_problems(spec: RunSpec, python: str) -> List[str]:
+    """A GPU run of GemNet-OC whose env has torch-scatter/torch-sparse without CUDA kernels (learned from the
+    env's files), refused with the rebuild command; also where this machine has no GPU (a login node queueing
+    a GPU job), beside the generic device line."""
+    from trainers.fairchem.env import child_env
+    from trainers.fairchem.provision import env_facts, gpu_extension_problem
+
+    if spec.task == "export" or _use_cpu(spec):
+        return []
+    facts = env_facts(python, child_env(spec.backend_env))
+    line = gpu_extension_problem(facts, spec.backend, spec.device)
+    return [line] if line else []
+
+
 def _use_cpu(spec: RunSpec) -> bool:
     return spec.device == "cpu" or (spec.device == "auto" and not gpu_visible())
 
@@ -284,7 +323,8 @@ class FairchemBackend:
 
     # ------------------------------------------------------------------ start-up / checks / dry run
     def prestart(self, argv: Sequence[str], spec: Optional[RunSpec] = None):
-        """Start FairChem's interpreter now, so its imports overlap the launcher's set-up (see prewarm)."""
+        """The handle of FairChem's early interpreter, started by :meth:`run` so that its imports overlap the
+        run's set-up (see prewarm)."""
         from trainers.fairchem import prewarm
 
         return prewarm.start_for_spec(spec) if spec is not None else prewarm.start(argv)
@@ -303,7 +343,8 @@ class FairchemBackend:
             problems.append(f"train.config_yml: file not found: {t.config_yml}")
         elif t.config_yml and not Path(t.config_yml).is_file():
             problems.append(f"train.config_yml: expected a file, got a directory: {t.config_yml}")
-        refused = refused_keys(spec) + _unreadable_formats(spec) + _env_problems(spec) + _data_problems(spec)
+        refused = (refused_keys(spec) + _unreadable_formats(spec) + _env_problems(spec) + _data_problems(spec)
+                   + _record_problems(spec))
         if not 0 <= spec.effective_seed < 2**32:  # FairChem seeds numpy's legacy generator with --seed
             key = "seed" if spec.train.seed is None else "train.seed"
             refused.append(f"{key}: backend={spec.backend} passes it to FairChem, which seeds numpy's legacy "
@@ -313,9 +354,11 @@ class FairchemBackend:
             return problems + wrong_model + refused
         problems += refused
         try:
-            check_python(spec.backend_python, spec.backend_env)
+            python = check_python(spec.backend_python, spec.backend_env)
         except ConfigError as e:
             problems.append(str(e))
+        else:
+            problems += _gpu_env_problems(spec, python)
         if spec.task == "export":
             return problems
         try:
@@ -758,6 +801,9 @@ class FairchemBackend:
             self.echo(f"[fairchem] task {tasks.rank} of {tasks.per_node}: FairChem's ranks run from task 0")
             return {"follower": True}
         self.ranks = tasks.per_node
+        begin = getattr(ctx.prestarted, "begin", None)
+        if begin is not None:   # accepted: the early interpreter imports while the run is prepared (prewarm.py)
+            begin()
         return run_task(ctx, train=self._train_like, predict=self._predict, export=self._export)
 
     def _train_like(self, ctx: JobContext) -> Dict[str, Any]:
@@ -845,8 +891,11 @@ class FairchemBackend:
                     raise preemption.Preempted(f"{e}; no checkpoint written yet") from None
                 raise
             if not (plan.checkpoint_dir / "checkpoint.pt").is_file() and not (plan.checkpoint_dir / "best_checkpoint.pt").is_file():
-                raise FairchemError(f"FairChem exited 0 but wrote no checkpoint in {plan.checkpoint_dir} "
-                                    f"(is optim.max_epochs above the epochs already done?) [log: {plan.log_path}]")
+                # child.py saves the final state of every training of FairChem's loop that took a step
+                done_note = f", {done} epochs already done" if done else ""
+                raise FairchemError(f"FairChem exited 0 but wrote no checkpoint in {plan.checkpoint_dir}: it trained "
+                                    f"no step (optim.max_epochs {max_epochs}{done_note}), or its trainer's own loop "
+                                    f"saved none [log: {plan.log_path}]")
         return self._finalize(spec, layout)
 
     def _finalize(self, spec: RunSpec, layout: RunLayout) -> Dict[str, Any]:
@@ -862,7 +911,12 @@ class FairchemBackend:
         if source is None:
             raise FairchemError(f"no FairChem checkpoint in {native}/checkpoints to export")
         summary = self._summary_for(spec, source)
-        manifest = self._write_artifacts(spec, layout, source, source.parent / "weights.pt", summary)
+        if best is None:   # no validation within the run: the final weights, and no best metric to claim
+            summary = {**summary, "best": None, "best_val_metric": None, "val_metrics": {}}
+            self.echo("[fairchem] no validation ran (no data.val, or optim.eval_every beyond the run's steps): "
+                      "artifacts/best_model.pt holds the final weights (manifest: fairchem.weights = final)")
+        manifest = self._write_artifacts(spec, layout, source, source.parent / "weights.pt", summary,
+                                         weights_kind="best" if best is not None else "final")
         last_info = summary.get("last") if source == best and summary.get("last") else summary
         epochs = (last_info or {}).get("epochs_done")
         if last is not None and last.parent != source.parent:
@@ -893,10 +947,17 @@ class FairchemBackend:
         return json.loads(summary_path.read_text(encoding="utf-8"))
 
     def _write_artifacts(self, spec: RunSpec, layout: RunLayout, source: Path, weights: Path,
-                         summary: Dict[str, Any], config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """artifacts/best_model.pt (bare state dict), fairchem_checkpoint.pt (untouched), manifest.json."""
+                         summary: Dict[str, Any], config: Optional[Dict[str, Any]] = None,
+                         weights_kind: Optional[str] = None) -> Dict[str, Any]:
+        """artifacts/best_model.pt (bare state dict), fairchem_checkpoint.pt (untouched), manifest.json.
+
+        The manifest's ``fairchem.weights`` says which weights these are: ``best`` (the best validation's),
+        ``final`` (a training in which no validation ran: its last state; ``fairchem.best`` is then null) or
+        ``checkpoint`` (an exported file that is not a best checkpoint)."""
         from launcher.core.layout import package_versions, write_manifest
 
+        best = summary.get("best", source.name == "best_checkpoint.pt")
+        kind = weights_kind or ("best" if best else "checkpoint")
         ck.atomic_copy(weights, layout.best_model)
         ck.atomic_copy(source, layout.native_checkpoint)
         versions = {**package_versions(["mlip-launch"]), **(summary.get("versions") or {})}
@@ -908,7 +969,8 @@ class FairchemBackend:
             extra={"fairchem": {
                 "checkpoint": layout.native_checkpoint.name,
                 "source": str(source),
-                "best": bool(summary.get("best", source.name == "best_checkpoint.pt")),
+                "best": None if best is None else bool(best),
+                "weights": kind,
                 "trainer": summary.get("trainer"),
                 "model_name": model.get("name"),
                 "epoch": summary.get("epoch"),

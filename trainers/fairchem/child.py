@@ -561,8 +561,9 @@ def install_training_options(options):
 
     ``OCPTrainer.train`` (FairChem's forces/energy/ocp trainers and ``equiformerv2_forces``) is replaced with
     :func:`train` below, FairChem 1.10's loop with micro-batch groups, the early stop and the progress line
-    added: with the default options it trains exactly as FairChem's own loop. Trainers with a loop of their
-    own are refused when an option needs the loop.
+    added: with the default options it trains exactly as FairChem's own loop, except that it always ends with the
+    final training state on disk (FairChem's saves nothing when no ``checkpoint_every``/``eval_every`` step falls
+    within the run). Trainers with a loop of their own are refused when an option needs the loop.
     """
     import contextlib
     import logging
@@ -685,6 +686,7 @@ def install_training_options(options):
         ddp = isinstance(self.model, DistributedDataParallel)
         progress = _Progress(options, distutils.get_world_size())
         stopped = False
+        saved_step = self.step   # the newest step whose training state is on disk (a resumed one's is)
         start_epoch = self.step // per_epoch
         for epoch_int in range(start_epoch, self.config["optim"]["max_epochs"]):
             skip_updates = self.step % per_epoch
@@ -740,6 +742,7 @@ def install_training_options(options):
 
                 if checkpoint_every != -1 and self.step % checkpoint_every == 0:
                     self.save(checkpoint_file="checkpoint.pt", training_state=True)
+                    saved_step = self.step
 
                 # Evaluate on val set every `eval_every` updates.
                 if self.step % eval_every == 0:
@@ -766,6 +769,7 @@ def install_training_options(options):
                                            f"val {primary_metric} (best {float(self.best_val_metric):.6g}); stopping "
                                            f"at step {self.step}, epoch {self.epoch:.3f}")
                     self.save(checkpoint_file="checkpoint.pt", training_state=True)
+                    saved_step = self.step
                     break
 
                 if self.scheduler.scheduler_type == "ReduceLROnPlateau":
@@ -780,6 +784,13 @@ def install_training_options(options):
 
             if checkpoint_every == -1:
                 self.save(checkpoint_file="checkpoint.pt", training_state=True)
+                saved_step = self.step
+
+        if self.step != saved_step:   # the steps since the last checkpoint (all of them when none fell due)
+            if master:
+                print(f"[mlip-launch] step {self.step}: no checkpoint fell due since step {saved_step} (optim."
+                      f"checkpoint_every {checkpoint_every}); saving the final training state", flush=True)
+            self.save(checkpoint_file="checkpoint.pt", training_state=True)
 
     OCPTrainer.train = train
     return train

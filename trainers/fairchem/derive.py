@@ -238,7 +238,23 @@ def derive_config(
             target = resume_target if resume_target is not None and resume_target > epochs_done else epochs_done + max_epochs
             optim["max_epochs"] = target
             notes.append(f"optim.max_epochs: {max_epochs} -> {target} ({epochs_done} epochs already done)")
+    if mode == "train" and n_train is not None:
+        notes += _unreached_validation(optim, steps_per_epoch(n_train, int(optim.get("batch_size", 1)), accum),
+                                       epochs_done or 0)
     return Derived(config=config, passthrough=passthrough, notes=notes, overridden=overridden)
+
+
+def _unreached_validation(optim: Dict[str, Any], spe: int, epochs_done: int) -> List[str]:
+    """A note when ``optim.eval_every`` (as the user left it) falls beyond the steps this run trains: no
+    validation, so the final training state becomes the run's model."""
+    every, max_epochs = optim.get("eval_every"), optim.get("max_epochs", 1)
+    if not isinstance(every, (int, float)) or every <= 0 or not isinstance(max_epochs, (int, float)):
+        return []
+    first, last = epochs_done * spe, int(max_epochs) * spe
+    if last > first and (last // int(every)) * int(every) <= first:
+        return [f"optim.eval_every: {every} steps, and this run trains steps {first + 1}-{last}: no validation will "
+                "run; the final weights become the run's model (manifest: fairchem.weights = final)"]
+    return []
 
 
 def missing_files(config: Dict[str, Any], origin: str = "train.config_yml") -> List[str]:

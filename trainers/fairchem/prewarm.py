@@ -1,15 +1,18 @@
 """Start FairChem's interpreter while the launcher is still setting the run up.
 
-Importing torch and FairChem takes ~5 s; the launcher needs ~1 s (Hydra composition, preflight, run
-directory, derived config) before it knows FairChem's command. For a single in-process run of a
-FairChem backend, ``launch`` therefore starts the FairChem env's interpreter (``child.py serve``)
-as its first act, so both happen at once, and :func:`take` hands it the command when it is decided.
+Importing torch and FairChem takes ~5 s. For a single in-process run of a FairChem backend, ``launch``
+makes a :class:`Prewarm` handle as its first act (``prestart``), and the FairChem runner calls
+:meth:`Prewarm.begin` as soon as the job starts, i.e. once preflight has accepted the run: the FairChem env's
+interpreter (``child.py serve``) then imports while the runner prepares the run (data subsets, the derived
+config, checkpoint helpers), and :func:`take` hands it the command when it is decided. A refused run or a dry
+run starts nothing (an early interpreter competing for the CPU made refusals a second slower).
 
 It is handed the command only when the interpreter, the script and the environment are exactly the
-ones the run would have started; otherwise, or when the run never needs it (dry run, bad input,
-export), it is stopped. The :class:`Prewarm` handle is what the backend's ``prestart`` hook returns:
-it travels with the run's JobContext to the FairChem runner, never through a module global.
-Standard library only: this is imported on the CLI's start-up path.
+ones the run would have started; otherwise, or when the run never needs it, it is stopped. Only an
+interpreter of an env ``scripts/setup-fairchem-env`` built is started this way (:func:`provisioned`); a
+``backend_python`` of the user's own runs only as the run's own process. The handle is what the backend's
+``prestart`` hook returns: it travels with the run's JobContext to the FairChem runner, never through a module
+global. Standard library only: this is imported on the CLI's start-up path.
 """
 from __future__ import annotations
 
@@ -48,25 +51,20 @@ class Prewarm:
         self.env = env
         self.proc: Optional[subprocess.Popen] = None
         self.started_at = 0.0
-        self._ready = threading.Event()
         self._lock = threading.RLock()  # also taken by the signal handler (_kill), in the main thread
         self._closed = False
-        # The thread lives as long as the child: PR_SET_PDEATHSIG fires when the *thread* that
-        # forked the child ends, and it must fire only when the launcher process dies.
-        track(self, self._kill)  # a stop signal that ends the launcher takes the interpreter along
-        self._thread = threading.Thread(target=self._start, name="fairchem-prewarm", daemon=True)
-        self._thread.start()
+        self._begun = False
         atexit.register(self.close)
 
-    def _kill(self) -> None:
+    def begin(self) -> None:
+        """Start the interpreter, once, from the main thread: the run has been accepted. Forked there (a fork from
+        another thread while this one imports can hang the child before its exec), PR_SET_PDEATHSIG then fires
+        only when the launcher's main thread, i.e. the launcher, ends."""
         with self._lock:
-            self._closed = True
-            proc = self.proc
-        if proc is not None:
-            kill_group(proc)
-
-    def _start(self) -> None:
-        proc = None
+            if self._begun or self._closed:
+                return
+            self._begun = True
+        track(self, self._kill)  # a stop signal that ends the launcher takes the interpreter along
         try:
             if self.python is None:
                 from trainers.fairchem.env import default_python
@@ -75,20 +73,22 @@ class Prewarm:
             with self._lock:
                 if self.python is not None and not self._closed:
                     self.started_at = time.time()
-                    proc = self.proc = subprocess.Popen(
+                    self.proc = subprocess.Popen(
                         [self.python, str(CHILD), "serve"], cwd="/", env=self.env, stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
                         preexec_fn=die_with_parent(new_group=True),
                     )
         except Exception:  # noqa: BLE001 - an optimization: the run starts its own process instead
             self.proc = None
-        finally:
-            self._ready.set()
+
+    def _kill(self) -> None:
+        with self._lock:
+            self._closed = True
+            proc = self.proc
         if proc is not None:
-            proc.wait()
+            kill_group(proc)
 
     def matches(self, cmd: Sequence[str], env: Dict[str, str]) -> bool:
-        self._ready.wait()
         return (not self._closed and self.proc is not None and self.proc.poll() is None and len(cmd) > 2
                 and str(cmd[0]) == self.python and str(cmd[1]) == str(CHILD) and _same_env(env, self.env))
 
@@ -161,11 +161,22 @@ def wanted(argv: Sequence[str], environ: Optional[Dict[str, str]] = None) -> Opt
     return {"python": python}
 
 
+def provisioned(python: Optional[str]) -> bool:
+    """Only the interpreter of an env ``scripts/setup-fairchem-env`` built (its stamp beside ``bin/``; None: the
+    default env) starts before preflight: a ``backend_python`` of the user's own is their program, started
+    when an accepted run needs it, never for a refused one."""
+    if python is None:
+        return True
+    from trainers.fairchem.provision import STAMP
+
+    return (Path(python).parent.parent / STAMP).is_file()
+
+
 def start(argv: Sequence[str]) -> Optional[Prewarm]:
     """``launch``: start the interpreter for these command-line arguments when :func:`wanted`; never raises."""
     try:
         want = wanted(argv)
-        if want is None:
+        if want is None or not provisioned(want["python"]):
             return None
         from trainers.fairchem.env import child_env
 
@@ -182,6 +193,7 @@ def start_for_spec(spec) -> Optional[Prewarm]:
             return None
         from trainers.fairchem.env import child_env, resolve_python
 
-        return Prewarm(resolve_python(spec.backend_python), child_env(spec.backend_env))
+        python = resolve_python(spec.backend_python)
+        return Prewarm(python, child_env(spec.backend_env)) if provisioned(python) else None
     except Exception:  # noqa: BLE001 - bad input is reported by preflight, not here
         return None

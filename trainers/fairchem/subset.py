@@ -122,6 +122,45 @@ def sample_indices(n: int, selection: Optional[Sequence[int]], limit: int = SAMP
     return pool[np.linspace(0, pool.size - 1, limit).round().astype(np.int64)]
 
 
+def record_sample(selection: np.ndarray, limit: int = SAMPLE_LIMIT, seed: int = 0) -> np.ndarray:
+    """At most ``limit`` positions of ``selection`` to check, the same on every call: its first and last, half
+    spread evenly over it, half drawn with ``seed`` (a bad record between the even points is not always missed)."""
+    if selection.size <= limit:
+        return selection
+    even = sample_indices(selection.size, None, limit // 2)
+    drawn = np.random.default_rng(seed).choice(selection.size, size=limit - even.size, replace=False)
+    return selection[np.unique(np.concatenate([even, drawn]))]
+
+
+def refused_record(path: str, selection: Optional[Sequence[int]], limit: int = SAMPLE_LIMIT) -> Optional[str]:
+    """The first record of a bounded sample of ``selection`` (all of ``path`` when None) that FairChem's reader,
+    which unpickles without an allow-list, must not open: one line naming the shard and key; None when all pass.
+
+    Only selected records are read (FairChem reads no other); see :func:`record_sample`.
+    """
+    from data.datasets import count
+    from data.fastpickle import RefusedGlobal, check_record
+    from data.lmdb_dataset import LmdbDataset, refusal
+    from data.util import one_line
+
+    pool = np.arange(count(path)) if selection is None else np.asarray(selection, dtype=np.int64)
+    ds = LmdbDataset(path)
+    try:
+        for i in record_sample(pool, limit).tolist():
+            raw = ds.get_bytes(int(i))
+            k, key = ds.locate(int(i))
+            shard = ds.shards[k]
+            try:
+                check_record(raw)
+            except RefusedGlobal as exc:
+                return refusal(shard, key, exc)
+            except Exception as exc:  # noqa: BLE001 - a malformed pickle is bad input too
+                return f"{shard}: key '{key}': value does not unpickle ({one_line(exc)})"
+    finally:
+        ds.close()
+    return None
+
+
 def sample_data(sources: Sequence[tuple], limit: int = SAMPLE_LIMIT):
     """PBC settings and atom tags of a bounded sample of ``sources`` = [(path, selection or None)], as a
     :class:`trainers.fairchem.derive.DataSample` (FairChem LMDBs are read without torch)."""

@@ -101,3 +101,22 @@ def test_config_without_model_is_refused(tmp_path):
     cfg.write_text("optim: {batch_size: 2}\n")
     with pytest.raises(ConfigError, match="no 'model' section"):
         derive_config(str(cfg), mode="train", data={"train": str(cfg)}, backend_args=[], env={})
+
+
+def test_a_validation_beyond_the_run_is_said_in_the_notes(fairchem_fixtures, tmp_path):
+    """optim.eval_every from backend_args is kept; when no multiple of it falls within the run, the derived
+    config says so: the run's model will be its final weights."""
+    data = _lmdbs(tmp_path, "train", "val")
+
+    def notes(every, max_epochs, done=None):
+        d = derive_config(str(EQV2_TEST), mode="train", data=data, env={}, n_train=50, epochs_done=done,
+                          backend_args=[f"--optim.eval_every={every}", f"--optim.max_epochs={max_epochs}"])
+        assert d.config["optim"]["eval_every"] == every
+        return [n for n in d.notes if n.startswith("optim.eval_every:")]
+
+    # 50 structures, batch 5: 10 steps per epoch
+    assert notes(1000, 2) == ["optim.eval_every: 1000 steps, and this run trains steps 1-20: no validation will run; "
+                              "the final weights become the run's model (manifest: fairchem.weights = final)"]
+    assert notes(20, 2) == [] and notes(7, 2) == []
+    assert notes(21, 2, done=1) == [notes(1000, 2)[0].replace("1000", "21").replace("steps 1-20", "steps 11-20")]
+    assert notes(6, 2, done=1) == []                        # step 12 validates

@@ -97,7 +97,8 @@ def test_train_leaves_the_standard_layout(trained, backend):
     assert (layout.artifacts / "fairchem_checkpoint.pt").is_file()
     m = json.loads(layout.manifest.read_text())
     assert m["backend"] == backend and m["model"]["name"] == backend
-    assert m["fairchem"]["best"] is True and m["versions"]["fairchem-core"] == "1.10.0"
+    assert m["fairchem"]["best"] is True and m["fairchem"]["weights"] == "best"
+    assert m["versions"]["fairchem-core"] == "1.10.0"
     assert np.isfinite(m["metrics"]["energy_mae"]) and np.isfinite(m["metrics"]["forces_mae"])
     logs = list(layout.logs.glob("fairchem-train-*.log"))
     assert len(logs) == 1 and "Total time taken" in logs[0].read_text()
@@ -273,6 +274,31 @@ def test_run_keys_reach_childs_training_options(trained, demo_data, tmp_path):
     assert [line.split(" | ")[0] for line in progress if line.startswith("step ")][:4] == [
         "step 1", "step 2", "step 3", "step 4"]                       # 8 structures / batch 2 / accum 2 = 2 per epoch
     assert "freeze head_only: training" in fairchem_log
+
+
+def test_a_training_without_validation_leaves_its_final_weights(fairchem_python, fairchem_fixtures, demo_data,
+                                                                tmp_path):
+    """optim.eval_every beyond the run's steps: FairChem never validates nor checkpoints; the run still finishes
+    with artifacts/best_model.pt (the final weights, reloadable) and a manifest that says so."""
+    run_dir = tmp_path / "no-val"
+    spec = make_spec(run_dir, "equiformer_v2", demo_data, epochs=2, args=["--optim.eval_every=1000"],
+                     **{"train.batch_size": 4, "data.train_indices": IndexSampling(max_samples=8),
+                        "data.val_indices": IndexSampling(max_samples=4)})
+    res, _ = run(spec)
+    assert res.status == "finished", res.message
+    layout = RunLayout.of(run_dir)
+    assert layout.best_model.is_file() and layout.checkpoint.is_file()
+    derived = next(layout.native("fairchem").glob("configs/train-*.yml")).read_text()
+    assert "# optim.eval_every: 1000 steps, and this run trains steps 1-4: no validation will run" in derived
+    assert "[mlip-launch] step 4: no checkpoint fell due since step 0" in \
+        next(layout.logs.glob("fairchem-train-*.log")).read_text()
+    m = json.loads(layout.manifest.read_text())
+    assert (m["fairchem"]["best"], m["fairchem"]["weights"], m["fairchem"]["step"]) == (None, "final", 4)
+    assert m["metrics"] == {} and res.result["best_val_metric"] is None and res.result["epochs_done"] == 2
+    assert not list(layout.native("fairchem").glob("checkpoints/*/best_checkpoint.pt"))
+    reload = subprocess.run([fairchem_python, str(RELOAD), str(layout.manifest)], capture_output=True, text=True,
+                            env=reload_env())
+    assert reload.returncode == 0, reload.stderr[-2000:]
 
 
 def test_finetune_from_a_v1_bundle(trained, demo_data, tmp_path):

@@ -120,7 +120,8 @@ def test_export_writes_exactly_the_checkpoints_weights(base, demo_data, tmp_path
     assert_same_tensors(_load(out.native_checkpoint)["state_dict"], last["state_dict"])
     assert _load(out.native_checkpoint)["step"] == last["step"]
     m = json.loads(out.manifest.read_text())
-    assert m["fairchem"]["best"] is False and m["fairchem"]["step"] == last["step"]
+    assert m["fairchem"]["best"] is False and m["fairchem"]["weights"] == "checkpoint"
+    assert m["fairchem"]["step"] == last["step"]
 
     assert_same_tensors(_load(src.best_model), _bare(best["state_dict"]))
     assert_same_tensors(_load(src.native_checkpoint)["state_dict"], best["state_dict"])

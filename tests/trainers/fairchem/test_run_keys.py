@@ -370,3 +370,100 @@ def test_config_yml_still_required_where_no_config_comes_with_the_model(fairchem
                                                          "task=finetune")
     spec = _spec(tmp_path, config=None)
     assert FairchemBackend().check(spec)[0].startswith("train.config_yml: required for backend=equiformer_v2 task=train")
+
+
+@pytest.mark.parametrize("name,fairchem", [("adamw", "AdamW"), ("sgd", "SGD"), ("adam", "RAdam")])
+def test_each_optimizer_is_fairchems_own(fairchem_fixtures, tmp_path, name, fairchem):
+    """adamw is FairChem's AdamW (decoupled weight decay), not Adam; adam, the schema default, keeps the config's."""
+    cfg = tmp_path / "radam.yml"
+    cfg.write_text("model: {name: equiformer_v2}\noptim: {batch_size: 2, optimizer: RAdam}\n")
+    assert _cfg(_plan(_spec(tmp_path, config=cfg, train__optimizer=name)))["optim"]["optimizer"] == fairchem
+
+
+# --------------------------------------------------------------------------- every refusal, one line, before anything runs
+
+def _unset_value(key: str, tmp_path: Path):
+    """A value of ``key`` other than its schema default (what a user who sets it would give)."""
+    from launcher.core.schema import CHOICES, get_key, iter_fields
+
+    default, typ = get_key(RunSpec(), key), {k: str(t) for k, _, t in iter_fields()}[key]
+    if key == "train.input_json":
+        (tmp_path / "model.json").write_text("{}")
+        return str(tmp_path / "model.json")
+    if key in CHOICES:
+        return next(c for c in CHOICES[key] if c not in (default, None, "none"))
+    if isinstance(default, bool) or "bool" in typ:
+        return not default
+    if isinstance(default, (int, float)):
+        return default + 1
+    return 0.5 if "float" in typ else 3 if "int" in typ else "x"
+
+
+# refused keys whose other values the schema accepts only with these (each of them refused too)
+COMPANIONS = {"train.scheduler_step_unit": {"train.cycle_steps": 1, "train.drop_last": True},
+              "train.cycle_steps": {"train.drop_last": True}}
+
+
+def _refusals():
+    """(key, value or None for any other than the default, what the spec lacks) of every refusal FairChem makes."""
+    from trainers.fairchem.derive import REFUSED
+
+    return [*((k, None, None) for k in REFUSED), ("data.cache", "memory", None),
+            ("train.early_stop_factor", 1.5, "data.val"), ("train.patience", 3, None)]
+
+
+@pytest.mark.parametrize("backend", ["equiformer_v2", "gemnet_oc"])
+@pytest.mark.parametrize("key,value,unset", _refusals(), ids=lambda v: str(v))
+def test_every_refusal_is_one_line_naming_its_key(fairchem_fixtures, demo_data, tmp_path, backend, key, value, unset):
+    """Through the whole preflight (generic checks and the backend's): exactly one line, naming the key and the
+    backend. The interpreter is a venv's files (FairChem present, never started)."""
+    from launcher.core.schema import check, set_key
+    from launcher.preflight import check_sweep
+
+    venv = tmp_path / "venv"
+    for pkg in ("fairchem/core", "torch_scatter", "torch_sparse"):
+        (venv / "lib" / "python3.11" / "site-packages" / pkg).mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (venv / "bin").mkdir()
+    (venv / "bin" / "python").write_text("#!/bin/sh\nexit 3\n")
+    (venv / "bin" / "python").chmod(0o755)
+    spec = RunSpec(backend=backend, task="train", run_dir=str(tmp_path / "run"), device="cpu",
+                   backend_python=str(venv / "bin" / "python"))
+    spec.train.config_yml = str(EQV2 if backend == "equiformer_v2" else GEMNET)
+    spec.data.train, spec.data.val = str(demo_data["train"]), str(demo_data["val"])
+    if unset:
+        set_key(spec, unset, None)
+    set_key(spec, key, _unset_value(key, tmp_path) if value is None else value)
+    for other, v in COMPANIONS.get(key, {}).items():
+        set_key(spec, other, v)
+    problems = check_sweep([check(spec)], notes=False)
+    keys = [key, *COMPANIONS.get(key, {})]
+    assert len(problems) == len(keys) and not any("\n" in p for p in problems), problems
+    for k in keys:
+        assert [p for p in problems if p.startswith(f"{k}: ") and f"backend={backend}" in p], (k, problems)
+
+
+def test_all_refusals_at_once_through_the_door(fairchem_fixtures, demo_data, tmp_path):
+    """``launch ... dry_run=true`` with every refused key: exit 2 within the preflight, one line per key."""
+    import os
+    import subprocess
+    import sys
+
+    from trainers.fairchem.derive import REFUSED
+
+    keys = list(REFUSED)
+    values = {k: _unset_value(k, tmp_path) for k in keys}
+    for companions in COMPANIONS.values():
+        values.update(companions)
+    args = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)
+    out = subprocess.run([str(Path(sys.executable).with_name("launch")), "backend=equiformer_v2", "device=cpu",
+                          f"run_dir={tmp_path / 'run'}", f"train.config_yml={EQV2}", "backend_python=" + sys.executable,
+                          f"data.train={demo_data['train']}", f"data.val={demo_data['val']}", "dry_run=true", *args],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = [ln.strip() for ln in out.stderr.splitlines()[1:]]
+    for key in keys:
+        assert len([ln for ln in lines if ln.startswith(f"{key}: ")]) == 1, (key, out.stderr)
+    assert not (tmp_path / "run").exists()
