@@ -51,7 +51,7 @@ CHECKPOINT_GLOBALS = (
 TRUST_ENV = "MLIP_LAUNCH_TRUST_PICKLES"   # "1": data.trust_pickles=true, checkpoints are unpickled as they are
 
 
-def _load(path):
+def _load(path, map_location="cpu"):
     """A checkpoint read through torch's weights-only unpickler with :data:`CHECKPOINT_GLOBALS` allowed (a
     pickle naming anything else is refused, naming it: loading it could run code); plain pickle under
     ``MLIP_LAUNCH_TRUST_PICKLES=1``."""
@@ -61,7 +61,7 @@ def _load(path):
     import torch
 
     if os.environ.get(TRUST_ENV) == "1":
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=False)
     import warnings
 
     allowed = []
@@ -77,9 +77,9 @@ def _load(path):
     try:
         if scoped is not None:
             with scoped(allowed):
-                return torch.load(path, map_location="cpu", weights_only=True)
+                return torch.load(path, map_location=map_location, weights_only=True)
         torch.serialization.add_safe_globals(allowed)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e).split("WeightsUnpickler error:", 1)[-1]   # torch's own reason, past its preamble
         paras = [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
@@ -598,7 +598,7 @@ def install_training_options(options):
     def load_checkpoint(self, checkpoint_path, checkpoint=None, inference_only=False):
         if checkpoint is None and os.path.isfile(checkpoint_path):  # loaded as FairChem does, once
             logging.info(f"Loading checkpoint from: {checkpoint_path}")
-            checkpoint = torch.load(checkpoint_path, map_location=torch.device("cpu") if self.cpu else self.device)
+            checkpoint = _load(checkpoint_path, torch.device("cpu") if self.cpu else self.device)  # allow-listed, as every load
         if checkpoint is not None and not inference_only:
             self._mlip_resumed = dict(checkpoint.get(STATE_KEY) or {})
         return load_checkpoint_orig(self, checkpoint_path, checkpoint=checkpoint, inference_only=inference_only)
