@@ -149,8 +149,7 @@ def test_a_real_mace_run_keeps_third_party_warnings_off_the_console(tmp_path, de
                                  "num_interactions": 1, "r_max": 4.0, "num_radial_basis": 6,
                                  "radial_MLP": [16, 16], "MLP_irreps": "8x0e", "E0s": "average"}))
     run_dir = tmp_path / "run"
-    # device=auto (no GPU here): train.amp is a run-time warning; with device=cpu preflight refuses it
-    cmd = [str(Path(sys.executable).with_name("launch")), "backend=mace", "task=train", "device=auto",
+    cmd = [str(Path(sys.executable).with_name("launch")), "backend=mace", "task=train", "device=cpu",
            f"data.train={demo_data['val']}", f"data.val={demo_data['test']}", f"train.input_json={model}",
            "train.epochs=1", "train.batch_size=8", "train.dtype=float32", "train.amp=true", "train.progress_bar=false",
            f"run_dir={run_dir}"]

@@ -59,7 +59,7 @@ def describe(device: Any, enabled: bool) -> str:
 
 def problems(spec: Any) -> List[str]:
     """Preflight: amp keys the MACE backend cannot honour for ``spec`` (one line each)."""
-    from launcher.core.schema import TRAINING_TASKS
+    from launcher.core.schema import TRAINING_TASKS, is_cuda
 
     keys = []
     if spec.train.amp and spec.task in TRAINING_TASKS:
@@ -68,10 +68,9 @@ def problems(spec: Any) -> List[str]:
         keys.append("eval.amp")
     out = []
     for key in keys:
-        if spec.device == "cpu":
-            out.append(f"{key}: not supported on device=cpu by backend=mace (mace-torch's e3nn tensor products "
-                       f"fail under CPU autocast); set {key}=false, or run on a GPU")
-        elif spec.train.dtype != "float32":
+        # On a CPU device amp is stated in train.log and runs no autocast, as on the FairChem backends: mace-torch's
+        # e3nn tensor products fail under CPU autocast, and a run file written for GPUs still runs on a laptop.
+        if spec.train.dtype != "float32" and is_cuda(spec.device):
             out.append(f"{key}: needs train.dtype=float32 (autocast leaves float64 as it is), got "
                        f"train.dtype={spec.train.dtype}")
     return out

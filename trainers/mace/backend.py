@@ -53,8 +53,8 @@ KEY_DOCS = {
     "train.weight_decay": "the optimizer's weight decay",
     "train.optimizer": "adam (amsgrad, as mace_run_train), adamw, sgd",
     "train.amp": "CUDA autocast to bfloat16 (float16 with a gradient scaler where the GPU lacks bfloat16), loss and "
-                 "optimizer state in float32; needs train.dtype=float32; refused with device=cpu (mace-torch's e3nn "
-                 "tensor products fail under CPU autocast); device=auto resolved to CPU: a warning, no autocast",
+                 "optimizer state in float32; needs train.dtype=float32; on CPU (mace-torch's e3nn tensor products fail "
+                 "under CPU autocast) a warning and train.log's amp line, no autocast, as on FairChem",
     "train.accum_steps": "micro-batches per optimizer update",
     "train.max_grad_norm": "gradient clipping per update",
     "train.save_every": "checkpoint every N epochs (or cycles)",
