@@ -188,8 +188,11 @@ def test_a_stopped_training_exits_with_the_documented_number(door, sig, code, sa
         args = ["--config", "run.yaml"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     env.pop("MLIP_DEBUG", None)
+    # a shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT: give the door the
+    # default disposition a terminal's ^C meets, whatever started this test run
     proc = subprocess.Popen([str(BIN / door), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for_training(proc, tmp_path / "r" / "logs" / "metrics.jsonl")
         proc.send_signal(getattr(signal, sig))
