@@ -625,6 +625,13 @@ class Trainer:
     def close(self) -> None:
         if hasattr(self, "log"):
             self.log.close(ok=getattr(self, "_finished", False))
+        if getattr(self, "ddp_model", None) is not getattr(self, "model", None):
+            # DDP's reducer holds the process group: freed after destroy_process_group, gloo's destructor can
+            # wait forever on its worker threads (a rank that never exits). Free it while the group is alive.
+            import gc
+
+            self.ddp_model = self.model
+            gc.collect()
         self.dist.close()
 
 
