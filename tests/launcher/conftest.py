@@ -5,7 +5,7 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 
@@ -44,3 +44,24 @@ def model_json(tmp_path) -> Path:
     p = tmp_path / "model.json"
     p.write_text(json.dumps({"model": "MACE", "num_channels": 8, "max_L": 0, "r_max": 4.0}))
     return p
+
+
+def run_plain_door(folder: Path, keys: Dict[str, str], dry: bool, capsys,
+                   value: Callable[[str, str], Any] = lambda _leaf, v: v) -> Tuple[int, str, str]:
+    """``launch-run --config folder/run.yaml [--dry-run]`` in-process, the run.yaml holding ``keys`` (dotted
+    names, nested as a user writes them; ``value(leaf, text)`` types each value): (exit code, stdout, stderr)."""
+    import yaml
+
+    from launcher.core.specio import expand_dotted
+    from launcher.run import main
+
+    body = expand_dotted({k: value(k.rsplit(".", 1)[-1], v) for k, v in keys.items()}, source="test")
+    f = folder / "run.yaml"
+    f.write_text(yaml.safe_dump(body))
+    capsys.readouterr()
+    try:
+        code = main(["--config", str(f)] + (["--dry-run"] if dry else []))
+    except SystemExit as e:
+        code = int(e.code or 0)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err

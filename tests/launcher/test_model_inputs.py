@@ -12,6 +12,8 @@ from typing import Callable, Dict, List
 import pytest
 import yaml
 
+from tests.launcher.conftest import run_plain_door
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -152,24 +154,8 @@ def _hydra_door(launch, keys: Dict[str, str], dry: bool):
 
 
 def _plain_door(tmp: Path, keys: Dict[str, str], dry: bool, capsys):
-    from launcher.run import main
-
-    body: Dict = {}
-    for k, v in keys.items():
-        node = body
-        *parents, leaf = k.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = int(v) if v.isdigit() else None if v == "null" else v
-    f = tmp / "run.yaml"
-    f.write_text(yaml.safe_dump(body))
-    capsys.readouterr()
-    try:
-        code = main(["--config", str(f)] + (["--dry-run"] if dry else []))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    return run_plain_door(tmp, keys, dry, capsys,
+                          value=lambda _leaf, v: int(v) if v.isdigit() else None if v == "null" else v)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from launcher.core.schema import RunSpec, iter_fields, set_key, validate
+from tests.launcher.conftest import run_plain_door
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,23 +90,9 @@ def _keys(tmp_path: Path, demo_data: Dict[str, Path], over: Dict, run_dir: Path)
 
 
 def _plain(tmp_path: Path, keys: Dict[str, str], dry: bool, capsys):
-    from launcher.run import main
-
-    body: Dict = {}
-    for k, v in keys.items():
-        node = body
-        *parents, leaf = k.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(v) if leaf in ("seed", "epochs") else v
-    f = tmp_path / "run.yaml"
-    f.write_text(yaml.safe_dump(body))
-    capsys.readouterr()
-    try:
-        code = main(["--config", str(f)] + (["--dry-run"] if dry else []))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
+    code, _out, err = run_plain_door(tmp_path, keys, dry, capsys,
+                                     value=lambda leaf, v: yaml.safe_load(v) if leaf in ("seed", "epochs") else v)
+    return code, err
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
