@@ -116,7 +116,8 @@ def test_setup_script_options_for_cuda_kernels(tmp_path):
 
     def env_dir(**extra):
         return subprocess.run(["bash", str(SETUP_SCRIPT), "--env-dir"], capture_output=True, text=True,
-                              env={**os.environ, "MLIP_LAUNCH_CACHE": str(tmp_path), **extra})
+                              env={**{k: v for k, v in os.environ.items() if k != "MLIP_FAIRCHEM_ENV"},
+                                   "MLIP_LAUNCH_CACHE": str(tmp_path), **extra})
 
     cpu, cuda = env_dir(), env_dir(MLIP_FAIRCHEM_CUDA_EXT="1")
     assert cpu.returncode == 0 and cuda.returncode == 0
