@@ -3,6 +3,9 @@
 Backs the embedded default run and the tests: fcc Cu/Au/Pt/Ni/Ag bulk cells and slabs
 (8-32 atoms), some alloyed, strained and rattled, labelled with EMT energy, forces and stress.
 Everything follows from one ``numpy`` PCG64 seed, so every machine makes the same structures.
+
+A second domain, ``shifted``, is for fine-tuning examples and tests: the same elements and kinds of structure,
+compressed by 4-8% and rattled harder (0.10-0.25 A), a region the ``base`` domain (+-3% strain) never visits.
 """
 from __future__ import annotations
 
@@ -20,13 +23,15 @@ from data.util import progress_bar
 
 ELEMENTS = ("Cu", "Au", "Pt", "Ni", "Ag")
 DEMO_VERSION = "demo-v1"
+DOMAINS = ("base", "shifted")
 SPLITS = ("train", "val", "test")
 _BULK_CUBIC_REPEATS = ((1, 1, 2), (2, 2, 1), (2, 2, 2), (2, 1, 3))  # 8, 16, 32, 24 atoms
 _BULK_PRIM_REPEATS = ((2, 2, 2), (3, 2, 2), (3, 3, 2), (3, 3, 3))  # 8, 12, 18, 27 atoms
 _SLAB_SIZES = ((2, 2, 3), (2, 2, 4), (3, 3, 3), (2, 3, 4))  # 12, 16, 27, 24 atoms
 
 
-def _one(rng: np.random.Generator, i: int) -> Any:
+def _one(rng: np.random.Generator, i: int, shift: Any = None) -> Any:
+    """One structure; ``shift`` (a generator of its own, so the base draws stay as they are) shifts it."""
     from ase.build import bulk, fcc100, fcc111
 
     host = ELEMENTS[int(rng.integers(len(ELEMENTS)))]
@@ -49,11 +54,16 @@ def _one(rng: np.random.Generator, i: int) -> Any:
         atoms.numbers = numbers
     eps = rng.uniform(-0.03, 0.03, size=(3, 3))
     eps = 0.5 * (eps + eps.T)
+    if shift is not None:
+        eps = eps / 3.0 - np.eye(3) * shift.uniform(0.04, 0.08)
     if config_type == "slab":
         eps[2, :] = eps[:, 2] = 0.0
     atoms.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + eps), scale_atoms=True)
-    atoms.positions = atoms.positions + rng.normal(0.0, rng.uniform(0.02, 0.15),
-                                                   size=atoms.positions.shape)
+    sigma = rng.uniform(0.02, 0.15)
+    noise = rng.normal(0.0, sigma, size=atoms.positions.shape)
+    if shift is not None:   # the same draws, rescaled: the structures stay in step with the base domain's
+        noise *= shift.uniform(0.10, 0.25) / sigma
+    atoms.positions = atoms.positions + noise
     atoms.info["config_type"] = config_type
     atoms.info["demo_id"] = i
     return atoms
@@ -65,16 +75,19 @@ def _z(symbol: str) -> int:
     return atomic_numbers[symbol]
 
 
-def make_emt_structures(n: int, seed: int = 0, *, progress: bool = False) -> list[Any]:
-    """``n`` EMT-labelled ``ase.Atoms`` (energy, forces, stress in a SinglePointCalculator)."""
+def make_emt_structures(n: int, seed: int = 0, *, progress: bool = False, domain: str = "base") -> list[Any]:
+    """``n`` EMT-labelled ``ase.Atoms`` (energy, forces, stress in a SinglePointCalculator) of ``domain``."""
+    if domain not in DOMAINS:
+        raise ConfigError(f"--domain: expected one of {', '.join(DOMAINS)}, got {domain!r}")
     from ase.calculators.emt import EMT
     from ase.calculators.singlepoint import SinglePointCalculator
 
     rng = np.random.Generator(np.random.PCG64(seed))
+    shift = np.random.Generator(np.random.PCG64([seed, 1])) if domain == "shifted" else None
     out = []
     calc = EMT()
     for i in progress_bar(range(n), progress, desc="EMT", unit="struct"):
-        atoms = _one(rng, i)
+        atoms = _one(rng, i, shift)
         atoms.calc = calc
         energy = float(atoms.get_potential_energy())
         forces = atoms.get_forces().copy()
@@ -86,7 +99,7 @@ def make_emt_structures(n: int, seed: int = 0, *, progress: bool = False) -> lis
 
 def make_demo_dataset(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int = 64,
                       n_val: int = 16, n_test: int = 16, progress: bool = False,
-                      overwrite: bool = False) -> dict[str, Path]:
+                      overwrite: bool = False, domain: str = "base") -> dict[str, Path]:
     """Write ``train.lmdb``, ``val.lmdb``, ``test.lmdb`` under ``out_dir``; return split -> path.
 
     All splits are written into one temporary folder and moved into place together at the end: an
@@ -98,10 +111,12 @@ def make_demo_dataset(out_dir: str | os.PathLike, *, seed: int = 0, n_train: int
     out = Path(out_dir)
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     _check_sizes(sizes, seed)
+    if domain not in DOMAINS:
+        raise ConfigError(f"--domain: expected one of {', '.join(DOMAINS)}, got {domain!r}")
     splits = [s for s in SPLITS if sizes[s]]
     for split in splits:  # an existing or unwritable target: say so before computing anything
         check_target(out / f"{split}.lmdb", overwrite)
-    frames = make_emt_structures(sum(sizes.values()), seed, progress=progress)
+    frames = make_emt_structures(sum(sizes.values()), seed, progress=progress, domain=domain)
     structures = [atoms_to_structure(a, i, "energy", "forces", "stress", out)
                   for i, a in enumerate(frames)]
     inside = out.is_dir()  # an existing folder keeps what else it holds; else it is made whole

@@ -62,3 +62,31 @@ def test_ensure_demo_dataset_caches(tmp_path, monkeypatch):
     again = make_demo_dataset(tmp_path / "again", n_train=1, n_val=0, n_test=0)
     assert open_dataset(again["train"])[0].energy == first.energy
     assert sorted(again) == ["train"]
+
+
+def test_the_shifted_domain_is_compressed_and_leaves_the_base_domain_as_it_was():
+    import numpy as np
+
+    from data.demo import make_emt_structures
+
+    base, shifted = make_emt_structures(12, seed=3), make_emt_structures(12, seed=3, domain="shifted")
+    again = make_emt_structures(12, seed=3)
+    assert [a.positions.tolist() for a in base] == [a.positions.tolist() for a in again]
+    bulk = [(b, s) for b, s in zip(base, shifted) if b.info["config_type"] == "bulk"]
+    assert bulk
+    for b, s in bulk:   # same structure kinds from the same seed, 4-8% compressed on every axis of the cell
+        assert b.get_chemical_formula() == s.get_chemical_formula()
+        ratio = s.get_volume() / b.get_volume()
+        assert 0.92 ** 3 * 0.97 < ratio < 0.96 ** 3 * 1.03
+    assert np.mean([a.get_potential_energy() / len(a) for a in shifted]) > \
+        np.mean([a.get_potential_energy() / len(a) for a in base])
+
+
+def test_an_unknown_domain_is_refused():
+    import pytest
+
+    from data.demo import make_emt_structures
+    from launcher.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--domain"):
+        make_emt_structures(2, domain="hot")
