@@ -131,6 +131,10 @@ def apply_ema(model: Any, ckpt: Dict[str, Any]) -> None:
     ema = ckpt.get("ema")
     if not ema:
         return
+    if (ckpt.get("freeze") or {}).get("kind") == "lora":
+        from trainers.mace.lora import apply_lora_ema
+
+        return apply_lora_ema(model, ckpt["freeze"], ema["shadow_params"])
     frozen = ckpt.get("freeze") is not None
     params = [p for n, p in model.named_parameters() if not frozen or n.startswith("readouts.")]
     shadow = ema["shadow_params"]
