@@ -27,8 +27,8 @@ TRAINING_TASKS = ("train", "finetune", "resume")
 DEVICES = ("cuda", "cpu", "auto", "cuda:N")   # cuda:N = the GPU with index N (a torch device string)
 DATA_FORMATS = ("lmdb",)
 REQUIRED_RUN_KEYS = ("backend", "task", "run_dir")   # every run of a plain run.yaml names them
-PLATEAU_PATIENCE_DEFAULT = 50
-LORA_BLOCKS = ("interactions", "products", "readouts")   # train.lora_blocks: the default, and what 'all' means                         # train.patience: null (mace_run_train's value)
+PLATEAU_PATIENCE_DEFAULT = 50                         # train.patience: null (mace_run_train's value)
+LORA_BLOCKS = ("interactions", "products", "readouts")   # train.lora_blocks=all, in the model's order
 
 # Keys whose value must be one of a fixed set: checked by validate(), listed in the docs.
 CHOICES: Dict[str, tuple] = {
@@ -42,6 +42,8 @@ CHOICES: Dict[str, tuple] = {
     "train.scheduler_step_unit": ("epoch", "cycle"),
     "train.progress_bar": ("auto", "true", "false"),
     "train.freeze": (None, "none", "head_only", "lora"),
+    "train.lora_blocks": ("all", *LORA_BLOCKS,
+                          *(f"{a}+{b}" for i, a in enumerate(LORA_BLOCKS) for b in LORA_BLOCKS[i + 1:])),
     "train.dtype": ("float64", "float32"),
     "train.kernels": ("auto", "e3nn", "cueq", "oeq"),
     "train.logger": ("tensorboard", "wandb", "none"),
@@ -197,9 +199,9 @@ class TrainSpec:
                            ">= 1 and at most the widest path of the adapted layers")
     lora_alpha: Optional[float] = _f(None, "train.freeze=lora: the adapters' update is scaled by lora_alpha / "
                                            "lora_rank (null = lora_rank: scale 1); > 0")
-    lora_blocks: List[str] = _f(factory=lambda: list(LORA_BLOCKS),
-                                doc="train.freeze=lora: MACE blocks whose equivariant linear layers (e3nn o3.Linear) "
-                                    "get adapters: any of interactions, products, readouts, or [all]")
+    lora_blocks: str = _f("all", "train.freeze=lora: MACE blocks whose equivariant linear layers (e3nn o3.Linear) "
+                                 "get adapters: all (interactions+products+readouts) | interactions | products | "
+                                 "readouts | two of them joined by '+', e.g. interactions+products")
     energy_weight: float = _f(1.0, "weight of the energy loss")
     force_weight: float = _f(1.0, "weight of the force loss")
     stress_weight: float = _f(0.0, "weight of the stress loss (mean squared error of the 3x3 stress components, "
@@ -606,27 +608,17 @@ def _rules(spec: RunSpec) -> List[str]:
 
 
 def _lora_rules(spec: RunSpec) -> List[str]:
-    """The lora keys: valid values, and set only with ``train.freeze: lora`` (where they mean something)."""
     t, p = spec.train, []
     if t.lora_rank < 1:
         p.append(f"train.lora_rank: must be >= 1, got {t.lora_rank}")
     if t.lora_alpha is not None and not (t.lora_alpha > 0 and math.isfinite(t.lora_alpha)):
         p.append(f"train.lora_alpha: must be a number > 0 or null, got {t.lora_alpha}")
-    blocks = list(t.lora_blocks or [])
-    unknown = [b for b in blocks if b not in (*LORA_BLOCKS, "all")]
-    if not blocks or unknown:
-        p.append(f"train.lora_blocks: expected a non-empty list of {', '.join(LORA_BLOCKS)} or [all], got {blocks}")
-    if t.freeze != "lora":
-        default = TrainSpec()
-        for key in ("lora_rank", "lora_alpha", "lora_blocks"):
-            if getattr(t, key) != getattr(default, key):
-                p.append(f"train.{key}: only used with train.freeze=lora (train.freeze is {t.freeze}); leave it unset")
     return p
 
 
 def lora_blocks(t: Any) -> List[str]:
-    """``train.lora_blocks`` with ``all`` spelled out, in the model's order."""
-    named = set(t.lora_blocks)
+    """``train.lora_blocks`` as a list of blocks, in the model's order."""
+    named = set(str(t.lora_blocks).split("+"))
     return [b for b in LORA_BLOCKS if b in named or "all" in named]
 
 

@@ -71,7 +71,7 @@ KEY_DOCS = {
                     "needs e3nn kernels, refused with train.compile",
     "train.lora_rank": "rank of the adapters (train.freeze=lora)",
     "train.lora_alpha": "the adapters' update scale, lora_alpha / lora_rank (train.freeze=lora)",
-    "train.lora_blocks": "interactions, products, readouts (or all): where the adapters go (train.freeze=lora)",
+    "train.lora_blocks": "all, or which of interactions, products, readouts get adapters (train.freeze=lora)",
     "train.energy_weight": "weight of the energy term of the loss",
     "train.force_weight": "weight of the force term of the loss",
     "train.stress_weight": "weight of the stress term of the loss (mace's WeightedEnergyForcesStressLoss; structures "

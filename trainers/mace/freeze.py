@@ -24,9 +24,16 @@ def make_freeze(t: Any, model: Any, first_batch: Callable[[], Any], n_heads: int
 
 
 def preflight_problems(spec: Any) -> List[str]:
-    """What ``train.freeze: lora`` cannot combine with on the core trainer, one line each (no torch)."""
+    """The lora keys set without ``train.freeze: lora``, and what lora cannot combine with on the core trainer, one
+    line each (no torch)."""
     t = spec.train
-    if t.freeze != "lora" or spec.task not in ("finetune", "resume"):
+    if t.freeze != "lora":
+        from launcher.core.schema import TrainSpec
+
+        default = TrainSpec()
+        return [f"train.{key}: only used with train.freeze=lora (train.freeze is {t.freeze}); leave it unset"
+                for key in ("lora_rank", "lora_alpha", "lora_blocks") if getattr(t, key) != getattr(default, key)]
+    if spec.task not in ("finetune", "resume"):
         return []
     problems = []
     if t.kernels in ("cueq", "oeq"):
