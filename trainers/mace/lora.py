@@ -87,8 +87,9 @@ def attach(model: Any, rank: int, alpha: float, blocks: Sequence[str]) -> Dict[s
         p.requires_grad_(False)
     for m in layers.values():
         m.add_module(PATHS_KEY, LinearAdapter(m, rank, alpha / rank))
-        m._lora_handles = (m.register_forward_pre_hook(_adapted_forward, with_kwargs=True),
-                           m._register_state_dict_hook(_merged_state))
+        # public since torch 2.5; the private name (the same hook) before
+        post_hook = getattr(m, "register_state_dict_post_hook", None) or m._register_state_dict_hook
+        m._lora_handles = (m.register_forward_pre_hook(_adapted_forward, with_kwargs=True), post_hook(_merged_state))
     return layers
 
 

@@ -1,6 +1,7 @@
 """``train.freeze=lora`` end to end: the real CLI, a plain merged model out, export, exact resume."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -85,6 +86,9 @@ def test_lora_finetune_through_the_cli_gives_plain_merged_models(base_model, tin
     changed = {k for k in base_state if not torch.equal(ck["model"][k], base_state[k])}
     assert changed and changed <= {f"{n}.weight" for n in freeze["base"]}, changed
 
+    manifest = json.loads((run_dir / "artifacts" / "manifest.json").read_text())
+    assert manifest["lora"] == {"rank": RANK, "alpha": RANK, "blocks": ["interactions", "products", "readouts"],
+                                "merged": True}
     best = torch.load(run_dir / "artifacts" / "best_model.pt", weights_only=True)
     build_model(cfg).load_state_dict(best, strict=True)   # a plain mace state dict
     MACECalculator(model_paths=str(run_dir / "artifacts" / "best_model.model"), device="cpu", default_dtype="float64")
