@@ -28,6 +28,7 @@ DEVICES = ("cuda", "cpu", "auto", "cuda:N")   # cuda:N = the GPU with index N (a
 DATA_FORMATS = ("lmdb",)
 REQUIRED_RUN_KEYS = ("backend", "task", "run_dir")   # every run of a plain run.yaml names them
 PLATEAU_PATIENCE_DEFAULT = 50                         # train.patience: null (mace_run_train's value)
+LORA_BLOCKS = ("interactions", "products", "readouts")   # train.lora_blocks=all, in the model's order
 
 # Keys whose value must be one of a fixed set: checked by validate(), listed in the docs.
 CHOICES: Dict[str, tuple] = {
@@ -40,7 +41,9 @@ CHOICES: Dict[str, tuple] = {
     "train.scheduler": ("plateau", "cosine", "step", "none"),
     "train.scheduler_step_unit": ("epoch", "cycle"),
     "train.progress_bar": ("auto", "true", "false"),
-    "train.freeze": (None, "none", "head_only"),
+    "train.freeze": (None, "none", "head_only", "lora"),
+    "train.lora_blocks": ("all", *LORA_BLOCKS,
+                          *(f"{a}+{b}" for i, a in enumerate(LORA_BLOCKS) for b in LORA_BLOCKS[i + 1:])),
     "train.dtype": ("float64", "float32"),
     "train.kernels": ("auto", "e3nn", "cueq", "oeq"),
     "train.logger": ("tensorboard", "wandb", "none"),
@@ -187,7 +190,18 @@ class TrainSpec:
                                     "needs the wandb extra) | none")
     wandb_project: Optional[str] = _f(None, "wandb project of train.logger=wandb (null = mlip-launch); the wandb run "
                                             "is named after the run (name, else run_dir's name)")
-    freeze: Optional[str] = _f(None, "null | head_only (train only the readout of train.head_key)")
+    freeze: Optional[str] = _f(None, "null | head_only (train only the readout of train.head_key) | lora (MACE: "
+                                     "low-rank adapters on the equivariant linear layers of train.lora_blocks train, "
+                                     "every base weight stays as it was; artifacts and exports hold the adapters "
+                                     "merged into a plain model); head_only and lora need task=finetune or resume")
+    lora_rank: int = _f(8, "train.freeze=lora: rank of the adapters; each irrep path of an adapted layer gets "
+                           "factors of this many channels (a path with fewer channels in or out gets its full rank); "
+                           ">= 1 and at most the widest path of the adapted layers")
+    lora_alpha: Optional[float] = _f(None, "train.freeze=lora: the adapters' update is scaled by lora_alpha / "
+                                           "lora_rank (null = lora_rank: scale 1); > 0")
+    lora_blocks: str = _f("all", "train.freeze=lora: MACE blocks whose equivariant linear layers (e3nn o3.Linear) "
+                                 "get adapters: all (interactions+products+readouts) | interactions | products | "
+                                 "readouts | two of them joined by '+', e.g. interactions+products")
     energy_weight: float = _f(1.0, "weight of the energy loss")
     force_weight: float = _f(1.0, "weight of the force loss")
     stress_weight: float = _f(0.0, "weight of the stress loss (mean squared error of the 3x3 stress components, "
@@ -586,9 +600,26 @@ def _rules(spec: RunSpec) -> List[str]:
         split = spec.eval.split
         if not getattr(spec.data, split, None):
             p.append(f"data.{split}: required for task={task} with eval.split={split}")
-    if t.freeze == "head_only" and task not in ("finetune", "resume"):
-        p.append("train.freeze: head_only needs task=finetune (a pretrained model to freeze)")
+    if t.freeze in ("head_only", "lora") and task not in ("finetune", "resume"):
+        p.append(f"train.freeze: {t.freeze} needs task=finetune or resume (a pretrained model to freeze), "
+                 f"not task={task}")
+    p += _lora_rules(spec)
     return p
+
+
+def _lora_rules(spec: RunSpec) -> List[str]:
+    t, p = spec.train, []
+    if t.lora_rank < 1:
+        p.append(f"train.lora_rank: must be >= 1, got {t.lora_rank}")
+    if t.lora_alpha is not None and not (t.lora_alpha > 0 and math.isfinite(t.lora_alpha)):
+        p.append(f"train.lora_alpha: must be a number > 0 or null, got {t.lora_alpha}")
+    return p
+
+
+def lora_blocks(t: Any) -> List[str]:
+    """``train.lora_blocks`` as a list of blocks, in the model's order."""
+    named = set(str(t.lora_blocks).split("+"))
+    return [b for b in LORA_BLOCKS if b in named or "all" in named]
 
 
 def check(spec: RunSpec) -> RunSpec:

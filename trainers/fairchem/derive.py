@@ -349,6 +349,7 @@ REFUSED: Dict[str, str] = {
     "train.drop_last": "FairChem's sampler always keeps the last batch",
     "train.progress_mininterval": "FairChem's progress bars have no refresh setting",
     "data.cache_budget_gb": "FairChem never caches graphs, so there is no budget to set",
+    **{f"train.lora_{k}": "LoRA adapters (train.freeze=lora) are MACE-only" for k in ("rank", "alpha", "blocks")},
     "data.stats_samples": "FairChem computes no statistics from the data before training (its normalizers come "
                           "from the config or the checkpoint)",
 }
@@ -422,7 +423,8 @@ def refused_keys(spec: Any, config: Optional[Dict[str, Any]] = None) -> List[str
             problems.append(f"data.cache: memory is not supported by backend={backend} (FairChem streams records; "
                             "use none or auto)")
         elif key == "train.freeze" and value not in (None, "none", "head_only"):
-            problems.append(f"train.freeze: '{value}' is not supported by backend={backend} (head_only or null)")
+            why = "; LoRA adapters are MACE-only" if value == "lora" else ""
+            problems.append(f"train.freeze: '{value}' is not supported by backend={backend} (head_only or null{why})")
         elif key == "train.early_stop_factor" and spec.task in ("train", "finetune", "resume") and not spec.data.val:
             problems.append(f"train.early_stop_factor: needs data.val with backend={backend} (it counts validations "
                             "without improvement)")

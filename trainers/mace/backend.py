@@ -65,7 +65,13 @@ KEY_DOCS = {
                     "logs/wandb/ (offline unless WANDB_MODE is set), best metrics in its summary; none: neither",
     "train.wandb_project": "the wandb run's project (train.logger=wandb)",
     "train.progress_mininterval": "refresh interval of every bar of the run",
-    "train.freeze": "head_only: only the readout of train.head_key trains",
+    "train.freeze": "head_only: only the readout of train.head_key trains; lora: low-rank adapters per irrep path "
+                    "on the e3nn o3.Linear layers of train.lora_blocks train, the base weights stay bit for bit; "
+                    "best_model.pt, checkpoints' model and exports hold the adapters merged (plain mace models); "
+                    "needs e3nn kernels, refused with train.compile",
+    "train.lora_rank": "rank of the adapters (train.freeze=lora)",
+    "train.lora_alpha": "the adapters' update scale, lora_alpha / lora_rank (train.freeze=lora)",
+    "train.lora_blocks": "all, or which of interactions, products, readouts get adapters (train.freeze=lora)",
     "train.energy_weight": "weight of the energy term of the loss",
     "train.force_weight": "weight of the force term of the loss",
     "train.stress_weight": "weight of the stress term of the loss (mace's WeightedEnergyForcesStressLoss; structures "
@@ -160,6 +166,9 @@ class MaceBackend:
                 problems.append(f"{key}: {REFUSED[key]}; leave it unset with backend=mace")
         problems += stress_problems(spec)
         problems += kernel_problems(spec)
+        from trainers.mace.freeze import preflight_problems
+
+        problems += preflight_problems(spec)
         from trainers.mace.runlog import logger_problems
 
         problems += logger_problems(spec)

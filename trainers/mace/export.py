@@ -6,7 +6,9 @@ file for ``MACECalculator`` and mace's own tools. ``task=export`` of a multi-hea
 writes ``best_model.<head>.model``, the head ``train.head_key`` names on its own. ``task=export`` also
 writes ``best_model.model-lammps.pt``: what ``mace_create_lammps_model best_model.model`` writes (mace's
 ``LAMMPS_MACE`` wrapper in float64, TorchScript) for LAMMPS' ``pair_style mace``. The manifest lists
-every exported file with its sha256 (``files``).
+every exported file with its sha256 (``files``). The weights of a ``train.freeze: lora`` run hold its
+adapters merged (the adapted model's state dict is the merged plain one, :mod:`trainers.mace.lora`): every
+artifact is a plain mace model; the manifest's ``lora`` says so.
 """
 from __future__ import annotations
 
@@ -69,7 +71,7 @@ def write_artifacts(layout: RunLayout, cfg: Dict[str, Any], *, spec: Any, metric
     export_mace_model(model, mace_model_path(layout))
     head_info: Dict[str, Any] = {}
     if head is not None and len(heads_of(cfg)) > 1:
-        from trainers.mace.model_io import select_head
+        from trainers.mace.heads import select_head
 
         single, _ = select_head(model, cfg, head)
         export_mace_model(single, layout.mace_head_model(head))
@@ -100,6 +102,11 @@ def write_artifacts(layout: RunLayout, cfg: Dict[str, Any], *, spec: Any, metric
         "mace_model": mace_model_path(layout).name,
         "model_json": layout.model_json.name,
     }
+    if spec.task in ("finetune", "resume") and spec.train.freeze == "lora":   # the weights hold the adapters merged
+        from launcher.core.schema import lora_blocks
+
+        info["lora"] = {"rank": spec.train.lora_rank, "alpha": spec.train.lora_alpha or spec.train.lora_rank,
+                        "blocks": lora_blocks(spec.train), "merged": True}
     info.update(extra or {})
     info.update(head_info)
     return write_manifest(layout, backend="mace", weights=layout.best_model, model_config=cfg,

@@ -31,7 +31,7 @@ from launcher.core.errors import ConfigError, TrainingDiverged
 from launcher.core.metrics import metrics_line, sig
 from launcher.core.schema import cuda_index, early_stop_evals, log_every_updates, plateau_patience
 from trainers.mace.distributed import share_record
-from trainers.mace.freeze import HeadFreeze
+from trainers.mace.freeze import make_freeze
 from trainers.mace.kernels import trainable_names
 from trainers.mace.model_io import CHECKPOINT_FORMAT
 from trainers.mace.optim import make_optimizer, make_scheduler, scheduler_length
@@ -209,10 +209,9 @@ class Trainer:
         self.n_train_structures = len(train_idx)
         self.train_idx = train_idx
 
-        self.freeze = None
-        if t.freeze == "head_only":
-            first = graphs.collate([self.train_graphs[i] for i in range(min(len(self.train_graphs), t.batch_size))])
-            self.freeze = HeadFreeze(self.model, first.to(self.device), len(self.heads))
+        self.freeze = make_freeze(t, self.model, lambda: graphs.collate(
+            [self.train_graphs[i] for i in range(min(len(self.train_graphs), t.batch_size))]).to(self.device),
+            len(self.heads), self.log.info)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = make_optimizer(spec, params)
         n_batches = len(rank_batches(np.arange(len(self.train_graphs)), t.batch_size, t.drop_last, self.dist.rank, self.dist.world))

@@ -14,19 +14,16 @@ Sources (``model_in`` / ``model.manifest`` / ``model.weights``):
   ``weights``/``source`` with sha256); ``model.weights`` overrides the weights a manifest names.
 
 A manifest's weights are checked against the sha256 it records before they are read. A fine-tune
-whose ``train.input_json`` lists heads the base model lacks adds them (:func:`add_heads`): every
-existing part keeps the base weights, each new head's readout starts from a named head or fresh
-(``head_init``), and what happened is returned in ``LoadedModel.notes`` for train.log.
+whose ``train.input_json`` lists heads the base model lacks adds them (:func:`trainers.mace.heads.add_heads`).
 
 Every torch file is read through that allow-list (torch's weights-only unpickler).
 """
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from launcher.core.errors import ConfigError
 
@@ -131,6 +128,10 @@ def apply_ema(model: Any, ckpt: Dict[str, Any]) -> None:
     ema = ckpt.get("ema")
     if not ema:
         return
+    if (ckpt.get("freeze") or {}).get("kind") == "lora":
+        from trainers.mace.lora import apply_lora_ema
+
+        return apply_lora_ema(model, ckpt["freeze"], ema["shadow_params"])
     frozen = ckpt.get("freeze") is not None
     params = [p for n, p in model.named_parameters() if not frozen or n.startswith("readouts.")]
     shadow = ema["shadow_params"]
@@ -156,6 +157,8 @@ def load_model(spec: Any, *, prefer: str = "best") -> LoadedModel:
     """
     loaded = _load_base(spec, prefer=prefer)
     if spec.task == "finetune" and spec.train.input_json:
+        from trainers.mace.heads import add_heads
+
         loaded = add_heads(spec, loaded)
     return loaded
 
@@ -205,20 +208,13 @@ def _check_io(manifest_path: Path, manifest: Dict[str, Any]) -> None:
                               f"(the trainer works in {ok[0]!r})")
 
 
-def _load_base(spec: Any, *, prefer: str) -> LoadedModel:
-    import torch
+def _model_in_file(spec: Any, prefer: str) -> Tuple[Optional[Path], Optional[Path]]:
+    """``(model_in, manifest)``: a run directory as ``model_in`` gives its checkpoint or manifest (``prefer``),
+    a ``.json`` ``model_in`` is a manifest."""
+    from launcher.core.layout import RunLayout
 
-    from launcher.core.layout import (RunLayout, manifest_form, manifest_model_config, manifest_weights_path,
-                                      read_json_file, read_manifest, verify_manifest_weights)
-    from trainers.mace.model_config import check_model_config, config_from_module
-    from trainers.mace.origin_format import is_origin_form, verify_against_module
-
-    dtype = torch.get_default_dtype()
     model_in = Path(spec.model_in) if spec.model_in else None
     manifest_path = Path(spec.model.manifest) if spec.model.manifest else None
-    weights = Path(spec.model.weights) if spec.model.weights else None
-    notes: List[str] = []
-
     if model_in is not None and model_in.is_dir():
         theirs = RunLayout.of(model_in)
         cands = [theirs.checkpoint, theirs.manifest]
@@ -234,7 +230,54 @@ def _load_base(spec: Any, *, prefer: str) -> LoadedModel:
         manifest_path, model_in = model_in, None
     if model_in is not None and not model_in.exists():
         raise ConfigError(f"model_in: file not found: {model_in}")
+    return model_in, manifest_path
 
+
+def _manifest_config(manifest_path: Path, weights: Optional[Path], notes: List[str]) -> Tuple[Any, Dict[str, Any], Path]:
+    """``(raw config, checked config, weights)`` of a mace manifest; its weights checked against its sha256
+    (``weights``: model.weights in place of the ones it names); what was checked goes to ``notes``."""
+    from launcher.core.layout import (manifest_form, manifest_model_config, manifest_weights_path, read_manifest,
+                                      verify_manifest_weights)
+    from trainers.mace.model_config import check_model_config
+
+    manifest = read_manifest(manifest_path)
+    if manifest.get("backend") != "mace":
+        raise ConfigError(f"model.manifest: {manifest_path} is a {manifest.get('backend')} model, not mace")
+    _check_io(manifest_path, manifest)
+    raw = manifest_model_config(manifest)
+    if not raw:
+        raise ConfigError(f"model.manifest: {manifest_path} carries no model config "
+                          f"('{'model' if manifest_form(manifest) == 'mlip-launch' else 'config'}')")
+    cfg = check_model_config(raw, source=str(manifest_path))
+    named = manifest_weights_path(manifest_path, manifest)
+    if weights is None:
+        weights = named
+    verify_manifest_weights(manifest_path, manifest, weights)
+    entry = manifest.get("weights") or manifest.get("source") or {}
+    if Path(weights).resolve() != named.resolve():
+        notes.append(f"weights {weights} (model.weights, in place of {named}) with the model config of {manifest_path}")
+    elif isinstance(entry, dict) and entry.get("sha256"):
+        notes.append(f"weights {weights}: sha256 matches {manifest_path}")
+    if manifest_form(manifest) == "v1" and manifest.get("backend_version"):
+        from launcher.core.layout import package_versions
+
+        have = package_versions(["mace-torch"])["mace-torch"]
+        if have != manifest["backend_version"]:
+            notes.append(f"model.manifest: written with mace-torch {manifest['backend_version']}, loaded with {have}")
+    return raw, cfg, weights
+
+
+def _load_base(spec: Any, *, prefer: str) -> LoadedModel:
+    import torch
+
+    from launcher.core.layout import read_json_file
+    from trainers.mace.model_config import check_model_config, config_from_module, heads_of
+    from trainers.mace.origin_format import is_origin_form, verify_against_module
+
+    dtype = torch.get_default_dtype()
+    model_in, manifest_path = _model_in_file(spec, prefer)
+    weights = Path(spec.model.weights) if spec.model.weights else None
+    notes: List[str] = []
     trust = bool(spec.data.trust_pickles)
     if model_in is not None and model_in.suffix == ".model":
         module = load_mace_module(model_in, trust=trust)
@@ -242,6 +285,7 @@ def _load_base(spec: Any, *, prefer: str) -> LoadedModel:
         model = _from_config_and_state(cfg, module.state_dict(), str(model_in))
         return LoadedModel(model.to(dtype), cfg, str(model_in))
 
+    state = None
     if model_in is not None and weights is None:
         obj = load_weights_only(model_in, key="model_in", trust=trust)
         if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
@@ -251,37 +295,11 @@ def _load_base(spec: Any, *, prefer: str) -> LoadedModel:
             return LoadedModel(model.to(dtype), cfg, str(model_in), checkpoint=obj)
         weights = model_in
         state = _state_of(obj, model_in)
-    else:
-        state = None
 
-    cfg = None
-    raw: Any = None
-    cfg_source = ""
+    cfg, raw, cfg_source = None, None, ""
     if manifest_path is not None:
-        manifest = read_manifest(manifest_path)
-        if manifest.get("backend") != "mace":
-            raise ConfigError(f"model.manifest: {manifest_path} is a {manifest.get('backend')} model, not mace")
-        _check_io(manifest_path, manifest)
-        raw, cfg_source = manifest_model_config(manifest), str(manifest_path)
-        if not raw:
-            raise ConfigError(f"model.manifest: {manifest_path} carries no model config "
-                              f"('{'model' if manifest_form(manifest) == 'mlip-launch' else 'config'}')")
-        cfg = check_model_config(raw, source=cfg_source)
-        named = manifest_weights_path(manifest_path, manifest)
-        if weights is None:
-            weights = named
-        verify_manifest_weights(manifest_path, manifest, weights)
-        entry = manifest.get("weights") or manifest.get("source") or {}
-        if Path(weights).resolve() != named.resolve():
-            notes.append(f"weights {weights} (model.weights, in place of {named}) with the model config of {manifest_path}")
-        elif isinstance(entry, dict) and entry.get("sha256"):
-            notes.append(f"weights {weights}: sha256 matches {manifest_path}")
-        if manifest_form(manifest) == "v1" and manifest.get("backend_version"):
-            from launcher.core.layout import package_versions
-
-            have = package_versions(["mace-torch"])["mace-torch"]
-            if have != manifest["backend_version"]:
-                notes.append(f"model.manifest: written with mace-torch {manifest['backend_version']}, loaded with {have}")
+        raw, cfg, weights = _manifest_config(manifest_path, weights, notes)
+        cfg_source = str(manifest_path)
     if cfg is None and spec.train.input_json:
         raw, cfg_source = read_json_file(Path(spec.train.input_json), key="train.input_json"), str(spec.train.input_json)
         cfg = check_model_config(raw, source=cfg_source)
@@ -295,8 +313,6 @@ def _load_base(spec: Any, *, prefer: str) -> LoadedModel:
             state = load_mace_module(weights, key=wkey, trust=trust).state_dict()
         else:
             state = _state_of(load_weights_only(weights, key=wkey, trust=trust), weights)
-    from trainers.mace.model_config import heads_of
-
     n_state = _n_state_heads(state)
     if spec.task == "finetune" and n_state is not None and n_state < len(heads_of(cfg)):
         heads = heads_of(cfg)
@@ -309,250 +325,6 @@ def _load_base(spec: Any, *, prefer: str) -> LoadedModel:
     if raw is not None and is_origin_form(raw):
         verify_against_module(raw, model, source=cfg_source)
     return LoadedModel(model.to(dtype), cfg, str(weights), notes=notes)
-
-
-# ---------------------------------------------------------------------------------------------
-# Heads: which entries of the readouts, E0s and scale/shift belong to which head
-# ---------------------------------------------------------------------------------------------
-
-ROW_KEYS = ("atomic_energies_fn.atomic_energies", "scale_shift.scale", "scale_shift.shift")
-
-
-def head_entries(model: Any) -> Dict[str, Tuple[str, int]]:
-    """State-dict keys whose entries split over heads: key -> (kind, MLP width per head).
-
-    ``linear``: ``LinearReadoutBlock`` weight (in x heads); ``hidden``/``out``: ``NonLinearReadoutBlock``
-    ``linear_1`` (in x heads x M) and ``linear_2`` (heads x M x heads, only the diagonal blocks are
-    used: mace masks the hidden features by head); ``row``: E0s (heads x elements) and scale/shift.
-    """
-    n = len(model.heads)
-    out: Dict[str, Tuple[str, int]] = {k: ("row", 0) for k in ROW_KEYS}
-    for i, r in enumerate(model.readouts):
-        kind = type(r).__name__
-        if kind == "LinearReadoutBlock":
-            out[f"readouts.{i}.linear.weight"] = ("linear", 0)
-        elif kind == "NonLinearReadoutBlock":
-            m = int(r.hidden_irreps.dim) // n
-            out[f"readouts.{i}.linear_1.weight"] = ("hidden", m)
-            out[f"readouts.{i}.linear_2.weight"] = ("out", m)
-        else:
-            raise ConfigError(f"model: readout {kind} (readouts.{i}): heads can be added or selected only with "
-                              "LinearReadoutBlock / NonLinearReadoutBlock readouts")
-    if hasattr(model, "embedding_readout"):
-        raise ConfigError("model: an embedding readout: heads can be added or selected only without one")
-    return out
-
-
-def head_part(t: Any, kind: str, n_heads: int, m: int, h: int) -> Any:
-    """The view of ``t`` (a tensor of a :func:`head_entries` key) that belongs to head ``h``."""
-    if kind == "linear":
-        return t.view(-1, n_heads)[:, h]
-    if kind == "hidden":
-        return t.view(-1, n_heads, m)[:, h, :]
-    if kind == "out":
-        return t.view(n_heads, m, n_heads)[h, :, h]
-    return t.view(n_heads, -1)[h]
-
-
-def remap_heads(src: Any, src_heads: Sequence[str], dst: Any, dst_heads: Sequence[str],
-                readout_from: Dict[str, Optional[str]]) -> None:
-    """Fill ``dst`` (built for ``dst_heads``) from ``src``: every part outside the heads as it is,
-    the readout of each dst head from ``readout_from[head]`` (a src head; None keeps dst's own
-    initialisation; a head not named there takes the src head of its name), the E0s/scale/shift rows of heads ``src`` has by name from ``src`` (others keep
-    dst's, i.e. its config's). e3nn normalises ``linear_2`` by its fan-in (heads x M), so that block
-    is rescaled to give the same output."""
-    import torch
-
-    src_state, dst_state = src.state_dict(), dst.state_dict()
-    e_src, e_dst = head_entries(src), head_entries(dst)
-    hs, hd = len(src_heads), len(dst_heads)
-    new: Dict[str, Any] = {}
-    with torch.no_grad():
-        for k, t in dst_state.items():
-            if k in e_dst:
-                kind, m = e_dst[k]
-                out = t.clone()
-                for j, head in enumerate(dst_heads):
-                    frm = head if kind == "row" else readout_from.get(head, head)
-                    if frm is None or frm not in src_heads:
-                        continue
-                    if kind != "row" and e_src.get(k, (None, m))[1] != m:
-                        raise ConfigError(f"model: {k}: MLP width per head differs ({e_src[k][1]} vs {m})")
-                    part = head_part(src_state[k], kind, hs, m, list(src_heads).index(frm))
-                    if kind == "out":
-                        part = part * math.sqrt(hd / hs)
-                    head_part(out, kind, hd, m, j).copy_(part.to(out.dtype))
-                new[k] = out
-            elif k.startswith("readouts.") and k.endswith("output_mask"):
-                new[k] = t
-            elif k in src_state and src_state[k].shape == t.shape:
-                new[k] = src_state[k].clone()
-            else:
-                raise ConfigError(f"model: {k} differs in shape between the base model and the model with heads "
-                                  f"{', '.join(dst_heads)}; only heads can change")
-        dst.load_state_dict(new, strict=True)
-
-
-# keys of our model config that must agree between a base model and the model.json that adds heads
-_NOT_ARCH = ("model", "heads", "head_init", "scaling", "E0s", "atomic_energies", "atomic_inter_scale",
-             "atomic_inter_shift")
-
-
-def _agree(key: str, a: Any, b: Any) -> bool:
-    from trainers.mace.origin_format import format_irreps, parse_irreps
-
-    if a is None or b is None:
-        return a is None and b is None
-    if key in ("hidden_irreps", "edge_irreps", "MLP_irreps"):
-        return format_irreps(parse_irreps(a, key, "")) == format_irreps(parse_irreps(b, key, ""))
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_agree(key, x, y) for x, y in zip(a, b))
-    if isinstance(a, list) != isinstance(b, list):   # correlation: one value or one per interaction
-        values = a if isinstance(a, list) else b
-        one = b if isinstance(a, list) else a
-        return all(_agree(key, v, one) for v in values)
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(b)))
-    return str(a) == str(b)
-
-
-def add_heads(spec: Any, base: LoadedModel) -> LoadedModel:
-    """A fine-tune whose ``train.input_json`` lists heads the base model lacks: the base model with them added.
-
-    ``train.input_json`` (either form) must list every head of the base model; keys it gives beyond
-    heads, E0s and scale/shift must agree with the base model. ``head_init`` names where each new
-    head's readout starts: a head of the base model (its E0s and scale/shift too, unless the file gives
-    them) or ``fresh`` (the default: mace's initialisation; E0s and scale/shift from the file, else
-    fitted on the training data as ``E0s`` / ``scaling`` say).
-    """
-    import numpy as np
-    import torch
-
-    from launcher.core.layout import read_json_file
-    from trainers.mace.model_config import (DEFAULTS, _parse_e0s, average_e0s, build_model, check_model_config,
-                                            heads_of, our_keys, scale_shift)
-    from trainers.mace.origin_format import is_origin_form, verify_against_module
-
-    path = Path(spec.train.input_json)
-    source = f"train.input_json ({path})"
-    raw = read_json_file(path, key="train.input_json")
-    given = our_keys(raw, source=source)
-    target = check_model_config(raw, source=source)
-    base_heads = heads_of(base.config)
-    if target["heads"] is None:
-        return base
-    heads = list(target["heads"])
-    new_heads = [h for h in heads if h not in base_heads]
-    if not new_heads:
-        return base
-    missing = [h for h in base_heads if h not in heads]
-    if missing:
-        raise ConfigError(f"{source}: heads must list every head of the base model ({', '.join(base_heads)}); "
-                          f"missing: {', '.join(missing)}")
-    for key in DEFAULTS:
-        if key in given and key not in _NOT_ARCH and not _agree(key, given[key], base.config.get(key)):
-            raise ConfigError(f"{source}: {key}: {given[key]!r} differs from the base model's "
-                              f"{base.config.get(key)!r} ({base.source}); adding heads keeps the rest of the model")
-    hi = target["head_init"]
-    if isinstance(hi, dict):
-        stray = [k for k in hi if k not in new_heads]
-        if stray:
-            raise ConfigError(f"{source}: head_init: '{stray[0]}' is not a new head (new: {', '.join(new_heads)})")
-    init: Dict[str, Optional[str]] = {}
-    for h in new_heads:
-        frm = hi.get(h, "fresh") if isinstance(hi, dict) else (hi or "fresh")
-        if frm != "fresh" and frm not in base_heads:
-            raise ConfigError(f"{source}: head_init: '{frm}' is not a head of the base model "
-                              f"(heads: {', '.join(base_heads)}) nor 'fresh'")
-        init[h] = None if frm == "fresh" else frm
-
-    zs = [int(z) for z in base.config["atomic_numbers"]]
-    base_e0 = base.model.atomic_energies_fn.atomic_energies.detach().cpu().double().reshape(len(base_heads), -1).numpy()
-    base_scale = base.model.scale_shift.scale.detach().cpu().double().reshape(-1).numpy()
-    base_shift = base.model.scale_shift.shift.detach().cpu().double().reshape(-1).numpy()
-    if base_scale.size == 1 and len(base_heads) > 1:
-        base_scale = np.repeat(base_scale, len(base_heads))
-        base_shift = np.repeat(base_shift, len(base_heads))
-    given_e0 = None
-    if given.get("atomic_energies") is not None:
-        given_e0 = np.asarray(given["atomic_energies"], dtype=np.float64).reshape(len(heads), -1)
-    given_scale = given.get("atomic_inter_scale")
-    given_shift = given.get("atomic_inter_shift")
-    explicit_e0 = given.get("E0s") not in (None, "average")
-    structures: List[Any] = []
-
-    def training_structures() -> List[Any]:
-        if not structures:
-            from trainers.mace import stream
-
-            structures.extend(stream.stats_sample(spec)[0])   # bounded: data.stats_samples
-        return structures
-
-    e0_rows, scales, shifts, notes = [], [], [], list(base.notes)
-    for j, h in enumerate(heads):
-        if h in base_heads:
-            i = base_heads.index(h)
-            e0_rows.append(base_e0[i].tolist())
-            scales.append(float(base_scale[i]))
-            shifts.append(float(base_shift[i]))
-            continue
-        frm = init[h]
-        if given_e0 is not None:
-            row, e0_how = given_e0[j], f"from {path.name} ({'e0_values' if is_origin_form(raw) else 'atomic_energies'})"
-        elif explicit_e0:
-            row, e0_how = np.array([_parse_e0s(given["E0s"], zs, source)[z] for z in zs]), f"from {path.name} (E0s)"
-        elif frm is not None:
-            row, e0_how = base_e0[base_heads.index(frm)], f"copied from head '{frm}'"
-        else:
-            data = training_structures()
-            fit = average_e0s(data, zs)
-            seen = sorted({int(z) for s in data for z in s.numbers})
-            row = np.array([fit[z] if z in seen else 0.0 for z in zs])
-            e0_how = (f"fitted on the training data (least squares on element counts) for Z={seen}"
-                      + (", 0.0 for the other elements" if len(seen) < len(zs) else ""))
-        if given_scale is not None and given_shift is not None:
-            sc, sh, ss_how = float(given_scale[j]), float(given_shift[j]), f"from {path.name}"
-        elif frm is not None:
-            i = base_heads.index(frm)
-            sc, sh, ss_how = float(base_scale[i]), float(base_shift[i]), f"copied from head '{frm}'"
-        else:
-            mean, sc = scale_shift(training_structures(), zs, np.asarray(row), target["scaling"])
-            sh = 0.0 if base.config.get("model") == "MACE" else float(mean)
-            ss_how = f"from the training data ({target['scaling']})"
-        e0_rows.append([float(x) for x in row])
-        scales.append(float(sc))
-        shifts.append(float(sh))
-        readout = f"copied from head '{frm}'" if frm is not None else "initialised fresh (mace's initialisation)"
-        notes.append(f"new head '{h}': readout {readout}; E0s {e0_how}; scale/shift {ss_how}")
-    notes.append(f"heads {', '.join(heads)}: the existing heads ({', '.join(base_heads)}) and every part outside "
-                 f"the readouts keep the weights of {base.source}")
-    cfg = dict(base.config)
-    cfg.update({"heads": heads, "head_init": hi, "atomic_energies": e0_rows,
-                "atomic_inter_scale": scales, "atomic_inter_shift": shifts})
-    model = build_model(cfg).to(torch.get_default_dtype())
-    remap_heads(base.model, base_heads, model, heads, init)
-    if is_origin_form(raw):
-        verify_against_module(raw, model, source=source, base=base.model)
-    return LoadedModel(model, cfg, base.source, notes=notes)
-
-
-def select_head(model: Any, cfg: Dict[str, Any], head: str) -> Tuple[Any, Dict[str, Any]]:
-    """A single-head copy of a multi-head model: ``head``'s readout, E0s and scale/shift, the rest as it is."""
-    import torch
-
-    from trainers.mace.model_config import build_model, heads_of
-
-    heads = heads_of(cfg)
-    i = heads.index(head)
-    one = dict(cfg)
-    one.update({"heads": [head], "head_init": None,
-                "atomic_energies": [model.atomic_energies_fn.atomic_energies.detach().cpu().double()
-                                    .reshape(len(heads), -1)[i].tolist()],
-                "atomic_inter_scale": [float(model.scale_shift.scale.detach().reshape(-1)[i if model.scale_shift.scale.numel() > 1 else 0])],
-                "atomic_inter_shift": [float(model.scale_shift.shift.detach().reshape(-1)[i if model.scale_shift.shift.numel() > 1 else 0])]})
-    single = build_model(one).to(torch.get_default_dtype())
-    remap_heads(model, heads, single, [head], {head: head})
-    return single, one
 
 
 def export_mace_model(model: Any, path: Path) -> None:

@@ -48,7 +48,7 @@ def _load(spec):
 
 def _head_parts(model, state, heads):
     """{(key, head): tensor} for every head-dependent entry, and the keys outside the heads."""
-    from trainers.mace.model_io import head_entries, head_part
+    from trainers.mace.heads import head_entries, head_part
 
     entries = head_entries(model)
     parts = {}
