@@ -267,7 +267,7 @@ def write_manifest(
         "backend": backend,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": platform.python_version(),
-        "versions": versions or package_versions(["mlip-launch", "torch", "mace-torch", "e3nn"]),
+        "versions": versions or package_versions(["mlip-launch"]),   # a backend passes its own packages
         "weights": {
             "path": os.path.relpath(weights, layout.artifacts) if weights.is_relative_to(layout.artifacts) else str(weights),
             "sha256": sha256_file(weights),
