@@ -4,8 +4,8 @@ Every backend is a ``trainers.api.BackendBase``; what the launcher asks of one i
 """
 from __future__ import annotations
 
-import importlib
 import functools
+import importlib
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from launcher.core.errors import NotImplementedBackend
