@@ -46,7 +46,8 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import (Any, Callable, Collection, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple,
+                    runtime_checkable)
 
 from launcher.core.errors import NotImplementedBackend
 from launcher.core.layout import RunLayout
@@ -78,7 +79,7 @@ class BackendBase(abc.ABC):
     key_docs: Mapping[str, str] = MappingProxyType({})
     objectives: Tuple[str, ...] = ()
     own_keys: Mapping[str, str] = MappingProxyType({})
-    model_globals: Optional[FrozenSet[str]] = None
+    model_globals: Optional[Collection[str]] = None
     model_sources: Tuple[str, ...] = ()
 
     def prestart(self, argv: Sequence[str], spec: Optional[RunSpec] = None) -> Optional[Prestarted]:
