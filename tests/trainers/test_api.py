@@ -88,3 +88,21 @@ def test_the_schema_default_backend_is_the_hydra_doors():
 
     text = (conf_dir() / "config.yaml").read_text()
     assert RunSpec().backend == re.search(r"^\s*- backend: (\S+)$", text, re.M).group(1)
+
+
+def test_a_run_directory_is_a_model_source_through_its_backends_model_sources(tmp_path):
+    """``model_sources``: FairChem's exported checkpoint makes a run directory a model_in for FairChem only."""
+    from launcher.models import _run_dir_problems
+    from trainers.fairchem.backend import FairchemBackend
+
+    run = tmp_path / "run"
+    [rel] = FairchemBackend.model_sources
+    (run / rel).parent.mkdir(parents=True)
+    (run / rel).write_bytes(b"not read here")
+    spec = RunSpec(backend="gemnet_oc", task="finetune", run_dir=str(tmp_path / "new"), model_in=str(run))
+    fairchem, _ = _run_dir_problems(spec, run)
+    spec.backend = "mace"
+    mace, _ = _run_dir_problems(spec, run)
+    assert not any("holds no model" in p for p in fairchem)
+    assert mace == [f"model_in: {run} holds no model: expected a run directory holding checkpoints/checkpoint.pt or "
+                    "artifacts/manifest.json, or a model file"]
