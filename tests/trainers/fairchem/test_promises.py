@@ -83,7 +83,7 @@ def test_finetunes_first_validation_equals_an_evaluate_of_the_base_model(base, d
     (measured: rel 3e-9 to 3e-8 on both backends, float32 eps is 1.2e-7), hence rel 1e-6.
     """
     src = RunLayout.of(base[backend])
-    start = src.artifact(NATIVE_CHECKPOINT)                                   # artifacts/fairchem_checkpoint.pt
+    start = src.artifact(NATIVE_CHECKPOINT)                     # artifacts/fairchem_checkpoint.pt
     res, _ = run(make_spec(tmp_path / "eval", backend, demo_data, task="evaluate", config=False, epochs=None,
                            model_in=str(start), **{"eval.split": "val"}))
     assert res.status == "finished", res.message
