@@ -1,8 +1,12 @@
-"""Backends by name: the entry-point group ``mlip_launch.backends``, imported only when a spec needs one."""
+"""Backends by name: the entry-point group ``mlip_launch.backends``, imported only when a spec needs one.
+
+Every backend is a ``trainers.api.BackendBase``; what the launcher asks of one is a member of that contract.
+"""
 from __future__ import annotations
 
+import functools
 import importlib
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from launcher.core.errors import NotImplementedBackend
 from launcher.core.plugins import GROUP, backend_targets
@@ -30,20 +34,63 @@ def get_backend(name: str) -> "Backend":
         if e.name and (e.name == module_name or module_name.startswith(e.name + ".")):
             raise NotImplementedBackend(f"backend={name} is not implemented yet ({module_name} missing)") from None
         raise
-    backend = getattr(module, cls_name)()
+    from trainers.api import BackendBase
+
+    cls = getattr(module, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, BackendBase)):
+        raise NotImplementedBackend(f"backend={name}: {target} is not a trainers.api.BackendBase subclass")
+    backend = cls()
     backend.name = name
     return backend
 
 
+def all_backends() -> Dict[str, "Backend"]:
+    """Every registered backend that imports, by name (the docs and the cross-backend checks read them all)."""
+    found = {}
+    for name in REGISTRY:
+        try:
+            found[name] = get_backend(name)
+        except NotImplementedBackend:
+            continue
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def key_owners() -> Dict[str, Tuple[Tuple[str, ...], str]]:
+    """Schema key -> (the backends that declare it in ``own_keys``, what it is), over every registered backend."""
+    owners: Dict[str, Tuple[Tuple[str, ...], str]] = {}
+    for name, backend in all_backends().items():
+        for key, what in backend.own_keys.items():
+            names, first = owners.get(key, ((), what))
+            owners[key] = (names + (name,), first)
+    return owners
+
+
+def foreign_key_problems(spec: "RunSpec") -> List[str]:
+    """One line per key ``spec`` sets that only other backends read (their ``own_keys``)."""
+    from launcher.core.schema import default_of, get_key
+
+    problems = []
+    for key, (names, what) in key_owners().items():
+        value = get_key(spec, key)
+        if spec.backend not in names and value not in (None, "") and value != default_of(key):
+            problems.append(f"{key}: {what}, only for backend={' / '.join(names)}; leave it unset with "
+                            f"backend={spec.backend}")
+    return problems
+
+
 def backend_problems(spec: "RunSpec") -> List[str]:
     """The registered backend's own preflight problems for ``spec`` (none when the name is unknown:
-    the schema's choice check reports that)."""
+    the schema's choice check reports that), then the keys only other backends read (a key the backend's
+    own check names already is not repeated)."""
     if spec.backend not in REGISTRY:
         return []
     try:
-        return list(get_backend(spec.backend).check(spec))
+        own = list(get_backend(spec.backend).check(spec))
     except NotImplementedBackend as e:
         return [str(e)]
+    named = {line.split(":", 1)[0] for line in own}
+    return own + [line for line in foreign_key_problems(spec) if line.split(":", 1)[0] not in named]
 
 
 def prestart(argv: Sequence[str], spec: Optional["RunSpec"] = None) -> Optional[object]:

@@ -80,7 +80,7 @@ def model_file_problems(spec: Any) -> List[str]:
     if spec.data.trust_pickles or spec.backend not in REGISTRY:
         return []
     try:
-        allowed = getattr(get_backend(spec.backend), "model_globals", None)
+        allowed = get_backend(spec.backend).model_globals
     except NotImplementedBackend:
         return []       # reported by the backend checks
     if allowed is None:

@@ -337,6 +337,17 @@ def _recorded_backend(run_dir: Path) -> Optional[str]:
     return None
 
 
+def _model_sources(spec: Any) -> tuple:
+    """The files beyond checkpoint and manifest that ``spec``'s backend starts from (its ``model_sources``)."""
+    from launcher.backends import REGISTRY, get_backend
+    from launcher.core.errors import NotImplementedBackend
+
+    try:
+        return get_backend(spec.backend).model_sources if spec.backend in REGISTRY else ()
+    except NotImplementedBackend:
+        return ()
+
+
 def _run_dir_problems(spec: Any, run_dir: Path) -> Tuple[List[str], Optional[Path]]:
     """A run directory as ``model_in``: made by this backend, holding a model; (problems, its manifest)."""
     from launcher.core.layout import RunLayout
@@ -346,7 +357,7 @@ def _run_dir_problems(spec: Any, run_dir: Path) -> Tuple[List[str], Optional[Pat
     if _registered_other(backend, spec):
         return [f"model_in: {run_dir} is a run of backend={backend}; backend={spec.backend} cannot use it "
                 f"(use backend={backend}, or a model of backend={spec.backend})"], None
-    held = [p for p in (theirs.checkpoint, theirs.manifest, theirs.native_checkpoint) if p.is_file()]
+    held = [p for p in (theirs.checkpoint, theirs.manifest, *map(theirs.file, _model_sources(spec))) if p.is_file()]
     if not held:
         what = "is empty" if not any(run_dir.iterdir()) else "holds no model"
         return [f"model_in: {run_dir} {what}: expected a run directory holding checkpoints/checkpoint.pt or "

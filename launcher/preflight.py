@@ -175,20 +175,6 @@ def _name_too_long(root: Path, existing: Path) -> Optional[str]:
     return None
 
 
-def _check_backend_inputs(spec: RunSpec, problems: List[str]) -> None:
-    """Inputs a backend would refuse only once the job has started."""
-    if any(p.startswith("model.manifest:") for p in problems):
-        return  # the manifest itself is wrong: that line says enough
-    if spec.backend == "mace" and spec.task == "resume" and spec.model.manifest and not spec.model_in \
-            and spec.run_dir:
-        from launcher.core.layout import RunLayout
-
-        if not RunLayout.of(spec.run_dir).checkpoint.exists():
-            problems.append(f"model.manifest: task=resume needs a training checkpoint (model_in=.../checkpoint.pt "
-                            f"or a run_dir holding one); a manifest brings weights only: use task=finetune to "
-                            "start from it")
-
-
 def data_notes(spec: RunSpec) -> List[str]:
     """Warnings (not errors) about data a run would read: training on data without forces.
 
@@ -243,7 +229,6 @@ def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Opti
 
         found = model_input_problems(spec)  # every refusal the job's model loading would make
         problems += found or model_file_problems(spec)  # then pickled model files against the allow-list
-    _check_backend_inputs(spec, problems)
 
     if is_cuda(spec.device):  # cuda or cuda:N (the job checks N against the GPUs torch sees)
         index = cuda_index(spec.device)

@@ -60,7 +60,7 @@ def _backend_table() -> list:
     columns: dict = {}
     for name, target in backend_targets().items():
         columns.setdefault(target, []).append(name)
-    docs = [(", ".join(names), getattr(get_backend(names[0]), "key_docs", {}) or {}) for names in columns.values()]
+    docs = [(", ".join(names), get_backend(names[0]).key_docs) for names in columns.values()]
     lines = ["", "## How each backend honours the keys", "",
              "A key a backend cannot honour is refused by its preflight check, one line naming the key, before "
              "anything runs. For FairChem backends a key left at its schema default leaves FairChem's config as it "

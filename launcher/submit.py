@@ -152,7 +152,7 @@ def check_params(params: LauncherParams) -> None:
 
 
 def backend_launch_problems(specs: Sequence[RunSpec], params: LauncherParams) -> List[str]:
-    """Launcher settings a run's backend cannot honour (its optional ``check_launch(spec, params)``), one line
+    """Launcher settings a run's backend cannot honour (its ``check_launch(spec, params)``), one line
     each, prefixed with the run's name when there are several runs."""
     from launcher.backends import REGISTRY, get_backend
 
@@ -160,8 +160,7 @@ def backend_launch_problems(specs: Sequence[RunSpec], params: LauncherParams) ->
     for spec in specs:
         if spec.backend not in REGISTRY:
             continue
-        hook = getattr(get_backend(spec.backend), "check_launch", None)
-        for p in (hook(spec, params) if hook is not None else []):
+        for p in get_backend(spec.backend).check_launch(spec, params):
             line = f"[{spec.run_name}] {p}" if len(specs) > 1 else p
             if line not in problems:
                 problems.append(line)

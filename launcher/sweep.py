@@ -184,24 +184,25 @@ class TrialFailed(RuntimeError):
 
 def objective_problems(spec: RunSpec) -> List[str]:
     """Why a run could not report ``eval.objective`` to a study (one line each; empty: it can)."""
-    from launcher.core.schema import CHOICES, OBJECTIVES, TRAINING_TASKS
+    from launcher.backends import REGISTRY, get_backend
+    from launcher.core.schema import CHOICES, EVAL_OBJECTIVES, TRAINING_TASKS
 
     name = spec.eval.objective
     if name not in CHOICES["eval.objective"]:
         return []  # validate() already names the key and its choices
     if spec.task in TRAINING_TASKS:
-        allowed = OBJECTIVES.get(spec.backend)
+        allowed = get_backend(spec.backend).objectives if spec.backend in REGISTRY else None
         if allowed is not None and name not in allowed:
-            return [f"eval.objective: backend={spec.backend} does not record '{name}' when it trains; "
-                    f"expected one of {', '.join(allowed)}"]
+            expected = f"expected one of {', '.join(allowed)}" if allowed else "it records no objective"
+            return [f"eval.objective: backend={spec.backend} does not record '{name}' when it trains; {expected}"]
         if not spec.data.val:
             return [f"eval.objective: {name} comes from the run's validation records; set data.val "
                     f"(a task={spec.task} run without it records no validation)"]
         return []
     if spec.task == "evaluate":
-        if name not in OBJECTIVES["evaluate"]:
+        if name not in EVAL_OBJECTIVES:
             return [f"eval.objective: task=evaluate records no '{name}' (eval/metrics.json); "
-                    f"expected one of {', '.join(OBJECTIVES['evaluate'])}"]
+                    f"expected one of {', '.join(EVAL_OBJECTIVES)}"]
         return []
     return [f"eval.objective: task={spec.task} records no metric for an Optuna study to minimise "
             "(use task=train, finetune, resume or evaluate)"]

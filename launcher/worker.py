@@ -2,14 +2,14 @@
 
 A job may run as several processes (ranks): submitit starts ``hydra.launcher.tasks_per_node`` x
 ``nodes`` tasks of the same :class:`launcher.submit.RunJob`, torchrun or ``srun`` start this module once
-per rank. Each rank finds its place with ``trainers.mace.distributed.torch_env`` and then:
+per rank. Each rank finds its place with ``launcher.core.ranks.place`` (the parser every backend uses) and then:
 
 - rank 0 goes through :func:`launcher.job.run_job` and alone owns the run directory (lock, run.yaml,
   state.json, checkpoints, logs); the trainer broadcasts its resume decision to the other ranks;
 - a rank > 0 (a follower) never takes the lock and never writes state. It skips when the run is already
   finished (rank 0 skips it too, so nobody waits for it), and otherwise joins the training through the
   backend's ``run`` with ``ctx.extra["follower"]``. Only backends that train as several processes
-  in-process (``distributed = True``, e.g. MACE) are joined; for the others, and for tasks that are not
+  in-process (the contract's ``distributed = True``) are joined; for the others, and for tasks that are not
   training, rank 0 does the work alone and the followers return at once.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ FOLLOWER_GRACE_S = 30.0  # how long a failing follower waits for rank 0 to recor
 
 def rank_and_world() -> tuple:
     """(rank, world size) of this process: torchrun's, submitit's (local or SLURM) or (0, 1)."""
-    from trainers.mace.distributed import rank_and_world as from_env
+    from launcher.core.ranks import rank_and_world as from_env
 
     return from_env()
 
@@ -52,7 +52,7 @@ def _follow(spec: Any, rank: int, world: int) -> Any:
     layout = RunLayout.of(spec.run_dir)
     root = str(layout.root)
     backend = get_backend(spec.backend)
-    if spec.task not in TRAINING_TASKS or not getattr(backend, "distributed", False):
+    if spec.task not in TRAINING_TASKS or not backend.distributed:
         return JobResult(root, "skipped", {}, f"rank {rank}/{world}: task={spec.task} of backend={spec.backend} "
                                               "runs on rank 0 alone")
     if classify(spec, layout) == SKIP:  # rank 0 skips the finished run too: nobody joins the group

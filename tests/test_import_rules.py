@@ -8,6 +8,7 @@ import, wherever it sits) and dynamically (what importing ``launcher.core`` actu
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -328,4 +329,115 @@ def test_unresolved_import_is_caught(tmp_path):
         "data/a.py:1 imports signals from launcher, which defines no such name",
         "data/a.py:2 imports launcher.errors, which does not exist",
         "data/a.py:3 imports Missing from launcher.core.errors, which defines no such name",
+    ]
+
+
+# --- the kernel and the doors name no backend ------------------------------------------------------
+
+DOORS = ("launcher", "hydra_plugins")
+# What Hydra's plugin scan imports at start-up (docs/architecture.md): modules whose name starts with "_" are
+# imported only when used, and imports inside functions only when called.
+PLUGIN_START_UP_IMPORTS = ("launcher.params", "launcher.core.plugins")
+
+
+def _doc_strings(tree: ast.AST) -> set:
+    """ids of the string nodes that are documentation: docstrings and the ``doc`` of schema fields (``_f``)."""
+    docs: set = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                    and isinstance(first.value.value, str):
+                docs.add(id(first.value))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_f":
+            doc_args = node.args[1:2] + [k.value for k in node.keywords if k.arg == "doc"]
+            docs.update(id(c) for a in doc_args for c in ast.walk(a))
+    return docs
+
+
+def _code_texts(tree: ast.AST):
+    """(line, text) of every identifier, imported module and non-documentation string of ``tree``."""
+    docs = _doc_strings(tree)
+    for node in ast.walk(tree):
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            yield line, node.value
+        elif isinstance(node, ast.Name):
+            yield line, node.id
+        elif isinstance(node, ast.Attribute):
+            yield line, node.attr
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            yield line, node.name
+        elif isinstance(node, ast.alias):
+            yield line, node.name
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield line, node.module
+        elif isinstance(node, (ast.arg, ast.keyword)) and node.arg:
+            yield line, node.arg
+
+
+def backend_mentions(root: Path, names, folders=DOORS) -> list[str]:
+    """``file:line names NAME`` wherever code (not documentation) under ``folders`` names one of ``names``
+    (registered backend names, or the packages they live in) as a whole word (``_``, ``.`` and ``-`` separate)."""
+    patterns = {n: re.compile(rf"(?<![A-Za-z0-9]){re.escape(n)}(?![A-Za-z0-9])") for n in names}
+    found = []
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            for line, text in _code_texts(tree):
+                found += [f"{path.relative_to(root)}:{line} names {n}" for n, pat in patterns.items()
+                          if pat.search(text)]
+    return sorted(set(found))
+
+
+def _registered() -> list[str]:
+    """The registered backend names and the packages of their classes (``trainers.mace`` ...)."""
+    from launcher.core.plugins import backend_targets
+
+    targets = backend_targets()
+    assert targets, "no backend registered (is the project installed?)"
+    return sorted(set(targets) | {v.partition(":")[0].rpartition(".")[0] for v in targets.values()})
+
+
+def test_kernel_and_doors_name_no_backend():
+    """What the launcher knows of a backend comes through trainers.api's contract: no registered name, and no
+    backend package, in its code (documentation excepted)."""
+    mentions = backend_mentions(REPO, _registered())
+    assert not mentions, "backend names in the kernel or the doors:\n" + "\n".join(mentions)
+
+
+def test_kernel_and_doors_import_only_the_contract_of_trainers():
+    imports = collect_imports(REPO)
+    bad = [f"{m}:{line} imports {t}" for m, ts in imports.items() if any(_under(m, d) for d in DOORS)
+           for t, line in ts if _under(t, "trainers") and t != "trainers.api" and t != "trainers"]
+    assert not bad, "\n".join(bad)
+
+
+def test_hydra_plugins_import_at_start_up_only_what_the_docs_say():
+    """Hydra's plugin scan imports every public module of hydra_plugins/mlip_launch on every start."""
+    allowed = PLUGIN_START_UP_IMPORTS
+    assert all(f"`{m}`" in (REPO / "docs" / "architecture.md").read_text(encoding="utf-8") for m in allowed)
+    bad = []
+    for path in sorted((REPO / "hydra_plugins" / "mlip_launch").glob("*.py")):
+        if path.name.startswith("_") and path.name != "__init__.py":
+            continue
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:   # module level only
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            bad += [f"{path.name}:{node.lineno} imports {m}" for m in mods
+                    if m.split(".")[0] in PACKAGES and not _under(m, "hydra_plugins") and m not in allowed]
+    assert not bad, "\n".join(bad)
+
+
+def test_backend_mentions_are_found(tmp_path):
+    """The check finds names in code and ignores them in documentation."""
+    _write(tmp_path, "launcher/a.py", '"""Docs may say mace."""\nfrom trainers.mace import x\n\n'
+                                      'def f(spec):\n    """mace here is fine."""\n    return spec.backend == "mace"\n')
+    _write(tmp_path, "launcher/core/s.py", 'X = _f("gemnet_oc", "the doc of a key: gemnet_oc")\nmace_model = 1\n'
+                                           '# a comment on mace\n')
+    _write(tmp_path, "hydra_plugins/p.py", 'NAME = "equiformer_v2-like"\nOTHER = "macey"\n')
+    assert backend_mentions(tmp_path, ["mace", "gemnet_oc", "equiformer_v2", "trainers.mace"]) == [
+        "hydra_plugins/p.py:1 names equiformer_v2",
+        "launcher/a.py:2 names mace", "launcher/a.py:2 names trainers.mace", "launcher/a.py:6 names mace",
+        "launcher/core/s.py:1 names gemnet_oc", "launcher/core/s.py:2 names mace",
     ]

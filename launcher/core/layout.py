@@ -112,20 +112,16 @@ class RunLayout:
         """Full training state of the best validation epoch (native backends keep one)."""
         return self.checkpoints / "best_checkpoint.pt"
 
-    @property
-    def mace_model(self) -> Path:
-        """The whole-module MACE export that mace's own tools (MACECalculator) load."""
-        return self.artifacts / "best_model.model"
+    def artifact(self, name: str) -> Path:
+        """A file a backend adds to ``artifacts/`` under its own name (an export in its native format...): the
+        backend declares the name, the layout places it."""
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"artifact name must be a plain file name, got {name!r}")
+        return self.artifacts / name
 
-    def mace_head_model(self, head: str) -> Path:
-        """A single-head MACE export of one head of a multi-head model (``task=export``, ``train.head_key``)."""
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in head)
-        return self.artifacts / f"best_model.{safe}.model"
-
-    @property
-    def native_checkpoint(self) -> Path:
-        """A native backend's own checkpoint format, untouched, next to the common artifacts."""
-        return self.artifacts / "fairchem_checkpoint.pt"
+    def file(self, relative: str) -> Path:
+        """A path a backend declares relative to the run directory (``trainers.api.BackendBase.model_sources``)."""
+        return self.root / relative
 
     def task_yaml(self, task: str) -> Path:
         """Where evaluate/infer/export record their spec when they add to a finished run."""
@@ -136,7 +132,7 @@ class RunLayout:
         return self.logs / ("indices.json" if task is None else f"indices.{task}.json")
 
     def native(self, name: str) -> Path:
-        """The folder a native backend keeps its own tree in (e.g. ``fairchem/``)."""
+        """The folder a native backend keeps its own tree in, under the name it declares."""
         return self.root / name
 
     def native_log(self, name: str, run_id: str) -> Path:
@@ -271,7 +267,7 @@ def write_manifest(
         "backend": backend,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": platform.python_version(),
-        "versions": versions or package_versions(["mlip-launch", "torch", "mace-torch", "e3nn"]),
+        "versions": versions or package_versions(["mlip-launch"]),   # a backend passes its own packages
         "weights": {
             "path": os.path.relpath(weights, layout.artifacts) if weights.is_relative_to(layout.artifacts) else str(weights),
             "sha256": sha256_file(weights),

@@ -69,6 +69,25 @@ def backend_names() -> Tuple[str, ...]:
     return tuple(backend_targets())
 
 
+@functools.lru_cache(maxsize=1)
+def default_backend() -> str:
+    """The backend a run gets when it names none: the ``backend`` entry of the Hydra door's defaults list
+    (``conf/config.yaml``), so that the schema's default and the Hydra door's are one setting. Read as text,
+    without importing ``conf`` (a package of the doors' layer); the first registered name where it is missing."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    try:
+        spec = importlib.util.find_spec("conf")
+        text = (Path(spec.origin).parent / "config.yaml").read_text(encoding="utf-8") if spec and spec.origin else ""
+    except (ImportError, ValueError, OSError):
+        text = ""
+    m = re.search(r"^\s*-\s*backend\s*:\s*([\w.-]+)\s*$", text, re.MULTILINE)
+    names = backend_names()
+    return m.group(1) if m else (names[0] if names else "")
+
+
 def backend_conf_dirs() -> Tuple[str, ...]:
     """Config folders that backends installed as their own packages bring along.
 

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from launcher.core.errors import ConfigError, ConfigErrors
-from launcher.core.plugins import backend_names
+from launcher.core.plugins import backend_names, default_backend
 
 SCHEMA_VERSION = 1
 
 BACKENDS = backend_names()  # the entry-point group mlip_launch.backends (launcher.core.plugins)
+DEFAULT_BACKEND = default_backend()  # the Hydra door's backend group (conf/config.yaml), for both doors alike
 TASKS = ("train", "finetune", "resume", "evaluate", "infer", "export")
 TRAINING_TASKS = ("train", "finetune", "resume")
 DEVICES = ("cuda", "cpu", "auto", "cuda:N")   # cuda:N = the GPU with index N (a torch device string)
@@ -52,19 +53,16 @@ CHOICES: Dict[str, tuple] = {
 
 # eval.objective: what an Optuna sweep (hydra/sweeper=optuna) minimises, ``val_<metric>``. Every one is an
 # error (lower is better), so the study's direction follows from it. Training tasks read <metric> from the
-# run's validation records (logs/metrics.jsonl, the lowest value reached); evaluate reads eval/metrics.json.
-_FAIRCHEM_OBJECTIVES = ("val_loss", "val_energy_mae", "val_energy_mse", "val_energy_rmse", "val_energy_per_atom_mae",
-                        "val_energy_per_atom_mse", "val_forces_mae", "val_forces_mse", "val_forces_rmse",
-                        "val_forces_magnitude_error")
-OBJECTIVES: Dict[str, tuple] = {
-    "mace": ("val_loss", "val_energy_rmse_per_atom", "val_energy_mae_per_atom", "val_force_rmse", "val_force_mae",
-             "val_stress_rmse", "val_stress_mae"),
-    "equiformer_v2": _FAIRCHEM_OBJECTIVES,
-    "gemnet_oc": _FAIRCHEM_OBJECTIVES,
-    "evaluate": ("val_energy_mae", "val_energy_rmse", "val_energy_mae_per_atom", "val_energy_rmse_per_atom",
-                 "val_force_mae", "val_force_rmse", "val_stress_mae", "val_stress_rmse"),
-}
-CHOICES["eval.objective"] = tuple(dict.fromkeys(o for names in OBJECTIVES.values() for o in names))
+# run's validation records (logs/metrics.jsonl, the lowest value reached): each backend declares the names its
+# trainings record (``trainers.api.BackendBase.objectives``); evaluate reads eval/metrics.json (EVAL_OBJECTIVES).
+# OBJECTIVE_NAMES is the vocabulary, the metric names of launcher.core.metrics in either spelling.
+EVAL_OBJECTIVES = ("val_energy_mae", "val_energy_rmse", "val_energy_mae_per_atom", "val_energy_rmse_per_atom",
+                   "val_force_mae", "val_force_rmse", "val_stress_mae", "val_stress_rmse")
+OBJECTIVE_NAMES = ("val_loss", "val_energy_rmse_per_atom", "val_energy_mae_per_atom", "val_force_rmse", "val_force_mae",
+                   "val_stress_rmse", "val_stress_mae", "val_energy_mae", "val_energy_mse", "val_energy_rmse",
+                   "val_energy_per_atom_mae", "val_energy_per_atom_mse", "val_forces_mae", "val_forces_mse",
+                   "val_forces_rmse", "val_forces_magnitude_error")
+CHOICES["eval.objective"] = OBJECTIVE_NAMES
 
 _CUDA_INDEX = re.compile(r"cuda:(0|[1-9][0-9]*)")
 
@@ -264,7 +262,7 @@ class ModelSpec:
 class RunSpec:
     """One run: everything a job needs, whichever front door produced it."""
 
-    backend: str = _f("mace", "a registered backend: mace | equiformer_v2 | gemnet_oc (docs/architecture.md: adding one); "
+    backend: str = _f(DEFAULT_BACKEND, "a registered backend: mace | equiformer_v2 | gemnet_oc (docs/architecture.md: adding one); "
                               "required in every run of a run.yaml (the default is the Hydra door's backend group)")
     task: str = _f("train", "train | finetune | resume | evaluate | infer | export; required in every run of a run.yaml "
                             "(the default is the Hydra door's task group)")
@@ -352,6 +350,14 @@ def iter_fields(cls: type = RunSpec, prefix: str = ""):
             yield from iter_fields(t, key + ".")
         else:
             yield key, f, t
+
+
+def default_of(key: str) -> Any:
+    """The schema default of the leaf ``key`` (a fresh copy for lists and dicts)."""
+    for k, f, _t in iter_fields():
+        if k == key:
+            return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    raise KeyError(key)
 
 
 def leaf_keys() -> List[str]:

@@ -22,9 +22,10 @@ FAKE_BACKEND = '''
 """A backend that trains nothing: it writes the standard artifacts from launcher.core alone."""
 from launcher.core.atomic import atomic_write_bytes, atomic_write_text
 from launcher.core.layout import write_manifest
+from trainers.api import BackendBase
 
 
-class FakeBackend:
+class FakeBackend(BackendBase):
     name = "fake"
 
     def check(self, spec):

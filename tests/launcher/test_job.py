@@ -20,7 +20,7 @@ from trainers.api import Backend, unsupported_task
 CALLS: list = []
 
 
-class RecordingBackend:
+class RecordingBackend(Backend):
     name = "recording"
     fail = False
     preempt = None     # None, or "saved" / "unsaved": raise Preempted after writing a checkpoint or not

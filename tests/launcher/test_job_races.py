@@ -24,9 +24,10 @@ import os, sys, time, types
 sys.path.insert(0, {repo!r})
 from launcher import backends
 from launcher.core.atomic import atomic_write_bytes
+from trainers.api import BackendBase
 
 
-class Owner:
+class Owner(BackendBase):
     name = "mace"
 
     def check(self, spec):

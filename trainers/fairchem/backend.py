@@ -23,7 +23,7 @@ from launcher.core.env import gpu_visible
 from launcher.core.errors import ConfigError, FairchemError
 from launcher.core.layout import RunLayout
 from launcher.core.schema import TRAINING_TASKS, RunSpec
-from trainers.api import JobContext, run_task
+from trainers.api import BackendBase, JobContext, run_task
 from trainers.fairchem import checkpoints as ck
 from trainers.fairchem.child import CHECKPOINT_GLOBALS
 from trainers.fairchem.models import MODEL_NAMES
@@ -300,11 +300,22 @@ def new_timestamp_id(task: str, native_dir: Path) -> str:
     return ts
 
 
-class FairchemBackend:
-    """The FairChem runner behind the common backend interface (``trainers.api.Backend``)."""
+#: The eval.objective names a FairChem training records (what its configs' evaluation metrics log).
+OBJECTIVES = ("val_loss", "val_energy_mae", "val_energy_mse", "val_energy_rmse", "val_energy_per_atom_mae",
+              "val_energy_per_atom_mse", "val_forces_mae", "val_forces_mse", "val_forces_rmse",
+              "val_forces_magnitude_error")
+
+
+class FairchemBackend(BackendBase):
+    """The FairChem runner behind the backend contract (``trainers.api.BackendBase``)."""
 
     name = "fairchem"
     model_globals = CHECKPOINT_GLOBALS   # what a checkpoint may name (preflight: launcher.model_files)
+    objectives = OBJECTIVES
+    own_keys = {"train.config_yml": "a FairChem config", "train.identifier": "names FairChem runs",
+                "backend_python": "the interpreter of FairChem's environment",
+                "backend_env": "environment of FairChem's process", "backend_args": "arguments of FairChem's process"}
+    model_sources = ("artifacts/" + ck.NATIVE_CHECKPOINT,)   # a run dir as model_in: its exported checkpoint
 
     def __init__(self, echo=None) -> None:
         self.echo = echo or (lambda line: print(line, flush=True))
@@ -713,7 +724,7 @@ class FairchemBackend:
             p = Path(spec.model_in)
             if p.is_dir():  # a run directory of ours
                 theirs = RunLayout.of(p)
-                for cand in (theirs.native_checkpoint, theirs.checkpoint):
+                for cand in (theirs.artifact(ck.NATIVE_CHECKPOINT), theirs.checkpoint):
                     if cand.is_file():
                         return str(cand)
                 raise ConfigError(f"model_in: {p} holds no FairChem checkpoint (artifacts/fairchem_checkpoint.pt)")
@@ -959,7 +970,7 @@ class FairchemBackend:
         best = summary.get("best", source.name == "best_checkpoint.pt")
         kind = weights_kind or ("best" if best else "checkpoint")
         ck.atomic_copy(weights, layout.best_model)
-        ck.atomic_copy(source, layout.native_checkpoint)
+        ck.atomic_copy(source, layout.artifact(ck.NATIVE_CHECKPOINT))
         versions = {**package_versions(["mlip-launch"]), **(summary.get("versions") or {})}
         model = dict(summary.get("model") or {})
         return write_manifest(
@@ -967,7 +978,7 @@ class FairchemBackend:
             data={s: getattr(spec.data, s) for s in ("train", "val", "test") if getattr(spec.data, s)},
             metrics=summary.get("val_metrics") or {}, versions=versions,
             extra={"fairchem": {
-                "checkpoint": layout.native_checkpoint.name,
+                "checkpoint": ck.NATIVE_CHECKPOINT,
                 "source": str(source),
                 "best": None if best is None else bool(best),
                 "weights": kind,

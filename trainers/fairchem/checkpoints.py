@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
+NATIVE_CHECKPOINT = "fairchem_checkpoint.pt"   # artifacts/: the checkpoint a run exports, in FairChem's own format
+
 
 def checkpoint_dirs(native_dir: Path) -> List[Path]:
     root = Path(native_dir) / "checkpoints"

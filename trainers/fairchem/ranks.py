@@ -4,15 +4,16 @@ With ``hydra.launcher.tasks_per_node=N`` every submitit task (a local process, o
 The FairChem runner in task 0 starts ``torchrun --standalone --nproc_per_node N`` in the FairChem env:
 N FairChem processes in one DDP group (gloo with ``device=cpu``, NCCL on GPUs), which FairChem v1 supports
 natively (its ``distutils.setup`` reads torchrun's variables). The other tasks of the job return at once:
-their share of the allocation (CPUs, GPUs) is used by those N processes. Standard library only.
+their share of the allocation (CPUs, GPUs) is used by those N processes. No torch.
 
 One rank-0 torchrun cannot span nodes, so ``nodes > 1`` is refused before anything is queued.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional
+
+from launcher.core.ranks import place
 
 
 @dataclass(frozen=True)
@@ -23,27 +24,11 @@ class JobTasks:
 
 
 def job_tasks(environ: Optional[Mapping[str, str]] = None) -> JobTasks:
-    """Where this process stands in the job the launcher runs in: submitit's local tasks, a SLURM step started by
-    submitit, or torchrun (``python -m launcher.worker`` under it). A plain process is task 0 of 1."""
-    env = os.environ if environ is None else environ
-
-    def num(key: str, default: int) -> int:
-        try:
-            return int(str(env.get(key, default)).split("(")[0])   # SLURM writes "2(x3)" for 3 nodes of 2
-        except ValueError:
-            return default
-
-    executor = env.get("SUBMITIT_EXECUTOR", "")
-    if executor == "local" and "SUBMITIT_LOCAL_NTASKS" in env:
-        return JobTasks(num("SUBMITIT_LOCAL_GLOBALID", 0), num("SUBMITIT_LOCAL_NTASKS", 1), 1)
-    if executor == "slurm" and "SLURM_PROCID" in env:
-        nodes = num("SLURM_JOB_NUM_NODES", num("SLURM_NNODES", 1))
-        per_node = num("SLURM_NTASKS_PER_NODE", max(1, num("SLURM_NTASKS", 1) // max(1, nodes)))
-        return JobTasks(num("SLURM_PROCID", 0), per_node, nodes)
-    if "WORLD_SIZE" in env and "RANK" in env:
-        return JobTasks(num("RANK", 0), num("LOCAL_WORLD_SIZE", num("WORLD_SIZE", 1)),
-                        max(1, num("WORLD_SIZE", 1) // max(1, num("LOCAL_WORLD_SIZE", num("WORLD_SIZE", 1)))))
-    return JobTasks()
+    """Where this process stands in the job the launcher runs in (submitit's local tasks, a SLURM step, torchrun),
+    read by :func:`launcher.core.ranks.place`, the parser every backend and the worker share. A plain process is
+    task 0 of 1."""
+    p = place(environ)
+    return JobTasks(p.rank, p.local_world, p.nodes)
 
 
 def launch_problems(backend: str, params: Any) -> List[str]:

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from launcher.core.errors import ConfigError
-from launcher.core.schema import OBJECTIVES
-from trainers.api import JobContext, run_task
+from trainers.api import BackendBase, JobContext, run_task
 from trainers.mace.safe_load import MODEL_GLOBALS
 
 # e3nn's TorchScript compilation warns once per block on torch 2.13: noise, not a problem
@@ -32,7 +31,12 @@ def _default_dtype(name: str):
         torch.set_default_dtype(old)
 
 
-#: Keys the core trainer has no use for: refused when set (the docs table lists them too).
+#: The eval.objective names a MACE training records in logs/metrics.jsonl (its validation metrics).
+OBJECTIVES = ("val_loss", "val_energy_rmse_per_atom", "val_energy_mae_per_atom", "val_force_rmse", "val_force_mae",
+              "val_stress_rmse", "val_stress_mae")
+
+#: Keys the core trainer has no use for, and why (the docs table). They are other backends' ``own_keys``:
+#: preflight refuses them for backend=mace without this backend naming them in its check.
 REFUSED = {
     "train.config_yml": "a FairChem config; the core trainer takes train.input_json",
     "train.identifier": "names FairChem runs; a MACE run is named by run_dir / name",
@@ -105,7 +109,7 @@ KEY_DOCS = {
     "eval.split": "the split evaluate / infer read",
     "eval.group_by": "eval/errors_by_group.csv and metrics.json by_group from this key of each structure's info",
     "eval.objective": "not used by the run: an Optuna sweep reads it from logs/metrics.jsonl "
-                      f"({', '.join(OBJECTIVES['mace'])}) or eval/metrics.json (evaluate)",
+                      f"({', '.join(OBJECTIVES)}) or eval/metrics.json (evaluate)",
     "device": "cpu, cuda, cuda:N or auto",
     **{k: f"refused: {v}" for k, v in REFUSED.items()},
 }
@@ -131,6 +135,19 @@ def stress_problems(spec: Any) -> List[str]:
             "--stress-key KEY, or set train.stress_weight=0"]
 
 
+def resume_source_problems(spec: Any) -> List[str]:
+    """``task=resume`` from a manifest alone: the core trainer resumes from a training checkpoint, which a
+    manifest does not bring (preflight drops this line when the manifest itself is already reported)."""
+    if not (spec.task == "resume" and spec.model.manifest and not spec.model_in and spec.run_dir):
+        return []
+    from launcher.core.layout import RunLayout
+
+    if RunLayout.of(spec.run_dir).checkpoint.exists():
+        return []
+    return ["model.manifest: task=resume needs a training checkpoint (model_in=.../checkpoint.pt or a run_dir "
+            "holding one); a manifest brings weights only: use task=finetune to start from it"]
+
+
 def kernel_problems(spec: Any) -> List[str]:
     """``train.kernels`` (unknown value, or packages missing: the install command) and ``train.amp`` /
     ``eval.amp`` (see trainers/mace/amp.py): one line each."""
@@ -142,12 +159,14 @@ def kernel_problems(spec: Any) -> List[str]:
     return out
 
 
-class MaceBackend:
-    """The core MACE trainer behind the common backend interface (``trainers.api.Backend``)."""
+class MaceBackend(BackendBase):
+    """The core MACE trainer behind the backend contract (``trainers.api.BackendBase``)."""
 
     name = "mace"
     model_globals = MODEL_GLOBALS   # what a model file may name (preflight: launcher.model_files)
     key_docs = KEY_DOCS
+    objectives = OBJECTIVES
+    own_keys = {"train.input_json": "a MACE model.json"}
     distributed = True   # every rank of a multi-process job calls run(); ranks > 0 with ctx.extra["follower"]
 
     # ---------------------------------------------------------------- checks
@@ -158,12 +177,7 @@ class MaceBackend:
         t = spec.train
         if spec.task == "train" and not t.input_json:
             problems.append("train.input_json: required for backend=mace task=train (a model.json)")
-        if t.config_yml:
-            problems.append("train.config_yml: only for FairChem backends, not backend=mace")
-        for key, value in (("train.identifier", t.identifier), ("backend_python", spec.backend_python),
-                           ("backend_env", spec.backend_env), ("backend_args", spec.backend_args)):
-            if value:
-                problems.append(f"{key}: {REFUSED[key]}; leave it unset with backend=mace")
+        problems += resume_source_problems(spec)
         problems += stress_problems(spec)
         problems += kernel_problems(spec)
         from trainers.mace.freeze import preflight_problems
@@ -326,7 +340,7 @@ class MaceBackend:
 
     # ---------------------------------------------------------------- export
     def _export(self, ctx: JobContext) -> Dict[str, Any]:
-        from trainers.mace.export import mace_model_path, write_artifacts
+        from trainers.mace.export import head_model_path, mace_model_path, write_artifacts
         from trainers.mace.model_io import load_model
 
         spec = ctx.spec
@@ -348,5 +362,5 @@ class MaceBackend:
         out = {"exported_from": loaded.source, "artifacts": str(ctx.layout.artifacts),
                "mace_model": str(mace_model_path(ctx.layout))}
         if head is not None:
-            out.update({"head": head, "head_model": str(ctx.layout.mace_head_model(head))})
+            out.update({"head": head, "head_model": str(head_model_path(ctx.layout, head))})
         return out

@@ -2,14 +2,16 @@
 
 torchrun sets ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``/``MASTER_*``; a task of a submitit job with
 several tasks (``hydra.launcher.tasks_per_node`` x ``nodes``, SLURM or local) gets them from
-:func:`torch_env`, a pure mapping of the job's variables (unit-tested without a cluster). Rank 0 alone
+:func:`launcher.core.ranks.torch_env`, a pure mapping of the job's variables shared by every backend. Rank 0 alone
 writes to the run dir; ``launcher.worker.run_rank`` is the entry of every rank.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Tuple
+
+from launcher.core.ranks import torch_env
 
 
 @dataclass
@@ -115,89 +117,9 @@ def share_record(epoch: int, rank: int, world: int, indices: Any) -> Dict[str, A
     return rec
 
 
-#: The torch.distributed variables (env:// initialisation) this module provides.
-TORCH_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def first_host(nodelist: str) -> str:
-    """The first host of a SLURM node list: ``gpu[003-004,7],cpu1`` -> ``gpu003`` (no ``scontrol`` needed)."""
-    out, i = "", 0
-    while i < len(nodelist) and nodelist[i] != ",":
-        if nodelist[i] == "[":
-            close = nodelist.index("]", i)
-            out += nodelist[i + 1:close].split(",")[0].split("-")[0]
-            i = close + 1
-        else:
-            out += nodelist[i]
-            i += 1
-    return out
-
-
-def job_port(key: str) -> int:
-    """A port in 20000-59999 that every task of one job derives alike (tasks cannot agree otherwise)."""
-    import zlib
-
-    return 20000 + zlib.crc32(key.encode()) % 40000
-
-
-def _leading_int(value: str, default: int) -> int:
-    digits = ""
-    for c in value:
-        if not c.isdigit():
-            break
-        digits += c
-    return int(digits) if digits else default
-
-
-def torch_env(environ: Mapping[str, str]) -> Dict[str, str]:
-    """This process's place in a multi-process job, as torch.distributed's env:// variables ({} when alone).
-
-    Sources, first match wins:
-
-    - torchrun (or the user) set ``WORLD_SIZE``: taken as it is;
-    - a task of submitit's local executor (``SUBMITIT_LOCAL_*``, one node);
-    - a task started by ``srun`` (submitit's SLURM jobs): ``SLURM_PROCID`` / ``SLURM_STEP_NUM_TASKS`` /
-      ``SLURM_LOCALID`` / ``SLURM_STEP_NODELIST``. The *step* variables matter: a batch script (or a
-      ``launch`` started inside ``salloc -n 4``) sees ``SLURM_NTASKS=4`` but is one process, and must not
-      wait for three others.
-
-    ``MASTER_ADDR`` is the first host of the step, ``MASTER_PORT`` is derived from the job id (an
-    explicit ``MASTER_ADDR`` / ``MASTER_PORT`` in the environment wins).
-    """
-    if "WORLD_SIZE" in environ:
-        return {k: environ[k] for k in TORCH_KEYS if k in environ}
-    out: Dict[str, str] = {}
-    if environ.get("SUBMITIT_EXECUTOR") == "local" and int(environ.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1:
-        world = int(environ["SUBMITIT_LOCAL_NTASKS"])
-        out = {"RANK": environ.get("SUBMITIT_LOCAL_GLOBALID", "0"), "WORLD_SIZE": str(world),
-               "LOCAL_RANK": environ.get("SUBMITIT_LOCAL_LOCALID", "0"), "LOCAL_WORLD_SIZE": str(world),
-               "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(job_port("local-" + environ.get("SUBMITIT_LOCAL_JOB_ID", "0")))}
-    elif int(environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
-        world = int(environ["SLURM_STEP_NUM_TASKS"])
-        nodes = int(environ.get("SLURM_STEP_NUM_NODES", environ.get("SLURM_JOB_NUM_NODES", "1")))
-        per_node = _leading_int(environ.get("SLURM_STEP_TASKS_PER_NODE", ""), max(1, world // max(1, nodes)))
-        nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or "127.0.0.1"
-        job = environ.get("SLURM_JOB_ID", "0")
-        out = {"RANK": environ.get("SLURM_PROCID", "0"), "WORLD_SIZE": str(world),
-               "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"), "LOCAL_WORLD_SIZE": str(per_node),
-               "MASTER_ADDR": first_host(nodelist),
-               "MASTER_PORT": str(job_port(f"slurm-{job}-{environ.get('SLURM_STEP_ID', '0')}"))}
-    for key in ("MASTER_ADDR", "MASTER_PORT"):
-        if out and environ.get(key):
-            out[key] = environ[key]
-    return out
-
-
-def rank_and_world(environ: Optional[Mapping[str, str]] = None) -> Tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) when it runs alone."""
-    env = torch_env(os.environ if environ is None else environ)
-    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1"))
-
-
 def world_from_env() -> Tuple[int, int, int]:
     """(rank, world, local rank), after exporting the env:// variables torch.distributed reads."""
-    env = torch_env(os.environ)
+    env = torch_env(os.environ)  # launcher.core.ranks: the one parser every backend and the worker use
     for key, value in env.items():
         os.environ.setdefault(key, value)
     return (int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0")))

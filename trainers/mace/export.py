@@ -21,13 +21,22 @@ from launcher.core.layout import RunLayout, package_versions, sha256_file, write
 LAMMPS_SUFFIX = "-lammps.pt"
 
 
+MACE_MODEL = "best_model.model"   # artifacts/: the whole-module export mace's own tools (MACECalculator) load
+
+
 def mace_model_path(layout: RunLayout) -> Path:
-    return layout.mace_model
+    return layout.artifact(MACE_MODEL)
+
+
+def head_model_path(layout: RunLayout, head: str) -> Path:
+    """A single-head MACE export of one head of a multi-head model (``task=export``, ``train.head_key``)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in head)
+    return layout.artifact(f"best_model.{safe}.model")
 
 
 def lammps_model_path(layout: RunLayout) -> Path:
     """``best_model.model-lammps.pt``: the name ``mace_create_lammps_model`` gives it."""
-    return layout.mace_model.with_name(layout.mace_model.name + LAMMPS_SUFFIX)
+    return layout.artifact(MACE_MODEL + LAMMPS_SUFFIX)
 
 
 def write_lammps_model(model: Any, path: Path, head: Optional[str] = None) -> None:
@@ -74,11 +83,11 @@ def write_artifacts(layout: RunLayout, cfg: Dict[str, Any], *, spec: Any, metric
         from trainers.mace.heads import select_head
 
         single, _ = select_head(model, cfg, head)
-        export_mace_model(single, layout.mace_head_model(head))
-        head_info = {"head": head, "head_model": layout.mace_head_model(head).name}
+        export_mace_model(single, head_model_path(layout, head))
+        head_info = {"head": head, "head_model": head_model_path(layout, head).name}
     files = [layout.best_model, layout.model_json, mace_model_path(layout)]
     if head_info:
-        files.append(layout.mace_head_model(head))
+        files.append(head_model_path(layout, head))
     if spec.task == "export":
         lammps = lammps_model_path(layout)
         try:

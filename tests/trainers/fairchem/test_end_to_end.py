@@ -21,6 +21,7 @@ from launcher.core.layout import RunLayout
 from launcher.core.schema import IndexSampling, RunSpec, check
 from trainers.api import JobContext
 from trainers.fairchem.backend import FairchemBackend
+from trainers.fairchem.checkpoints import NATIVE_CHECKPOINT
 
 from .conftest import TEST_CONFIGS
 
@@ -309,7 +310,7 @@ def test_finetune_from_a_v1_bundle(trained, demo_data, tmp_path):
 
     src, _ = trained["equiformer_v2"]
     layout = RunLayout.of(src)
-    saved = read_checkpoint_config(layout.native_checkpoint)
+    saved = read_checkpoint_config(layout.artifact(NATIVE_CHECKPOINT))
     model = dict(saved["model"])
     legacy = {**{k: v for k, v in saved.items() if k not in ("model", "dataset", "val_dataset")},
               "model": model.pop("name"), "model_attributes": model,

@@ -16,6 +16,7 @@ import pytest
 
 from launcher.core.layout import RunLayout
 from launcher.core.schema import IndexSampling
+from trainers.fairchem.checkpoints import NATIVE_CHECKPOINT
 
 from .test_end_to_end import make_spec, run
 
@@ -82,7 +83,7 @@ def test_finetunes_first_validation_equals_an_evaluate_of_the_base_model(base, d
     (measured: rel 3e-9 to 3e-8 on both backends, float32 eps is 1.2e-7), hence rel 1e-6.
     """
     src = RunLayout.of(base[backend])
-    start = src.native_checkpoint                                   # artifacts/fairchem_checkpoint.pt
+    start = src.artifact(NATIVE_CHECKPOINT)                     # artifacts/fairchem_checkpoint.pt
     res, _ = run(make_spec(tmp_path / "eval", backend, demo_data, task="evaluate", config=False, epochs=None,
                            model_in=str(start), **{"eval.split": "val"}))
     assert res.status == "finished", res.message
@@ -117,14 +118,14 @@ def test_export_writes_exactly_the_checkpoints_weights(base, demo_data, tmp_path
                            model_in=str(src.checkpoint)))
     assert res.status == "finished", res.message
     assert_same_tensors(_load(out.best_model), _bare(last["state_dict"]))
-    assert_same_tensors(_load(out.native_checkpoint)["state_dict"], last["state_dict"])
-    assert _load(out.native_checkpoint)["step"] == last["step"]
+    assert_same_tensors(_load(out.artifact(NATIVE_CHECKPOINT))["state_dict"], last["state_dict"])
+    assert _load(out.artifact(NATIVE_CHECKPOINT))["step"] == last["step"]
     m = json.loads(out.manifest.read_text())
     assert m["fairchem"]["best"] is False and m["fairchem"]["weights"] == "checkpoint"
     assert m["fairchem"]["step"] == last["step"]
 
     assert_same_tensors(_load(src.best_model), _bare(best["state_dict"]))
-    assert_same_tensors(_load(src.native_checkpoint)["state_dict"], best["state_dict"])
+    assert_same_tensors(_load(src.artifact(NATIVE_CHECKPOINT))["state_dict"], best["state_dict"])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -18,10 +18,12 @@ from .conftest import TEST_CONFIGS
 @pytest.mark.parametrize("env, expected", [
     ({}, JobTasks(0, 1, 1)),
     ({"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_GLOBALID": "1"}, JobTasks(1, 2, 1)),
-    ({"SUBMITIT_EXECUTOR": "slurm", "SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_JOB_NUM_NODES": "1"},
-     JobTasks(0, 4, 1)),
-    ({"SUBMITIT_EXECUTOR": "slurm", "SLURM_PROCID": "3", "SLURM_NTASKS_PER_NODE": "2(x2)", "SLURM_JOB_NUM_NODES": "2"},
-     JobTasks(3, 2, 2)),
+    ({"SUBMITIT_EXECUTOR": "slurm", "SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "4",
+      "SLURM_JOB_NUM_NODES": "1", "SLURM_STEP_NUM_NODES": "1", "SLURM_STEP_TASKS_PER_NODE": "4"}, JobTasks(0, 4, 1)),
+    ({"SUBMITIT_EXECUTOR": "slurm", "SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_NUM_NODES": "2",
+      "SLURM_STEP_TASKS_PER_NODE": "2(x2)", "SLURM_JOB_NUM_NODES": "2"}, JobTasks(3, 2, 2)),
+    ({"SUBMITIT_EXECUTOR": "slurm", "SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "4"},
+     JobTasks(0, 1, 1)),   # a batch script (one process), whatever the job's task count
     ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, JobTasks(0, 1, 1)),   # an salloc shell: not a job's task
     ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}, JobTasks(1, 2, 1)),   # torchrun
 ])

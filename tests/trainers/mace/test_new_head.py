@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from launcher.core.errors import ConfigError
+from trainers.mace.export import head_model_path
 
 from . import mh_bundle as mb
 from .conftest import make_spec
@@ -120,10 +121,10 @@ def test_new_head_head_only_trains_that_readout_alone_then_evaluate_and_export_p
     res = run_job(make_spec(ex, tiny_data, task="export", model_in=str(run_dir), train={"head_key": "oc22"}),
                   echo=lambda *_: None)
     exl = RunLayout.of(ex)
-    assert res.result["head"] == "oc22" and exl.mace_head_model("oc22").is_file()
+    assert res.result["head"] == "oc22" and head_model_path(exl, "oc22").is_file()
     m = read_manifest(exl.manifest)
     assert m["heads"] == ALL_HEADS and m["head"] == "oc22" and m["head_model"] == "best_model.oc22.model"
-    single = torch.load(exl.mace_head_model("oc22"), weights_only=False)
+    single = torch.load(head_model_path(exl, "oc22"), weights_only=False)
     assert list(single.heads) == ["oc22"]
     torch.testing.assert_close(mb.energies(single, val_structures, ["oc22"], "oc22", 5.0),
                                torch.as_tensor(got["oc22"], dtype=torch.float32), rtol=1e-5, atol=1e-4)
