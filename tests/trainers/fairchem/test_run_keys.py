@@ -162,6 +162,13 @@ def test_refused_keys_one_line_each(fairchem_fixtures, tmp_path):
     assert FairchemBackend().check(spec)[0].startswith("train.input_json: only for backend=mace")
 
 
+def test_per_head_evaluation_is_refused_in_one_line(fairchem_fixtures, tmp_path):
+    spec = _spec(tmp_path, task="evaluate", model_in=str(tmp_path / "m.pt"), eval__heads={"oc22": str(tmp_path)})
+    problems = [p for p in FairchemBackend().check(spec) if p.startswith("eval.heads")]
+    assert problems == ["eval.heads: not supported by backend=equiformer_v2 (evaluates each head of a multi-head "
+                        "MACE model; FairChem models have a single head); leave it unset"]
+
+
 def test_every_schema_key_is_honoured_or_refused():
     from launcher.core.schema import leaf_keys
     from trainers.fairchem.derive import KEY_MAP, REFUSED
