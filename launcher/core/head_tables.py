@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from launcher.core.atomic import atomic_write_text
-from launcher.core.metrics import _SHORT, METRIC_KEYS, fmt_metric
+from launcher.core.console_numbers import SHORT_NAMES, fmt_metric
+from launcher.core.eval_errors import METRIC_KEYS
 
 BY_HEAD_COLUMNS = ("head", *METRIC_KEYS, "dataset")
 ERRORS = METRIC_KEYS[2:]
@@ -70,7 +71,7 @@ def compare_lines(rows: List[Dict[str, Any]]) -> List[str]:
     """The comparison as console lines: a header, then per head ``before -> after (delta)`` of each error in
     :data:`CONSOLE_KEYS` the rows have, in console units (meV/atom, eV/Å); the csv has every error."""
     keys = [k for k in CONSOLE_KEYS if rows and f"{k}_after" in rows[0]]
-    table = [["head", "n", *(f"{_SHORT[k]} before -> after (delta)" for k in keys)]]
+    table = [["head", "n", *(f"{SHORT_NAMES[k]} before -> after (delta)" for k in keys)]]
     for r in rows:
         cells = [str(r["head"]), str(r["n_structures"])]
         for k in keys:

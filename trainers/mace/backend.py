@@ -196,7 +196,9 @@ class MaceBackend:
         what = {"train": f"train a MACE model from {s.train.input_json}",
                 "finetune": f"fine-tune {s.model_in or s.model.manifest}",
                 "resume": f"resume {ctx.layout.checkpoint}",
-                "evaluate": f"evaluate {s.model_in or s.model.manifest} on data.{s.eval.split}",
+                "evaluate": f"evaluate {s.model_in or s.model.manifest} on "
+                            + " and ".join(([f"data.{s.eval.split}"] if getattr(s.data, s.eval.split) else [])
+                                           + ([f"heads {', '.join(s.eval.heads)} (eval.heads)"] if s.eval.heads else [])),
                 "infer": f"predict with {s.model_in or s.model.manifest} on data.{s.eval.split}",
                 "export": f"export {s.model_in or s.model.manifest}"}[s.task]
         return (f"mace core trainer: {what} -> {ctx.layout.root} (device={s.device}, dtype={s.train.dtype}, "
