@@ -93,3 +93,19 @@ def test_every_head_on_its_own_data_before_and_after_equals_separate_evaluations
     log = lay.train_log.read_text()
     assert "vs" in log and "omat_pbe" in log and "n/a ->" in log
     assert set(res.result["by_head"]) == set(heads) and len(res.result["compare_base"]) == len(heads)
+
+    # a base model whose file no longer matches the record: a note, the heads' own table, no comparison
+    import shutil
+
+    ft2 = tmp_path / "ft2"
+    shutil.copytree(ft, ft2)
+    manifest = json.loads(RunLayout.of(ft2).manifest.read_text())
+    manifest["base_model"]["sha256"] = "0" * 64
+    RunLayout.of(ft2).manifest.write_text(json.dumps(manifest))
+    ev2 = tmp_path / "ev2"
+    res = run_job(make_spec(ev2, {}, task="evaluate", model_in=str(ft2), eval={"heads": {"oc22": heads["oc22"]}}),
+                  **QUIET)
+    assert res.status == "finished" and "compare_base" not in res.result
+    assert "has changed since the fine-tune (sha256); no comparison" in RunLayout.of(ev2).train_log.read_text()
+    assert _rows(RunLayout.of(ev2).eval_dir / "metrics_by_head.csv")["oc22"] == by_head["oc22"]
+    assert not (RunLayout.of(ev2).eval_dir / "compare_base_by_head.csv").exists()
