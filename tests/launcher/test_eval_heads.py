@@ -82,3 +82,14 @@ def test_tables_by_head_and_before_after(tmp_path):
     assert lines[0].split()[:3] == ["head", "n", "E_rmse/atom"]
     assert "30.00 meV/atom -> 24.00 meV/atom (-6.000 meV/atom)" in lines[1]
     assert "n/a -> 0.3000 eV/Å (n/a)" in lines[2]
+
+
+def test_head_data_inside_the_run_dir_counts_as_an_input_overwrite_would_move(tmp_path):
+    from launcher.job import inputs_in_run_dir
+
+    spec = RunSpec(backend="mace", task="evaluate", run_dir=str(tmp_path / "r"), model_in="/elsewhere/m.model")
+    spec.eval.heads = {"oc22": str(tmp_path / "r" / "oc22.lmdb"), "omat_pbe": str(tmp_path / "omat.lmdb")}
+    for path in spec.eval.heads.values():
+        Path(path).parent.mkdir(exist_ok=True)
+        Path(path).write_bytes(b"")
+    assert inputs_in_run_dir(spec, tmp_path / "r") == [("eval.heads.oc22", str(tmp_path / "r" / "oc22.lmdb"))]
