@@ -197,8 +197,8 @@ class EvalStream:
                 for c in np.unique(self.sample.code):
                     pick = self.sample.code == c
                     points[label(int(c))] = (self.sample.ref[pick], self.sample.pred[pick])
-            write_group_outputs(self.out_dir, metrics, groups,
-                                EvalArrays(pe, te, na, force_errors=fs, force_points=points if fs is not None else None))
+            arrays = EvalArrays(pe, te, na, force_errors=fs, force_points=points if fs is not None else None)
+            write_group_outputs(self.out_dir, metrics, groups, arrays)
             write_metrics_files(self.out_dir, metrics)
             if self._errors is not None:
                 self._errors.discard()

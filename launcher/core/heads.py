@@ -23,7 +23,8 @@ def head_problems(spec: Any, heads: Sequence[str], where: str) -> List[str]:
     listed = ", ".join(heads)
     out: List[str] = []
     if len(heads) > 1 and uses_head_key(spec) and spec.train.head_key not in heads:
-        out.append(f"train.head_key: '{spec.train.head_key}' is not a head of the model in {where}; its heads: {listed}")
+        out.append(f"train.head_key: '{spec.train.head_key}' is not a head of the model in {where}; "
+                   f"its heads: {listed}")
     out += [f"eval.heads: '{name}' is not a head of the model in {where}; its heads: {listed}"
             for name in (spec.eval.heads or {}) if name not in heads]
     return out

@@ -34,7 +34,8 @@ def test_head_paths_resolve_against_the_run_file_and_bad_ones_are_refused_withou
     weights.parent.mkdir()
     weights.write_bytes(b"PK")
     (tmp_path / "m" / "manifest.json").write_text(json.dumps({
-        "manifest_version": 1, "backend": "mace", "weights": {"path": "w.pt", "sha256": hashlib.sha256(b"PK").hexdigest()},
+        "manifest_version": 1, "backend": "mace",
+        "weights": {"path": "w.pt", "sha256": hashlib.sha256(b"PK").hexdigest()},
         "model": {"r_max": 4.0, "heads": ["pbe", "r2scan"]}, "heads": []}))
     run = tmp_path / "run.yaml"
     run.write_text(yaml.safe_dump({"backend": "mace", "task": "evaluate", "device": "cpu", "run_dir": "r",
@@ -69,12 +70,14 @@ def test_tables_by_head_and_before_after(tmp_path):
     with open(write_metrics_by_head(tmp_path / "m.csv", after), newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert tuple(rows[0]) == BY_HEAD_COLUMNS and [r["head"] for r in rows] == ["pbe", "oc22"]
-    assert float(rows[1]["force_rmse"]) == 1.5 * 0.2 and rows[0]["stress_mae"] == "" and rows[0]["dataset"] == "/d/0.02.lmdb"
+    assert float(rows[1]["force_rmse"]) == 1.5 * 0.2 and rows[0]["stress_mae"] == ""
+    assert rows[0]["dataset"] == "/d/0.02.lmdb"
 
     cmp = compare_rows(after, before)
     assert "stress_mae_before" not in cmp[0]          # no model has stress errors: no columns for them
     assert cmp[0]["energy_rmse_per_atom_delta"] == pytest.approx(1.2 * (0.02 - 0.025))
-    assert cmp[1]["force_rmse_before"] == NA and cmp[1]["force_rmse_delta"] == NA and cmp[1]["force_rmse_after"] == 1.5 * 0.2
+    assert cmp[1]["force_rmse_before"] == NA and cmp[1]["force_rmse_delta"] == NA
+    assert cmp[1]["force_rmse_after"] == 1.5 * 0.2
     with open(write_compare_csv(tmp_path / "c.csv", cmp), newline="") as fh:
         back = list(csv.DictReader(fh))
     assert back[1]["energy_mae_before"] == "n/a" and float(back[0]["force_mae_after"]) == 0.1

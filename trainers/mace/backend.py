@@ -139,6 +139,14 @@ def kernel_problems(spec: Any) -> List[str]:
     return out
 
 
+def _evaluated(spec: Any) -> str:
+    """What an evaluate reads: ``data.<eval.split>`` and / or the heads of ``eval.heads``."""
+    parts = [f"data.{spec.eval.split}"] if getattr(spec.data, spec.eval.split) else []
+    if spec.eval.heads:
+        parts.append(f"heads {', '.join(spec.eval.heads)} (eval.heads)")
+    return " and ".join(parts)
+
+
 class MaceBackend:
     """The core MACE trainer behind the common backend interface (``trainers.api.Backend``)."""
 
@@ -196,9 +204,7 @@ class MaceBackend:
         what = {"train": f"train a MACE model from {s.train.input_json}",
                 "finetune": f"fine-tune {s.model_in or s.model.manifest}",
                 "resume": f"resume {ctx.layout.checkpoint}",
-                "evaluate": f"evaluate {s.model_in or s.model.manifest} on "
-                            + " and ".join(([f"data.{s.eval.split}"] if getattr(s.data, s.eval.split) else [])
-                                           + ([f"heads {', '.join(s.eval.heads)} (eval.heads)"] if s.eval.heads else [])),
+                "evaluate": f"evaluate {s.model_in or s.model.manifest} on {_evaluated(s)}",
                 "infer": f"predict with {s.model_in or s.model.manifest} on data.{s.eval.split}",
                 "export": f"export {s.model_in or s.model.manifest}"}[s.task]
         return (f"mace core trainer: {what} -> {ctx.layout.root} (device={s.device}, dtype={s.train.dtype}, "

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from launcher.core.metrics import (EvalArrays, EvalStream, compute_metrics, group_label, resolve_groups, write_eval_outputs,
-                                   write_group_outputs)
+from launcher.core.metrics import (EvalArrays, EvalStream, compute_metrics, group_label, resolve_groups,
+                                   write_eval_outputs, write_group_outputs)
 
 from .conftest import make_spec
 
