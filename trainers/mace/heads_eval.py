@@ -134,8 +134,10 @@ def _load_base(spec: Any, record: Dict[str, Any], note: Note) -> Optional[Any]:
     if sha256_file(weights) != record.get("sha256"):
         note(f"base model: {weights} has changed since the fine-tune (sha256); no comparison with the base model")
         return None
+    # the model config comes from the recorded files alone: the evaluate's own train.input_json describes no base
     base_spec = dataclasses.replace(spec, model_in=record.get("model_in"),
-                                    model=ModelSpec(manifest=record.get("manifest"), weights=record.get("weights_key")))
+                                    model=ModelSpec(manifest=record.get("manifest"), weights=record.get("weights_key")),
+                                    train=dataclasses.replace(spec.train, input_json=None))
     try:
         loaded = load_model(base_spec, prefer="best")
     except ConfigError as e:
