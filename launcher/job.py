@@ -147,7 +147,8 @@ def inputs_in_run_dir(spec: RunSpec, root: Path) -> list:
     """``[(key, path)]`` of the spec's inputs that live in ``root`` (which ``overwrite=true`` would move aside).
 
     Every path key of the schema, the model files it leads to (the weights a manifest names, a run
-    directory's checkpoint), and path-like values of ``backend_args`` (``--opt=PATH`` too) and ``backend_env``.
+    directory's checkpoint), path-like values of ``backend_args`` (``--opt=PATH`` too) and ``backend_env``, and
+    the data of each ``eval.heads`` head.
     """
     from launcher.core.schema import PATH_KEYS, get_key
     from launcher.model_files import model_files
@@ -162,6 +163,7 @@ def inputs_in_run_dir(spec: RunSpec, root: Path) -> list:
     for name, value in (spec.backend_env or {}).items():
         if _inside(str(value), root):
             found.append((f"backend_env.{name}", str(value)))
+    found += [(f"eval.heads.{h}", str(v)) for h, v in (spec.eval.heads or {}).items() if _inside(str(v), root)]
     return found
 
 

@@ -430,17 +430,17 @@ def _manifest_problems(spec: Any, key: str, path: Path, weights: Optional[Path])
 
 
 def _head_problems(spec: Any, key: str, path: Path, manifest: Dict[str, Any]) -> List[str]:
-    """``train.head_key`` of a task that uses the model's own heads must be one of a multi-head model's."""
+    """``train.head_key`` of a task that uses the model's own heads must be one of a multi-head model's, and so
+    must every ``eval.heads`` name."""
     from launcher.core.layout import manifest_model_config
 
     if spec.task == "train" or (spec.task == "finetune" and spec.train.input_json):
         return []  # train builds its model; a finetune with a model.json may add heads
+    from launcher.core.heads import head_problems
+
     cfg = manifest_model_config(manifest)
     heads = cfg.get("heads") or manifest.get("heads") or []
-    if not isinstance(heads, list) or len(heads) < 2 or spec.train.head_key in heads:
-        return []
-    return [f"train.head_key: '{spec.train.head_key}' is not a head of the model in {path}; its heads: "
-            f"{', '.join(map(str, heads))}"]
+    return head_problems(spec, heads, str(path)) if isinstance(heads, list) else []
 
 
 def model_input_problems(spec: Any) -> List[str]:

@@ -210,6 +210,12 @@ def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Opti
             n = _check_dataset(f"data.{split}", path, problems, bool(spec.data.trust_pickles))
             if n is not None:
                 sizes[split] = n
+    for head, path in spec.eval.heads.items():   # each head's own test data (task=evaluate)
+        special = _special_file(f"eval.heads.{head}", Path(path)) if path else None
+        if special or not path:
+            problems.append(special or f"eval.heads.{head}: expected the path of that head's data (LMDB)")
+        else:
+            _check_dataset(f"eval.heads.{head}", path, problems, bool(spec.data.trust_pickles))
     index_files_ok = True
     for key, path in (("data.indices_path", spec.data.indices_path),
                       ("data.train_indices.indices_path", spec.data.train_indices.indices_path),

@@ -113,7 +113,7 @@ def spec_to_overrides(spec: RunSpec, *, only_changed: bool = True) -> List[str]:
         if only_changed and value == get_key(defaults, key) and key not in GROUP_SET_KEYS:
             continue
         _check_expressible(key, value)
-        prefix = "++" if key in ("backend_env",) else ""
+        prefix = "++" if key in ("backend_env", "eval.heads") else ""
         out.append(f"{prefix}{key}={_override_value(value)}")
     return out
 

@@ -247,6 +247,7 @@ class EvalSpec:
                                     "val_force_mae; FairChem: val_loss, val_energy_mae, val_forces_mae, ... (what its "
                                     "config's evaluation metrics log); evaluate: val_energy_mae, val_energy_rmse, "
                                     "val_energy_(mae|rmse)_per_atom, val_force_mae, val_force_rmse. Always minimised")
+    heads: Dict[str, str] = _f(factory=dict, doc="task=evaluate of a multi-head MACE model: head -> that head's test data (LMDB file or folder), each head evaluated on its own data (the sampling of data.<eval.split>_indices applies to each) into eval/heads/<head>/ and eval/metrics_by_head.csv; a model fine-tuned from a base model also gets the base's errors per head, eval/compare_base_by_head.csv; {} = off")
     group_by: Optional[str] = _f("config_type", "key of each structure's info (or a scalar LMDB field) that evaluate groups errors by (eval/errors_by_group.csv, metrics.json by_group); structures without it: group '(none)'; a key no structure has: a warning, not an error; null = no grouping")
 
 
@@ -602,9 +603,11 @@ def _rules(spec: RunSpec) -> List[str]:
     if task in TRAINING_TASKS and not spec.data.train:
         if not (task == "resume"):
             p.append(f"data.train: required for task={task}")
+    if spec.eval.heads and task != "evaluate":
+        p.append(f"eval.heads: only task=evaluate reads it (task={task}); leave it unset")
     if task in ("evaluate", "infer"):
         split = spec.eval.split
-        if not getattr(spec.data, split, None):
+        if not getattr(spec.data, split, None) and not (task == "evaluate" and spec.eval.heads):
             p.append(f"data.{split}: required for task={task} with eval.split={split}")
     if t.freeze in ("head_only", "lora") and task not in ("finetune", "resume"):
         p.append(f"train.freeze: {t.freeze} needs task=finetune or resume (a pretrained model to freeze), "

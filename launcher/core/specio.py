@@ -124,6 +124,11 @@ def resolve_paths(spec: RunSpec, base_dir: Path) -> RunSpec:
         if not p.is_absolute():
             p = base_dir / p
         set_key(spec, key, str(Path(_normpath(p))))
+    heads = spec.eval.heads   # head -> data path: each value is a path key of its own
+    for head, value in list(heads.items()):
+        if value:
+            p = Path(str(value)).expanduser()
+            heads[head] = _normpath(p if p.is_absolute() else base_dir / p)
     return spec
 
 

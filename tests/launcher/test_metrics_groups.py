@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from launcher.core.metrics import (NO_GROUP, compute_metrics, group_label, group_metrics, resolve_groups,
-                                   write_eval_outputs, write_group_outputs)
+from launcher.core.metrics import (NO_GROUP, EvalArrays, compute_metrics, group_label, group_metrics,
+                                   resolve_groups, write_eval_outputs, write_group_outputs)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -28,16 +28,16 @@ def _data():
 def test_group_metrics_equal_compute_metrics_on_each_subset():
     pe, te, na, pf, tf = _data()
     groups = ["b", "a", "b", "a"]
-    by = group_metrics(groups, pe, te, na, pf, tf)
+    by = group_metrics(groups, EvalArrays(pe, te, na, pf, tf))
     assert list(by) == ["a", "b"]
     for name, rows in (("a", [1, 3]), ("b", [0, 2])):
         ref = compute_metrics(pe[rows], te[rows], na[rows], [pf[i] for i in rows], [tf[i] for i in rows])
         for k, v in by[name].items():
             assert v == pytest.approx(ref[k]), (name, k)
     # concatenated forces split by natoms give the same numbers
-    assert group_metrics(groups, pe, te, na, np.concatenate(pf), np.concatenate(tf)) == by
+    assert group_metrics(groups, EvalArrays(pe, te, na, np.concatenate(pf), np.concatenate(tf))) == by
     with pytest.raises(ValueError):
-        group_metrics(["a"], pe, te, na)
+        group_metrics(["a"], EvalArrays(pe, te, na))
 
 
 def test_nan_predicted_force_rows_are_left_out():
@@ -45,7 +45,7 @@ def test_nan_predicted_force_rows_are_left_out():
     pe, te, na, pf, tf = _data()
     pf = [f.copy() for f in pf]
     pf[0][1] = np.nan
-    by = group_metrics(["x"] * 4, pe, te, na, pf, tf)
+    by = group_metrics(["x"] * 4, EvalArrays(pe, te, na, pf, tf))
     p, t = np.concatenate(pf), np.concatenate(tf)
     keep = ~np.isnan(p[:, 0])
     assert by["x"]["force_mae"] == pytest.approx(np.mean(np.abs(p[keep] - t[keep])))
@@ -71,7 +71,7 @@ def test_write_group_outputs_csv_json_png(tmp_path):
     pe, te, na, pf, tf = _data()
     groups = ["bulk", "slab", "bulk", NO_GROUP]
     m = compute_metrics(pe, te, na, pf, tf)
-    written = write_group_outputs(tmp_path, m, groups, pe, te, na, pf, tf)
+    written = write_group_outputs(tmp_path, m, groups, EvalArrays(pe, te, na, pf, tf))
     write_eval_outputs(tmp_path, m, range(4), pe, na, pf)
     assert set(written) == {"errors_by_group.csv", "parity.png"}
     rows = list(csv.DictReader(open(tmp_path / "errors_by_group.csv")))
@@ -92,12 +92,12 @@ def test_write_group_outputs_csv_json_png(tmp_path):
 def test_no_grouping_and_energy_only(tmp_path):
     pe, te, na, _, _ = _data()
     m = compute_metrics(pe, te, na)
-    written = write_group_outputs(tmp_path, m, None, pe, te, na)
+    written = write_group_outputs(tmp_path, m, None, EvalArrays(pe, te, na))
     assert set(written) == {"parity.png"} and "by_group" not in m
     assert not (tmp_path / "errors_by_group.csv").exists()
     assert (tmp_path / "parity.png").read_bytes().startswith(PNG_MAGIC)
     m2 = compute_metrics(pe, te, na)
-    write_group_outputs(tmp_path / "g", m2, ["a"] * 4, pe, te, na)
+    write_group_outputs(tmp_path / "g", m2, ["a"] * 4, EvalArrays(pe, te, na))
     row = next(csv.DictReader(open(tmp_path / "g" / "errors_by_group.csv")))
     assert row["force_mae"] == "" and row["n_structures"] == "4"
 

@@ -128,7 +128,23 @@ def _case_not_a_head_of_the_file(tmp: Path, w: Path) -> Dict[str, str]:
     return {"model_in": str(p), "task": "evaluate", "train.head_key": "omat_pbe"}
 
 
+DEMO_TEST = "<the demo test split>"   # a case's stand-in for the demo data's test.lmdb
+
+
+def _case_eval_head_not_in_model(tmp: Path, w: Path) -> Dict[str, str]:
+    m = _manifest(tmp / "heads", w, model={"r_max": 4.0, "heads": ["pbe", "r2scan"]})
+    return {"model.manifest": str(m), "task": "evaluate", "train.head_key": "pbe",
+            "eval.heads.oc22": DEMO_TEST}
+
+
+def _case_eval_head_data_missing(tmp: Path, w: Path) -> Dict[str, str]:
+    m = _manifest(tmp / "heads", w, model={"r_max": 4.0, "heads": ["pbe", "r2scan"]})
+    return {"model.manifest": str(m), "task": "evaluate", "train.head_key": "pbe",
+            "eval.heads.r2scan": str(tmp / "no-such.lmdb")}
+
+
 CASES: Dict[str, Callable[[Path, Path], Dict[str, str]]] = {
+    "eval-head-not-in-model": _case_eval_head_not_in_model, "eval-head-data-missing": _case_eval_head_data_missing,
     "head-not-in-model-file": _case_not_a_head_of_the_file,
     "checkpoint-of-another-backend": _case_foreign_checkpoint, "weights-without-config": _case_weights_without_config,
     "module-outside-a-model-file": _case_module_outside_model_file,
@@ -137,19 +153,21 @@ CASES: Dict[str, Callable[[Path, Path], Dict[str, str]]] = {
     "run-dir-of-another-backend": _case_other_backend_run_dir, "weights-missing": _case_missing_weights,
     "empty-weights-file": _case_empty_weights, "head-not-in-model": _case_not_a_head,
 }
-EXPECT = {"head-not-in-model": "train.head_key", "head-not-in-model-file": "train.head_key"}
+EXPECT = {"head-not-in-model": "train.head_key", "head-not-in-model-file": "train.head_key",
+          "eval-head-not-in-model": "eval.heads: 'oc22' is not a head", "eval-head-data-missing": "eval.heads.r2scan"}
 
 
 def _keys(demo_data: Dict[str, Path], over: Dict[str, str], run_dir: Path) -> Dict[str, str]:
     keys = {"backend": "mace", "task": "finetune", "device": "cpu", "run_dir": str(run_dir), "train.epochs": "1",
             "data.train": str(demo_data["train"]), "data.val": str(demo_data["val"]),
             "data.test": str(demo_data["test"])}
-    keys.update(over)
+    keys.update({k: str(demo_data["test"]) if v == DEMO_TEST else v for k, v in over.items()})
     return keys
 
 
 def _hydra_door(launch, keys: Dict[str, str], dry: bool):
-    argv = [f"{k}={v}" for k, v in keys.items()] + (["dry_run=true"] if dry else [])
+    argv = [f"{'++' if k.startswith('eval.heads.') else ''}{k}={v}" for k, v in keys.items()] + \
+        (["dry_run=true"] if dry else [])   # a head of eval.heads is a new key of that mapping
     return launch(*argv)
 
 

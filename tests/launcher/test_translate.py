@@ -34,6 +34,8 @@ def _strategy(key: str, t: typing.Any):
         return _paths
     if key in PATH_KEYS:
         return st.none() | _paths
+    if key == "eval.heads":  # head name -> its data path (a path key of its own)
+        return st.dictionaries(st.sampled_from(["omat_pbe", "oc22", "Default"]), _paths, max_size=3)
     origin = typing.get_origin(t)
     args = [a for a in typing.get_args(t) if a is not type(None)]
     optional = origin is typing.Union and type(None) in typing.get_args(t)

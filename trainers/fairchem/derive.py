@@ -337,6 +337,7 @@ REFUSED: Dict[str, str] = {
     "train.compile": "compiles the MACE training step; FairChem's trainer has no such option",
     "train.input_json": "a MACE model.json; FairChem backends take train.config_yml",
     "train.head_key": "FairChem models have a single head",
+    "eval.heads": "evaluates each head of a multi-head MACE model; FairChem models have a single head",
     "train.stress_weight": "FairChem 1.10's equiformer_v2 and gemnet_oc models, the ones these backends run, "
                            "predict energy and forces only; its stress head rank2_symmetric_head needs a 'hydra' "
                            "model, which these backends do not run; train stress with backend=mace",

@@ -156,7 +156,8 @@ def evaluate_predictions(
     With ``with_metrics`` also parity.png and, when ``group_by`` is set (``labels`` read with it),
     errors_by_group.csv; ``note`` gets the one-line warning of a key no record carries.
     """
-    from launcher.core.metrics import compute_metrics, resolve_groups, write_eval_outputs, write_group_outputs
+    from launcher.core.metrics import (EvalArrays, compute_metrics, resolve_groups, write_eval_outputs,
+                                       write_group_outputs)
 
     pred = align(npz_path, labels)
     forces = None if energy_only else pred["forces"]
@@ -172,7 +173,8 @@ def evaluate_predictions(
         metrics = compute_metrics(pred["energy"], labels.energy, labels.natoms, pf, tf)
         groups = resolve_groups(labels.groups or [], group_by, note) if group_by else None
         with_f = forces is not None and labels.forces is not None
-        write_group_outputs(Path(out_dir), metrics, groups, pred["energy"], labels.energy, labels.natoms,
-                            forces if with_f else None, labels.forces if with_f else None)
+        write_group_outputs(Path(out_dir), metrics, groups,
+                            EvalArrays(pred["energy"], labels.energy, labels.natoms, forces if with_f else None,
+                                       labels.forces if with_f else None))
     write_eval_outputs(Path(out_dir), metrics, index, pred["energy"], labels.natoms, forces)
     return metrics or {}

@@ -108,6 +108,9 @@ KEY_DOCS = {
     "eval.amp": "as train.amp, in evaluate / infer",
     "eval.split": "the split evaluate / infer read",
     "eval.group_by": "eval/errors_by_group.csv and metrics.json by_group from this key of each structure's info",
+    "eval.heads": "each named head of the model on its own data: eval/heads/<head>/ (the eval files), "
+                  "eval/metrics_by_head.csv; a fine-tuned model's base model (its manifest's base_model) on the "
+                  "heads it has: eval/compare_base_by_head.csv and the console table",
     "eval.objective": "not used by the run: an Optuna sweep reads it from logs/metrics.jsonl "
                       f"({', '.join(OBJECTIVES)}) or eval/metrics.json (evaluate)",
     "device": "cpu, cuda, cuda:N or auto",
@@ -157,6 +160,14 @@ def kernel_problems(spec: Any) -> List[str]:
     if spec.task != "export":    # export writes e3nn form whatever the kernels
         out += kernels.preflight_problems(spec.train.kernels)
     return out
+
+
+def _evaluated(spec: Any) -> str:
+    """What an evaluate reads: ``data.<eval.split>`` and / or the heads of ``eval.heads``."""
+    parts = [f"data.{spec.eval.split}"] if getattr(spec.data, spec.eval.split) else []
+    if spec.eval.heads:
+        parts.append(f"heads {', '.join(spec.eval.heads)} (eval.heads)")
+    return " and ".join(parts)
 
 
 class MaceBackend(BackendBase):
@@ -216,7 +227,7 @@ class MaceBackend(BackendBase):
         what = {"train": f"train a MACE model from {s.train.input_json}",
                 "finetune": f"fine-tune {s.model_in or s.model.manifest}",
                 "resume": f"resume {ctx.layout.checkpoint}",
-                "evaluate": f"evaluate {s.model_in or s.model.manifest} on data.{s.eval.split}",
+                "evaluate": f"evaluate {s.model_in or s.model.manifest} on {_evaluated(s)}",
                 "infer": f"predict with {s.model_in or s.model.manifest} on data.{s.eval.split}",
                 "export": f"export {s.model_in or s.model.manifest}"}[s.task]
         return (f"mace core trainer: {what} -> {ctx.layout.root} (device={s.device}, dtype={s.train.dtype}, "
@@ -225,6 +236,7 @@ class MaceBackend(BackendBase):
     # ---------------------------------------------------------------- training tasks
     def _train(self, ctx: JobContext) -> Dict[str, Any]:
         from trainers.mace.export import write_artifacts
+        from trainers.mace.heads_eval import base_model_record
         from trainers.mace.loop import Trainer
 
         with _default_dtype(ctx.spec.train.dtype):
@@ -238,6 +250,7 @@ class MaceBackend(BackendBase):
                     write_artifacts(ctx.layout, trainer.cfg, spec=ctx.spec, metrics=result["best_metrics"],
                                     extra={"epochs_done": result["epochs_done"], "best_epoch": result["best_epoch"],
                                            "source_model": trainer.source, "head": trainer.head,
+                                           "base_model": base_model_record(ctx.spec, trainer.source),
                                            "statistics": trainer.statistics})
                 trainer.dist.barrier()
             finally:
@@ -262,58 +275,66 @@ class MaceBackend(BackendBase):
     def _predict(self, ctx: JobContext, *, with_metrics: bool) -> Dict[str, Any]:
         """evaluate / infer, streamed: ``train.num_workers`` workers read the selected entries and build their
         graphs per batch, predictions go to the eval files as they come, and the metrics come from
-        per-structure scalars (``launcher.core.metrics.EvalStream``): memory does not grow with the split."""
-        from launcher.core.metrics import EvalStream, metrics_line
-        from trainers.mace import graphs, stream
+        per-structure scalars (``launcher.core.metrics.EvalStream``): memory does not grow with the split.
+        ``eval.heads`` adds each head on its own data (``trainers.mace.heads_eval``)."""
         from trainers.mace.heap import hold_freed_memory
-        from trainers.mace.loop import head_of, progress_enabled, select_device, set_threads
-        from trainers.mace.model_config import heads_of
+        from trainers.mace.loop import select_device, set_threads
         from trainers.mace.model_io import load_model
-        from trainers.mace.predict import EvalGraphs, stream_predictions
 
         spec = ctx.spec
-        split = spec.eval.split
         set_threads()
         hold_freed_memory()
         with _default_dtype(spec.train.dtype):
             device = select_device(spec)
             loaded = load_model(spec, prefer="best")
-            idx = stream.split_indices(spec, split, active=True)
-            cfg = loaded.config
-            head = head_of(cfg, spec.train.head_key)
-            path = getattr(spec.data, split)
-            source = EvalGraphs(stream.SplitGraphs(path, idx, cfg["atomic_numbers"], cfg["r_max"], heads_of(cfg), head,
-                                                   what=f"data.{split} ({path})",
-                                                   trust_pickles=stream.trust_pickles(spec)),
-                                group_by=spec.eval.group_by if with_metrics else None)
-            compute_force = not spec.eval.energy_only
             if spec.eval.amp and device.type != "cuda":
                 import warnings
 
                 warnings.warn("eval.amp: autocast is CUDA-only; evaluating on CPU without it", stacklevel=2)
             model = self._kernels(ctx, loaded.model.to(device), device)
-            out = EvalStream(ctx.layout.eval_dir, with_metrics=with_metrics, with_forces=compute_force,
-                             group_by=spec.eval.group_by)
-            try:
-                for pred, labels in stream_predictions(
-                        model, source, batch_size=spec.data.batch_size, device=device,
-                        compute_force=compute_force, amp=spec.eval.amp, num_workers=spec.train.num_workers,
-                        progress=progress_enabled(spec.train.progress_bar, True), desc=spec.task,
-                        mininterval=spec.train.progress_mininterval):
-                    if with_metrics:
-                        missing = [lab.index for lab in labels if lab.energy is None]
-                        if missing:
-                            raise ConfigError(f"data.{split}: task=evaluate needs energies; structures {missing[:5]} "
-                                              f"have none (use task=infer)")
-                    out.add([lab.index for lab in labels], [lab.natoms for lab in labels], pred["energy"],
-                            pred["forces"], [lab.energy for lab in labels], [lab.forces for lab in labels],
-                            [lab.group for lab in labels], pred_stress=pred.get("stress"),
-                            true_stress=[lab.stress for lab in labels])
-                extra = {"split": split, "head": head, "model": loaded.source, "dataset": path}
-                metrics = out.finish(extra=extra, note=lambda line: self._eval_note(ctx, line))
-            except BaseException:
-                out.discard()
-                raise
+            out: Dict[str, Any] = {}
+            if getattr(spec.data, spec.eval.split):
+                out = self._predict_split(ctx, loaded, model, device, with_metrics=with_metrics)
+            if spec.eval.heads:
+                from trainers.mace import heads_eval
+
+                note = lambda line: self._eval_note(ctx, line)  # noqa: E731
+                out["by_head"] = heads_eval.evaluate_heads(ctx, loaded, model, device, note)
+                compared = heads_eval.compare_with_base(ctx, loaded, out["by_head"], device, note,
+                                                        lambda m, d: self._kernels(ctx, m, d))
+                if compared is not None:
+                    out["compare_base"] = compared
+        return out
+
+    def _predict_split(self, ctx: JobContext, loaded: Any, model: Any, device: Any, *,
+                       with_metrics: bool) -> Dict[str, Any]:
+        """``data.<eval.split>`` through ``model`` (``train.head_key``'s head) into ``eval/``."""
+        from launcher.core.metrics import EvalStream, metrics_line
+        from trainers.mace import graphs, stream
+        from trainers.mace.loop import head_of, progress_enabled
+        from trainers.mace.model_config import heads_of
+        from trainers.mace.predict import EvalGraphs, stream_into
+
+        spec = ctx.spec
+        split = spec.eval.split
+        idx = stream.split_indices(spec, split, active=True)
+        cfg = loaded.config
+        head = head_of(cfg, spec.train.head_key)
+        path = getattr(spec.data, split)
+        source = EvalGraphs(stream.SplitGraphs(path, idx, cfg["atomic_numbers"], cfg["r_max"], heads_of(cfg), head,
+                                               what=f"data.{split} ({path})",
+                                               trust_pickles=stream.trust_pickles(spec)),
+                            group_by=spec.eval.group_by if with_metrics else None)
+        out = EvalStream(ctx.layout.eval_dir, with_metrics=with_metrics, with_forces=not spec.eval.energy_only,
+                         group_by=spec.eval.group_by)
+        try:
+            stream_into(out, model, source, spec=spec, device=device, with_metrics=with_metrics, key=f"data.{split}",
+                        progress=progress_enabled(spec.train.progress_bar, True))
+            extra = {"split": split, "head": head, "model": loaded.source, "dataset": path}
+            metrics = out.finish(extra=extra, note=lambda line: self._eval_note(ctx, line))
+        except BaseException:
+            out.discard()
+            raise
         graphs.record_indices(ctx.layout.indices_json(spec.task), {split: idx})
         if metrics is not None:
             self._eval_note(ctx, f"{spec.task} data.{split}: {metrics_line(metrics)}")

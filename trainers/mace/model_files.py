@@ -81,14 +81,14 @@ def _heads(obj: Any, kind: str) -> List[str]:
     return [str(h) for h in heads] if isinstance(heads, (list, tuple)) else []
 
 
-def _head_problem(spec: Any, p: Path, obj: Any, kind: str) -> Optional[str]:
-    """``train.head_key`` must be a head of a multi-head model the task uses as it is (as the job's head_of)."""
+def _head_problem(spec: Any, p: Path, obj: Any, kind: str) -> List[str]:
+    """``train.head_key`` must be a head of a multi-head model the task uses as it is (as the job's head_of), and
+    so must every ``eval.heads`` name."""
+    from launcher.core.heads import head_problems
+
     if spec.task == "train" or (spec.task == "finetune" and spec.train.input_json):
-        return None  # train builds its model; a finetune with a model.json may add heads
-    heads = _heads(obj, kind)
-    if len(heads) < 2 or spec.train.head_key in heads:
-        return None
-    return f"train.head_key: '{spec.train.head_key}' is not a head of the model in {p}; its heads: {', '.join(heads)}"
+        return []  # train builds its model; a finetune with a model.json may add heads
+    return head_problems(spec, _heads(obj, kind), str(p))
 
 
 def model_file_problems(spec: Any) -> List[str]:
@@ -104,9 +104,8 @@ def model_file_problems(spec: Any) -> List[str]:
         if obj is None:
             continue
         kind = _kind(obj)
-        head = _head_problem(spec, p, obj, kind) if key == "model_in" else None
-        if head:
-            problems.append(head)
+        if key == "model_in":
+            problems += _head_problem(spec, p, obj, kind)
         if p.suffix == ".model":
             if kind != "module":
                 problems.append(f"{key}: {p} does not hold a mace model (a .model file is a pickled module; "

@@ -167,3 +167,26 @@ def metrics_from_sums(s: np.ndarray, *, energy_weight: float, force_weight: floa
     if has_s:
         out.update({"stress_rmse": float(np.sqrt(s_mse)), "stress_mae": float(s[8] / s[6])})
     return out
+
+
+def stream_into(out: Any, model: Any, source: "EvalGraphs", *, spec: Any, device: Any, with_metrics: bool,
+                key: str, progress: bool) -> None:
+    """Every batch of ``source`` predicted and added to ``out`` (a ``launcher.core.metrics.EvalStream``), as
+    evaluate / infer write their files; with metrics a structure without an energy is refused naming ``key``
+    (the data's run key)."""
+    from launcher.core.errors import ConfigError
+
+    for pred, labels in stream_predictions(
+            model, source, batch_size=spec.data.batch_size, device=device, compute_force=not spec.eval.energy_only,
+            amp=spec.eval.amp, num_workers=spec.train.num_workers,
+            progress=progress, desc=spec.task,
+            mininterval=spec.train.progress_mininterval):
+        if with_metrics:
+            missing = [lab.index for lab in labels if lab.energy is None]
+            if missing:
+                raise ConfigError(f"{key}: task=evaluate needs energies; structures {missing[:5]} have none "
+                                  f"(use task=infer)")
+        out.add([lab.index for lab in labels], [lab.natoms for lab in labels], pred["energy"],
+                pred["forces"], [lab.energy for lab in labels], [lab.forces for lab in labels],
+                [lab.group for lab in labels], pred_stress=pred.get("stress"),
+                true_stress=[lab.stress for lab in labels])

@@ -162,6 +162,13 @@ def test_refused_keys_one_line_each(fairchem_fixtures, tmp_path):
     assert FairchemBackend().check(spec)[0].startswith("train.input_json: only for backend=mace")
 
 
+def test_per_head_evaluation_is_refused_in_one_line(fairchem_fixtures, tmp_path):
+    spec = _spec(tmp_path, task="evaluate", model_in=str(tmp_path / "m.pt"), eval__heads={"oc22": str(tmp_path)})
+    problems = [p for p in FairchemBackend().check(spec) if p.startswith("eval.heads")]
+    assert problems == ["eval.heads: not supported by backend=equiformer_v2 (evaluates each head of a multi-head "
+                        "MACE model; FairChem models have a single head); leave it unset"]
+
+
 def test_every_schema_key_is_honoured_or_refused():
     from launcher.core.schema import leaf_keys
     from trainers.fairchem.derive import KEY_MAP, REFUSED
@@ -390,6 +397,8 @@ def _unset_value(key: str, tmp_path: Path):
     if key == "train.input_json":
         (tmp_path / "model.json").write_text("{}")
         return str(tmp_path / "model.json")
+    if key == "eval.heads":   # head -> its data
+        return {"oc22": str(tmp_path / "oc22.lmdb")}
     if key in CHOICES:
         return next(c for c in CHOICES[key] if c not in (default, None, "none"))
     if isinstance(default, bool) or "bool" in typ:
@@ -434,6 +443,13 @@ def test_every_refusal_is_one_line_naming_its_key(fairchem_fixtures, demo_data, 
     if unset:
         set_key(spec, unset, None)
     set_key(spec, key, _unset_value(key, tmp_path) if value is None else value)
+    if key == "eval.heads":   # only task=evaluate reads it (the schema refuses it elsewhere): a FairChem evaluate
+        import torch
+
+        spec.task, spec.model_in = "evaluate", str(tmp_path / "eqv2.pt")
+        spec.eval.heads = {"oc22": str(demo_data["test"])}
+        torch.save({"epoch": 1, "state_dict": {"w": torch.zeros(2)}, "config": {"model": {"name": backend}}},
+                   spec.model_in)
     for other, v in COMPANIONS.get(key, {}).items():
         set_key(spec, other, v)
     problems = check_sweep([check(spec)], notes=False)
@@ -455,7 +471,8 @@ def test_all_refusals_at_once_through_the_door(fairchem_fixtures, demo_data, tmp
     values = {k: _unset_value(k, tmp_path) for k in keys}
     for companions in COMPANIONS.values():
         values.update(companions)
-    args = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]
+    args = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items() if k != "eval.heads"]
+    args += [f"++eval.heads.{h}={path}" for h, path in values.get("eval.heads", {}).items()]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)
     out = subprocess.run([str(Path(sys.executable).with_name("launch")), "backend=equiformer_v2", "device=cpu",

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from launcher.core.metrics import (EvalStream, compute_metrics, group_label, resolve_groups, write_eval_outputs,
-                                   write_group_outputs)
+from launcher.core.metrics import (EvalArrays, EvalStream, compute_metrics, group_label, resolve_groups,
+                                   write_eval_outputs, write_group_outputs)
 
 from .conftest import make_spec
 
@@ -38,15 +38,15 @@ def _stream(out, data, batch=7, **kw):
 @pytest.mark.parametrize("block", [None, 128])
 def test_eval_stream_writes_what_the_whole_array_functions_write(tmp_path, monkeypatch, block):
     if block:   # numpy's pairwise tree walked above nodes of 128 components, groups read across nodes
-        import launcher.core.metrics as metrics
+        import launcher.core.eval_errors as eval_errors
 
-        monkeypatch.setattr(metrics, "_PW_BLOCK", block)
+        monkeypatch.setattr(eval_errors, "_PW_BLOCK", block)
     data = _synthetic(n=200)
     idx, na, pe, te, pf, tf, groups = data
     _, got = _stream(tmp_path / "s", data)
     ref = compute_metrics(pe, te, na, pf, tf)
     ref["split"] = "test"
-    write_group_outputs(tmp_path / "r", ref, resolve_groups(groups, "config_type"), pe, te, na, pf, tf)
+    write_group_outputs(tmp_path / "r", ref, resolve_groups(groups, "config_type"), EvalArrays(pe, te, na, pf, tf))
     write_eval_outputs(tmp_path / "r", ref, idx, pe, na, pf)
     s, r = tmp_path / "s", tmp_path / "r"
     for name in ("predictions.csv", "metrics.json", "metrics.csv", "errors_by_group.csv"):
@@ -68,7 +68,7 @@ def test_a_nan_prediction_gives_what_the_whole_array_functions_give(tmp_path):
     _, got = _stream(tmp_path / "s", data)
     ref = compute_metrics(pe, te, na, pf, tf)
     ref["split"] = "test"
-    write_group_outputs(tmp_path / "r", ref, resolve_groups(groups, "config_type"), pe, te, na, pf, tf)
+    write_group_outputs(tmp_path / "r", ref, resolve_groups(groups, "config_type"), EvalArrays(pe, te, na, pf, tf))
     write_eval_outputs(tmp_path / "r", ref, idx, pe, na, pf)
     for name in ("metrics.json", "errors_by_group.csv"):
         assert (tmp_path / "s" / name).read_bytes() == (tmp_path / "r" / name).read_bytes(), name
@@ -111,7 +111,7 @@ def test_eval_stream_holds_per_structure_scalars_and_a_bounded_force_sample(tmp_
 
 
 def test_reservoir_sample_is_uniform_over_the_stream():
-    from launcher.core.metrics import _Reservoir
+    from launcher.core.eval_stream import _Reservoir
 
     hits = np.zeros(1000)
     for seed in range(200):
@@ -180,7 +180,7 @@ def _reference(model_in, test_path, out, *, dtype="float32", batch_size=3):
                               true_stress=[s.stress for s in structures] if stress else None)
     metrics.update({"split": "test", "head": head, "model": loaded.source, "dataset": str(test_path)})
     groups = resolve_groups([group_label(s.info, "config_type") for s in structures], "config_type")
-    write_group_outputs(out, metrics, groups, energy, true_e, natoms, forces, true_f)
+    write_group_outputs(out, metrics, groups, EvalArrays(energy, true_e, natoms, forces, true_f))
     write_eval_outputs(out, metrics, np.arange(len(structures)), energy, natoms, forces, stress=pred_s)
     return out
 
