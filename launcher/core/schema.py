@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from launcher.core.errors import ConfigError, ConfigErrors
+from launcher.core.replay_spec import REPLAY_SELECT, ReplaySpec, replay_problems
 from launcher.core.plugins import backend_names
 
 SCHEMA_VERSION = 1
@@ -45,6 +46,7 @@ CHOICES: Dict[str, tuple] = {
     "train.kernels": ("auto", "e3nn", "cueq", "oeq"),
     "train.logger": ("tensorboard", "wandb", "none"),
     "eval.split": ("test", "val", "train"),
+    "data.replay.select": REPLAY_SELECT,
 }
 
 # eval.objective: what an Optuna sweep (hydra/sweeper=optuna) minimises, ``val_<metric>``. Every one is an
@@ -153,6 +155,7 @@ class DataSpec:
                                     "weights: a mace .model, a FairChem .pt): without it they are read through an "
                                     "allow-list of the model classes MACE, e3nn, torch.nn and FairChem checkpoints "
                                     "need, and a file naming anything else is refused in preflight, naming it")
+    replay: ReplaySpec = _f(factory=ReplaySpec, doc="replay of pretraining structures during a fine-tune")
 
 
 @dataclass
@@ -588,6 +591,7 @@ def _rules(spec: RunSpec) -> List[str]:
             p.append(f"data.{split}: required for task={task} with eval.split={split}")
     if t.freeze == "head_only" and task not in ("finetune", "resume"):
         p.append("train.freeze: head_only needs task=finetune (a pretrained model to freeze)")
+    p += replay_problems(spec)
     return p
 
 

@@ -124,6 +124,10 @@ def resolve_paths(spec: RunSpec, base_dir: Path) -> RunSpec:
         if not p.is_absolute():
             p = base_dir / p
         set_key(spec, key, str(Path(_normpath(p))))
+    from launcher.core.replay_spec import PATH_LIST_KEYS
+
+    for key in PATH_LIST_KEYS:
+        set_key(spec, key, [_normpath(base_dir / Path(str(v)).expanduser()) for v in get_key(spec, key) or []])
     return spec
 
 
