@@ -224,6 +224,9 @@ def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Opti
             n = _check_dataset(f"data.{split}", path, problems, bool(spec.data.trust_pickles))
             if n is not None:
                 sizes[split] = n
+    from launcher.replay_preflight import replay_input_problems
+
+    problems += replay_input_problems(spec)
     index_files_ok = True
     for key, path in (("data.indices_path", spec.data.indices_path),
                       ("data.train_indices.indices_path", spec.data.train_indices.indices_path),

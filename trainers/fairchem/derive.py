@@ -32,6 +32,7 @@ from launcher.core.errors import ConfigError
 from launcher.core.schema import PLATEAU_PATIENCE_DEFAULT, log_every_updates
 from launcher.core.schema import early_stop_evals as schema_early_stop_evals
 from trainers.fairchem.config import get_dotted, load_config, looks_like_path, set_dotted, split_backend_args
+from trainers.fairchem.replay import REPLAY_REFUSED
 
 SPLITS = ("train", "val", "test")
 # Config values that name files FairChem must open: (dotted key with '*' for a split, description).
@@ -333,6 +334,7 @@ KEY_MAP: Dict[str, str] = {
 
 #: Keys FairChem has no meaning for: refused (one line each) when the user sets them.
 REFUSED: Dict[str, str] = {
+    **REPLAY_REFUSED,
     "train.kernels": "picks the equivariant kernels of a MACE model; FairChem models have their own",
     "train.compile": "compiles the MACE training step; FairChem's trainer has no such option",
     "train.input_json": "a MACE model.json; FairChem backends take train.config_yml",
@@ -364,7 +366,8 @@ TORCH_PLATEAU_PATIENCE = 10      # ReduceLROnPlateau's own default, when the con
 
 
 #: data.* keys that are run keys too (how the data is read, not which data)
-RUN_DATA_KEYS = ("data.batch_size", "data.cache", "data.cache_budget_gb", "data.stats_samples", "data.trust_pickles")
+RUN_DATA_KEYS = ("data.batch_size", "data.cache", "data.cache_budget_gb", "data.stats_samples", "data.trust_pickles",
+                 *REPLAY_REFUSED)
 
 
 def _run_key_values(spec: Any) -> Iterable[Tuple[str, Any, Any]]:

@@ -100,6 +100,15 @@ KEY_DOCS = {
     "eval.group_by": "eval/errors_by_group.csv and metrics.json by_group from this key of each structure's info",
     "eval.objective": "not used by the run: an Optuna sweep reads it from logs/metrics.jsonl "
                       f"({', '.join(OBJECTIVES['mace'])}) or eval/metrics.json (evaluate)",
+    "data.replay.paths": "replay of pretraining structures in a finetune (trainers/mace/replay_train.py): their own "
+                         "loss pass per micro-batch, errors of held-out records as split replay",
+    "data.replay.select": "random, or fps on the base model's invariant node descriptors (mean per structure)",
+    "data.replay.head": "the head replay structures train (a multi-head model; default its first)",
+    "data.replay.max_samples": "replay structures selected (cached in run_dir/replay/selection.json)",
+    "data.replay.pool": "candidates read for the selection (fps: one descriptor vector each in memory)",
+    "data.replay.val_samples": "held-out replay records scored at every evaluation (split replay)",
+    "data.replay.ratio": "replay structures per micro-batch: max(1, round(ratio x train.batch_size))",
+    "data.replay.weight": "micro-batch loss = fine-tune loss + weight x replay loss",
     "device": "cpu, cuda, cuda:N or auto",
     **{k: f"refused: {v}" for k, v in REFUSED.items()},
 }
@@ -159,6 +168,9 @@ class MaceBackend:
             if value:
                 problems.append(f"{key}: {REFUSED[key]}; leave it unset with backend=mace")
         problems += stress_problems(spec)
+        from trainers.mace.replay_checks import replay_element_problems
+
+        problems += replay_element_problems(spec)
         problems += kernel_problems(spec)
         from trainers.mace.runlog import logger_problems
 
