@@ -135,7 +135,7 @@ def test_replay_elements_the_model_lacks_are_refused_before_training(base_model,
     atoms.calc = EMT()
     atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
     bad = tmp_path / "al.lmdb"
-    write_lmdb([atoms_to_structure(atoms, 0, "energy", "forces", "stress", tmp_path)], bad)
+    write_lmdb([atoms_to_structure(atoms, 0, "energy", "forces", None, tmp_path)], bad)
     spec = _finetune(tmp_path / "run", tiny_data, base_model, {})
     spec.data.replay.paths = [str(tiny_data["test"]), str(bad)]
     problems = [p for p in check_spec(spec) if p.startswith("data.replay")]
