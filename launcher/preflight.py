@@ -226,7 +226,7 @@ def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Opti
                 sizes[split] = n
     from launcher.replay_preflight import replay_input_problems
 
-    problems += replay_input_problems(spec)
+    problems += replay_input_problems(spec, _check_dataset, _special_file)
     index_files_ok = True
     for key, path in (("data.indices_path", spec.data.indices_path),
                       ("data.train_indices.indices_path", spec.data.train_indices.indices_path),

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Dict
 
-from launcher.core.schema import iter_fields
 from launcher.core.replay_spec import ReplaySpec
+from launcher.core.schema import iter_fields
 
 _WHY = "replay of pretraining structures is available with backend=mace only (FairChem's trainer has no separate " \
        "replay loss pass, weight, head or replay errors)"

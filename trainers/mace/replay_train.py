@@ -50,6 +50,9 @@ def setup_replay(tr: Any, base_model: Any) -> Optional[ReplayRun]:
     spec = tr.spec
     if not replay_on(spec):
         return None
+    if tr.source == "init":   # task=resume of a run that trained a model from scratch
+        raise ConfigError(f"data.replay.paths: replay is for fine-tunes; {tr.layout.checkpoint if tr.ctx.resume else spec.model_in} "
+                          "continues a model trained from scratch (task=train)")
     from trainers.mace import replay
 
     r, t = spec.data.replay, spec.train
