@@ -142,3 +142,40 @@ def test_replay_elements_the_model_lacks_are_refused_before_training(base_model,
     assert len(problems) == 1 and problems[0].startswith(f"data.replay.paths[1]: {bad}: entry 0 holds Al")
     assert not (tmp_path / "run").exists()
     np.testing.assert_equal(len(check_spec(_finetune(tmp_path / "ok", tiny_data, base_model, {}))), 0)
+    # the job checks every selected record again (preflight reads a sample of each file)
+    from launcher.core.errors import ConfigError
+    from trainers.mace.replay import check_elements
+
+    with pytest.raises(ConfigError, match=r"^data\.replay\.paths\[1\] \(.*al\.lmdb\): entry 0 holds Al"):
+        check_elements([str(tiny_data["test"]), str(bad)], np.array([[0, 1], [1, 0]]), [28, 29, 46, 47, 78, 79], False)
+
+
+def test_two_process_replay_finetune_keeps_ranks_equal(base_model, tiny_data, tmp_path):
+    """Two gloo processes: each rank replays its own slice of the stream, gradients are averaged once per update
+    (after the replay pass), the ranks end with the same weights and one rank writes the replay records."""
+    import os
+    import subprocess
+    import sys
+
+    from launcher.core.atomic import read_jsonl
+    from launcher.core.layout import RunLayout
+    from launcher.core.specio import dump_run_yaml
+
+    from .conftest import REPO
+
+    run_dir = tmp_path / "ddp"
+    spec = _finetune(run_dir, tiny_data, base_model, {"weight": 0.5})
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(dump_run_yaml(spec))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "launcher.worker", str(spec_file)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lay = RunLayout.of(run_dir)
+    state = json.loads(lay.state_json.read_text())
+    assert state["status"] == "finished"
+    digests = state["result"]["weights_sha256_by_rank"]
+    assert len(digests) == 2 and len(set(digests)) == 1
+    assert [r["epoch"] for r in read_jsonl(lay.metrics_jsonl) if r["split"] == "replay"] == [1, 2]
+    assert lay.train_log.read_text().count("replay: 4 structures selected") == 1
