@@ -1,6 +1,6 @@
 """data.replay through the doors and preflight: its rules, paths resolved like every path key, missing files
 and elements the model lacks refused in a dry run (exit 2, one line naming data.replay.paths[i] and the file,
-nothing written), and FairChem refusing every key of it."""
+nothing written). FairChem's part: tests/trainers/fairchem/test_replay.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -82,12 +82,3 @@ def test_replay_elements_the_model_lacks_refused_in_a_dry_run(emt, cu_checkpoint
     assert str(cu_checkpoint) in lines[0] and "(its elements: Cu)" in lines[0]
     assert not (tmp_path / "run").exists()
 
-
-def test_fairchem_refuses_every_replay_key_it_is_given():
-    from trainers.fairchem.derive import refused_keys
-
-    spec = _spec(backend="equiformer_v2", data={"replay": {"weight": 2.0, "select": "fps"}})
-    lines = [p for p in refused_keys(spec) if p.startswith("data.replay")]
-    assert sorted(p.split(":", 1)[0] for p in lines) == ["data.replay.paths", "data.replay.select",
-                                                          "data.replay.weight"]
-    assert all("backend=mace only" in p for p in lines)

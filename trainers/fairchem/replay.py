@@ -1,20 +1,87 @@
-"""``data.replay`` on the FairChem backends: refused key by key in their check (``derive.refused_keys``), one
-line each, before anything runs.
+"""``data.replay`` on the FairChem backends: the replay records mixed into the derived training set.
 
-FairChem v1's trainer has one loss weight and one head for every training record, no second loss pass and no
-separate error report for a subset, so ``weight``, ``head``, ``ratio`` (a per-batch mix), the held-out replay
-errors and ``fps`` (the base model's descriptors) could not be honoured, and mixing the records into the
-derived training set is not built. The whole section is refused rather than half honoured.
+FairChem v1's trainer reads one training dataset with one loss weight and one head for every record, so what it
+can honour is a random selection mixed into that dataset: the training split (the run's selection of
+``data.train``) and ``n = min(max_samples, max(1, round(ratio x training records)))`` replay records, drawn as
+the core trainer draws its candidates (seeded by the run seed), become one folder of shards that FairChem reads
+as one dataset (``<native>/data/train-<ts>-replay/``): its shuffled batches hold replay at ``ratio / (1 + ratio)``
+on average. The rest is refused in the backend's check, one line per key: ``select=fps`` (the descriptors are
+a MACE model's), ``weight`` other than 1, ``head``, and ``val_samples`` other than 0 (FairChem reports no errors
+of part of its training set).
 """
 from __future__ import annotations
 
-from typing import Dict
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List
 
-from launcher.core.replay_spec import ReplaySpec
-from launcher.core.schema import iter_fields
+from launcher.core.replay_spec import replay_on
 
-_WHY = "replay of pretraining structures is available with backend=mace only (FairChem's trainer has no separate " \
-       "replay loss pass, weight, head or replay errors)"
+#: How each data.replay key reaches FairChem (docs/schema.md's backend table).
+REPLAY_KEY_DOCS: Dict[str, str] = {
+    "data.replay.paths": "the selected replay records are copied into the derived training set (a folder of shards "
+                         "with the training split's records, read by FairChem as one dataset)",
+    "data.replay.max_samples": "at most this many replay records are mixed in",
+    "data.replay.pool": "the seeded candidates the replay records are taken from",
+    "data.replay.ratio": "replay records = min(max_samples, max(1, round(ratio x training records))): shuffled batches "
+                         "hold replay at ratio / (1 + ratio) on average",
+    "data.replay.select": "random only (fps selects on a MACE model's descriptors)",
+    "data.replay.weight": "1 only (FairChem weighs every training record alike)",
+    "data.replay.head": "null only (FairChem models have a single head)",
+    "data.replay.val_samples": "0 only (FairChem reports no errors of part of its training set); set it to 0",
+}
 
-#: data.replay.<key> -> why FairChem refuses it (merged into trainers.fairchem.derive.REFUSED).
-REPLAY_REFUSED: Dict[str, str] = {f"data.replay.{key}": _WHY for key, _f, _t in iter_fields(ReplaySpec)}
+
+def replay_problems(spec: Any) -> List[str]:
+    """One line per data.replay key FairChem cannot honour."""
+    if not replay_on(spec):
+        return []
+    r, b = spec.data.replay, spec.backend
+    p: List[str] = []
+    if r.select != "random":
+        p.append(f"data.replay.select: '{r.select}' is not supported by backend={b} (random only: fps selects on a "
+                 "MACE model's descriptors)")
+    if r.weight != 1.0:
+        p.append(f"data.replay.weight: {r.weight:g} is not supported by backend={b} (FairChem weighs every training "
+                 "record alike; 1 only)")
+    if r.head is not None:
+        p.append(f"data.replay.head: not supported by backend={b} (FairChem models have a single head); leave it unset")
+    if r.val_samples != 0:
+        p.append(f"data.replay.val_samples: {r.val_samples} held-out replay records cannot be reported by backend={b} "
+                 "(FairChem reports no errors of part of its training set); set data.replay.val_samples=0")
+    return p
+
+
+def with_replay(spec: Any, train: str, folder: Path, echo: Callable[[str], None]) -> str:
+    """``train`` (the training split FairChem would read) with the replay records mixed in: the folder of shards
+    ``folder`` (the training file(s) linked, the replay records copied), or ``train`` itself without replay."""
+    if not replay_on(spec):
+        return train
+    import numpy as np
+
+    from data.datasets import count
+    from data.replay import draw, locate, sizes_of
+    from trainers.fairchem.subset import write_subset
+
+    r = spec.data.replay
+    sizes = sizes_of(r.paths)
+    n_train = count(train)
+    n = min(int(r.max_samples), max(1, int(round(float(r.ratio) * n_train))))
+    _, cand = draw(sum(sizes), 0, r.pool, spec.effective_seed)
+    rows = locate(cand[:n], sizes)
+    folder.mkdir(parents=True, exist_ok=True)
+    src = Path(train)
+    shards = sorted(q for q in src.glob("*.lmdb") if q.is_file()) if src.is_dir() else [src]
+    for j, shard in enumerate(shards):   # linked, not copied: the training data may be large
+        link = folder / f"{j:04d}-train.lmdb"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink(shard.resolve(), link)
+    for k, path in enumerate(r.paths):
+        mine = rows[rows[:, 0] == k, 1]
+        if len(mine):
+            write_subset(path, np.sort(mine), folder / f"{len(shards) + k:04d}-replay.lmdb",
+                         trust_pickles=bool(spec.data.trust_pickles))
+    echo(f"[fairchem] data.replay: {len(rows)} replay records mixed with {n_train} training records "
+         f"(ratio {r.ratio:g}, random from {len(cand)} candidates of {sum(sizes)}) in {folder}")
+    return str(folder)

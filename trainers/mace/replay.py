@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Sequence
 
 import numpy as np
 
+from data.replay import draw, locate, sizes_of
 from launcher.core.errors import ConfigError
 
 SELECTION_VERSION = 1
@@ -28,12 +29,6 @@ SELECTION_VERSION = 1
 
 def file_key(i: int, path: str) -> str:
     return f"data.replay.paths[{i}] ({path})"
-
-
-def sizes_of(paths: Sequence[str]) -> List[int]:
-    from data.datasets import count
-
-    return [int(count(p)) for p in paths]
 
 
 def fingerprint(spec: Any) -> str:
@@ -49,25 +44,6 @@ def fingerprint(spec: Any) -> str:
     raw = json.dumps({"v": SELECTION_VERSION, "replay": conf, "seed": int(spec.effective_seed), "files": files},
                      sort_keys=True)
     return hashlib.sha256(raw.encode()).hexdigest()
-
-
-def draw(n_total: int, val_samples: int, pool: int, seed: int) -> tuple:
-    """(held-out, candidates) global indices: a seeded draw of ``val_samples + pool`` of ``n_total`` records,
-    without building a permutation of all of them (memory follows what is drawn, not the files)."""
-    take = min(int(n_total), int(val_samples) + int(pool))
-    picks = np.random.Generator(np.random.PCG64([int(seed), 0x5E1A])).choice(n_total, size=take, replace=False)
-    picks = np.asarray(picks, dtype=np.int64)
-    n_val = min(int(val_samples), max(take - 1, 0))   # keep at least one candidate
-    return picks[:n_val], picks[n_val:]
-
-
-def locate(global_idx: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
-    """Global indices over the concatenated files -> rows (file, index in that file)."""
-    ends = np.cumsum(sizes)
-    k = np.searchsorted(ends, global_idx, side="right")
-    starts = ends - np.asarray(sizes)
-    return np.stack([k, global_idx - starts[k]], axis=1).astype(np.int64) if len(global_idx) else \
-        np.zeros((0, 2), dtype=np.int64)
 
 
 def check_elements(paths: Sequence[str], refs: np.ndarray, zs: Sequence[int], trust: bool) -> None:
