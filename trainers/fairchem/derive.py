@@ -32,7 +32,7 @@ from launcher.core.errors import ConfigError
 from launcher.core.schema import PLATEAU_PATIENCE_DEFAULT, log_every_updates
 from launcher.core.schema import early_stop_evals as schema_early_stop_evals
 from trainers.fairchem.config import get_dotted, load_config, looks_like_path, set_dotted, split_backend_args
-from trainers.fairchem.replay import REPLAY_KEY_DOCS, replay_problems
+from trainers.fairchem.replay_keys import REPLAY_KEY_DOCS, replay_problems
 
 SPLITS = ("train", "val", "test")
 # Config values that name files FairChem must open: (dotted key with '*' for a split, description).
