@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from launcher.core.errors import ConfigError, ConfigErrors
-from launcher.core.replay_spec import REPLAY_SELECT, ReplaySpec, replay_problems
 from launcher.core.plugins import backend_names
+from launcher.core.replay_spec import REPLAY_SELECT, ReplaySpec, replay_problems
 
 SCHEMA_VERSION = 1
 

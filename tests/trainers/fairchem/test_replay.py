@@ -72,3 +72,29 @@ def test_fairchem_reads_the_mixed_set_as_one_dataset(emt, tmp_path, fairchem_pyt
     assert proc.returncode == 0, proc.stderr[-3000:]
     n, natoms = proc.stdout.split()[-2:]
     assert int(n) == 15 and int(natoms) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.fairchem
+def test_a_fairchem_finetune_trains_on_the_mixed_set(fairchem_python, fairchem_fixtures, demo_data, emt, tmp_path,
+                                                       capsys):
+    """A real EquiformerV2 fine-tune: FairChem's derived config reads the mixed folder, and the run finishes."""
+    import yaml
+
+    from launcher.core.layout import RunLayout
+    from launcher.core.schema import IndexSampling
+
+    from .test_end_to_end import _derived, make_spec, run
+
+    base, _ = run(make_spec(tmp_path / "base", "equiformer_v2", demo_data, epochs=1))
+    spec = make_spec(tmp_path / "ft", "equiformer_v2", demo_data, task="finetune", config=False, epochs=1,
+                     **{"model.manifest": str(RunLayout.of(tmp_path / "base").manifest), "train.batch_size": 4,
+                        "data.train_indices": IndexSampling(max_samples=8, shuffle=True, seed=1),
+                        "data.val_indices": IndexSampling(max_samples=4)})
+    spec.data.replay.paths, spec.data.replay.val_samples, spec.data.replay.ratio = [str(emt["test"])], 0, 0.5
+    capsys.readouterr()
+    res, _ = run(spec)
+    assert base.status == "finished" and res.status == "finished", res.message
+    assert "4 replay records mixed with 8 training records" in capsys.readouterr().out
+    src = Path(yaml.safe_load(_derived(tmp_path / "ft", "finetune"))["dataset"]["train"]["src"])
+    assert src.is_dir() and sorted(p.name for p in src.glob("*.lmdb")) == ["0000-train.lmdb", "0001-replay.lmdb"]
