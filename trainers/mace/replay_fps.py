@@ -48,8 +48,9 @@ def structure_descriptors(model: Any, graphs: Any, *, batch_size: int, device: A
     model.eval()
     for batch in loader(graphs, batches, num_workers=num_workers):
         batch = batch.to(device)
-        res = model(batch.to_dict(), training=False, compute_force=False)
-        feats = extract_invariant(res["node_feats"].detach(), num_layers=layers, num_features=features, l_max=l_max)
+        with torch.no_grad():   # energies only: no graph kept for gradients
+            res = model(batch.to_dict(), training=False, compute_force=False)
+        feats = extract_invariant(res["node_feats"], num_layers=layers, num_features=features, l_max=l_max)
         n = int(batch.ptr.numel()) - 1
         sums = torch.zeros(n, feats.shape[1], dtype=feats.dtype, device=feats.device).index_add_(0, batch.batch, feats)
         counts = torch.bincount(batch.batch, minlength=n).clamp(min=1).unsqueeze(1).to(feats.dtype)
