@@ -179,3 +179,18 @@ def test_two_process_replay_finetune_keeps_ranks_equal(base_model, tiny_data, tm
     assert len(digests) == 2 and len(set(digests)) == 1
     assert [r["epoch"] for r in read_jsonl(lay.metrics_jsonl) if r["split"] == "replay"] == [1, 2]
     assert lay.train_log.read_text().count("replay: 4 structures selected") == 1
+
+
+def test_replay_on_the_resume_of_a_from_scratch_training_is_refused(tiny_data, tiny_model_json, tmp_path):
+    from launcher.core.errors import ConfigError
+    from launcher.job import run_job
+
+    src = tmp_path / "scratch"
+    spec = make_spec(src, tiny_data, train={"input_json": str(tiny_model_json), "epochs": 1})
+    assert run_job(spec, echo=lambda *_: None).status == "finished"
+    resume = make_spec(tmp_path / "more", tiny_data, task="resume", model_in=str(src / "checkpoints" / "checkpoint.pt"),
+                       data={"replay": {"paths": [str(tiny_data["test"])]}}, train={"epochs": 2})
+    with pytest.raises(ConfigError, match=r"^data\.replay\.paths: replay is for fine-tunes; .*checkpoint\.pt continues "
+                                          r"a model trained from scratch"):
+        run_job(resume, echo=lambda *_: None)
+    assert not (tmp_path / "more" / "replay").exists()
