@@ -155,6 +155,9 @@ def inputs_in_run_dir(spec: RunSpec, root: Path) -> list:
 
     root = Path(root).resolve()
     found = [(k, get_key(spec, k)) for k in PATH_KEYS if k != "run_dir" and _inside(get_key(spec, k), root)]
+    from launcher.core.replay_spec import PATH_LIST_KEYS
+
+    found += [(f"{k}[{i}]", v) for k in PATH_LIST_KEYS for i, v in enumerate(get_key(spec, k) or []) if _inside(v, root)]
     found += [(k, str(p)) for k, p in model_files(spec, own=False) if _inside(str(p), root) and k not in dict(found)]
     for i, arg in enumerate(spec.backend_args or []):
         value = str(arg).split("=", 1)[-1]

@@ -216,6 +216,9 @@ def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Opti
             problems.append(special or f"eval.heads.{head}: expected the path of that head's data (LMDB)")
         else:
             _check_dataset(f"eval.heads.{head}", path, problems, bool(spec.data.trust_pickles))
+    from launcher.replay_preflight import replay_input_problems
+
+    problems += replay_input_problems(spec, _check_dataset, _special_file)
     index_files_ok = True
     for key, path in (("data.indices_path", spec.data.indices_path),
                       ("data.train_indices.indices_path", spec.data.train_indices.indices_path),

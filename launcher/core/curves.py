@@ -92,7 +92,8 @@ def _metric_keys(records: Sequence[Dict[str, Any]], pattern: "re.Pattern[str]") 
 
 def render_run_curves(records: Sequence[Dict[str, Any]], path: Path, title: str = "") -> bool:
     """Draw ``curves.png`` of one run from its metrics records: train and val loss against the optimizer step
-    (epochs on the top axis), and the val energy and force errors. False (nothing written) when no record has
+    (epochs on the top axis), and the val energy and force errors (with the replay errors of ``data.replay``
+    as dashed lines). False (nothing written) when no record has
     a loss yet."""
     train = series(records, "train", "loss", progress_only=True)
     val = series(records, "val", "loss")
@@ -117,6 +118,11 @@ def render_run_curves(records: Sequence[Dict[str, Any]], path: Path, title: str 
             pts = series(records, "val", key)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=key)
             values += [p[1] for p in pts]
+            replay = series(records, "replay", key)   # data.replay's held-out records, beside val
+            if replay:
+                ax.plot([p[0] for p in replay], [p[1] for p in replay], marker="s", ms=3, ls="--",
+                        label=f"replay {key}")
+                values += [p[1] for p in replay]
         log_if_decades(ax, values)
         ax.set_title(f"val {name} error")
     for ax in axes:

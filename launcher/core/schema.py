@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 
 from launcher.core.errors import ConfigError, ConfigErrors
 from launcher.core.plugins import backend_names, default_backend
+from launcher.core.replay_spec import REPLAY_SELECT, ReplaySpec, replay_problems
 
 SCHEMA_VERSION = 1
 
@@ -49,6 +50,7 @@ CHOICES: Dict[str, tuple] = {
     "train.kernels": ("auto", "e3nn", "cueq", "oeq"),
     "train.logger": ("tensorboard", "wandb", "none"),
     "eval.split": ("test", "val", "train"),
+    "data.replay.select": REPLAY_SELECT,
 }
 
 # eval.objective: what an Optuna sweep (hydra/sweeper=optuna) minimises, ``val_<metric>``. Every one is an
@@ -154,6 +156,7 @@ class DataSpec:
                                     "weights: a mace .model, a FairChem .pt): without it they are read through an "
                                     "allow-list of the model classes MACE, e3nn, torch.nn and FairChem checkpoints "
                                     "need, and a file naming anything else is refused in preflight, naming it")
+    replay: ReplaySpec = _f(factory=ReplaySpec, doc="replay of pretraining structures during a fine-tune")
 
 
 @dataclass
@@ -613,6 +616,7 @@ def _rules(spec: RunSpec) -> List[str]:
         p.append(f"train.freeze: {t.freeze} needs task=finetune or resume (a pretrained model to freeze), "
                  f"not task={task}")
     p += _lora_rules(spec)
+    p += replay_problems(spec)
     return p
 
 

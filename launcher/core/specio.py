@@ -129,6 +129,10 @@ def resolve_paths(spec: RunSpec, base_dir: Path) -> RunSpec:
         if value:
             p = Path(str(value)).expanduser()
             heads[head] = _normpath(p if p.is_absolute() else base_dir / p)
+    from launcher.core.replay_spec import PATH_LIST_KEYS
+
+    for key in PATH_LIST_KEYS:
+        set_key(spec, key, [_normpath(base_dir / Path(str(v)).expanduser()) for v in get_key(spec, key) or []])
     return spec
 
 

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from launcher.core.errors import ConfigError
+from launcher.core.replay_spec import PATH_LIST_KEYS
 from launcher.core.schema import CHOICES, PATH_KEYS, RunSpec, iter_fields, set_key
 from launcher.core.specio import dump_run_yaml, parse_run_file, select_runs
 from launcher.translate import spec_from_hydra_cfg, spec_to_experiment_yaml, spec_to_overrides
@@ -36,6 +37,8 @@ def _strategy(key: str, t: typing.Any):
         return st.none() | _paths
     if key == "eval.heads":  # head name -> its data path (a path key of its own)
         return st.dictionaries(st.sampled_from(["omat_pbe", "oc22", "Default"]), _paths, max_size=3)
+    if key in PATH_LIST_KEYS:   # resolved like path keys, each entry
+        return st.lists(_paths, max_size=3)
     origin = typing.get_origin(t)
     args = [a for a in typing.get_args(t) if a is not type(None)]
     optional = origin is typing.Union and type(None) in typing.get_args(t)

@@ -766,6 +766,7 @@ class FairchemBackend(BackendBase):
     def _data_paths(self, spec: RunSpec, mode: str, layout: RunLayout, ts: Optional[str], *,
                     materialize: bool) -> Dict[str, Optional[str]]:
         """Split -> LMDB path; selected subsets are copied into the run dir first."""
+        from trainers.fairchem.replay import with_replay
         from trainers.fairchem.subset import split_selection, write_subset
 
         if mode == "predict":
@@ -780,6 +781,8 @@ class FairchemBackend(BackendBase):
                     target = layout.native(NATIVE) / "data" / f"{split}-{ts}.lmdb"
                     path = str(write_subset(path, idx, target))
                     self.echo(f"[fairchem] data.{split}: {len(idx)} selected records copied to {path}")
+                if split == "train":   # data.replay: the replay records mixed into the training set
+                    path = with_replay(spec, path, layout.native(NATIVE) / "data" / f"train-{ts}-replay", self.echo)
             out[split] = path
         return out
 

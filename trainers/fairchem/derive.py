@@ -32,6 +32,7 @@ from launcher.core.errors import ConfigError
 from launcher.core.schema import PLATEAU_PATIENCE_DEFAULT, log_every_updates
 from launcher.core.schema import early_stop_evals as schema_early_stop_evals
 from trainers.fairchem.config import get_dotted, load_config, looks_like_path, set_dotted, split_backend_args
+from trainers.fairchem.replay_keys import REPLAY_KEY_DOCS, replay_problems
 
 SPLITS = ("train", "val", "test")
 # Config values that name files FairChem must open: (dotted key with '*' for a split, description).
@@ -284,6 +285,7 @@ def missing_files(config: Dict[str, Any], origin: str = "train.config_yml") -> L
 #: What each run key becomes in a FairChem run (the derived config, the FairChem CLI or child.py's
 #: options). Only keys the user set (a value other than the schema default) take effect.
 KEY_MAP: Dict[str, str] = {
+    **REPLAY_KEY_DOCS,
     "train.epochs": "optim.max_epochs",
     "train.batch_size": "optim.batch_size",
     "data.batch_size": "optim.eval_batch_size",
@@ -366,7 +368,8 @@ TORCH_PLATEAU_PATIENCE = 10      # ReduceLROnPlateau's own default, when the con
 
 
 #: data.* keys that are run keys too (how the data is read, not which data)
-RUN_DATA_KEYS = ("data.batch_size", "data.cache", "data.cache_budget_gb", "data.stats_samples", "data.trust_pickles")
+RUN_DATA_KEYS = ("data.batch_size", "data.cache", "data.cache_budget_gb", "data.stats_samples", "data.trust_pickles",
+                 *REPLAY_KEY_DOCS)
 
 
 def _run_key_values(spec: Any) -> Iterable[Tuple[str, Any, Any]]:
@@ -435,7 +438,7 @@ def refused_keys(spec: Any, config: Optional[Dict[str, Any]] = None) -> List[str
                 problems.append(f"train.patience: backend={backend} applies it to FairChem's ReduceLROnPlateau "
                                 f"scheduler, but the config's optim.scheduler is {scheduler or 'unset (LambdaLR)'}; "
                                 f"leave train.patience unset or add backend_args --optim.scheduler={PLATEAU}")
-    return problems
+    return problems + replay_problems(spec)
 
 
 def _note_set(notes: List[str], dotted: str, old: Any, new: Any, key: str) -> None:

@@ -113,6 +113,15 @@ KEY_DOCS = {
                   "heads it has: eval/compare_base_by_head.csv and the console table",
     "eval.objective": "not used by the run: an Optuna sweep reads it from logs/metrics.jsonl "
                       f"({', '.join(OBJECTIVES)}) or eval/metrics.json (evaluate)",
+    "data.replay.paths": "replay of pretraining structures in a finetune (trainers/mace/replay_train.py): their own "
+                         "loss pass per micro-batch, errors of held-out records as split replay",
+    "data.replay.select": "random, or fps on the base model's invariant node descriptors (mean per structure)",
+    "data.replay.head": "the head replay structures train (a multi-head model; default its first)",
+    "data.replay.max_samples": "replay structures selected (cached in run_dir/replay/selection.json)",
+    "data.replay.pool": "candidates read for the selection (fps: one descriptor vector each in memory)",
+    "data.replay.val_samples": "held-out replay records scored at every evaluation (split replay)",
+    "data.replay.ratio": "replay structures per micro-batch: max(1, round(ratio x train.batch_size))",
+    "data.replay.weight": "micro-batch loss = fine-tune loss + weight x replay loss",
     "device": "cpu, cuda, cuda:N or auto",
     **{k: f"refused: {v}" for k, v in REFUSED.items()},
 }
@@ -190,6 +199,9 @@ class MaceBackend(BackendBase):
             problems.append("train.input_json: required for backend=mace task=train (a model.json)")
         problems += resume_source_problems(spec)
         problems += stress_problems(spec)
+        from trainers.mace.replay_checks import replay_element_problems
+
+        problems += replay_element_problems(spec)
         problems += kernel_problems(spec)
         from trainers.mace.freeze import preflight_problems
 

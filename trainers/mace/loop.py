@@ -21,39 +21,24 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from launcher.core.atomic import atomic_torch_save
 from launcher.core.errors import ConfigError, TrainingDiverged
-from launcher.core.metrics import metrics_line, sig
+from launcher.core.metrics import sig
 from launcher.core.schema import cuda_index, early_stop_evals, log_every_updates, plateau_patience
 from trainers.mace.distributed import share_record
 from trainers.mace.freeze import make_freeze
-from trainers.mace.kernels import trainable_names
-from trainers.mace.model_io import CHECKPOINT_FORMAT
+from trainers.mace.loop_checkpoint import Checkpointing, LoopState
+from trainers.mace.loop_eval import Evaluation
 from trainers.mace.optim import make_optimizer, make_scheduler, scheduler_length
-from trainers.mace.order import epoch_order, rank_batches, rng_state, seed_everything, set_rng_state
+from trainers.mace.order import epoch_order, rank_batches, seed_everything
+from trainers.mace.replay_train import Micro, setup_replay
 from trainers.mace.runlog import RunLog
 
-
-
-@dataclass
-class LoopState:
-    epoch: int = 0               # completed epochs
-    updates_in_epoch: int = 0    # updates done in the current epoch
-    update_step: int = 0         # updates done in total
-    eval_count: int = 0
-    best_loss: float = math.inf
-    best_metrics: Dict[str, Any] = field(default_factory=dict)
-    best_epoch: int = 0
-    best_step: int = 0
-    bad_evals: int = 0
-    stopped: str = ""            # why training stopped early ("" = not stopped)
-    last_val_loss: Optional[float] = None
-    train_sums: List[float] = field(default_factory=lambda: [0.0, 0.0])   # loss sum, updates since last eval
+__all__ = ["LoopState", "Trainer", "head_of", "progress_enabled", "select_device", "set_threads", "sig"]
 
 
 def progress_enabled(setting: str, is_main: bool) -> bool:
@@ -100,7 +85,7 @@ def head_of(cfg: Dict[str, Any], head_key: str) -> str:
     return head_key
 
 
-class Trainer:
+class Trainer(Checkpointing, Evaluation):
     """One training run in one process (one rank of a DDP run)."""
 
     def __init__(self, ctx: Any) -> None:
@@ -108,12 +93,49 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
+        """Everything before the first update; each step a method of its own (the order matters)."""
+        from trainers.mace import graphs, stream
+        from trainers.mace.model_config import heads_of
+
+        spec, t = self.spec, self.spec.train
+        self._start_process()
+        self.ckpt = self._checkpoint_to_resume()
+        train_idx = stream.split_indices(spec, "train", active=True)
+        val_idx = stream.split_indices(spec, "val", active=False) if spec.data.val else np.zeros(0, dtype=np.int64)
+        if self.main:
+            graphs.record_indices(self.layout.indices_json(), {"train": train_idx, "val": val_idx})
+        if len(train_idx) < self.dist.world:
+            raise ConfigError(f"data.train: {len(train_idx)} structures for {self.dist.world} processes")
+        seed_everything(self.seed)
+        cfg, model, sample = self._starting_model(train_idx)
+        self.cfg = cfg
+        if sample is not None:   # an early, clear error for the common case; streaming checks every entry
+            graphs.check_elements(sample, cfg["atomic_numbers"], what=f"data.train ({spec.data.train})")
+        self.heads = heads_of(cfg)
+        self.head = head_of(cfg, t.head_key)
+        self.replay = setup_replay(self, model.to(self.device))   # before any update: fps reads the base model
+        self.model = self._accelerated(model.to(self.device))
+        self.train_graphs, self.val_graphs = self._graph_sources(train_idx, val_idx, sample)
+        self.n_train_structures = len(train_idx)
+        self.train_idx = train_idx
+        self.freeze = self._make_freeze()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self._optimization(params)
+        self.state = LoopState()
+        self._restore(self.ckpt)
+        self.log.open_sinks(spec, self.state.update_step, resumed=self.ckpt is not None)
+        if self.main:
+            from trainers.mace.model_config import save_model_json
+
+            save_model_json(cfg, self.layout.model_json)
+        self._describe(params)
+
+    def _start_process(self) -> None:
+        """Threads, device, process group, run log, dtype, amp, seed and bars of this process."""
         import torch
 
-        from trainers.mace import distributed, graphs
+        from trainers.mace import distributed
         from trainers.mace.heap import hold_freed_memory
-        from trainers.mace.model_config import build_model, load_model_json, resolve
-        from trainers.mace.model_io import load_checkpoint, load_model
 
         spec, t = self.spec, self.spec.train
         set_threads()
@@ -143,38 +165,38 @@ class Trainer:
         self.progress = progress_enabled(t.progress_bar, self.main)
         self.log.bars = self.progress
 
-        # ---- where the model and training state come from
-        ckpt = None
+    def _checkpoint_to_resume(self) -> Optional[Dict[str, Any]]:
+        """The training checkpoint this run continues from (its own, or model_in's for task=resume), or None."""
+        from trainers.mace.model_io import load_checkpoint, load_model
+
+        spec = self.spec
         if self.ctx.resume and self.layout.checkpoint.exists():
-            ckpt = load_checkpoint(self.layout.checkpoint)
-        elif spec.task == "resume" and not self.layout.checkpoint.exists():
+            return load_checkpoint(self.layout.checkpoint)
+        if spec.task == "resume" and not self.layout.checkpoint.exists():
             if spec.model_in or spec.model.manifest:
                 loaded = load_model(spec, prefer="checkpoint")
-                ckpt = loaded.checkpoint
-                if ckpt is None:
+                if loaded.checkpoint is None:
                     raise ConfigError(f"model_in: task=resume needs a training checkpoint (checkpoint.pt), got {loaded.source}")
-            else:
-                raise ConfigError(f"run_dir: {self.layout.root} holds no checkpoint to resume")
-        self.ckpt = ckpt
+                return loaded.checkpoint
+            raise ConfigError(f"run_dir: {self.layout.root} holds no checkpoint to resume")
+        return None
 
+    def _starting_model(self, train_idx: np.ndarray) -> tuple:
+        """(model config, model, statistics sample or None): from the checkpoint, a new model (train) or the
+        base model (finetune); sets ``source`` and ``statistics``."""
         from trainers.mace import stream
+        from trainers.mace.model_config import build_model, load_model_json, resolve
+        from trainers.mace.model_io import load_model
 
-        train_idx = stream.split_indices(spec, "train", active=True)
-        val_idx = stream.split_indices(spec, "val", active=False) if spec.data.val else np.zeros(0, dtype=np.int64)
-        if self.main:
-            graphs.record_indices(self.layout.indices_json(), {"train": train_idx, "val": val_idx})
-        if len(train_idx) < self.dist.world:
-            raise ConfigError(f"data.train: {len(train_idx)} structures for {self.dist.world} processes")
-
-        seed_everything(self.seed)
-        sample = None
+        spec, t, ckpt = self.spec, self.spec.train, self.ckpt
         if ckpt is not None:
             cfg = ckpt["model_config"]
             model = build_model(cfg)
             model.load_state_dict(ckpt["model"])
             self.source = ckpt.get("source", "checkpoint")
             self.statistics = ckpt.get("statistics") or {"from": "checkpoint"}
-        elif spec.task == "train":
+            return cfg, model, None
+        if spec.task == "train":
             t0 = time.time()
             raw = load_model_json(t.input_json)
             want_nbrs = raw.get("avg_num_neighbors") is None
@@ -188,39 +210,37 @@ class Trainer:
             self.log.info(f"statistics (E0s, avg_num_neighbors, scale/shift) from {len(pos)} of {n} training "
                           f"structures{' (all)' if len(pos) == n else f' (seeded sample; data.stats_samples={spec.data.stats_samples})'} "
                           f"in {time.time() - t0:.1f}s")
-            model = build_model(cfg)
             self.source = "init"
-        else:  # finetune
-            loaded = load_model(spec)
-            cfg, model, self.source = loaded.config, loaded.model, loaded.source
-            self.statistics = {"from": f"base model {loaded.source}"}
-            for note in loaded.notes:   # what loading decided (weights checked, heads added ...)
-                self.log.info(note)
-        self.cfg = cfg
-        zs = cfg["atomic_numbers"]
-        if sample is not None:   # an early, clear error for the common case; streaming checks every entry
-            graphs.check_elements(sample, zs, what=f"data.train ({spec.data.train})")
-        from trainers.mace.model_config import heads_of
+            return cfg, build_model(cfg), sample
+        loaded = load_model(spec)   # finetune
+        self.source = loaded.source
+        self.statistics = {"from": f"base model {loaded.source}"}
+        for note in loaded.notes:   # what loading decided (weights checked, heads added ...)
+            self.log.info(note)
+        return loaded.config, loaded.model, None
 
-        self.heads = heads_of(cfg)
-        self.head = head_of(cfg, t.head_key)
-        self.model = self._accelerated(model.to(self.device))
-        self.train_graphs, self.val_graphs = self._graph_sources(train_idx, val_idx, sample)
-        self.n_train_structures = len(train_idx)
-        self.train_idx = train_idx
+    def _make_freeze(self) -> Any:
+        """``train.freeze``: the object that keeps frozen weights as they were after each update (None: off)."""
+        from trainers.mace import graphs
 
-        self.freeze = make_freeze(t, self.model, lambda: graphs.collate(
+        t = self.spec.train
+        return make_freeze(t, self.model, lambda: graphs.collate(
             [self.train_graphs[i] for i in range(min(len(self.train_graphs), t.batch_size))]).to(self.device),
             len(self.heads), self.log.info)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def _optimization(self, params: List[Any]) -> None:
+        """Optimizer, scheduler, gradient scaler, EMA, loss, DDP / compile wrappers, log and stop cadence."""
+        import torch
+
+        from trainers.mace.amp import needs_scaler
+
+        spec, t = self.spec, self.spec.train
         self.opt = make_optimizer(spec, params)
         n_batches = len(rank_batches(np.arange(len(self.train_graphs)), t.batch_size, t.drop_last, self.dist.rank, self.dist.world))
         if n_batches == 0:
             raise ConfigError(f"train.batch_size: {t.batch_size} leaves no full batch of {len(self.train_graphs)} structures with drop_last")
         self.updates_per_epoch = math.ceil(n_batches / t.accum_steps)
         self.sched = make_scheduler(spec, self.opt, scheduler_length(spec, self.updates_per_epoch))
-        from trainers.mace.amp import needs_scaler
-
         self.scaler = torch.amp.GradScaler("cuda") if needs_scaler(self.device, self.amp) else None
         self.ema = None
         if t.ema_decay:
@@ -243,27 +263,28 @@ class Trainer:
         self.log_every = log_every_updates(t, self.updates_per_epoch)
         self.stop_after = early_stop_evals(t)  # None: no early stop
 
-        self.state = LoopState()
-        if ckpt is not None:
-            self._load_training_state(ckpt)
-            if self.sched is not None:
-                from trainers.mace.optim import stretch_schedule
-
-                note = stretch_schedule(self.sched, self.opt, scheduler_length(spec, self.updates_per_epoch))
-                if note:
-                    self.log.info(note)
-            self.log.truncate_after(self.state.update_step)
-            self.log.truncate_shares(self.state.epoch)
-            self.log.info(f"resumed from {self.layout.checkpoint if self.ctx.resume else spec.model_in}: "
-                          f"epoch {self.state.epoch}, update {self.state.update_step}")
-        else:
+    def _restore(self, ckpt: Optional[Dict[str, Any]]) -> None:
+        """The training state of ``ckpt`` (and the logs cut back to it), or fresh logs."""
+        if ckpt is None:
             self.log.truncate_after(0)
             self.log.truncate_shares(0)
-        self.log.open_sinks(spec, self.state.update_step, resumed=ckpt is not None)
-        if self.main:
-            from trainers.mace.model_config import save_model_json
+            return
+        self._load_training_state(ckpt)
+        if self.sched is not None:
+            from trainers.mace.optim import stretch_schedule
 
-            save_model_json(cfg, self.layout.model_json)
+            note = stretch_schedule(self.sched, self.opt, scheduler_length(self.spec, self.updates_per_epoch))
+            if note:
+                self.log.info(note)
+        self.log.truncate_after(self.state.update_step)
+        self.log.truncate_shares(self.state.epoch)
+        self.log.info(f"resumed from {self.layout.checkpoint if self.ctx.resume else self.spec.model_in}: "
+                      f"epoch {self.state.epoch}, update {self.state.update_step}")
+
+    def _describe(self, params: List[Any]) -> None:
+        import torch
+
+        spec, t = self.spec, self.spec.train
         nparams = sum(p.numel() for p in self.model.parameters())
         ntrain = sum(p.numel() for p in params)
         self.log.info(f"task={spec.task} model={self.source} params={nparams} trainable={ntrain} head={self.head} "
@@ -323,166 +344,23 @@ class Trainer:
                            note=self.log.info) for s in (train, val) if len(s)]
         return keep[0], (keep[1] if len(keep) > 1 else [])
 
-    # ------------------------------------------------------------------ checkpoint
-    def _checkpoint(self) -> Dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "version": 1,
-            "source": self.source,
-            "task": self.spec.task,
-            "model_config": {k: v for k, v in self.cfg.items()},
-            "model": self.e3nn.state_dict(self.model),   # e3nn form whatever the kernels: loads anywhere
-            "kernels": self.kernels,
-            "param_names": trainable_names(self.model),  # the optimizer's order, to resume with other kernels
-            "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict() if self.sched is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "freeze": self.freeze.state_dict() if self.freeze is not None else None,
-            "loop": asdict(self.state),
-            "rng": rng_state(),
-            "seed": self.seed,
-            "dtype": self.spec.train.dtype,
-            "head": self.head,
-            "statistics": self.statistics,
-        }
-
-    def save_checkpoint(self) -> None:
-        self._saved_at = self.state.update_step
-        if self.main:
-            t0 = time.perf_counter()
-            atomic_torch_save(self._checkpoint(), self.layout.checkpoint)
-            self.log.info(f"checkpoint written at update {self.state.update_step} ({time.perf_counter() - t0:.2f}s)")
-        self.dist.barrier()
-
-    def _load_training_state(self, ck: Dict[str, Any]) -> None:
-        from trainers.mace.kernels import adapt_training_state
-
-        old_names = ck.get("param_names") or trainable_names(self.e3nn.twin or self.model)
-        ck, note = adapt_training_state(ck, self.model, self.kernels, old_names)
-        if note:
-            self.log.info(note)
-        self.opt.load_state_dict(ck["optimizer"])
-        if self.sched is not None and ck.get("scheduler") is not None:
-            self.sched.load_state_dict(ck["scheduler"])
-        if self.scaler is not None and ck.get("scaler") is not None:
-            self.scaler.load_state_dict(ck["scaler"])
-        if self.ema is not None and ck.get("ema") is not None:
-            self.ema.load_state_dict(ck["ema"])
-        if self.freeze is not None and ck.get("freeze") is not None:
-            self.freeze.load_state_dict(ck["freeze"])
-        loop = dict(ck["loop"])
-        self.state = LoopState(**loop)
-        set_rng_state(ck["rng"])
-
-    # ------------------------------------------------------------------ evaluation
-    def _ema_weights(self):
-        import contextlib
-
-        return self.ema.average_parameters() if self.ema is not None else contextlib.nullcontext()
-
-    def evaluate_point(self, kind: str) -> None:
-        """Validation, best model, early stop, scheduler (plateau) and checkpoint at one point."""
-        from trainers.mace.predict import error_sums, metrics_from_sums
-
-        t, st = self.spec.train, self.state
-        st.eval_count += 1
-        t_eval = time.perf_counter()
-        train_loss = st.train_sums[0] / st.train_sums[1] if st.train_sums[1] else None
-        st.train_sums = [0.0, 0.0]
-        if self.val_graphs:
-            shard = list(range(self.dist.rank, len(self.val_graphs), self.dist.world))
-            with self._ema_weights():
-                sums = error_sums(self.model, self.val_graphs, batch_size=t.batch_size, device=self.device,
-                                  compute_force=True, amp=self.amp, positions=shard,
-                                  num_workers=t.num_workers)
-            sums = self.dist.all_sum(sums)
-            m = metrics_from_sums(sums, energy_weight=t.energy_weight, force_weight=t.force_weight,
-                                  stress_weight=t.stress_weight)
-            split = "val"
-        else:
-            m = {"loss": train_loss}
-            split = "train"
-        loss = m["loss"]
-        lr = self.opt.param_groups[0]["lr"]
-        rec = {"epoch": st.epoch if kind == "epoch" else st.epoch + 1, "step": st.update_step, "split": split,
-               "lr": lr, "train_loss": train_loss, **m}
-        if kind == "cycle":
-            rec["cycle"] = st.eval_count
-        self.log.metrics(rec)
-        if loss is not None and not math.isfinite(loss):
-            raise TrainingDiverged(f"train: {split} loss is {loss} at update {st.update_step}; {self._kept()}")
-        improved = loss is not None and loss < st.best_loss
-        if improved:
-            st.best_loss, st.best_epoch, st.best_step, st.bad_evals = loss, rec["epoch"], st.update_step, 0
-            st.best_metrics = {k: v for k, v in m.items() if v is not None}
-            if self.main:
-                with self._ema_weights():
-                    atomic_torch_save(self.e3nn.state_dict(self.model), self.layout.best_model)
-        else:
-            st.bad_evals += 1
-        st.last_val_loss = loss
-        shown = [k for k in ("energy_rmse_per_atom", "force_rmse", "stress_rmse") if m.get(k) is not None]
-        errors = f" {metrics_line(m, keys=shown, sep=' ')}" if shown else ""
-        self.log.info(f"eval {split} epoch={rec['epoch']} step={st.update_step} loss={sig(loss)}{errors} lr={lr:.4g}"
-                      + (" *best*" if improved else "") + f" ({time.perf_counter() - t_eval:.2f} s)")
-        self.log.flush()
-        self.log.curves(self._curves_title())
-        if self.stop_after is not None and st.bad_evals >= self.stop_after:
-            st.stopped = (f"early_stop_factor: {st.bad_evals} evaluations without {split} improvement "
-                          f"(early_stop_factor {t.early_stop_factor} x patience {plateau_patience(t)}); "
-                          f"best loss {sig(st.best_loss)} at epoch {st.best_epoch}")
-        if st.stopped:
-            self.log.info(f"stopping early ({st.stopped})")
-        unit = "cycle" if kind == "cycle" else "epoch"
-        if self.sched is not None and t.scheduler_step_unit == unit:
-            self._step_scheduler()
-
-    def _curves_title(self) -> str:
-        return f"{self.spec.run_name}: {self.spec.backend} {self.spec.task}, {self.dist.world} process(es)"
-
-    def _kept(self) -> str:
-        """What a diverged run leaves: the last checkpoint, only when one was written."""
-        if self.layout.checkpoint.exists():
-            return f"the last good checkpoint ({self.layout.checkpoint}) is kept"
-        return "no checkpoint was written before it (check the data for NaN/inf labels or lower train.lr)"
-
-    def _step_scheduler(self) -> None:
-        import torch
-
-        if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            if self.state.last_val_loss is not None:
-                self.sched.step(self.state.last_val_loss)
-        else:
-            self.sched.step()
-
     # ------------------------------------------------------------------ training
     def _update(self, micro: List[Any]) -> float:
-        """One optimizer update over the (collated) micro-batches of ``micro``."""
+        """One optimizer update over the (collated) micro-batches of ``micro``, and their replay micro-batches
+        (``micro.replay``, each its own pass weighted by ``data.replay.weight``). Returns the update's loss."""
         import torch
-
-        from trainers.mace.amp import as_float32, autocast
 
         t = self.spec.train
         self.opt.zero_grad(set_to_none=True)
+        replay = getattr(micro, "replay", None)
+        passes = [(b, 1.0) for b in micro] if not replay else \
+            [p for b, r in zip(micro, replay) for p in ((b, 1.0), (r, self.replay.weight))]
         total = 0.0
-        for j, batch in enumerate(micro):
-            batch = batch.to(self.device)
-            sync = self.dist.enabled and j < len(micro) - 1
-            ctx = self.ddp_model.no_sync() if sync else _null()
-            with ctx:
-                data = batch.to_dict()
-                if self.spec.train.compile:   # the model sets it too, but inside a compiled graph that is too late
-                    data["positions"].requires_grad_(True)
-                with autocast(self.device, self.amp):
-                    out = self.ddp_model(data, training=True, compute_force=self.compute_force,
-                                         **({"compute_stress": True} if self.compute_stress else {}))
-                loss = self.loss_fn(pred=as_float32(out) if self.amp else out, ref=batch) / len(micro)
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-            total += float(loss.detach())
+        for j, (batch, weight) in enumerate(passes):
+            # gradients are averaged across ranks once per update: on its last backward
+            sync = self.dist.enabled and j < len(passes) - 1
+            with (self.ddp_model.no_sync() if sync else _null()):
+                total += self._backward(batch, weight, len(micro))
         if self.dist.any(not math.isfinite(total)):   # every rank joins the vote, or the others hang in it
             raise TrainingDiverged(f"train: loss is not finite at epoch {self.state.epoch + 1} update "
                                    f"{self.state.update_step + 1}; stopped, {self._kept()}")
@@ -501,6 +379,25 @@ class Trainer:
             self.ema.update()
         return total
 
+    def _backward(self, batch: Any, weight: float, n_micro: int) -> float:
+        """Forward and backward of one micro-batch, its loss x ``weight`` / ``n_micro``; that loss."""
+        from trainers.mace.amp import as_float32, autocast
+
+        batch = batch.to(self.device)
+        data = batch.to_dict()
+        if self.spec.train.compile:   # the model sets it too, but inside a compiled graph that is too late
+            data["positions"].requires_grad_(True)
+        with autocast(self.device, self.amp):
+            out = self.ddp_model(data, training=True, compute_force=self.compute_force,
+                                 **({"compute_stress": True} if self.compute_stress else {}))
+        loss = self.loss_fn(pred=as_float32(out) if self.amp else out, ref=batch)
+        loss = (loss if weight == 1.0 else loss * weight) / n_micro
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        return float(loss.detach())
+
     def _groups(self, groups: List[List[List[int]]], start: int):
         """Collated micro-batches of updates ``start..``; streaming, ``train.num_workers`` read and build them
         ahead in worker processes (with the cache, workers build only what it does not hold yet)."""
@@ -510,11 +407,21 @@ class Trainer:
         # cached graphs are collated here (workers only build the missing ones): a forked worker touching the
         # cache would copy its pages
         it = loader(self.train_graphs, flat, num_workers=self.spec.train.num_workers)
+        rit = None
+        if self.replay is not None:   # replay micro-batch c0 + m joins micro-batch m of this feed
+            c0 = self.state.replay_batches
+            rit = loader(self.replay.train, [self.replay.feed.batch(c0 + m) for m in range(len(flat))],
+                         num_workers=self.spec.train.num_workers)
         try:
             for g in groups[start:]:
-                yield [next(it) for _ in g]
+                micro = Micro(next(it) for _ in g)
+                if rit is not None:
+                    micro.replay = [next(rit) for _ in g]
+                yield micro
         finally:   # workers stop when the epoch's feed is closed, not whenever it is collected
             it.close()
+            if rit is not None:
+                rit.close()
 
     def _log_progress(self, loss: float, structures: int) -> None:
         """The ``train.log_every`` line: step, epoch, loss, lr and throughput since the last such line."""
@@ -534,63 +441,11 @@ class Trainer:
         self._window = [time.time(), 0, 0.0]
 
     def train(self) -> Dict[str, Any]:
-        from launcher.core import preemption
-
         t, st = self.spec.train, self.state
         cycles = t.cycle_steps > 0
         t_start = time.time()
         while st.epoch < t.epochs and not st.stopped:
-            order = epoch_order(self.seed, st.epoch, len(self.train_graphs))
-            batches = rank_batches(order, t.batch_size, t.drop_last, self.dist.rank, self.dist.world)
-            # every rank's share of the epoch, gathered into logs/shares.jsonl (one collective per epoch)
-            mine = self.train_idx[np.asarray([i for b in batches for i in b], dtype=np.int64)]
-            self.log.shares(self.dist.gather_object(share_record(st.epoch + 1, self.dist.rank, self.dist.world, mine)))
-            groups = [batches[i:i + t.accum_steps] for i in range(0, len(batches), t.accum_steps)]
-            bar = None
-            if self.progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=len(groups), initial=st.updates_in_epoch, desc=f"epoch {st.epoch + 1}/{t.epochs}",
-                           unit="step", mininterval=t.progress_mininterval, leave=False)
-            te = time.time()
-            self._window = [te, 0, 0.0]   # (start, structures, data wait) since the last log_every line
-            wait = 0.0               # seconds this rank waited for its next batch (data loading not hidden)
-            feed = self._groups(groups, st.updates_in_epoch)
-            u = first = st.updates_in_epoch
-            while True:
-                tw = time.perf_counter()
-                micro = next(feed, None)
-                if micro is None:
-                    break
-                if u > first:   # the first batch of an epoch always waits (worker start-up)
-                    dt = time.perf_counter() - tw
-                    wait += dt
-                    self._window[2] += dt
-                u += 1
-                self.model.train()
-                loss = self._update(micro)
-                st.update_step += 1
-                st.updates_in_epoch = u
-                st.train_sums[0] += loss
-                st.train_sums[1] += 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
-                self._log_progress(loss, sum(int(b.ptr.numel()) - 1 for b in micro))
-                if cycles and st.update_step % t.cycle_steps == 0:
-                    self.evaluate_point("cycle")
-                    if st.eval_count % t.save_every == 0 or st.stopped:
-                        self.save_checkpoint()
-                    if st.stopped:
-                        break
-                    self._window = [time.time(), 0, 0.0]  # evaluation time is not training throughput
-                if self.dist.any(preemption.preemption_requested()):
-                    self.save_checkpoint()
-                    self.log.info(f"preempted at epoch {st.epoch + 1} update {st.update_step}: checkpoint written")
-                    raise preemption.Preempted()
-            feed.close()
-            if bar is not None:
-                bar.close()
+            te, wait = self._run_epoch(cycles)
             if st.stopped:
                 break
             st.epoch += 1
@@ -620,6 +475,66 @@ class Trainer:
         self._finished = True
         return {"epochs_done": st.epoch, "update_steps": st.update_step, "best_loss": st.best_loss,
                 "best_epoch": st.best_epoch, "best_metrics": st.best_metrics, "stopped_early": st.stopped or None}
+
+    def _run_epoch(self, cycles: bool) -> tuple:
+        """The updates of the current epoch from where it stands (evaluating each cycle when ``cycles``);
+        (start time, seconds waited for data after the first batch)."""
+        from launcher.core import preemption
+
+        t, st = self.spec.train, self.state
+        order = epoch_order(self.seed, st.epoch, len(self.train_graphs))
+        batches = rank_batches(order, t.batch_size, t.drop_last, self.dist.rank, self.dist.world)
+        # every rank's share of the epoch, gathered into logs/shares.jsonl (one collective per epoch)
+        mine = self.train_idx[np.asarray([i for b in batches for i in b], dtype=np.int64)]
+        self.log.shares(self.dist.gather_object(share_record(st.epoch + 1, self.dist.rank, self.dist.world, mine)))
+        groups = [batches[i:i + t.accum_steps] for i in range(0, len(batches), t.accum_steps)]
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(groups), initial=st.updates_in_epoch, desc=f"epoch {st.epoch + 1}/{t.epochs}",
+                       unit="step", mininterval=t.progress_mininterval, leave=False)
+        te = time.time()
+        self._window = [te, 0, 0.0]   # (start, structures, data wait) since the last log_every line
+        wait = 0.0               # seconds this rank waited for its next batch (data loading not hidden)
+        feed = self._groups(groups, st.updates_in_epoch)
+        u = first = st.updates_in_epoch
+        while True:
+            tw = time.perf_counter()
+            micro = next(feed, None)
+            if micro is None:
+                break
+            if u > first:   # the first batch of an epoch always waits (worker start-up)
+                dt = time.perf_counter() - tw
+                wait += dt
+                self._window[2] += dt
+            u += 1
+            self.model.train()
+            loss = self._update(micro)
+            st.update_step += 1
+            st.updates_in_epoch = u
+            st.replay_batches += len(micro) if self.replay is not None else 0
+            st.train_sums[0] += loss
+            st.train_sums[1] += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+            self._log_progress(loss, sum(int(b.ptr.numel()) - 1 for b in micro))
+            if cycles and st.update_step % t.cycle_steps == 0:
+                self.evaluate_point("cycle")
+                if st.eval_count % t.save_every == 0 or st.stopped:
+                    self.save_checkpoint()
+                if st.stopped:
+                    break
+                self._window = [time.time(), 0, 0.0]  # evaluation time is not training throughput
+            if self.dist.any(preemption.preemption_requested()):
+                self.save_checkpoint()
+                self.log.info(f"preempted at epoch {st.epoch + 1} update {st.update_step}: checkpoint written")
+                raise preemption.Preempted()
+        feed.close()
+        if bar is not None:
+            bar.close()
+        return te, wait
 
     def close(self) -> None:
         if hasattr(self, "log"):

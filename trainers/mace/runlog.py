@@ -225,7 +225,8 @@ def scalars_of(record: Dict[str, Any]) -> Dict[str, float]:
     A progress record (``train.log_every``) gives ``train/loss``, ``lr``, ``throughput`` (structures/s) and
     ``data_wait`` (fraction of the time waiting for batches); an evaluation gives ``val/loss`` and
     ``val/<metric>`` (``train/eval_loss`` when there is no validation set), ``train/epoch_loss`` (the mean
-    training loss since the previous evaluation) and ``epoch``.
+    training loss since the previous evaluation) and ``epoch``; a replay record (``data.replay``) gives
+    ``replay/loss`` and ``replay/<metric>``.
     """
     def num(x: Any) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool)
@@ -246,6 +247,9 @@ def scalars_of(record: Dict[str, Any]) -> Dict[str, float]:
         out.update({f"val/{k}": float(v) for k, v in record.items() if k not in _NOT_SCALARS and num(v)})
     elif split == "train" and num(record.get("loss")):
         out["train/eval_loss"] = float(record["loss"])
+    elif split == "replay":   # data.replay's held-out records: replay/loss, replay/<metric>
+        out.update({f"replay/{k}": float(v) for k, v in record.items() if k not in _NOT_SCALARS - {"loss"} and num(v)})
+        return out
     if num(record.get("train_loss")):
         out["train/epoch_loss"] = float(record["train_loss"])
     if num(record.get("epoch")):
