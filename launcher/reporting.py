@@ -117,7 +117,8 @@ def config_error_message(exc: BaseException) -> Optional[List[str]]:
     """The one-line message(s) for an exception that is a configuration problem, else None."""
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-    from launcher.core.schema import _key_error_message, _type_error_message
+    from launcher.core.schema import _key_error_message
+    from launcher.core.spec_messages import _type_error_message
 
     if isinstance(exc, ConfigErrors):
         return list(exc.problems)
@@ -183,7 +184,7 @@ def _override_parse_line(exc: Any) -> str:
 
 def _interpolation_line(exc: Optional[BaseException]) -> Optional[str]:
     """A failed interpolation in a composed config -> one line naming the key and the file that set it."""
-    from launcher.core.schema import interpolation_message
+    from launcher.core.spec_messages import interpolation_message
 
     if exc is None:
         return None

@@ -194,7 +194,7 @@ def spec_from_hydra_cfg(cfg: Any, *, base_dir: Optional[Path] = None) -> RunSpec
         try:
             spec = OmegaConf.to_object(cfg)
         except OmegaConfBaseException as e:
-            from launcher.core.schema import interpolation_message
+            from launcher.core.spec_messages import interpolation_message
             from launcher.hydra_source import where_set
 
             key = getattr(e, "full_key", None) or "?"

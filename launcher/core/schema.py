@@ -18,7 +18,9 @@ from typing import Any, Dict, List, Optional
 
 from launcher.core.errors import ConfigError, ConfigErrors
 from launcher.core.plugins import backend_names, default_backend
+from launcher.core.lora_spec import LORA_BLOCKS, lora_problems
 from launcher.core.replay_spec import REPLAY_SELECT, ReplaySpec, replay_problems
+from launcher.core.spec_messages import _did_you_mean, _first_line, _type_error_message, interpolation_message
 
 SCHEMA_VERSION = 1
 
@@ -30,7 +32,6 @@ DEVICES = ("cuda", "cpu", "auto", "cuda:N")   # cuda:N = the GPU with index N (a
 DATA_FORMATS = ("lmdb",)
 REQUIRED_RUN_KEYS = ("backend", "task", "run_dir")   # every run of a plain run.yaml names them
 PLATEAU_PATIENCE_DEFAULT = 50                         # train.patience: null (mace_run_train's value)
-LORA_BLOCKS = ("interactions", "products", "readouts")   # train.lora_blocks=all, in the model's order
 
 # Keys whose value must be one of a fixed set: checked by validate(), listed in the docs.
 CHOICES: Dict[str, tuple] = {
@@ -394,13 +395,6 @@ def set_key(spec: Any, dotted: str, value: Any) -> None:
 # Building and validating
 # --------------------------------------------------------------------------------------------
 
-def _did_you_mean(key: str, options: List[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(key, options, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 @functools.lru_cache(maxsize=1)
 def _structured_base() -> Any:
     """The schema as a read-only OmegaConf node, built once (building it costs ~40 ms; merges copy it)."""
@@ -439,24 +433,6 @@ def spec_from_dict(raw: Dict[str, Any], *, source: str = "config") -> RunSpec:
     return spec
 
 
-def interpolation_message(e: Exception, source: str) -> Optional[str]:
-    """One line for an OmegaConf interpolation that fails to parse or resolve, naming the key; else None."""
-    from omegaconf.errors import GrammarParseError, InterpolationResolutionError
-
-    if not isinstance(e, (GrammarParseError, InterpolationResolutionError)):
-        return None
-    key = getattr(e, "full_key", None) or "?"
-    reason = _first_line(str(e)).replace('"', "'")
-    if "Environment variable" in reason:  # 'KeyError raised while resolving interpolation: "Environment ..."'
-        reason = reason.split(": ", 1)[-1].strip("'")
-    kind = "bad interpolation syntax" if isinstance(e, GrammarParseError) else "interpolation failed"
-    return f"{source}: {key}: {kind}: {reason}"
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text
-
-
 def _key_error_message(e: Exception, source: str) -> str:
     full_key = getattr(e, "full_key", None) or ""
     key = full_key or _first_line(str(e))
@@ -474,12 +450,6 @@ def _key_error_message(e: Exception, source: str) -> str:
         f"{source}: unknown key '{key}'{_did_you_mean(leaf, options)}; valid keys at {where}: "
         + ", ".join(options)
     )
-
-
-def _type_error_message(e: Exception, source: str) -> str:
-    key = getattr(e, "full_key", None) or "?"
-    msg = _first_line(str(e))
-    return f"{source}: bad value for '{key}': {msg}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -615,24 +585,9 @@ def _rules(spec: RunSpec) -> List[str]:
     if t.freeze in ("head_only", "lora") and task not in ("finetune", "resume"):
         p.append(f"train.freeze: {t.freeze} needs task=finetune or resume (a pretrained model to freeze), "
                  f"not task={task}")
-    p += _lora_rules(spec)
+    p += lora_problems(spec)
     p += replay_problems(spec)
     return p
-
-
-def _lora_rules(spec: RunSpec) -> List[str]:
-    t, p = spec.train, []
-    if t.lora_rank < 1:
-        p.append(f"train.lora_rank: must be >= 1, got {t.lora_rank}")
-    if t.lora_alpha is not None and not (t.lora_alpha > 0 and math.isfinite(t.lora_alpha)):
-        p.append(f"train.lora_alpha: must be a number > 0 or null, got {t.lora_alpha}")
-    return p
-
-
-def lora_blocks(t: Any) -> List[str]:
-    """``train.lora_blocks`` as a list of blocks, in the model's order."""
-    named = set(str(t.lora_blocks).split("+"))
-    return [b for b in LORA_BLOCKS if b in named or "all" in named]
 
 
 def check(spec: RunSpec) -> RunSpec:

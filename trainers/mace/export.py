@@ -112,7 +112,7 @@ def write_artifacts(layout: RunLayout, cfg: Dict[str, Any], *, spec: Any, metric
         "model_json": layout.model_json.name,
     }
     if spec.task in ("finetune", "resume") and spec.train.freeze == "lora":   # the weights hold the adapters merged
-        from launcher.core.schema import lora_blocks
+        from launcher.core.lora_spec import lora_blocks
 
         info["lora"] = {"rank": spec.train.lora_rank, "alpha": spec.train.lora_alpha or spec.train.lora_rank,
                         "blocks": lora_blocks(spec.train), "merged": True}

@@ -103,7 +103,7 @@ class LoraFreeze:
     """
 
     def __init__(self, model: Any, t: Any, note: Callable[[str], None]) -> None:
-        from launcher.core.schema import lora_blocks
+        from launcher.core.lora_spec import lora_blocks
         from trainers.mace import lora
 
         self.rank, self.blocks = int(t.lora_rank), lora_blocks(t)
