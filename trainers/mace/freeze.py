@@ -38,13 +38,7 @@ def preflight_problems(spec: Any) -> List[str]:
     problems = []
     if t.kernels in ("cueq", "oeq"):
         problems.append(f"train.kernels: {t.kernels} replaces the e3nn linear layers train.freeze=lora adapts; "
-                        "set train.kernels=e3nn (or auto)")
-    elif t.kernels == "auto" and spec.device != "cpu":
-        from trainers.mace.kernels import missing_packages
-
-        if not missing_packages("cueq"):
-            problems.append("train.kernels: auto may pick cueq on a GPU here (cuEquivariance is installed), which "
-                            "replaces the e3nn linear layers train.freeze=lora adapts; set train.kernels=e3nn")
+                        "set train.kernels=e3nn (or auto, which picks e3nn for lora)")
     if t.compile:
         problems.append("train.compile: not supported with train.freeze=lora (the adapters hook e3nn's linear "
                         "layers); set train.compile=false")

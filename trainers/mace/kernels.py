@@ -56,11 +56,13 @@ def _ops_import() -> Optional[str]:
     return None
 
 
-def choose(requested: str, device: Any) -> Tuple[str, str]:
-    """``(kernels, why)`` for ``requested`` on ``device`` (a torch.device)."""
+def choose(requested: str, device: Any, *, lora: bool = False) -> Tuple[str, str]:
+    """``(kernels, why)`` for ``requested`` on ``device`` (a torch.device); ``lora``: adapters on e3nn's layers."""
     on_cuda = getattr(device, "type", str(device)) == "cuda"
     if requested == "e3nn":
         return "e3nn", "requested"
+    if requested == "auto" and lora:
+        return "e3nn", "auto: train.freeze=lora adapts e3nn's linear layers"
     if requested == "oeq":
         return "oeq", "requested" + ("" if on_cuda else "; OpenEquivariance's kernels are CUDA-only, this will fail on CPU")
     if requested == "cueq":

@@ -302,7 +302,7 @@ class Trainer(Checkpointing, Evaluation):
         from trainers.mace import kernels
 
         t = self.spec.train
-        self.kernels, why = kernels.choose(t.kernels, self.device)
+        self.kernels, why = kernels.choose(t.kernels, self.device, lora=t.freeze == "lora")
         self.log.info(f"kernels: {self.kernels} ({why})")
         prepared = bool(t.compile and self.kernels == "e3nn")   # cueq/oeq modules need no e3nn preparation
         if prepared:

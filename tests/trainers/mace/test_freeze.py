@@ -36,6 +36,15 @@ def test_lora_alone_passes_the_mace_check(tmp_path):
     assert not [p for p in MaceBackend().check(spec) if p.startswith(("train.lora", "train.freeze", "train.kernels"))]
 
 
+def test_auto_kernels_pick_e3nn_for_lora_even_on_cuda(tmp_path):
+    from trainers.mace import kernels
+
+    spec = _spec(tmp_path, freeze="lora", kernels="auto")
+    spec.device = "cuda"
+    assert not [p for p in MaceBackend().check(spec) if p.startswith("train.kernels")]
+    assert kernels.choose("auto", "cuda", lora=True) == ("e3nn", "auto: train.freeze=lora adapts e3nn's linear layers")
+
+
 @pytest.mark.parametrize("task, train, key", [
     ("train", {"freeze": "lora"}, "train.freeze"),
     ("finetune", {"freeze": "lora", "lora_rank": 0}, "train.lora_rank"),
