@@ -58,42 +58,28 @@ def _run_single_checked(cfg: Any, prestarted: Optional[Any]) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from launcher.models import resolve_model_names
-    from launcher.preflight import check_sweep, print_dry_run
-    from launcher.reporting import guarded_submit
-    from launcher.submit import check_params
+    from launcher import pipeline
     from launcher.sweep import launcher_params
     from launcher.translate import spec_from_hydra_cfg
 
     hc = HydraConfig.get()
+    cwd = Path(hc.runtime.cwd)
     if cfg.get("run_dir") in (None, ""):
         with open_dict(cfg):
             cfg.run_dir = default_run_dir()
-    spec = spec_from_hydra_cfg(cfg, base_dir=Path(hc.runtime.cwd))
-    resolve_model_names([spec], [Path(hc.runtime.cwd)])  # model_in=NAME -> the verified cached file
-    params = launcher_params(hc.launcher)
-    check_params(params)
-    problems = check_sweep([spec], [spec.run_name], cluster=params.cluster, gpus_per_node=params.gpus_per_node,
-                           params=params)
-    if problems:
-        raise ConfigErrors(problems)
-    if spec.dry_run:
-        print_dry_run([spec], [spec.run_name])
+    spec = spec_from_hydra_cfg(cfg, base_dir=cwd)
+    params = pipeline.checked_params(launcher_params(hc.launcher))
+    req = pipeline.prepare([spec], params, single_run_submit_dir(spec), bases=[cwd],
+                           overrides=[list(hc.overrides.task)], prestarted=prestarted)
+    result = pipeline.launch(req, guarded=True)
+    if result is None:  # a dry run
         return
-    result = guarded_submit([spec], lambda: submit(spec, params, hc, prestarted))
     if result.failed:
         o = result.failed[0]
         print(f"error: run {o.state}: {o.error} (run_dir {o.run_dir}, log {o.log_path})", file=sys.stderr)
         sys.exit(EXIT_FAILED)
     if any(o.state == "PREEMPTED" for o in result.outcomes):
         sys.exit(EXIT_PREEMPTED)   # stopped by a signal after checkpointing: launch again to resume
-
-
-def submit(spec: Any, params: Any, hc: Any, prestarted: Optional[Any]) -> Any:
-    from launcher.submit import submit_runs
-
-    return submit_runs([spec], params, single_run_submit_dir(spec), overrides=[list(hc.overrides.task)],
-                       wait=params.wait, prestarted=prestarted)
 
 
 def single_run_submit_dir(spec: Any) -> Path:

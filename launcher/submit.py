@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from launcher.core.errors import EXIT_PREEMPTED, ConfigError
+from launcher.core.errors import EXIT_PREEMPTED, ConfigError, ConfigErrors
 from launcher.core.layout import RunLayout
 from launcher.core.schema import TRAINING_TASKS, RunSpec
 from launcher.params import LauncherParams
@@ -502,19 +502,21 @@ def counts_line(outcomes: Sequence[JobOutcome]) -> str:
     return f"{len(outcomes)} run(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
 
 
-def submit_runs(
-    specs: List[RunSpec],
-    params: LauncherParams,
-    sweep_dir: Path,
-    *,
-    overrides: Optional[List[List[str]]] = None,
-    wait: bool = True,
-    echo: Callable[[str], None] = print,
-    prestarted: Optional[Any] = None,
-    indices: Optional[Sequence[int]] = None,
-    earlier: Optional[Earlier] = None,
-) -> SweepResult:
-    """Run or submit every spec (already validated and preflighted).
+def submit_runs(specs: List[RunSpec], params: LauncherParams, sweep_dir: Path, **kwargs: Any) -> SweepResult:
+    """:func:`dispatch_runs` for a caller that did not preflight ``params``: refuses what a door's preflight
+    refuses of them (:func:`check_params`, the backends' ``check_launch``) first."""
+    check_params(params)
+    problems = backend_launch_problems(specs, params)
+    if problems:
+        raise ConfigErrors(problems)
+    return dispatch_runs(specs, params, sweep_dir, **kwargs)
+
+
+def dispatch_runs(specs: List[RunSpec], params: LauncherParams, sweep_dir: Path, *,
+                  overrides: Optional[List[List[str]]] = None, wait: bool = True, echo: Callable[[str], None] = print,
+                  prestarted: Optional[Any] = None, indices: Optional[Sequence[int]] = None,
+                  earlier: Optional[Earlier] = None) -> SweepResult:
+    """Run or submit every spec (already validated and preflighted: :mod:`launcher.pipeline`).
 
     ``inprocess`` runs them here, one after the other. ``local`` / ``slurm`` submit them through
     submitit as one job array; with ``wait`` the call returns when all are done, otherwise at once
@@ -528,25 +530,33 @@ def submit_runs(
     """
     from launcher import summary
 
-    check_params(params)
-    problems = backend_launch_problems(specs, params)
-    if problems:
-        from launcher.core.errors import ConfigErrors
-
-        raise ConfigErrors(problems)
     sweep_dir = Path(sweep_dir).resolve()
     overrides = overrides or [[] for _ in specs]
     if params.cluster == "inprocess":
         outcomes = _run_inprocess(specs, overrides, echo, prestarted, indices, study=earlier is not None)
         result = SweepResult(sweep_dir, outcomes)
-        if len(specs) > 1 and earlier is None:
-            result.summary_path = summary.write_summary(sweep_dir, outcomes)["csv"]
-            echo(f"sweep summary: {result.summary_path}")
-        return result
+    else:
+        numbers = list(indices) if indices is not None else list(range(len(specs)))
+        bases = [JobOutcome(i, s.run_dir or "", "PENDING", list(ov)) for i, s, ov in zip(numbers, specs, overrides)]
+        result = _submit_and_wait(specs, params, sweep_dir, bases, earlier or Earlier(objective=""), wait, echo)
+        if not wait:
+            return result
+        single = earlier is None and len(specs) == 1
+        if single and result.outcomes[0].state == "FINISHED" and specs[0].task in TRAINING_TASKS:
+            _echo_best(result.outcomes[0].run_dir, echo)
+        echo(counts_line(result.outcomes))
+        for o in result.failed:
+            echo(f"  [{o.index}] {o.state}: {o.error} (log {o.log_path})")
+    if len(specs) > 1 and earlier is None:
+        result.summary_path = summary.write_summary(sweep_dir, result.outcomes)["csv"]
+        echo(f"sweep summary: {result.summary_path}")
+    return result
 
-    numbers = list(indices) if indices is not None else list(range(len(specs)))
-    bases = [JobOutcome(i, s.run_dir or "", "PENDING", list(ov)) for i, s, ov in zip(numbers, specs, overrides)]
-    before = earlier or Earlier(objective="")
+
+def _submit_and_wait(specs: Sequence[RunSpec], params: LauncherParams, sweep_dir: Path, bases: List[JobOutcome],
+                     before: Earlier, wait: bool, echo: Callable[[str], None]) -> SweepResult:
+    """Submit through submitit, record sweep.json (with a study's earlier batches) and, with ``wait``, follow the
+    jobs to their end; a refused submission removes the sweep folder it made."""
     _check_cluster_commands(params)  # before the sweep folder exists: a refused submission leaves none
     first_new = _first_missing(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -561,37 +571,25 @@ def submit_runs(
     for b, j in zip(bases, jobs):
         b.job_id = str(j.job_id)
         b.log_path = str(j.paths.stderr)
-    write_record(sweep_dir, params, folder, [*before.outcomes, *bases], [*before.array_ids, *array_ids],
-                 before.objective or None)
+
+    def record(outcomes: List[JobOutcome]) -> None:
+        write_record(sweep_dir, params, folder, [*before.outcomes, *outcomes], [*before.array_ids, *array_ids],
+                     before.objective or None)
+
+    record(bases)
     what = "job array" if len(array_ids) == 1 and len(specs) > 1 else "job"
-    ids = ", ".join(array_ids)
     ranks = params.tasks_per_node * params.nodes
     each = f" ({ranks} ranks each: {params.nodes} node(s) x {params.tasks_per_node} task(s))" if ranks > 1 else ""
     echo(f"submitted {len(specs)} run(s) to {params.cluster} as {what}{'s' if len(array_ids) > 1 else ''} "
-         f"{ids}{each} in {time.time() - t0:.1f}s; logs under {folder.parent}")
+         f"{', '.join(array_ids)}{each} in {time.time() - t0:.1f}s; logs under {folder.parent}")
     result = SweepResult(sweep_dir, bases, array_ids)
     if not wait:
         echo(f"not waiting: `launch-status {sweep_dir}` reports states and writes {sweep_dir / 'summary.csv'}")
         return result
-
-    def progress(outcomes: List[JobOutcome]) -> None:
-        write_record(sweep_dir, params, folder, [*before.outcomes, *outcomes], [*before.array_ids, *array_ids],
-                     before.objective or None)
-
     try:
-        result.outcomes = wait_for(jobs, bases, params, on_change=progress)
+        result.outcomes = wait_for(jobs, bases, params, on_change=record)
     except KeyboardInterrupt:
         echo(f"stopped waiting; the jobs keep running: `launch-status {sweep_dir}` reports on them")
         raise
-    write_record(sweep_dir, params, folder, [*before.outcomes, *result.outcomes], [*before.array_ids, *array_ids],
-                 before.objective or None)
-    single = earlier is None and len(specs) == 1
-    if single and result.outcomes[0].state == "FINISHED" and specs[0].task in TRAINING_TASKS:
-        _echo_best(result.outcomes[0].run_dir, echo)
-    echo(counts_line(result.outcomes))
-    for o in result.failed:
-        echo(f"  [{o.index}] {o.state}: {o.error} (log {o.log_path})")
-    if len(specs) > 1 and earlier is None:
-        result.summary_path = summary.write_summary(sweep_dir, result.outcomes)["csv"]
-        echo(f"sweep summary: {result.summary_path}")
+    record(result.outcomes)
     return result
