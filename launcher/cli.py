@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 from launcher.core.errors import EXIT_FAILED, EXIT_PREEMPTED, ConfigError, ConfigErrors
 from launcher.reporting import config_error_message, debug, exit_for, report_config_error
@@ -89,19 +89,26 @@ def single_run_submit_dir(spec: Any) -> Path:
     return rd.parent / ".submit" / rd.name
 
 
-def _hydra_entry(prestarted: Optional[Any]) -> None:
-    import hydra
+def _hydra_entry(args: Any, parser: Any, prestarted: Optional[Any]) -> None:
+    """Hydra's ``main`` with the command line this process parsed once (:func:`parse_argv`)."""
+    from hydra import version
+    from hydra._internal.utils import _run_hydra
 
     from launcher.resolvers import conf_dir
 
     def task(cfg: Any) -> None:  # the early-started handle reaches the job through this closure
         _run_single(cfg, prestarted)
 
-    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(task)()
+    version.setbase("1.3")
+    if args.experimental_rerun is not None:  # as hydra.main: the pickled config of an earlier run
+        from hydra.core.utils import _flush_loggers
+        from hydra.main import _get_rerun_conf
 
-
-def _wants_app_help(argv: List[str]) -> bool:
-    return any(a in ("--help", "-h") for a in argv) and "--hydra-help" not in argv
+        task(_get_rerun_conf(args.experimental_rerun, args.overrides))
+        _flush_loggers()
+        return
+    _run_hydra(args=args, args_parser=parser, task_function=task, config_path=str(conf_dir()),
+               config_name="config")
 
 
 def print_app_help(overrides: List[str]) -> None:
@@ -158,9 +165,9 @@ _REFUSED_HYDRA = {
 }
 
 
-def refused_hydra_override(argv: List[str]) -> Optional[str]:
+def refused_hydra_override(overrides: List[str]) -> Optional[str]:
     """The one-line problem of a Hydra override ``launch`` does not take, else None."""
-    for a in argv:
+    for a in overrides:
         key = a.lstrip("+~").partition("=")[0]
         if key in _REFUSED_HYDRA:
             return f"{key}: {_REFUSED_HYDRA[key]}"
@@ -174,11 +181,11 @@ def refused_hydra_override(argv: List[str]) -> Optional[str]:
     return None
 
 
-def check_hydra_flags(argv: List[str]) -> None:
-    """Hydra's own flags parsed as Hydra will parse them, so that a bad one is one ``error:`` line and exit 2
-    (argparse would print the whole usage first)."""
-    if any(a in ("--version", "--hydra-help") for a in argv):
-        return
+def parse_argv(argv: List[str]) -> Tuple[Any, Any]:
+    """(Hydra's parser, the parsed command line): ``launch``'s one parse of its arguments, handed to Hydra as is.
+
+    A bad flag is one ``error:`` line and exit 2 (argparse would print the whole usage first).
+    """
     from hydra._internal.utils import get_args_parser
 
     from launcher.reporting import one_line
@@ -189,7 +196,7 @@ def check_hydra_flags(argv: List[str]) -> None:
         report_config_error([f"launch: {one_line(message)} (see launch --help)"])
 
     parser.error = error  # type: ignore[method-assign]
-    parser.parse_args(argv)
+    return parser, parser.parse_args(argv)
 
 
 def _main(early: Optional[Any]) -> None:
@@ -197,17 +204,17 @@ def _main(early: Optional[Any]) -> None:
     from launcher.resolvers import register, register_configs, remove_hydra_scratch
 
     try:
-        refused = refused_hydra_override(sys.argv[1:])
+        parser, args = parse_argv(sys.argv[1:])
+        refused = refused_hydra_override(args.overrides)
         if refused:
             report_config_error([refused])
         register()
         register_configs()
         install_config_source()
-        if _wants_app_help(sys.argv[1:]):
-            print_app_help([a for a in sys.argv[1:] if not a.startswith("-")])
+        if args.help and not args.hydra_help:
+            print_app_help(list(args.overrides))
             return
-        check_hydra_flags(sys.argv[1:])
-        _hydra_entry(early)
+        _hydra_entry(args, parser, early)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure ends as one line (exit_for classifies it)
