@@ -93,8 +93,9 @@ def classify(spec: RunSpec, layout: RunLayout) -> str:
     return RESUME
 
 
-def describe_state(spec: RunSpec, layout: RunLayout) -> str:
-    kind = classify(spec, layout)
+def describe_state(spec: RunSpec, layout: RunLayout, kind: Optional[str] = None) -> str:
+    """What launching ``spec`` would do with its run_dir (``kind``: its :func:`classify` verdict, when known)."""
+    kind = classify(spec, layout) if kind is None else kind
     status = layout.status()
     if status == "running":
         return f"is in use by a running job ({_owner(layout)}): refused"
@@ -110,10 +111,11 @@ def describe_state(spec: RunSpec, layout: RunLayout) -> str:
     }[kind]
 
 
-def state_problem(spec: RunSpec) -> Optional[str]:
-    """The run_dir problem preflight reports (None when launching is allowed)."""
+def state_problem(spec: RunSpec, kind: Optional[str] = None) -> Optional[str]:
+    """The run_dir problem preflight reports (None when launching is allowed); ``kind``: the run_dir's
+    :func:`classify` verdict, when the caller has it."""
     layout = RunLayout.of(spec.run_dir)
-    kind = classify(spec, layout)
+    kind = classify(spec, layout) if kind is None else kind
     if layout.status() == "running" and owner_alive(layout.read_state()):
         return f"run_dir: {layout.root} is in use by a running job ({_owner(layout)}); wait for it or choose another run_dir"
     if kind in (DIFFERENT, FOREIGN) and not spec.overwrite:
@@ -295,19 +297,21 @@ def _run_lock(layout: RunLayout):
             fh.close()
 
 
-def run_job(spec: RunSpec, *, echo=print, prestarted: Optional[Any] = None) -> JobResult:
+def run_job(spec: RunSpec, *, echo=print, prestarted: Optional[Any] = None, state: Optional[str] = None) -> JobResult:
     """Run one validated spec to completion (or skip/resume it) in its run directory.
 
     ``prestarted`` is what the backend's ``prestart`` hook returned at launch; it reaches the
-    backend through the JobContext.
+    backend through the JobContext. ``state``: the run_dir's :func:`classify` verdict that this process's
+    preflight found just before (a single in-process run); without it, it is read here. Either way it only
+    decides whether to take the lock: under the lock the run_dir is always classified again.
     """
     from launcher.backends import get_backend
     from launcher.core import preemption
 
     layout = RunLayout.of(spec.run_dir)
-    kind = classify(spec, layout)
+    kind = classify(spec, layout) if state is None else state
     if kind in (DIFFERENT, FOREIGN) and not spec.overwrite:
-        raise ConfigError(state_problem(spec) or f"run_dir: {layout.root} cannot be used")
+        raise ConfigError(state_problem(spec, kind) or f"run_dir: {layout.root} cannot be used")
     if kind == SKIP:
         return _skip(layout, echo)
 
@@ -322,7 +326,7 @@ def run_job(spec: RunSpec, *, echo=print, prestarted: Optional[Any] = None) -> J
         pristine = kind == FRESH and _only_lock(layout.root)
         if kind in (DIFFERENT, FOREIGN):
             if not spec.overwrite:
-                raise ConfigError(state_problem(spec) or f"run_dir: {layout.root} cannot be used")
+                raise ConfigError(state_problem(spec, kind) or f"run_dir: {layout.root} cannot be used")
             inside = inputs_in_run_dir(spec, layout.root)
             if inside:
                 raise ConfigError(_inputs_inside_message(layout.root, inside))

@@ -27,6 +27,7 @@ class Request:
     labels: List[str] = field(default_factory=list)
     overrides: List[List[str]] = field(default_factory=list)
     prestarted: Optional[Any] = None   # a backend's early start (trainers.api), for a single in-process run
+    states: List[Optional[str]] = field(default_factory=list)  # each run_dir's state, as preflight read it
 
     @property
     def dry_run(self) -> bool:
@@ -63,11 +64,11 @@ def problems(req: Request, *, notes: bool = True, extra: Optional[Extra] = None)
     """Every problem of every point, one line each: the schema, the generic checks (files, data, devices, the
     run_dir's state), the backend's ``check`` and its ``check_launch`` of the launcher settings, then ``extra``
     (a door's own rule, such as a study's objective). ``notes``: print the data warnings when the checks before
-    ``extra`` find no problem."""
-    from launcher.preflight import check_sweep
+    ``extra`` find no problem. The run_dirs' states it read are kept in ``req.states`` for ``dispatch``."""
+    from launcher.preflight import check_points
 
-    found = check_sweep(req.specs, req.labels, cluster=req.params.cluster, gpus_per_node=req.params.gpus_per_node,
-                        notes=notes, params=req.params)
+    found, req.states = check_points(req.specs, req.labels, cluster=req.params.cluster,
+                                     gpus_per_node=req.params.gpus_per_node, notes=notes, params=req.params)
     if extra is not None:
         many = len(req.specs) > 1
         found += [f"[{label}] {p}" if many else p for spec, label in zip(req.specs, req.labels) for p in extra(spec)]
@@ -90,13 +91,13 @@ def dispatch(req: Request, *, guarded: bool = False, **submit: Any) -> Optional[
     if req.dry_run:
         from launcher.preflight import print_dry_run
 
-        print_dry_run(req.specs, req.labels)
+        print_dry_run(req.specs, req.labels, states=req.states or None)
         return None
     submit.setdefault("wait", req.params.wait)
 
     def go() -> Any:
         return dispatch_runs(req.specs, req.params, req.sweep_dir, overrides=req.overrides,
-                             prestarted=req.prestarted, **submit)
+                             prestarted=req.prestarted, states=req.states or None, **submit)
 
     if not guarded:
         return go()

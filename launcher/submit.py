@@ -1,12 +1,10 @@
 """Submission: the one module that sends validated RunSpecs to where they run.
 
-``inprocess`` runs them one after the other in this process; ``local`` and ``slurm`` go through
-submitit, a sweep being one job array (split only where it exceeds the cluster's MaxArraySize).
-Every submitted job is :class:`RunJob`: it calls :func:`launcher.job.run_job`, which resumes an
-unfinished run directory, so a requeued or preempted job simply runs the same call again.
-
-``SWEEP_DIR/sweep.json`` records what was submitted; ``launch-status SWEEP_DIR`` reads it later.
-submitit is imported only when jobs are submitted (it costs ~0.4 s at start-up otherwise).
+``inprocess`` runs them one after the other in this process; ``local`` and ``slurm`` go through submitit, a
+sweep being one job array (split only where it exceeds the cluster's MaxArraySize). Every submitted job is
+:class:`RunJob`: it calls :func:`launcher.job.run_job`, which resumes an unfinished run directory, so a requeued
+or preempted job simply runs the same call again. ``SWEEP_DIR/sweep.json`` records what was submitted;
+``launch-status SWEEP_DIR`` reads it later. submitit is imported only when jobs are submitted (~0.4 s).
 """
 from __future__ import annotations
 
@@ -377,8 +375,9 @@ def _echo_best(run_dir: str, echo: Callable[[str], None]) -> None:
 
 def _run_inprocess(specs: Sequence[RunSpec], overrides: List[List[str]], echo: Callable[[str], None],
                    prestarted: Optional[Any] = None, indices: Optional[Sequence[int]] = None,
-                   study: bool = False) -> List[JobOutcome]:
-    """Run each spec here; a single run's error propagates, except in a study (its trial is then failed)."""
+                   study: bool = False, states: Optional[Sequence[Optional[str]]] = None) -> List[JobOutcome]:
+    """Run each spec here; a single run's error propagates, except in a study (its trial is then failed).
+    A single run takes its ``prestarted`` handle and its run_dir's state as preflight read it (``states``)."""
     from launcher.job import run_job
 
     outcomes: List[JobOutcome] = []
@@ -387,7 +386,9 @@ def _run_inprocess(specs: Sequence[RunSpec], overrides: List[List[str]], echo: C
         t0 = time.time()
         log = str(RunLayout.of(spec.run_dir or ".").train_log)
         try:
-            res = run_job(spec, echo=echo, prestarted=prestarted if len(specs) == 1 else None)
+            one = len(specs) == 1
+            res = run_job(spec, echo=echo, prestarted=prestarted if one else None,
+                          state=states[0] if one and states else None)
             state = {"finished": "FINISHED", "skipped": "SKIPPED", "preempted": "PREEMPTED"}[res.status]
             if res.status == "finished" and spec.task in TRAINING_TASKS:
                 _echo_best(res.run_dir, echo)
@@ -515,14 +516,14 @@ def submit_runs(specs: List[RunSpec], params: LauncherParams, sweep_dir: Path, *
 def dispatch_runs(specs: List[RunSpec], params: LauncherParams, sweep_dir: Path, *,
                   overrides: Optional[List[List[str]]] = None, wait: bool = True, echo: Callable[[str], None] = print,
                   prestarted: Optional[Any] = None, indices: Optional[Sequence[int]] = None,
-                  earlier: Optional[Earlier] = None) -> SweepResult:
+                  earlier: Optional[Earlier] = None, states: Optional[Sequence[Optional[str]]] = None) -> SweepResult:
     """Run or submit every spec (already validated and preflighted: :mod:`launcher.pipeline`).
 
-    ``inprocess`` runs them here, one after the other. ``local`` / ``slurm`` submit them through
-    submitit as one job array; with ``wait`` the call returns when all are done, otherwise at once
-    (``launch-status SWEEP_DIR`` reports later). A sweep of several runs writes
-    ``SWEEP_DIR/summary.csv``, ``summary.md`` and ``summary.png``. ``prestarted`` (a backend's
-    early start, see ``trainers.api``) goes to the job of a single in-process run.
+    ``inprocess`` runs them here, one after the other. ``local`` / ``slurm`` submit them through submitit as
+    one job array; with ``wait`` the call returns when all are done, otherwise at once (``launch-status
+    SWEEP_DIR`` reports later). A sweep of several runs writes ``SWEEP_DIR/summary.csv``, ``.md`` and ``.png``.
+    ``prestarted`` (a backend's early start, ``trainers.api``) and ``states`` (preflight's run_dir states) go
+    to the job of a single in-process run.
 
     One batch of an Optuna study passes ``earlier`` (the study so far) and ``indices`` (its job numbers):
     sweep.json lists the whole study, a failed trial never raises, and the study writes the summary once it
@@ -533,7 +534,8 @@ def dispatch_runs(specs: List[RunSpec], params: LauncherParams, sweep_dir: Path,
     sweep_dir = Path(sweep_dir).resolve()
     overrides = overrides or [[] for _ in specs]
     if params.cluster == "inprocess":
-        outcomes = _run_inprocess(specs, overrides, echo, prestarted, indices, study=earlier is not None)
+        outcomes = _run_inprocess(specs, overrides, echo, prestarted, indices, study=earlier is not None,
+                                  states=states)
         result = SweepResult(sweep_dir, outcomes)
     else:
         numbers = list(indices) if indices is not None else list(range(len(specs)))

@@ -130,6 +130,18 @@ def test_different_spec_refused_then_overwrite_moves_old_run_aside(tmp_path):
     assert len(moved) == 1 and (moved[0] / "run.yaml").read_text() == before
 
 
+def test_a_state_carried_from_preflight_is_checked_again_under_the_lock(tmp_path):
+    """The door passes preflight's verdict on the run_dir to a single run's job; it spares a second read before the
+    lock, but a run_dir that changed since (here: another spec finished there) is still refused under the lock."""
+    run_job(_spec(tmp_path / "r", lr=0.01), echo=lambda *_: None)
+    before = (tmp_path / "r" / "run.yaml").read_text()
+    with pytest.raises(ConfigError, match="holds a different run"):
+        run_job(_spec(tmp_path / "r", lr=0.001), echo=lambda *_: None, state=FRESH)
+    assert (tmp_path / "r" / "run.yaml").read_text() == before and len(CALLS) == 1
+    assert run_job(_spec(tmp_path / "r", lr=0.01), echo=lambda *_: None, state=SKIP).status == "skipped"
+    assert len(CALLS) == 1
+
+
 def test_foreign_directory_refused(tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "thesis.tex").write_text("precious")

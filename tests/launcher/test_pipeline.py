@@ -83,3 +83,24 @@ def test_dry_run_and_launch_give_the_same_verdict(door, tmp_path, demo_data):
     assert lines and any(NEEDLE in ln for ln in lines), lines
     assert (dry_code, [ln.replace(str(tmp_path / "out-True"), "OUT") for ln in dry_lines]) \
         == (code, [ln.replace(str(tmp_path / "out-False"), "OUT") for ln in lines])
+
+
+def test_preflight_keeps_each_run_dirs_state_for_the_dispatch(tmp_path, demo_data, model_json):
+    """The run_dir states preflight read travel in the request (to the dry run's description and a single run's
+    job) instead of being read again; a foreign folder is reported once, with its state."""
+    from launcher import pipeline
+    from launcher.core.schema import spec_from_dict
+    from launcher.job import FOREIGN, FRESH
+    from launcher.params import LauncherParams
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "notes.txt").write_text("mine")
+    specs = [spec_from_dict({"backend": "mace", "task": "train", "device": "cpu", "run_dir": str(tmp_path / name),
+                             "name": name, "data": {"train": str(demo_data["train"])},
+                             "train": {"input_json": str(model_json)}}) for name in ("a", "b")]
+    req = pipeline.prepare(specs, pipeline.checked_params(LauncherParams()), tmp_path / "sweep", bases=[tmp_path])
+    found = pipeline.problems(req, notes=False)
+    assert req.states == [FRESH, FOREIGN]
+    assert [p for p in found if "run_dir" in p] == [f"[b] run_dir: {tmp_path / 'b'} holds files that are not an "
+                                                    "mlip-launch run; choose another run_dir or set overwrite=true"]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "sweep").exists()
