@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from launcher.core.atomic import atomic_write_text, remove_stale_temps
-from launcher.core.env import set_thread_defaults
+from launcher.core.env import cpu_count, set_thread_defaults
 from launcher.core.errors import ConfigError
 from launcher.core.layout import RunLayout, owner_alive, process_start
 from launcher.core.schema import TRAINING_TASKS, RunSpec
@@ -315,7 +315,7 @@ def run_job(spec: RunSpec, *, echo=print, prestarted: Optional[Any] = None, stat
     if kind == SKIP:
         return _skip(layout, echo)
 
-    set_thread_defaults(os.environ)
+    threads = job_threads()
     preemption.install_preemption_handler()
     backend = get_backend(spec.backend)
     anchor = _existing_ancestor(layout.root)
@@ -335,7 +335,7 @@ def run_job(spec: RunSpec, *, echo=print, prestarted: Optional[Any] = None, stat
         record = layout.task_yaml(spec.task)
         earlier = record.read_bytes() if kind == ADD and record.is_file() else None
         try:
-            return _run_locked(spec, layout, kind, backend, echo, prestarted)
+            return _run_locked(spec, layout, kind, backend, echo, prestarted, threads)
         except ConfigError:      # an input problem found at start: leave a run_dir we made as it was
             if pristine:
                 _undo_fresh_start(layout, anchor)
@@ -344,7 +344,8 @@ def run_job(spec: RunSpec, *, echo=print, prestarted: Optional[Any] = None, stat
             raise
 
 
-def _run_locked(spec: RunSpec, layout: RunLayout, kind: str, backend: Any, echo, prestarted: Optional[Any]) -> JobResult:
+def _run_locked(spec: RunSpec, layout: RunLayout, kind: str, backend: Any, echo, prestarted: Optional[Any],
+                threads: int) -> JobResult:
     """The part of :func:`run_job` that runs with the run_dir locked and its state decided."""
     from launcher.core import preemption
     from launcher.core.specio import dump_run_yaml
@@ -368,7 +369,8 @@ def _run_locked(spec: RunSpec, layout: RunLayout, kind: str, backend: Any, echo,
         layout.write_state(status="running", task=spec.task, attempt=attempt, host=socket.gethostname(),
                            pid=me, pid_start=process_start(me), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            slurm_job_id=os.environ.get("SLURM_JOB_ID"))
-    ctx = JobContext(spec=spec, layout=layout, resume=(kind == RESUME), attempt=attempt, prestarted=prestarted)
+    ctx = JobContext(spec=spec, layout=layout, resume=(kind == RESUME), attempt=attempt, prestarted=prestarted,
+                     extra={"threads": threads})
     if kind == RESUME:
         how = "an interrupted" if interrupted else "an unfinished"
         echo(f"{layout.root}: resuming {how} run (attempt {attempt})")
@@ -398,6 +400,15 @@ def _run_locked(spec: RunSpec, layout: RunLayout, kind: str, backend: Any, echo,
                            epochs_done=result.get("epochs_done", spec.train.epochs))
     echo(f"{layout.root}: {spec.task} finished")
     return JobResult(str(layout.root), "finished", result)
+
+
+def job_threads() -> int:
+    """The CPU threads of this job: the user's OMP_NUM_THREADS, else the CPUs it was given. Exported once for the
+    OpenMP / MKL runtimes and child processes (:func:`set_thread_defaults`); the backend gets it as a value,
+    ``ctx.extra["threads"]``, rather than reading the environment back."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    set_thread_defaults(os.environ)
+    return int(given) if given.isdigit() and int(given) > 0 else cpu_count()
 
 
 def _skip(layout: RunLayout, echo) -> JobResult:
