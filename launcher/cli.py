@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
-from launcher.core.errors import EXIT_FAILED, EXIT_PREEMPTED, ConfigError, ConfigErrors
+from launcher.core.errors import EXIT_FAILED, EXIT_PREEMPTED, ConfigError
 from launcher.reporting import config_error_message, debug, exit_for, report_config_error
 
 
