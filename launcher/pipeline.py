@@ -61,14 +61,23 @@ Extra = Callable[[RunSpec], List[str]]
 
 
 def problems(req: Request, *, notes: bool = True, extra: Optional[Extra] = None) -> List[str]:
-    """Every problem of every point, one line each: the schema, the generic checks (files, data, devices, the
-    run_dir's state), the backend's ``check`` and its ``check_launch`` of the launcher settings, then ``extra``
-    (a door's own rule, such as a study's objective). ``notes``: print the data warnings when the checks before
-    ``extra`` find no problem. The run_dirs' states it read are kept in ``req.states`` for ``dispatch``."""
+    """Every problem, one line each: the cluster's commands, then for every point the schema, the generic checks
+    (files, data, devices, the run_dir's state), the backend's ``check`` and its ``check_launch`` of the launcher
+    settings, then ``extra`` (a door's own rule, such as a study's objective). ``notes``: print the data warnings
+    when the checks before ``extra`` find no problem. The run_dirs' states it read are kept in ``req.states``."""
+    from launcher.core.errors import ConfigError
     from launcher.preflight import check_points
+    from launcher.submit import check_cluster_commands
 
-    found, req.states = check_points(req.specs, req.labels, cluster=req.params.cluster,
-                                     gpus_per_node=req.params.gpus_per_node, notes=notes, params=req.params)
+    try:
+        check_cluster_commands(req.params)
+        found: List[str] = []
+    except ConfigError as e:
+        found = [str(e)]
+    points, req.states = check_points(req.specs, req.labels, cluster=req.params.cluster,
+                                      gpus_per_node=req.params.gpus_per_node, notes=notes and not found,
+                                      params=req.params)
+    found += points
     if extra is not None:
         many = len(req.specs) > 1
         found += [f"[{label}] {p}" if many else p for spec, label in zip(req.specs, req.labels) for p in extra(spec)]

@@ -403,7 +403,8 @@ def _run_inprocess(specs: Sequence[RunSpec], overrides: List[List[str]], echo: C
     return outcomes
 
 
-def _check_cluster_commands(params: LauncherParams) -> None:
+def check_cluster_commands(params: LauncherParams) -> None:
+    """The cluster's commands are here (part of preflight, so that a dry run gets the launch's verdict)."""
     if params.cluster == "slurm" and not shutil.which("sbatch"):
         raise ConfigError("hydra.launcher.cluster: slurm needs the SLURM commands (sbatch not found on PATH)",
                           key="cluster")
@@ -423,7 +424,6 @@ def _submit(specs: Sequence[RunSpec], params: LauncherParams, sweep_dir: Path) -
     """Submit every spec; a sweep is one job array (several where it exceeds MaxArraySize)."""
     from submitit.core.utils import FailedJobError
 
-    _check_cluster_commands(params)
     ex = make_executor(params, sweep_dir)
     size = max_array_size() if params.cluster == "slurm" else max(1, len(specs))
     jobs: List[Any] = []
@@ -559,7 +559,7 @@ def _submit_and_wait(specs: Sequence[RunSpec], params: LauncherParams, sweep_dir
                      before: Earlier, wait: bool, echo: Callable[[str], None]) -> SweepResult:
     """Submit through submitit, record sweep.json (with a study's earlier batches) and, with ``wait``, follow the
     jobs to their end; a refused submission removes the sweep folder it made."""
-    _check_cluster_commands(params)  # before the sweep folder exists: a refused submission leaves none
+    check_cluster_commands(params)  # before the sweep folder exists: a refused submission leaves none
     first_new = _first_missing(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

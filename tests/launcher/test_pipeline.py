@@ -2,8 +2,9 @@
 
 Each door (``launch``, ``launch -m`` grid, ``launch -m hydra/sweeper=optuna``, ``launch-run`` with one run and with
 a ``runs:`` list) is run as the real console script twice, with and without the dry run, on a launcher setting the
-FairChem backend refuses (``hydra.launcher.nodes=2``: its ranks come from one torchrun on one node). Both must exit
-with the same code and the same error lines, and neither may create a run or sweep directory.
+FairChem backend refuses (``hydra.launcher.nodes=2``: its ranks come from one torchrun on one node), and on the SLURM
+launcher where its commands are missing. Both must exit with the same code and the same error lines, and neither may
+create a run or sweep directory.
 """
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-NEEDLE = "hydra.launcher.nodes: backend=equiformer_v2 runs FairChem's ranks from one torchrun on one node"
+#: a refused launcher setting -> (its hydra.launcher value, what the error line says)
+SETTINGS = {"nodes": (2, "hydra.launcher.nodes: backend=equiformer_v2 runs FairChem's ranks from one torchrun on "
+                         "one node"),
+            "no-sbatch": (1, "hydra.launcher.cluster: slurm needs the SLURM commands (sbatch not found on PATH)")}
 
 
-def _tool(tool: str, args: List[str], cwd: Path) -> Tuple[int, List[str]]:
+def _tool(tool: str, args: List[str], cwd: Path, path: str) -> Tuple[int, List[str]]:
     """(exit code, the lines of stderr from its first ``error:`` line on) of one real console-script run."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PATH=path)
     env.pop("MLIP_DEBUG", None)
     p = subprocess.run([str(BIN / tool), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
                        stdin=subprocess.DEVNULL)
@@ -39,8 +43,8 @@ def _keys(tmp_path: Path, demo_data: Dict[str, Path]) -> Dict[str, str]:
             "data.train": str(demo_data["train"]), "data.val": str(demo_data["val"])}
 
 
-def _hydra_args(door: str, keys: Dict[str, str], out: Path) -> List[str]:
-    args = [f"{k}={v}" for k, v in keys.items()] + ["hydra/launcher=slurm", "hydra.launcher.nodes=2"]
+def _hydra_args(door: str, keys: Dict[str, str], out: Path, nodes: int) -> List[str]:
+    args = [f"{k}={v}" for k, v in keys.items()] + ["hydra/launcher=slurm", f"hydra.launcher.nodes={nodes}"]
     if door == "launch":
         return args + [f"run_dir={out / 'r'}"]
     if door == "grid":
@@ -49,11 +53,11 @@ def _hydra_args(door: str, keys: Dict[str, str], out: Path) -> List[str]:
             f"hydra.sweep.dir={out}"]
 
 
-def _run_yaml(door: str, keys: Dict[str, str], out: Path, folder: Path) -> Path:
+def _run_yaml(door: str, keys: Dict[str, str], out: Path, folder: Path, nodes: int) -> Path:
     from launcher.core.specio import expand_dotted
 
     body = expand_dotted(dict(keys), source="test")
-    body["launcher"] = {"preset": "slurm", "nodes": 2}
+    body["launcher"] = {"preset": "slurm", "nodes": nodes}
     if door == "run.yaml":
         body["run_dir"] = str(out / "r")
     else:
@@ -64,23 +68,26 @@ def _run_yaml(door: str, keys: Dict[str, str], out: Path, folder: Path) -> Path:
     return f
 
 
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
 @pytest.mark.parametrize("door", ["launch", "grid", "optuna", "run.yaml", "runs-list"])
-def test_dry_run_and_launch_give_the_same_verdict(door, tmp_path, demo_data):
+def test_dry_run_and_launch_give_the_same_verdict(door, setting, tmp_path, demo_data):
     keys = _keys(tmp_path, demo_data)
+    nodes, needle = SETTINGS[setting]
+    path = str(tmp_path / "no-commands") if setting == "no-sbatch" else os.environ.get("PATH", "")
     verdicts = {}
     for dry in (True, False):
         out = tmp_path / f"out-{dry}"
         if door in ("run.yaml", "runs-list"):
-            f = _run_yaml(door, keys, out, tmp_path)
-            verdicts[dry] = _tool("launch-run", ["--config", str(f)] + (["--dry-run"] if dry else []), tmp_path)
+            f = _run_yaml(door, keys, out, tmp_path, nodes)
+            verdicts[dry] = _tool("launch-run", ["--config", str(f)] + (["--dry-run"] if dry else []), tmp_path, path)
         else:
-            args = _hydra_args(door, {**keys, "dry_run": str(dry).lower()}, out)
-            verdicts[dry] = _tool("launch", args, tmp_path)
+            args = _hydra_args(door, {**keys, "dry_run": str(dry).lower()}, out, nodes)
+            verdicts[dry] = _tool("launch", args, tmp_path, path)
         assert not out.exists(), f"{door} (dry run {dry}) created {out}"
         assert not (tmp_path / "sweeps").exists() and not (tmp_path / "multirun").exists()
     (code, lines), (dry_code, dry_lines) = verdicts[False], verdicts[True]
     assert code == 2, lines
-    assert lines and any(NEEDLE in ln for ln in lines), lines
+    assert lines and any(needle in ln for ln in lines), lines
     assert (dry_code, [ln.replace(str(tmp_path / "out-True"), "OUT") for ln in dry_lines]) \
         == (code, [ln.replace(str(tmp_path / "out-False"), "OUT") for ln in lines])
 
