@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
-from launcher.core.errors import EXIT_FAILED, EXIT_PREEMPTED, ConfigError, ConfigErrors
+from launcher.core.errors import EXIT_FAILED, EXIT_PREEMPTED, ConfigError
 from launcher.reporting import config_error_message, debug, exit_for, report_config_error
 
 
@@ -58,42 +58,28 @@ def _run_single_checked(cfg: Any, prestarted: Optional[Any]) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from launcher.models import resolve_model_names
-    from launcher.preflight import check_sweep, print_dry_run
-    from launcher.reporting import guarded_submit
-    from launcher.submit import check_params
+    from launcher import pipeline
     from launcher.sweep import launcher_params
     from launcher.translate import spec_from_hydra_cfg
 
     hc = HydraConfig.get()
+    cwd = Path(hc.runtime.cwd)
     if cfg.get("run_dir") in (None, ""):
         with open_dict(cfg):
             cfg.run_dir = default_run_dir()
-    spec = spec_from_hydra_cfg(cfg, base_dir=Path(hc.runtime.cwd))
-    resolve_model_names([spec], [Path(hc.runtime.cwd)])  # model_in=NAME -> the verified cached file
-    params = launcher_params(hc.launcher)
-    check_params(params)
-    problems = check_sweep([spec], [spec.run_name], cluster=params.cluster, gpus_per_node=params.gpus_per_node,
-                           params=params)
-    if problems:
-        raise ConfigErrors(problems)
-    if spec.dry_run:
-        print_dry_run([spec], [spec.run_name])
+    spec = spec_from_hydra_cfg(cfg, base_dir=cwd)
+    params = pipeline.checked_params(launcher_params(hc.launcher))
+    req = pipeline.prepare([spec], params, single_run_submit_dir(spec), bases=[cwd],
+                           overrides=[list(hc.overrides.task)], prestarted=prestarted)
+    result = pipeline.launch(req, guarded=True)
+    if result is None:  # a dry run
         return
-    result = guarded_submit([spec], lambda: submit(spec, params, hc, prestarted))
     if result.failed:
         o = result.failed[0]
         print(f"error: run {o.state}: {o.error} (run_dir {o.run_dir}, log {o.log_path})", file=sys.stderr)
         sys.exit(EXIT_FAILED)
     if any(o.state == "PREEMPTED" for o in result.outcomes):
         sys.exit(EXIT_PREEMPTED)   # stopped by a signal after checkpointing: launch again to resume
-
-
-def submit(spec: Any, params: Any, hc: Any, prestarted: Optional[Any]) -> Any:
-    from launcher.submit import submit_runs
-
-    return submit_runs([spec], params, single_run_submit_dir(spec), overrides=[list(hc.overrides.task)],
-                       wait=params.wait, prestarted=prestarted)
 
 
 def single_run_submit_dir(spec: Any) -> Path:
@@ -103,19 +89,26 @@ def single_run_submit_dir(spec: Any) -> Path:
     return rd.parent / ".submit" / rd.name
 
 
-def _hydra_entry(prestarted: Optional[Any]) -> None:
-    import hydra
+def _hydra_entry(args: Any, parser: Any, prestarted: Optional[Any]) -> None:
+    """Hydra's ``main`` with the command line this process parsed once (:func:`parse_argv`)."""
+    from hydra import version
+    from hydra._internal.utils import _run_hydra
 
     from launcher.resolvers import conf_dir
 
     def task(cfg: Any) -> None:  # the early-started handle reaches the job through this closure
         _run_single(cfg, prestarted)
 
-    hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(task)()
+    version.setbase("1.3")
+    if args.experimental_rerun is not None:  # as hydra.main: the pickled config of an earlier run
+        from hydra.core.utils import _flush_loggers
+        from hydra.main import _get_rerun_conf
 
-
-def _wants_app_help(argv: List[str]) -> bool:
-    return any(a in ("--help", "-h") for a in argv) and "--hydra-help" not in argv
+        task(_get_rerun_conf(args.experimental_rerun, args.overrides))
+        _flush_loggers()
+        return
+    _run_hydra(args=args, args_parser=parser, task_function=task, config_path=str(conf_dir()),
+               config_name="config")
 
 
 def print_app_help(overrides: List[str]) -> None:
@@ -172,9 +165,9 @@ _REFUSED_HYDRA = {
 }
 
 
-def refused_hydra_override(argv: List[str]) -> Optional[str]:
+def refused_hydra_override(overrides: List[str]) -> Optional[str]:
     """The one-line problem of a Hydra override ``launch`` does not take, else None."""
-    for a in argv:
+    for a in overrides:
         key = a.lstrip("+~").partition("=")[0]
         if key in _REFUSED_HYDRA:
             return f"{key}: {_REFUSED_HYDRA[key]}"
@@ -188,11 +181,11 @@ def refused_hydra_override(argv: List[str]) -> Optional[str]:
     return None
 
 
-def check_hydra_flags(argv: List[str]) -> None:
-    """Hydra's own flags parsed as Hydra will parse them, so that a bad one is one ``error:`` line and exit 2
-    (argparse would print the whole usage first)."""
-    if any(a in ("--version", "--hydra-help") for a in argv):
-        return
+def parse_argv(argv: List[str]) -> Tuple[Any, Any]:
+    """(Hydra's parser, the parsed command line): ``launch``'s one parse of its arguments, handed to Hydra as is.
+
+    A bad flag is one ``error:`` line and exit 2 (argparse would print the whole usage first).
+    """
     from hydra._internal.utils import get_args_parser
 
     from launcher.reporting import one_line
@@ -203,7 +196,7 @@ def check_hydra_flags(argv: List[str]) -> None:
         report_config_error([f"launch: {one_line(message)} (see launch --help)"])
 
     parser.error = error  # type: ignore[method-assign]
-    parser.parse_args(argv)
+    return parser, parser.parse_args(argv)
 
 
 def _main(early: Optional[Any]) -> None:
@@ -211,17 +204,17 @@ def _main(early: Optional[Any]) -> None:
     from launcher.resolvers import register, register_configs, remove_hydra_scratch
 
     try:
-        refused = refused_hydra_override(sys.argv[1:])
+        parser, args = parse_argv(sys.argv[1:])
+        refused = refused_hydra_override(args.overrides)
         if refused:
             report_config_error([refused])
         register()
         register_configs()
         install_config_source()
-        if _wants_app_help(sys.argv[1:]):
-            print_app_help([a for a in sys.argv[1:] if not a.startswith("-")])
+        if args.help and not args.hydra_help:
+            print_app_help(list(args.overrides))
             return
-        check_hydra_flags(sys.argv[1:])
-        _hydra_entry(early)
+        _hydra_entry(args, parser, early)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure ends as one line (exit_for classifies it)

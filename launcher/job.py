@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from launcher.core.atomic import atomic_write_text, remove_stale_temps
-from launcher.core.env import set_thread_defaults
+from launcher.core.env import cpu_count, set_thread_defaults
 from launcher.core.errors import ConfigError
 from launcher.core.layout import RunLayout, owner_alive, process_start
 from launcher.core.schema import TRAINING_TASKS, RunSpec
@@ -93,8 +93,9 @@ def classify(spec: RunSpec, layout: RunLayout) -> str:
     return RESUME
 
 
-def describe_state(spec: RunSpec, layout: RunLayout) -> str:
-    kind = classify(spec, layout)
+def describe_state(spec: RunSpec, layout: RunLayout, kind: Optional[str] = None) -> str:
+    """What launching ``spec`` would do with its run_dir (``kind``: its :func:`classify` verdict, when known)."""
+    kind = classify(spec, layout) if kind is None else kind
     status = layout.status()
     if status == "running":
         return f"is in use by a running job ({_owner(layout)}): refused"
@@ -110,10 +111,11 @@ def describe_state(spec: RunSpec, layout: RunLayout) -> str:
     }[kind]
 
 
-def state_problem(spec: RunSpec) -> Optional[str]:
-    """The run_dir problem preflight reports (None when launching is allowed)."""
+def state_problem(spec: RunSpec, kind: Optional[str] = None) -> Optional[str]:
+    """The run_dir problem preflight reports (None when launching is allowed); ``kind``: the run_dir's
+    :func:`classify` verdict, when the caller has it."""
     layout = RunLayout.of(spec.run_dir)
-    kind = classify(spec, layout)
+    kind = classify(spec, layout) if kind is None else kind
     if layout.status() == "running" and owner_alive(layout.read_state()):
         return f"run_dir: {layout.root} is in use by a running job ({_owner(layout)}); wait for it or choose another run_dir"
     if kind in (DIFFERENT, FOREIGN) and not spec.overwrite:
@@ -300,23 +302,25 @@ def _run_lock(layout: RunLayout):
             fh.close()
 
 
-def run_job(spec: RunSpec, *, echo=print, prestarted: Optional[Any] = None) -> JobResult:
+def run_job(spec: RunSpec, *, echo=print, prestarted: Optional[Any] = None, state: Optional[str] = None) -> JobResult:
     """Run one validated spec to completion (or skip/resume it) in its run directory.
 
     ``prestarted`` is what the backend's ``prestart`` hook returned at launch; it reaches the
-    backend through the JobContext.
+    backend through the JobContext. ``state``: the run_dir's :func:`classify` verdict that this process's
+    preflight found just before (a single in-process run); without it, it is read here. Either way it only
+    decides whether to take the lock: under the lock the run_dir is always classified again.
     """
     from launcher.backends import get_backend
     from launcher.core import preemption
 
     layout = RunLayout.of(spec.run_dir)
-    kind = classify(spec, layout)
+    kind = classify(spec, layout) if state is None else state
     if kind in (DIFFERENT, FOREIGN) and not spec.overwrite:
-        raise ConfigError(state_problem(spec) or f"run_dir: {layout.root} cannot be used")
+        raise ConfigError(state_problem(spec, kind) or f"run_dir: {layout.root} cannot be used")
     if kind == SKIP:
         return _skip(layout, echo)
 
-    set_thread_defaults(os.environ)
+    threads = job_threads()
     preemption.install_preemption_handler()
     backend = get_backend(spec.backend)
     anchor = _existing_ancestor(layout.root)
@@ -327,7 +331,7 @@ def run_job(spec: RunSpec, *, echo=print, prestarted: Optional[Any] = None) -> J
         pristine = kind == FRESH and _only_lock(layout.root)
         if kind in (DIFFERENT, FOREIGN):
             if not spec.overwrite:
-                raise ConfigError(state_problem(spec) or f"run_dir: {layout.root} cannot be used")
+                raise ConfigError(state_problem(spec, kind) or f"run_dir: {layout.root} cannot be used")
             inside = inputs_in_run_dir(spec, layout.root)
             if inside:
                 raise ConfigError(_inputs_inside_message(layout.root, inside))
@@ -336,7 +340,7 @@ def run_job(spec: RunSpec, *, echo=print, prestarted: Optional[Any] = None) -> J
         record = layout.task_yaml(spec.task)
         earlier = record.read_bytes() if kind == ADD and record.is_file() else None
         try:
-            return _run_locked(spec, layout, kind, backend, echo, prestarted)
+            return _run_locked(spec, layout, kind, backend, echo, prestarted, threads)
         except ConfigError:      # an input problem found at start: leave a run_dir we made as it was
             if pristine:
                 _undo_fresh_start(layout, anchor)
@@ -345,7 +349,8 @@ def run_job(spec: RunSpec, *, echo=print, prestarted: Optional[Any] = None) -> J
             raise
 
 
-def _run_locked(spec: RunSpec, layout: RunLayout, kind: str, backend: Any, echo, prestarted: Optional[Any]) -> JobResult:
+def _run_locked(spec: RunSpec, layout: RunLayout, kind: str, backend: Any, echo, prestarted: Optional[Any],
+                threads: int) -> JobResult:
     """The part of :func:`run_job` that runs with the run_dir locked and its state decided."""
     from launcher.core import preemption
     from launcher.core.specio import dump_run_yaml
@@ -369,7 +374,8 @@ def _run_locked(spec: RunSpec, layout: RunLayout, kind: str, backend: Any, echo,
         layout.write_state(status="running", task=spec.task, attempt=attempt, host=socket.gethostname(),
                            pid=me, pid_start=process_start(me), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            slurm_job_id=os.environ.get("SLURM_JOB_ID"))
-    ctx = JobContext(spec=spec, layout=layout, resume=(kind == RESUME), attempt=attempt, prestarted=prestarted)
+    ctx = JobContext(spec=spec, layout=layout, resume=(kind == RESUME), attempt=attempt, prestarted=prestarted,
+                     extra={"threads": threads})
     if kind == RESUME:
         how = "an interrupted" if interrupted else "an unfinished"
         echo(f"{layout.root}: resuming {how} run (attempt {attempt})")
@@ -399,6 +405,15 @@ def _run_locked(spec: RunSpec, layout: RunLayout, kind: str, backend: Any, echo,
                            epochs_done=result.get("epochs_done", spec.train.epochs))
     echo(f"{layout.root}: {spec.task} finished")
     return JobResult(str(layout.root), "finished", result)
+
+
+def job_threads() -> int:
+    """The CPU threads of this job: the user's OMP_NUM_THREADS, else the CPUs it was given. Exported once for the
+    OpenMP / MKL runtimes and child processes (:func:`set_thread_defaults`); the backend gets it as a value,
+    ``ctx.extra["threads"]``, rather than reading the environment back."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    set_thread_defaults(os.environ)
+    return int(given) if given.isdigit() and int(given) > 0 else cpu_count()
 
 
 def _skip(layout: RunLayout, echo) -> JobResult:

@@ -6,7 +6,7 @@ device files; the job itself confirms it with torch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from launcher.core.env import gpu_visible
 from launcher.core.errors import ConfigError, NotImplementedBackend
@@ -199,6 +199,13 @@ def data_notes(spec: RunSpec) -> List[str]:
 
 def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Optional[int] = None) -> List[str]:
     """All problems of one spec (empty = ready to run)."""
+    return check_point(spec, cluster=cluster, gpus_per_node=gpus_per_node)[0]
+
+
+def check_point(spec: RunSpec, *, cluster: str = "inprocess",
+                gpus_per_node: Optional[int] = None) -> Tuple[List[str], Optional[str]]:
+    """(all problems of one spec, the state of its run_dir as :func:`launcher.job.classify` found it, or None
+    where it was not read): the state travels on to the dry run's description and a single run's job."""
     problems = list(validate(spec))
     sizes: Dict[str, int] = {}
     for split in DATA_SPLITS:
@@ -251,10 +258,13 @@ def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Opti
         elif not gpu_visible():
             problems.append(f"device: {spec.device} requested but no GPU is visible here; use device=cpu (or device=auto)")
 
+    kind = None
     if spec.run_dir and _check_run_dir(spec.run_dir, problems):
-        from launcher.job import state_problem
+        from launcher.core.layout import RunLayout
+        from launcher.job import classify, state_problem
 
-        sp = state_problem(spec)
+        kind = classify(spec, RunLayout.of(spec.run_dir))
+        sp = state_problem(spec, kind)
         if sp:
             problems.append(sp)
 
@@ -263,10 +273,15 @@ def check_spec(spec: RunSpec, *, cluster: str = "inprocess", gpus_per_node: Opti
     seen_keys = {p.split(":", 1)[0] for p in problems}
     # the backend's own rules and files; a key the generic checks already reported is not reported twice
     problems.extend(p for p in backend_problems(spec) if p.split(":", 1)[0] not in seen_keys)
-    return problems
+    return problems, kind
 
 
-def check_sweep(
+def check_sweep(specs: Sequence[RunSpec], labels: Optional[Sequence[str]] = None, **kwargs: Any) -> List[str]:
+    """Problems of every point (:func:`check_points` without the run_dirs' states)."""
+    return check_points(specs, labels, **kwargs)[0]
+
+
+def check_points(
     specs: Sequence[RunSpec],
     labels: Optional[Sequence[str]] = None,
     *,
@@ -275,8 +290,9 @@ def check_sweep(
     warn: Optional[Callable[[str], None]] = None,
     notes: bool = True,
     params: Optional[Any] = None,
-) -> List[str]:
-    """Problems of every point, each prefixed with its label when there are several points.
+) -> Tuple[List[str], List[Optional[str]]]:
+    """Problems of every point, each prefixed with its label when there are several points, and the state of
+    each point's run_dir (:func:`check_point`).
 
     ``params`` (the door's :class:`launcher.params.LauncherParams`) adds the launcher settings each point's
     backend refuses (:func:`launcher.submit.backend_launch_problems`, also run at submission), so that a dry
@@ -287,9 +303,11 @@ def check_sweep(
     """
     labels = list(labels) if labels is not None else [s.run_name for s in specs]
     problems: List[str] = []
+    states: List[Optional[str]] = []
     many = len(specs) > 1
     for spec, label in zip(specs, labels):
-        point = check_spec(spec, cluster=cluster, gpus_per_node=gpus_per_node)
+        point, state = check_point(spec, cluster=cluster, gpus_per_node=gpus_per_node)
+        states.append(state)
         if params is not None:
             from launcher.submit import backend_launch_problems
 
@@ -316,11 +334,12 @@ def check_sweep(
                 shown.update(dict.fromkeys(data_notes(spec)))
         for note in shown:
             warn(f"warning: {note}")
-    return problems
+    return problems, states
 
 
-def describe(spec: RunSpec) -> str:
-    """What would execute (the trainer entry or the full native command line) and the run_dir state."""
+def describe(spec: RunSpec, state: Optional[str] = None) -> str:
+    """What would execute (the trainer entry or the full native command line) and the run_dir state
+    (``state``: preflight's :func:`launcher.job.classify` verdict, when there is one)."""
     from launcher.backends import get_backend
     from launcher.core.layout import RunLayout
     from launcher.job import describe_state
@@ -331,14 +350,15 @@ def describe(spec: RunSpec) -> str:
         what = get_backend(spec.backend).describe(JobContext(spec=spec, layout=layout))
     except NotImplementedBackend as e:
         what = f"(not runnable: {e})"
-    return f"would execute: {what}\nrun_dir: {layout.root} ({describe_state(spec, layout)})"
+    return f"would execute: {what}\nrun_dir: {layout.root} ({describe_state(spec, layout, state)})"
 
 
-def print_dry_run(specs: Sequence[RunSpec], labels: Sequence[str], echo: Callable[[str], None] = print) -> None:
+def print_dry_run(specs: Sequence[RunSpec], labels: Sequence[str], echo: Callable[[str], None] = print,
+                  states: Optional[Sequence[Optional[str]]] = None) -> None:
     from launcher.core.specio import dump_run_yaml
 
-    for spec, label in zip(specs, labels):
+    for spec, label, state in zip(specs, labels, states or [None] * len(specs)):
         echo(f"=== {label}")
         echo(dump_run_yaml(spec).rstrip())
-        echo(describe(spec))
+        echo(describe(spec, state))
     echo(f"dry run: {len(specs)} run(s) validated; nothing was started")

@@ -130,9 +130,9 @@ def _check_exportable(specs: list, launcher_map: dict) -> None:
     """What is wrong with a run wherever it is launched (schema values, the launcher map); file checks are left
     to the launch, which may happen on another machine."""
     from launcher.core.schema import validate
-    from launcher.submit import check_params
+    from launcher.pipeline import checked_params
 
-    check_params(launcher_params_from_map(launcher_map))
+    checked_params(launcher_params_from_map(launcher_map))
     problems = [f"[{s.run_name}] {p}" if len(specs) > 1 else p for s in specs for p in validate(s)]
     if problems:
         raise ConfigErrors(problems)
@@ -167,13 +167,9 @@ def _main(args: argparse.Namespace) -> int:
     if args.dry_run:
         for s in specs:
             s.dry_run = True
-    from launcher.models import resolve_model_names
-    from launcher.preflight import check_sweep, print_dry_run
-    from launcher.reporting import guarded_submit
-    from launcher.submit import check_params, submit_runs
+    from launcher import pipeline
 
-    params = launcher_params_from_map(launcher_map)
-    check_params(params)
+    params = pipeline.checked_params(launcher_params_from_map(launcher_map))
     early = None
     try:
         if len(specs) == 1 and params.cluster == "inprocess" and not specs[0].dry_run:
@@ -182,21 +178,15 @@ def _main(args: argparse.Namespace) -> int:
             early = prestart([], specs[0])  # a backend's slow start-up overlaps preflight and set-up
         labels = [s.run_name for s in specs]
         # model_in=NAME -> the verified cached file (a bare word resolved against the file's folder or the cwd)
-        resolve_model_names(specs, [Path(args.config).parent, Path.cwd()])
-        problems = check_sweep(specs, labels, cluster=params.cluster, gpus_per_node=params.gpus_per_node,
-                               params=params)
-        if problems:
-            raise ConfigErrors(problems)
-        if any(s.dry_run for s in specs):
-            print_dry_run(specs, labels)
-            return 0
-        sweep_dir = Path(args.config).resolve().parent / "sweeps" / Path(args.config).stem
-        result = guarded_submit(specs, lambda: submit_runs(specs, params, sweep_dir,
-                                                           overrides=[[f"name={n}"] for n in labels],
-                                                           wait=params.wait, prestarted=early))
+        req = pipeline.prepare(specs, params, Path(args.config).resolve().parent / "sweeps" / Path(args.config).stem,
+                               bases=[Path(args.config).parent, Path.cwd()], labels=labels,
+                               overrides=[[f"name={n}"] for n in labels], prestarted=early)
+        result = pipeline.launch(req, guarded=True)
     finally:
         if early is not None:
             early.close()
+    if result is None:  # a dry run
+        return 0
     if result.failed:
         for o in result.failed:
             print(f"error: run {labels[o.index]} {o.state}: {o.error} (run_dir {o.run_dir}, log {o.log_path})",

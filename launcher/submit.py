@@ -1,12 +1,10 @@
 """Submission: the one module that sends validated RunSpecs to where they run.
 
-``inprocess`` runs them one after the other in this process; ``local`` and ``slurm`` go through
-submitit, a sweep being one job array (split only where it exceeds the cluster's MaxArraySize).
-Every submitted job is :class:`RunJob`: it calls :func:`launcher.job.run_job`, which resumes an
-unfinished run directory, so a requeued or preempted job simply runs the same call again.
-
-``SWEEP_DIR/sweep.json`` records what was submitted; ``launch-status SWEEP_DIR`` reads it later.
-submitit is imported only when jobs are submitted (it costs ~0.4 s at start-up otherwise).
+``inprocess`` runs them one after the other in this process; ``local`` and ``slurm`` go through submitit, a
+sweep being one job array (split only where it exceeds the cluster's MaxArraySize). Every submitted job is
+:class:`RunJob`: it calls :func:`launcher.job.run_job`, which resumes an unfinished run directory, so a requeued
+or preempted job simply runs the same call again. ``SWEEP_DIR/sweep.json`` records what was submitted;
+``launch-status SWEEP_DIR`` reads it later. submitit is imported only when jobs are submitted (~0.4 s).
 """
 from __future__ import annotations
 
@@ -18,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from launcher.core.errors import EXIT_PREEMPTED, ConfigError
+from launcher.core.errors import EXIT_PREEMPTED, ConfigError, ConfigErrors
 from launcher.core.layout import RunLayout
 from launcher.core.schema import TRAINING_TASKS, RunSpec
 from launcher.params import LauncherParams
@@ -376,8 +374,9 @@ def _echo_best(run_dir: str, echo: Callable[[str], None]) -> None:
 
 def _run_inprocess(specs: Sequence[RunSpec], overrides: List[List[str]], echo: Callable[[str], None],
                    prestarted: Optional[Any] = None, indices: Optional[Sequence[int]] = None,
-                   study: bool = False) -> List[JobOutcome]:
-    """Run each spec here; a single run's error propagates, except in a study (its trial is then failed)."""
+                   study: bool = False, states: Optional[Sequence[Optional[str]]] = None) -> List[JobOutcome]:
+    """Run each spec here; a single run's error propagates, except in a study (its trial is then failed).
+    A single run takes its ``prestarted`` handle and its run_dir's state as preflight read it (``states``)."""
     from launcher.job import run_job
 
     outcomes: List[JobOutcome] = []
@@ -386,7 +385,9 @@ def _run_inprocess(specs: Sequence[RunSpec], overrides: List[List[str]], echo: C
         t0 = time.time()
         log = str(RunLayout.of(spec.run_dir or ".").train_log)
         try:
-            res = run_job(spec, echo=echo, prestarted=prestarted if len(specs) == 1 else None)
+            one = len(specs) == 1
+            res = run_job(spec, echo=echo, prestarted=prestarted if one else None,
+                          state=states[0] if one and states else None)
             state = {"finished": "FINISHED", "skipped": "SKIPPED", "preempted": "PREEMPTED"}[res.status]
             if res.status == "finished" and spec.task in TRAINING_TASKS:
                 _echo_best(res.run_dir, echo)
@@ -401,7 +402,8 @@ def _run_inprocess(specs: Sequence[RunSpec], overrides: List[List[str]], echo: C
     return outcomes
 
 
-def _check_cluster_commands(params: LauncherParams) -> None:
+def check_cluster_commands(params: LauncherParams) -> None:
+    """The cluster's commands are here (part of preflight, so that a dry run gets the launch's verdict)."""
     if params.cluster == "slurm" and not shutil.which("sbatch"):
         raise ConfigError("hydra.launcher.cluster: slurm needs the SLURM commands (sbatch not found on PATH)",
                           key="cluster")
@@ -421,7 +423,6 @@ def _submit(specs: Sequence[RunSpec], params: LauncherParams, sweep_dir: Path) -
     """Submit every spec; a sweep is one job array (several where it exceeds MaxArraySize)."""
     from submitit.core.utils import FailedJobError
 
-    _check_cluster_commands(params)
     ex = make_executor(params, sweep_dir)
     size = max_array_size() if params.cluster == "slurm" else max(1, len(specs))
     jobs: List[Any] = []
@@ -501,25 +502,27 @@ def counts_line(outcomes: Sequence[JobOutcome]) -> str:
     return f"{len(outcomes)} run(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
 
 
-def submit_runs(
-    specs: List[RunSpec],
-    params: LauncherParams,
-    sweep_dir: Path,
-    *,
-    overrides: Optional[List[List[str]]] = None,
-    wait: bool = True,
-    echo: Callable[[str], None] = print,
-    prestarted: Optional[Any] = None,
-    indices: Optional[Sequence[int]] = None,
-    earlier: Optional[Earlier] = None,
-) -> SweepResult:
-    """Run or submit every spec (already validated and preflighted).
+def submit_runs(specs: List[RunSpec], params: LauncherParams, sweep_dir: Path, **kwargs: Any) -> SweepResult:
+    """:func:`dispatch_runs` for a caller that did not preflight ``params``: refuses what a door's preflight
+    refuses of them (:func:`check_params`, the backends' ``check_launch``) first."""
+    check_params(params)
+    problems = backend_launch_problems(specs, params)
+    if problems:
+        raise ConfigErrors(problems)
+    return dispatch_runs(specs, params, sweep_dir, **kwargs)
 
-    ``inprocess`` runs them here, one after the other. ``local`` / ``slurm`` submit them through
-    submitit as one job array; with ``wait`` the call returns when all are done, otherwise at once
-    (``launch-status SWEEP_DIR`` reports later). A sweep of several runs writes
-    ``SWEEP_DIR/summary.csv``, ``summary.md`` and ``summary.png``. ``prestarted`` (a backend's
-    early start, see ``trainers.api``) goes to the job of a single in-process run.
+
+def dispatch_runs(specs: List[RunSpec], params: LauncherParams, sweep_dir: Path, *,
+                  overrides: Optional[List[List[str]]] = None, wait: bool = True, echo: Callable[[str], None] = print,
+                  prestarted: Optional[Any] = None, indices: Optional[Sequence[int]] = None,
+                  earlier: Optional[Earlier] = None, states: Optional[Sequence[Optional[str]]] = None) -> SweepResult:
+    """Run or submit every spec (already validated and preflighted: :mod:`launcher.pipeline`).
+
+    ``inprocess`` runs them here, one after the other. ``local`` / ``slurm`` submit them through submitit as
+    one job array; with ``wait`` the call returns when all are done, otherwise at once (``launch-status
+    SWEEP_DIR`` reports later). A sweep of several runs writes ``SWEEP_DIR/summary.csv``, ``.md`` and ``.png``.
+    ``prestarted`` (a backend's early start, ``trainers.api``) and ``states`` (preflight's run_dir states) go
+    to the job of a single in-process run.
 
     One batch of an Optuna study passes ``earlier`` (the study so far) and ``indices`` (its job numbers):
     sweep.json lists the whole study, a failed trial never raises, and the study writes the summary once it
@@ -527,26 +530,35 @@ def submit_runs(
     """
     from launcher import summary
 
-    check_params(params)
-    problems = backend_launch_problems(specs, params)
-    if problems:
-        from launcher.core.errors import ConfigErrors
-
-        raise ConfigErrors(problems)
     sweep_dir = Path(sweep_dir).resolve()
     overrides = overrides or [[] for _ in specs]
     if params.cluster == "inprocess":
-        outcomes = _run_inprocess(specs, overrides, echo, prestarted, indices, study=earlier is not None)
+        outcomes = _run_inprocess(specs, overrides, echo, prestarted, indices, study=earlier is not None,
+                                  states=states)
         result = SweepResult(sweep_dir, outcomes)
-        if len(specs) > 1 and earlier is None:
-            result.summary_path = summary.write_summary(sweep_dir, outcomes)["csv"]
-            echo(f"sweep summary: {result.summary_path}")
-        return result
+    else:
+        numbers = list(indices) if indices is not None else list(range(len(specs)))
+        bases = [JobOutcome(i, s.run_dir or "", "PENDING", list(ov)) for i, s, ov in zip(numbers, specs, overrides)]
+        result = _submit_and_wait(specs, params, sweep_dir, bases, earlier or Earlier(objective=""), wait, echo)
+        if not wait:
+            return result
+        single = earlier is None and len(specs) == 1
+        if single and result.outcomes[0].state == "FINISHED" and specs[0].task in TRAINING_TASKS:
+            _echo_best(result.outcomes[0].run_dir, echo)
+        echo(counts_line(result.outcomes))
+        for o in result.failed:
+            echo(f"  [{o.index}] {o.state}: {o.error} (log {o.log_path})")
+    if len(specs) > 1 and earlier is None:
+        result.summary_path = summary.write_summary(sweep_dir, result.outcomes)["csv"]
+        echo(f"sweep summary: {result.summary_path}")
+    return result
 
-    numbers = list(indices) if indices is not None else list(range(len(specs)))
-    bases = [JobOutcome(i, s.run_dir or "", "PENDING", list(ov)) for i, s, ov in zip(numbers, specs, overrides)]
-    before = earlier or Earlier(objective="")
-    _check_cluster_commands(params)  # before the sweep folder exists: a refused submission leaves none
+
+def _submit_and_wait(specs: Sequence[RunSpec], params: LauncherParams, sweep_dir: Path, bases: List[JobOutcome],
+                     before: Earlier, wait: bool, echo: Callable[[str], None]) -> SweepResult:
+    """Submit through submitit, record sweep.json (with a study's earlier batches) and, with ``wait``, follow the
+    jobs to their end; a refused submission removes the sweep folder it made."""
+    check_cluster_commands(params)  # before the sweep folder exists: a refused submission leaves none
     first_new = _first_missing(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -560,37 +572,25 @@ def submit_runs(
     for b, j in zip(bases, jobs):
         b.job_id = str(j.job_id)
         b.log_path = str(j.paths.stderr)
-    write_record(sweep_dir, params, folder, [*before.outcomes, *bases], [*before.array_ids, *array_ids],
-                 before.objective or None)
+
+    def record(outcomes: List[JobOutcome]) -> None:
+        write_record(sweep_dir, params, folder, [*before.outcomes, *outcomes], [*before.array_ids, *array_ids],
+                     before.objective or None)
+
+    record(bases)
     what = "job array" if len(array_ids) == 1 and len(specs) > 1 else "job"
-    ids = ", ".join(array_ids)
     ranks = params.tasks_per_node * params.nodes
     each = f" ({ranks} ranks each: {params.nodes} node(s) x {params.tasks_per_node} task(s))" if ranks > 1 else ""
     echo(f"submitted {len(specs)} run(s) to {params.cluster} as {what}{'s' if len(array_ids) > 1 else ''} "
-         f"{ids}{each} in {time.time() - t0:.1f}s; logs under {folder.parent}")
+         f"{', '.join(array_ids)}{each} in {time.time() - t0:.1f}s; logs under {folder.parent}")
     result = SweepResult(sweep_dir, bases, array_ids)
     if not wait:
         echo(f"not waiting: `launch-status {sweep_dir}` reports states and writes {sweep_dir / 'summary.csv'}")
         return result
-
-    def progress(outcomes: List[JobOutcome]) -> None:
-        write_record(sweep_dir, params, folder, [*before.outcomes, *outcomes], [*before.array_ids, *array_ids],
-                     before.objective or None)
-
     try:
-        result.outcomes = wait_for(jobs, bases, params, on_change=progress)
+        result.outcomes = wait_for(jobs, bases, params, on_change=record)
     except KeyboardInterrupt:
         echo(f"stopped waiting; the jobs keep running: `launch-status {sweep_dir}` reports on them")
         raise
-    write_record(sweep_dir, params, folder, [*before.outcomes, *result.outcomes], [*before.array_ids, *array_ids],
-                 before.objective or None)
-    single = earlier is None and len(specs) == 1
-    if single and result.outcomes[0].state == "FINISHED" and specs[0].task in TRAINING_TASKS:
-        _echo_best(result.outcomes[0].run_dir, echo)
-    echo(counts_line(result.outcomes))
-    for o in result.failed:
-        echo(f"  [{o.index}] {o.state}: {o.error} (log {o.log_path})")
-    if len(specs) > 1 and earlier is None:
-        result.summary_path = summary.write_summary(sweep_dir, result.outcomes)["csv"]
-        echo(f"sweep summary: {result.summary_path}")
+    record(result.outcomes)
     return result

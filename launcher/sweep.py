@@ -115,22 +115,15 @@ def launch_sweep(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_
     if getattr(launcher, "study", None) is not None:
         return launch_trials(launcher, job_overrides, initial_job_idx)
 
-    from launcher.models import resolve_model_names
-    from launcher.preflight import check_sweep, print_dry_run
-    from launcher.submit import submit_runs
+    from launcher import pipeline
 
+    params = pipeline.checked_params(launcher_params(launcher.config.hydra.launcher))
     specs, overrides, sweep_dir = compose_points(launcher, job_overrides, initial_job_idx)
-    resolve_model_names(specs, [Path(os.getcwd())])  # model_in=NAME -> the verified cached file
-    params = launcher_params(launcher.config.hydra.launcher)
-    labels = point_labels(overrides, initial_job_idx)
-    problems = check_sweep(specs, labels, cluster=params.cluster, gpus_per_node=params.gpus_per_node,
-                           params=params)
-    if problems:
-        raise ConfigErrors(problems)
-    if any(s.dry_run for s in specs):
-        print_dry_run(specs, labels)
+    req = pipeline.prepare(specs, params, sweep_dir, bases=[Path(os.getcwd())],
+                           labels=point_labels(overrides, initial_job_idx), overrides=overrides)
+    result = pipeline.launch(req)
+    if result is None:  # a dry run
         return [_job_return(ov, JobStatus.COMPLETED, None) for ov in overrides]
-    result = submit_runs(specs, params, sweep_dir, overrides=overrides, wait=params.wait)
     returns = []
     for o in result.outcomes:
         status = JobStatus.FAILED if o.state == "FAILED" else JobStatus.COMPLETED
@@ -221,37 +214,26 @@ def probe_overrides(fixed: Sequence[str], distributions: Dict[str, Any]) -> List
     return probes
 
 
-def check_study(launcher: Any, fixed: Sequence[str], distributions: Dict[str, Any]) -> RunSpec:
+def check_study(launcher: Any, fixed: Sequence[str], distributions: Dict[str, Any]) -> Any:
     """Preflight of an Optuna study before any trial is queued or anything written: the fixed point, then every
-    sampled key at its bounds / choices (each with the rest fixed). Problems raise ConfigErrors (exit 2)."""
-    from launcher.models import resolve_model_names
-    from launcher.preflight import check_sweep
-    from launcher.submit import check_params
+    sampled key at its bounds / choices (each with the rest fixed). Problems raise ConfigErrors (exit 2).
+    Returns the fixed point's :class:`launcher.pipeline.Request` (what a dry run of the study shows)."""
+    from launcher import pipeline
 
-    params = launcher_params(launcher.config.hydra.launcher)
-    check_params(params)
+    params = pipeline.checked_params(launcher_params(launcher.config.hydra.launcher))
     if not params.wait:
         raise ConfigErrors(["hydra.launcher.wait: an Optuna study needs each batch's results before it samples "
                             "the next; leave wait=true"])
     cwd = [Path(os.getcwd())]
-    (base,), _, _ = compose_points(launcher, [list(fixed)], 0)
-    resolve_model_names([base], cwd)
-    problems = check_sweep([base], [base.run_name], cluster=params.cluster, gpus_per_node=params.gpus_per_node,
-                           params=params)
-    problems += objective_problems(base)
-    if problems:
-        raise ConfigErrors(problems)
+    specs, _, sweep_dir = compose_points(launcher, [list(fixed)], 0)
+    req = pipeline.prepare(specs, params, sweep_dir, bases=cwd, labels=["fixed keys of every trial"])
+    pipeline.preflight(req, extra=objective_problems)
     probes = probe_overrides(fixed, distributions)
     if probes:
         specs, _, _ = compose_points(launcher, [ov for _, ov in probes], 1)
-        resolve_model_names(specs, cwd)
-        labels = [label for label, _ in probes]
-        problems = check_sweep(specs, labels, cluster=params.cluster, gpus_per_node=params.gpus_per_node,
-                               notes=False, params=params)
-        problems += [f"[{label}] {p}" for spec, label in zip(specs, labels) for p in objective_problems(spec)]
-        if problems:
-            raise ConfigErrors(list(dict.fromkeys(problems)))
-    return base
+        probed = pipeline.prepare(specs, params, sweep_dir, bases=cwd, labels=[label for label, _ in probes])
+        pipeline.preflight(probed, notes=False, extra=objective_problems)
+    return req
 
 
 def launch_trials(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
@@ -262,47 +244,20 @@ def launch_trials(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
     The summary (ranked) and sweep.json cover the whole study so far."""
     from hydra.core.utils import JobStatus
 
-    from launcher.models import resolve_model_names
-    from launcher.preflight import check_sweep
-    from launcher.reporting import config_error_message
-    from launcher.submit import JobOutcome, submit_runs, submitit_folder, write_record
-    from launcher.summary import objective_value, write_summary
+    from launcher import pipeline
+    from launcher.submit import submitit_folder, write_record
+    from launcher.summary import write_summary
 
     study = launcher.study
-    params = launcher_params(launcher.config.hydra.launcher)
+    params = launcher_params(launcher.config.hydra.launcher)  # checked once, when the study started
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir)).resolve()
-    outcomes: Dict[int, JobOutcome] = {}
-    run: List[Tuple[int, RunSpec, List[str]]] = []
-    for i, ov in enumerate(job_overrides):
-        idx = initial_job_idx + i
-        spec = None
-        try:
-            (spec,), _, _ = compose_points(launcher, [list(ov)], idx)
-            resolve_model_names([spec], [Path(os.getcwd())])
-            problems = check_sweep([spec], [str(idx)], cluster=params.cluster, gpus_per_node=params.gpus_per_node,
-                                   notes=False, params=params) + objective_problems(spec)
-        except Exception as e:  # noqa: BLE001 - a point Hydra or the schema refused: this trial fails
-            problems = config_error_message(e) or [f"{type(e).__name__}: {e}"]
-        if problems:
-            run_dir = spec.run_dir if spec is not None and spec.run_dir else str(sweep_dir / str(idx))
-            outcomes[idx] = JobOutcome(idx, run_dir, "FAILED", list(ov), error="preflight: " + "; ".join(problems))
-            print(f"error: trial {idx} ({' '.join(ov)}) refused by preflight: {'; '.join(problems)}")
-        else:
-            run.append((idx, spec, list(ov)))
+    outcomes, run = _preflight_trials(launcher, params, sweep_dir, job_overrides, initial_job_idx)
     array_ids: List[str] = []
     if run:
-        result = submit_runs([s for _, s, _ in run], params, sweep_dir, overrides=[ov for _, _, ov in run],
-                             wait=True, indices=[i for i, _, _ in run], earlier=study)
+        req = pipeline.Request([s for _, s, _ in run], params, sweep_dir, overrides=[ov for _, _, ov in run])
+        result = pipeline.dispatch(req, wait=True, indices=[i for i, _, _ in run], earlier=study)
         array_ids = list(result.array_ids)
-        for (idx, spec, _), o in zip(run, result.outcomes):
-            if o.state in ("FINISHED", "SKIPPED"):
-                o.objective = objective_value(Path(o.run_dir), spec.eval.objective, spec.task)
-                if o.objective is None:
-                    o.state, o.error = "FAILED", (f"eval.objective: the run recorded no finite "
-                                                  f"{spec.eval.objective} (see {o.log_path})")
-            elif o.state == "PREEMPTED" and not o.error:
-                o.error = "stopped by a signal (its checkpoint is kept)"
-            outcomes[idx] = o
+        outcomes.update(_trial_outcomes(run, result.outcomes))
         study.ran += len(run)
     batch = [outcomes[initial_job_idx + i] for i in range(len(job_overrides))]
     study.outcomes.extend(batch)
@@ -318,3 +273,48 @@ def launch_trials(launcher: Any, job_overrides: Sequence[Sequence[str]], initial
         returns.append(_job_return(o.overrides, JobStatus.COMPLETED if ok else JobStatus.FAILED,
                                    o.objective if ok else TrialFailed(o)))
     return returns
+
+
+def _preflight_trials(launcher: Any, params: Any, sweep_dir: Path, job_overrides: Sequence[Sequence[str]],
+                      first: int) -> Tuple[Dict[int, Any], List[Tuple[int, RunSpec, List[str]]]]:
+    """Each trial of a batch through the pipeline's preflight: ({job number: FAILED outcome} of the refused
+    ones, [(job number, spec, overrides)] of the ones to run). A refused trial fails; the study goes on."""
+    from launcher import pipeline
+    from launcher.reporting import config_error_message
+    from launcher.submit import JobOutcome
+
+    refused: Dict[int, Any] = {}
+    run: List[Tuple[int, RunSpec, List[str]]] = []
+    for i, ov in enumerate(job_overrides):
+        idx = first + i
+        spec = None
+        try:
+            (spec,), _, _ = compose_points(launcher, [list(ov)], idx)
+            req = pipeline.prepare([spec], params, sweep_dir, bases=[Path(os.getcwd())], labels=[str(idx)])
+            problems = pipeline.problems(req, notes=False, extra=objective_problems)
+        except Exception as e:  # noqa: BLE001 - a point Hydra or the schema refused: this trial fails
+            problems = config_error_message(e) or [f"{type(e).__name__}: {e}"]
+        if problems:
+            run_dir = spec.run_dir if spec is not None and spec.run_dir else str(sweep_dir / str(idx))
+            refused[idx] = JobOutcome(idx, run_dir, "FAILED", list(ov), error="preflight: " + "; ".join(problems))
+            print(f"error: trial {idx} ({' '.join(ov)}) refused by preflight: {'; '.join(problems)}")
+        else:
+            run.append((idx, spec, list(ov)))
+    return refused, run
+
+
+def _trial_outcomes(run: List[Tuple[int, RunSpec, List[str]]], outcomes: Sequence[Any]) -> Dict[int, Any]:
+    """The outcomes of the trials that ran, each with its objective (a run that recorded none has FAILED)."""
+    from launcher.summary import objective_value
+
+    found: Dict[int, Any] = {}
+    for (idx, spec, _), o in zip(run, outcomes):
+        if o.state in ("FINISHED", "SKIPPED"):
+            o.objective = objective_value(Path(o.run_dir), spec.eval.objective, spec.task)
+            if o.objective is None:
+                o.state, o.error = "FAILED", (f"eval.objective: the run recorded no finite "
+                                              f"{spec.eval.objective} (see {o.log_path})")
+        elif o.state == "PREEMPTED" and not o.error:
+            o.error = "stopped by a signal (its checkpoint is kept)"
+        found[idx] = o
+    return found

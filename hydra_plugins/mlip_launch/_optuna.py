@@ -15,7 +15,7 @@ import functools
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import optuna
 from hydra.core.utils import JobStatus
@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 
 log = logging.getLogger(__name__)
+PREEMPTED_STOP = "a trial was stopped by a signal; its checkpoint is kept"
 
 
 class MlipOptunaSweeperImpl(OptunaSweeperImpl):
@@ -56,35 +57,22 @@ class MlipOptunaSweeperImpl(OptunaSweeperImpl):
         return problems
 
     def sweep(self, arguments: List[str]) -> None:
-        from launcher.core.errors import EXIT_PREEMPTED, ConfigErrors
-        from launcher.preflight import print_dry_run
-        from launcher.submit import Earlier
-        from launcher.sweep import SweepFailed, check_study
+        """Check the study (every sampled key at its bounds), then run it batch by batch through the launcher."""
+        from launcher import pipeline
 
-        assert self.config is not None and self.launcher is not None
-        if not hasattr(self.launcher, "study"):  # only our launchers run a batch of trials as a study's
-            raise ConfigErrors([f"hydra/launcher: the Optuna sweeper runs its trials through mlip-launch's launchers "
-                                f"(inprocess, local, slurm, slurm_gpu), got {type(self.launcher).__name__}"])
-        problems = self.settings_problems()
-        self._process_searchspace_config()
-        params_conf = self._parse_sweeper_params_config() + list(arguments)
-        distributions, fixed_params = create_params_from_overrides(params_conf)
-        if self.search_space_distributions:
-            distributions = {**self.search_space_distributions, **distributions}
-        for name in fixed_params:
-            distributions.pop(name, None)
-        is_grid = isinstance(self.sampler, functools.partial) and self.sampler.func == optuna.samplers.GridSampler
-        if problems:  # the search space itself was checked before optuna was imported (launcher.study_space)
-            raise ConfigErrors(problems)
+        distributions, fixed_params = self._space(arguments)
+        from launcher.sweep import check_study
+
         fixed = [f"{k}={v}" for k, v in fixed_params.items()]
-        base = check_study(self.launcher, fixed, distributions)  # exit 2 before anything is queued or written
-        objective = base.eval.objective
+        req = check_study(self.launcher, fixed, distributions)  # exit 2 before anything is queued or written
+        objective = req.specs[0].eval.objective
         space = ", ".join(f"{k}: {d}" for k, d in distributions.items())
-        if base.dry_run:
-            print_dry_run([base], ["fixed keys of every trial"])
+        if req.dry_run:
+            pipeline.dispatch(req)
             print(f"dry run: an Optuna study of {self.n_trials} trial(s), {self.n_jobs} per batch, minimising "
                   f"{objective} over {space}; nothing was run")
             return
+        is_grid = isinstance(self.sampler, functools.partial) and self.sampler.func == optuna.samplers.GridSampler
         if is_grid:
             grid = {k: self._to_grid_sampler_choices(d) for k, d in distributions.items()}
             self.sampler = self.sampler(grid)
@@ -98,55 +86,91 @@ class MlipOptunaSweeperImpl(OptunaSweeperImpl):
                                     direction="minimize", load_if_exists=True)
         print(f"optuna: study {study.study_name}: {self.n_trials} trial(s), {self.n_jobs} per batch, "
               f"minimising {objective} over {space}")
+        from launcher.submit import Earlier
+
         self.launcher.study = Earlier(objective=objective)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         failed: List[Any] = []
         stopped: Optional[str] = None
-        preempted = False
         try:
-            to_go = self.n_trials
-            while to_go > 0 and stopped is None:
-                batch = min(to_go, self.n_jobs)
-                trials = [study.ask() for _ in range(batch)]
-                overrides = self._configure_trials(trials, distributions, fixed_params)
-                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-                self.job_idx += len(returns)
-                n_failed = 0
-                for trial, ret, outcome in zip(trials, returns, self.launcher.study.outcomes[-len(returns):]):
-                    trial.set_user_attr("job", outcome.index)
-                    trial.set_user_attr("run_dir", outcome.run_dir)
-                    if ret.status == JobStatus.COMPLETED:
-                        state, values = TrialState.COMPLETE, [float(ret._return_value)]
-                    else:
-                        trial.set_user_attr("error", str(outcome.error))
-                        state, values = TrialState.FAIL, None
-                        failed.append(outcome)
-                        n_failed += 1
-                        preempted = preempted or outcome.state == "PREEMPTED"
-                    try:
-                        study.tell(trial, values=values, state=state)
-                    except RuntimeError as e:  # the grid sampler stops the study once its grid is done
-                        if not (is_grid and "Study.stop" in str(e)):
-                            raise
-                to_go -= batch
-                if preempted:
-                    stopped = "a trial was stopped by a signal; its checkpoint is kept"
-                elif n_failed / len(returns) > self.max_failure_rate:
-                    stopped = (f"{n_failed} of {len(returns)} trials of the last batch failed, above "
-                               f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
+            stopped = self._run_batches(study, distributions, fixed_params, is_grid, failed)
         finally:
             self.launcher_outcomes = list(self.launcher.study.outcomes)
             self.launcher.study = None
             if sweep_dir.is_dir():  # written only once a trial has written there
                 OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
                 self._save_results(study, sweep_dir, objective, stopped)
+        self._report(study, failed, stopped, objective, sweep_dir)
+
+    def _space(self, arguments: List[str]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """(distributions, fixed params) of the study; the sweeper's own settings refused in one line each."""
+        from launcher.core.errors import ConfigErrors
+
+        assert self.config is not None and self.launcher is not None
+        if not hasattr(self.launcher, "study"):  # only our launchers run a batch of trials as a study's
+            raise ConfigErrors([f"hydra/launcher: the Optuna sweeper runs its trials through mlip-launch's launchers "
+                                f"(inprocess, local, slurm, slurm_gpu), got {type(self.launcher).__name__}"])
+        problems = self.settings_problems()
+        self._process_searchspace_config()
+        params_conf = self._parse_sweeper_params_config() + list(arguments)
+        distributions, fixed_params = create_params_from_overrides(params_conf)
+        if self.search_space_distributions:
+            distributions = {**self.search_space_distributions, **distributions}
+        for name in fixed_params:
+            distributions.pop(name, None)
+        if problems:  # the search space itself was checked before optuna was imported (launcher.study_space)
+            raise ConfigErrors(problems)
+        return distributions, fixed_params
+
+    def _run_batches(self, study: Any, distributions: Dict[str, Any], fixed_params: Dict[str, Any], is_grid: bool,
+                     failed: List[Any]) -> Optional[str]:
+        """Ask, launch and tell, batch by batch; the failed trials' outcomes are added to ``failed``. Returns
+        why the study stopped early (a trial stopped by a signal, too many failures), else None."""
+        to_go = self.n_trials
+        while to_go > 0:
+            batch = min(to_go, self.n_jobs)
+            trials = [study.ask() for _ in range(batch)]
+            overrides = self._configure_trials(trials, distributions, fixed_params)
+            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            self.job_idx += len(returns)
+            n_failed = 0
+            preempted = False
+            for trial, ret, outcome in zip(trials, returns, self.launcher.study.outcomes[-len(returns):]):
+                trial.set_user_attr("job", outcome.index)
+                trial.set_user_attr("run_dir", outcome.run_dir)
+                if ret.status == JobStatus.COMPLETED:
+                    state, values = TrialState.COMPLETE, [float(ret._return_value)]
+                else:
+                    trial.set_user_attr("error", str(outcome.error))
+                    state, values = TrialState.FAIL, None
+                    failed.append(outcome)
+                    n_failed += 1
+                    preempted = preempted or outcome.state == "PREEMPTED"
+                try:
+                    study.tell(trial, values=values, state=state)
+                except RuntimeError as e:  # the grid sampler stops the study once its grid is done
+                    if not (is_grid and "Study.stop" in str(e)):
+                        raise
+            to_go -= batch
+            if preempted:
+                return PREEMPTED_STOP
+            if n_failed / len(returns) > self.max_failure_rate:
+                return (f"{n_failed} of {len(returns)} trials of the last batch failed, above "
+                        f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
+        return None
+
+    def _report(self, study: Any, failed: List[Any], stopped: Optional[str], objective: str, sweep_dir: Path) -> None:
+        """The study's closing lines: its best trial, then the stop or the failed trials (exit 143 or 1)."""
+        from launcher.core.errors import EXIT_PREEMPTED
+        from launcher.sweep import SweepFailed
+
         done = [t for t in study.trials if t.state == TrialState.COMPLETE]
         if done:
             best = study.best_trial
             print(f"optuna: best trial {best.user_attrs.get('job', best.number)}: {objective} = {best.value:.6g} "
                   f"with {' '.join(f'{k}={v}' for k, v in best.params.items())}; "
                   f"{len(done)} complete, {len(failed)} failed; {sweep_dir / 'optimization_results.yaml'}")
-        if preempted:
+        if stopped == PREEMPTED_STOP:
             print(f"error: optuna: study stopped: {stopped}", file=sys.stderr)
             sys.exit(EXIT_PREEMPTED)
         if failed:

@@ -1,7 +1,7 @@
 """Hydra launcher plugin ``hydra/launcher=mlip``: preflight every sweep point, then submit them all; and the
 sweepers ``hydra/sweeper=mlip`` (the default: grids) and ``hydra/sweeper=optuna`` (an Optuna study).
 
-A thin shim: the work is in :mod:`launcher.sweep` and :mod:`launcher.submit`. Imported by Hydra's
+A thin shim: the work is in :mod:`launcher.sweep` and :mod:`launcher.pipeline`. Imported by Hydra's
 plugin discovery at start-up, so it must stay free of heavy imports.
 """
 
@@ -39,11 +39,9 @@ class MlipLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from launcher.submit import check_params
-        from launcher.sweep import launch_sweep, launcher_params
+        from launcher.sweep import launch_sweep
 
-        check_params(launcher_params(self.config.hydra.launcher))  # dry runs refuse bad settings too
-        return launch_sweep(self, job_overrides, initial_job_idx)
+        return launch_sweep(self, job_overrides, initial_job_idx)  # the pipeline: launcher.pipeline
 
 
 # ---- sweeper: Hydra's basic sweeper without its per-point validation pass ----

@@ -39,6 +39,7 @@ class RecordingBackend(Backend):
         if ctx.spec.task not in ("train", "resume"):
             raise unsupported_task(ctx.spec)
         CALLS.append(("train", ctx.resume, ctx.attempt))
+        RecordingBackend.extra = dict(ctx.extra)
         if RecordingBackend.refuse_at_start:
             if RecordingBackend.write_checkpoint_first:
                 from launcher.core.atomic import atomic_write_bytes
@@ -128,6 +129,35 @@ def test_different_spec_refused_then_overwrite_moves_old_run_aside(tmp_path):
     assert run_job(other, echo=lambda *_: None).status == "finished"
     moved = list(tmp_path.glob("r.replaced-*"))
     assert len(moved) == 1 and (moved[0] / "run.yaml").read_text() == before
+
+
+def test_a_state_carried_from_preflight_is_checked_again_under_the_lock(tmp_path):
+    """The door passes preflight's verdict on the run_dir to a single run's job; it spares a second read before the
+    lock, but a run_dir that changed since (here: another spec finished there) is still refused under the lock."""
+    run_job(_spec(tmp_path / "r", lr=0.01), echo=lambda *_: None)
+    before = (tmp_path / "r" / "run.yaml").read_text()
+    with pytest.raises(ConfigError, match="holds a different run"):
+        run_job(_spec(tmp_path / "r", lr=0.001), echo=lambda *_: None, state=FRESH)
+    assert (tmp_path / "r" / "run.yaml").read_text() == before and len(CALLS) == 1
+    assert run_job(_spec(tmp_path / "r", lr=0.01), echo=lambda *_: None, state=SKIP).status == "skipped"
+    assert len(CALLS) == 1
+
+
+@pytest.mark.parametrize("given", ["3", None])
+def test_the_thread_count_reaches_the_backend_as_a_value(tmp_path, monkeypatch, given):
+    from launcher.core.env import cpu_count
+
+    if given is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", given)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    run_job(_spec(tmp_path / "r"), echo=lambda *_: None)
+    want = int(given) if given else cpu_count()
+    assert RecordingBackend.extra["threads"] == want
+    import os
+
+    assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == str(want)  # for OpenMP and children
 
 
 def test_foreign_directory_refused(tmp_path):
