@@ -25,7 +25,7 @@ from launcher.core.layout import RunLayout
 from launcher.core.schema import TRAINING_TASKS, RunSpec
 from trainers.api import JobContext, run_task
 from trainers.fairchem import checkpoints as ck
-from trainers.fairchem.child import CHECKPOINT_GLOBALS
+from trainers.fairchem.checkpoint_io import CHECKPOINT_GLOBALS
 from trainers.fairchem.models import MODEL_NAMES
 from trainers.fairchem.process import format_command, run_process
 
@@ -686,7 +686,7 @@ class FairchemBackend:
         """Run a checkpoint helper of child.py in the FairChem env; its stdout. It dies with the launcher, and
         a stop signal meanwhile ends the run as preempted (it holds nothing worth waiting for)."""
         from launcher.core import preemption
-        from trainers.fairchem.child import TRUST_ENV
+        from trainers.fairchem.checkpoint_io import TRUST_ENV
         from trainers.fairchem.env import child_env, resolve_python
         from trainers.fairchem.process import ProbeFailed, run_probe
 

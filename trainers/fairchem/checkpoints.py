@@ -38,7 +38,7 @@ def atomic_copy(src: Path, dst: Path) -> None:
     Links are safe: FairChem's checkpoint writes are made atomic by the child (new inode per write),
     and the launcher only ever replaces files. A 1.5 GB checkpoint is then never copied twice.
     """
-    from trainers.fairchem.child import link_or_copy
+    from trainers.fairchem.checkpoint_io import link_or_copy
 
     link_or_copy(str(src), str(dst))
 

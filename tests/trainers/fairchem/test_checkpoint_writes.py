@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from trainers.fairchem import checkpoints as ck
-from trainers.fairchem.child import SaveGuard, link_or_copy
+from trainers.fairchem.checkpoint_io import SaveGuard, link_or_copy
 
 CHILD_DIR = Path(ck.__file__).resolve().parent
 
@@ -25,11 +25,11 @@ CHILD_DIR = Path(ck.__file__).resolve().parent
 SCRIPT = r"""
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
-import child
+import checkpoint_io, patches
 ckdir, mirror, signame = sys.argv[2:5]
-guard = child.SaveGuard()
+guard = checkpoint_io.SaveGuard()
 guard.install()
-child.install_atomic_checkpoints(mirror, guard)
+patches.install_atomic_checkpoints(mirror, guard)
 import torch
 from fairchem.core.trainers import base_trainer
 
