@@ -43,6 +43,22 @@ def atomic_copy(src: Path, dst: Path) -> None:
     link_or_copy(str(src), str(dst))
 
 
+def mirror(src: Path, dst: Path) -> bool:
+    """Make ``dst`` (the run's standard copy) hold ``src`` unless it already does; True when it copied.
+
+    The child mirrors each checkpoint as it writes it: a link (same file), or on another filesystem a copy
+    written after ``src`` was complete (same size, not older). Either way it is not copied a second time.
+    """
+    try:
+        if dst.exists() and (dst.samefile(src) or (dst.stat().st_size == src.stat().st_size
+                                                   and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns)):
+            return False
+    except OSError:
+        pass
+    atomic_copy(src, dst)
+    return True
+
+
 def remove_stale_temps(native_dir: Path) -> int:
     """Delete the temp files of checkpoint writes that were killed (the run dir lock is held); how many."""
     n = 0
