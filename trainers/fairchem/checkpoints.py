@@ -47,11 +47,13 @@ def mirror(src: Path, dst: Path) -> bool:
     """Make ``dst`` (the run's standard copy) hold ``src`` unless it already does; True when it copied.
 
     The child mirrors each checkpoint as it writes it: a link (same file), or on another filesystem a copy
-    written after ``src`` was complete (same size, not older). Either way it is not copied a second time.
+    written after ``src`` was complete (same size, newer). Either way it is not copied a second time. (A copy
+    whose time stamp ties with ``src``'s, within the file system's clock tick, is made again: never a stale one
+    kept.)
     """
     try:
         if dst.exists() and (dst.samefile(src) or (dst.stat().st_size == src.stat().st_size
-                                                   and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns)):
+                                                   and dst.stat().st_mtime_ns > src.stat().st_mtime_ns)):
             return False
     except OSError:
         pass

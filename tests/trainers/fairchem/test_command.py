@@ -44,6 +44,7 @@ def test_train_command(fairchem_fixtures, tmp_path):
         "--timestamp-id", "train-x", "--seed", "3", "--identifier", "tiny", "--cpu", "--print-every", "1"]
     cfg = yaml.safe_load(plan.config_text)
     assert cfg["optim"]["max_epochs"] == 2 and cfg["optim"]["eval_every"] == 13
+    assert cfg == plan.config and plan.max_epochs == 2   # the structure written is the one the plan carries
     assert cfg["dataset"]["train"]["src"] == spec.data.train
     assert plan.config_text.startswith("# Derived by mlip-launch from")
     assert plan.env["OMP_NUM_THREADS"] and plan.env["WANDB_MODE"] == "disabled"
