@@ -19,10 +19,10 @@ from launcher.core.layout import RunLayout
 from launcher.core.schema import RunSpec
 from trainers.api import JobContext
 from trainers.fairchem.backend import FairchemBackend
-from trainers.fairchem.plan import CHILD, PlanRequest
 from trainers.fairchem.config import load_config
 from trainers.fairchem.data_needs import DataSample, apply_data_needs
 from trainers.fairchem.derive import derive_config, early_stop_evals
+from trainers.fairchem.plan import CHILD, PlanRequest
 from trainers.fairchem.saved import runnable_config
 
 from .conftest import empty_lmdbs as _lmdbs, SHARED, TEST_CONFIGS
@@ -317,33 +317,6 @@ def test_v1_bundle_finetune_needs_no_config_yml(shared_dir, demo_data, tmp_path,
     assert "--accum-steps 8 --" in text.splitlines()[0]
     assert f"# config: the one saved with the model, from {spec.model.manifest}" in text
     assert "# optim.lr_initial" in text and "# optim.max_epochs" in text and "# model.use_pbc_single: True" in text
-
-
-def test_the_manifest_is_read_once_per_preflight_dry_run_and_plan(shared_dir, demo_data, tmp_path, monkeypatch):
-    """Where the model and its config come from is resolved once per task: the manifest is read once however
-    many steps (model kind, source, saved config, plan) ask for it."""
-    import launcher.core.layout as layout_module
-    from trainers.fairchem.plan import make_plan
-    from trainers.fairchem.sources import ModelSources
-
-    reads = []
-    read = layout_module.read_manifest
-    monkeypatch.setattr(layout_module, "read_manifest", lambda path: reads.append(path) or read(path))
-    spec = RunSpec(backend="equiformer_v2", task="finetune", run_dir=str(tmp_path / "run"), device="cpu",
-                   backend_python=sys.executable)
-    spec.model.manifest = str(V1_BUNDLES / "equiformer_v2_oc22" / "manifest_bundle" / "manifest.json")
-    spec.model.weights = str(tmp_path / "best_model.pt")
-    Path(spec.model.weights).write_bytes(b"")
-    spec.data.train, spec.data.val = str(demo_data["train"]), str(demo_data["val"])
-    assert FairchemBackend().check(spec) and len(reads) == 1
-    text = FairchemBackend().describe(JobContext(spec=spec, layout=RunLayout.of(spec.run_dir)))
-    assert "--mode train" in text.splitlines()[0] and len(reads) == 2
-    sources = ModelSources(spec, RunLayout.of(spec.run_dir))
-    source = sources.model_source()
-    plan = make_plan(PlanRequest(spec, RunLayout.of(spec.run_dir), mode="train", data={"train": spec.data.train},
-                                 checkpoint=source, n_train=8, sources=sources))
-    assert len(reads) == 3 and plan.max_epochs == plan.config["optim"]["max_epochs"]
-    assert plan.dataset_sources == [spec.data.train]
 
 
 def test_checkpoint_config_is_read_without_torch(tmp_path):
