@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from launcher.core.errors import ConfigError, FairchemError
 from launcher.core.layout import RunLayout
@@ -87,7 +87,7 @@ class FairchemBackend:
         lines += [f"# {n}" for n in notes + plan.notes]
         return "\n".join(lines)
 
-    def _describe_plan(self, spec: RunSpec, layout: RunLayout, sources: ModelSources) -> tuple:
+    def _describe_plan(self, spec: RunSpec, layout: RunLayout, sources: ModelSources) -> Tuple[Plan, List[str]]:
         """The plan a dry run shows (nothing is copied or written), and the notes of what the run does first."""
         from trainers.fairchem.subset import split_selection
 
@@ -322,7 +322,7 @@ class FairchemBackend:
         return {"metrics": metrics, "eval_dir": str(layout.eval_dir), "predictions": str(npz), "model": str(source)}
 
     def _predict_data(self, spec: RunSpec, layout: RunLayout, src: str, ts: str, *,
-                      group_by: Optional[str]) -> tuple:
+                      group_by: Optional[str]) -> Tuple[str, Any, Any]:
         """(the LMDB FairChem predicts on, its labels, the indices of ``src`` they are): ``src`` itself, or a
         copy of the selected records (or of all, where ids repeat) with unique ids."""
         import numpy as np

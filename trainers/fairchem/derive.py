@@ -31,8 +31,8 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 from launcher.core.errors import ConfigError
 from launcher.core.schema import PLATEAU_PATIENCE_DEFAULT
 from launcher.core.schema import early_stop_evals as schema_early_stop_evals
+from trainers.fairchem.config import load_config, set_dotted, split_backend_args
 from trainers.fairchem.data_needs import DataSample, apply_data_needs
-from trainers.fairchem.config import get_dotted, load_config, looks_like_path, set_dotted, split_backend_args
 
 SPLITS = ("train", "val", "test")
 
