@@ -40,9 +40,27 @@ def atomic_copy(src: Path, dst: Path) -> None:
     Links are safe: FairChem's checkpoint writes are made atomic by the child (new inode per write),
     and the launcher only ever replaces files. A 1.5 GB checkpoint is then never copied twice.
     """
-    from trainers.fairchem.child import link_or_copy
+    from trainers.fairchem.checkpoint_io import link_or_copy
 
     link_or_copy(str(src), str(dst))
+
+
+def mirror(src: Path, dst: Path) -> bool:
+    """Make ``dst`` (the run's standard copy) hold ``src`` unless it already does; True when it copied.
+
+    The child mirrors each checkpoint as it writes it: a link (same file), or on another filesystem a copy
+    written after ``src`` was complete (same size, newer). Either way it is not copied a second time. (A copy
+    whose time stamp ties with ``src``'s, within the file system's clock tick, is made again: never a stale one
+    kept.)
+    """
+    try:
+        if dst.exists() and (dst.samefile(src) or (dst.stat().st_size == src.stat().st_size
+                                                   and dst.stat().st_mtime_ns > src.stat().st_mtime_ns)):
+            return False
+    except OSError:
+        pass
+    atomic_copy(src, dst)
+    return True
 
 
 def remove_stale_temps(native_dir: Path) -> int:

@@ -152,3 +152,27 @@ def dump_config(config: Dict[str, Any], header: str = "") -> str:
     body = yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=120)
     lines = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
     return lines + body
+
+
+# Config values that name files FairChem must open: (dotted key with '*' for a split, description).
+FILE_KEYS = ("model.scale_file", "dataset.*.lin_ref", "dataset.*.oc20_ref")
+
+
+def missing_files(config: Dict[str, Any], origin: str = "train.config_yml") -> List[str]:
+    """Problems with files the config names (scale file, linear references), one line each."""
+    problems: List[str] = []
+    datasets = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    for key in FILE_KEYS:
+        keys: List[Tuple[str, Any]]
+        if "*" in key:
+            _, rest = key.split("*.", 1)
+            keys = [(f"dataset.{s}.{rest}", (v or {}).get(rest) if isinstance(v, dict) else None)
+                    for s, v in datasets.items()]
+        else:
+            keys = [(key, get_dotted(config, key))]
+        for dotted, value in keys:
+            if isinstance(value, str) and value and looks_like_path(value) and not os.path.exists(value):
+                fix = (" (relative paths are searched beside the config and in its parent folders)"
+                       if origin == "train.config_yml" else f" (point it at a local file with backend_args --{dotted}=PATH)")
+                problems.append(f"{origin}: {dotted}: file not found: {value}{fix}")
+    return problems

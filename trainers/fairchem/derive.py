@@ -29,14 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from launcher.core.errors import ConfigError
-from launcher.core.schema import PLATEAU_PATIENCE_DEFAULT, log_every_updates
+from launcher.core.schema import PLATEAU_PATIENCE_DEFAULT
 from launcher.core.schema import early_stop_evals as schema_early_stop_evals
-from trainers.fairchem.config import get_dotted, load_config, looks_like_path, set_dotted, split_backend_args
+from trainers.fairchem.config import load_config, set_dotted, split_backend_args
+from trainers.fairchem.data_needs import DataSample, apply_data_needs
 from trainers.fairchem.replay_keys import REPLAY_KEY_DOCS, replay_problems
 
 SPLITS = ("train", "val", "test")
-# Config values that name files FairChem must open: (dotted key with '*' for a split, description).
-FILE_KEYS = ("model.scale_file", "dataset.*.lin_ref", "dataset.*.oc20_ref")
 
 
 @dataclass
@@ -94,7 +93,7 @@ def derive_config(
     epochs_done: Optional[int] = None,
     resume_target: Optional[int] = None,
     spec: Any = None,
-    sample: Optional["DataSample"] = None,
+    sample: Optional[DataSample] = None,
     origin: str = "train.config_yml",
 ) -> Derived:
     """Build the config for ``mode`` (``train`` or ``predict``).
@@ -108,68 +107,94 @@ def derive_config(
     if mode not in ("train", "predict"):
         raise ValueError(f"mode must be train or predict, got {mode!r}")
     if isinstance(config_yml, dict):
-        config = copy.deepcopy(config_yml)
-        where = origin
+        config, where = copy.deepcopy(config_yml), origin
     else:
-        config = load_config(config_yml)
-        where = f"{origin}: {config_yml}"
+        config, where = load_config(config_yml), f"{origin}: {config_yml}"
     notes: List[str] = []
     if "model" not in config or not isinstance(config["model"], dict) or "name" not in config["model"]:
         raise ConfigError(f"{where}: no 'model' section with a 'name'")
     if not isinstance(config.get("optim"), dict):
         config["optim"] = {}
-
-    # ---- data ----
-    datasets = _datasets(config)
-    train_settings = datasets.get("train", {})
     if mode == "train":
-        wanted = {s: data.get(s) for s in SPLITS}
-        seen: Dict[str, str] = {}
-        for split in SPLITS:
-            path = wanted[split]
-            if path and os.path.realpath(path) in seen:
-                other = seen[os.path.realpath(path)]
-                if split == "test":
-                    notes.append(f"dataset.test dropped: data.test is the same file as data.{other} "
-                                 "(one process cannot open an LMDB twice)")
-                    wanted[split] = None
-                    continue
-                raise ConfigError(f"data.{split}: same file as data.{other} ({path}); FairChem opens each "
-                                  "LMDB once per process, so the splits must be different files")
-            if path:
-                seen[os.path.realpath(path)] = split
-        new: Dict[str, Dict[str, Any]] = {}
-        for split in SPLITS:
-            if wanted[split]:
-                entry = dict(datasets.get(split, {}))
-                entry["src"] = str(wanted[split])
-                new[split] = entry
-            elif split in datasets:
-                notes.append(f"dataset.{split} dropped (data.{split} not set)")
-        for extra in datasets:
-            if extra not in SPLITS:
-                new[extra] = datasets[extra]
-        if not new.get("train"):
-            raise ConfigError("data.train: required for FairChem training")
-        config["dataset"] = new
+        _train_datasets(config, data, notes)
     else:
-        test = data.get("test")
-        if not test:
-            raise ConfigError("data.test: no dataset to predict on")
-        train_only_settings = {k: v for k, v in train_settings.items() if k != "src"}
-        entry = dict(datasets.get("test", {}))
-        entry["src"] = str(test)
-        config["dataset"] = {"train": train_only_settings, "test": entry}
-        if not train_only_settings:
-            config["dataset"].pop("train")
-        task = config.setdefault("task", {})
-        if not isinstance(task, dict):
-            raise ConfigError("train.config_yml: 'task' must be a mapping")
-        if task.get("prediction_dtype") is None:
-            task["prediction_dtype"] = "float32"
-            notes.append("task.prediction_dtype: float32 (FairChem's default float16 loses energy precision)")
+        _predict_datasets(config, data, notes)
+    _logger(config, mode, spec, env, notes)
+    set_by_keys = apply_run_keys(config, spec, mode=mode, n_train=n_train, notes=notes) if spec is not None else {}
+    overridden, passthrough = _apply_backend_args(config, backend_args, set_by_keys, notes)
+    if spec is not None and mode == "train":
+        apply_patience(config, spec, overridden, notes)
+    if sample is not None:
+        notes += apply_data_needs(config, sample, overridden)
+    if mode == "train":   # then what keeps a training from leaving nothing behind
+        notes += _within_epoch(config, spec, n_train, set(overridden) | set(set_by_keys))
+        notes += _save_every(config, spec, n_train, overridden)
+        notes += _resume_epochs(config, epochs_done, resume_target)
+        if n_train is not None:
+            optim = config["optim"]
+            notes += _unreached_validation(optim, steps_per_epoch(n_train, int(optim.get("batch_size", 1)),
+                                                                  _accum(spec)), epochs_done or 0)
+    return Derived(config=config, passthrough=passthrough, notes=notes, overridden=overridden)
 
-    # ---- logger ----
+
+def _train_datasets(config: Dict[str, Any], data: Dict[str, Optional[str]], notes: List[str]) -> None:
+    """``dataset.{train,val,test}.src`` from ``data.*`` (keeping each split's other settings); splits without
+    data dropped; one LMDB file per split."""
+    datasets = _datasets(config)
+    wanted = {s: data.get(s) for s in SPLITS}
+    seen: Dict[str, str] = {}
+    for split in SPLITS:
+        path = wanted[split]
+        if path and os.path.realpath(path) in seen:
+            other = seen[os.path.realpath(path)]
+            if split == "test":
+                notes.append(f"dataset.test dropped: data.test is the same file as data.{other} "
+                             "(one process cannot open an LMDB twice)")
+                wanted[split] = None
+                continue
+            raise ConfigError(f"data.{split}: same file as data.{other} ({path}); FairChem opens each "
+                              "LMDB once per process, so the splits must be different files")
+        if path:
+            seen[os.path.realpath(path)] = split
+    new: Dict[str, Dict[str, Any]] = {}
+    for split in SPLITS:
+        if wanted[split]:
+            entry = dict(datasets.get(split, {}))
+            entry["src"] = str(wanted[split])
+            new[split] = entry
+        elif split in datasets:
+            notes.append(f"dataset.{split} dropped (data.{split} not set)")
+    for extra in datasets:
+        if extra not in SPLITS:
+            new[extra] = datasets[extra]
+    if not new.get("train"):
+        raise ConfigError("data.train: required for FairChem training")
+    config["dataset"] = new
+
+
+def _predict_datasets(config: Dict[str, Any], data: Dict[str, Optional[str]], notes: List[str]) -> None:
+    """The one dataset predictions read (``dataset.test``; the train split's settings kept, its data not), and
+    predictions in float32."""
+    datasets = _datasets(config)
+    test = data.get("test")
+    if not test:
+        raise ConfigError("data.test: no dataset to predict on")
+    train_only_settings = {k: v for k, v in datasets.get("train", {}).items() if k != "src"}
+    entry = dict(datasets.get("test", {}))
+    entry["src"] = str(test)
+    config["dataset"] = {"train": train_only_settings, "test": entry}
+    if not train_only_settings:
+        config["dataset"].pop("train")
+    task = config.setdefault("task", {})
+    if not isinstance(task, dict):
+        raise ConfigError("train.config_yml: 'task' must be a mapping")
+    if task.get("prediction_dtype") is None:
+        task["prediction_dtype"] = "float32"
+        notes.append("task.prediction_dtype: float32 (FairChem's default float16 loses energy precision)")
+
+
+def _logger(config: Dict[str, Any], mode: str, spec: Any, env: Dict[str, str], notes: List[str]) -> None:
+    """``train.logger`` (predictions run without one); without a spec, tensorboard where wandb cannot work."""
     logger = config.get("logger", "wandb")
     logger_name = logger if isinstance(logger, str) else (logger or {}).get("name")
     if spec is not None:
@@ -183,12 +208,10 @@ def derive_config(
         notes.append(f"logger: tensorboard (config asked for {logger_name or 'the default wandb'}; "
                      "no WANDB_API_KEY/WANDB_MODE set)")
 
-    # ---- the run keys the user set ----
-    set_by_keys: Dict[str, str] = {}
-    if spec is not None:
-        set_by_keys = apply_run_keys(config, spec, mode=mode, n_train=n_train, notes=notes)
 
-    # ---- backend_args (last word on the config) ----
+def _apply_backend_args(config: Dict[str, Any], backend_args: List[str], set_by_keys: Dict[str, str],
+                        notes: List[str]) -> Tuple[List[str], List[str]]:
+    """``backend_args`` have the last word on the config: (dotted keys they set, FairChem CLI flags)."""
     overrides, passthrough = split_backend_args(backend_args)
     for key, value in overrides:
         set_dotted(config, key, value)
@@ -199,50 +222,60 @@ def derive_config(
         for dotted, run_key in set_by_keys.items():
             if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
                 notes.append(f"backend_args --{key} replaces what {run_key} set")
+    return overridden, passthrough
 
-    if spec is not None and mode == "train":
-        apply_patience(config, spec, overridden, notes)
 
-    # ---- what the data needs ----
-    if sample is not None:
-        notes += apply_data_needs(config, sample, overridden)
+def _accum(spec: Any) -> int:
+    return int(spec.train.accum_steps) if spec is not None else 1
 
-    # ---- schedule policies that keep a run from leaving nothing behind ----
+
+def _within_epoch(config: Dict[str, Any], spec: Any, n_train: Optional[int], fixed: set) -> List[str]:
+    """Validation/checkpoints at least once per epoch (FairChem saves ``checkpoint.pt`` only every ``eval_every``
+    steps, which a short run may never reach); ``fixed``: the dotted keys the user set."""
+    optim, notes = config["optim"], []
+    if n_train is None:
+        return notes
+    spe = steps_per_epoch(n_train, int(optim.get("batch_size", 1)), _accum(spec))
+    for key in ("eval_every", "checkpoint_every"):
+        value = optim.get(key)
+        if f"optim.{key}" in fixed or value is None or value == -1:
+            continue   # unset: FairChem's default, every len(train_loader) steps, i.e. once per epoch
+        if isinstance(value, (int, float)) and value > spe:
+            optim[key] = spe
+            notes.append(f"optim.{key}: {value} -> {spe} (one epoch is {spe} steps; otherwise no "
+                         "validation/checkpoint would happen within an epoch)")
+    return notes
+
+
+def _save_every(config: Dict[str, Any], spec: Any, n_train: Optional[int], overridden: List[str]) -> List[str]:
+    """``train.save_every`` epochs as FairChem's ``optim.checkpoint_every`` steps (unless backend_args set it)."""
+    if spec is None or "train.save_every" not in user_set_keys(spec):
+        return []
+    every = int(spec.train.save_every)
+    if n_train is None:
+        raise ConfigError("train.save_every: the number of training structures is not known, so epochs cannot "
+                          "be turned into FairChem's optim.checkpoint_every steps")
+    if "optim.checkpoint_every" in overridden:
+        return []
     optim = config["optim"]
-    accum = int(spec.train.accum_steps) if spec is not None else 1
-    if mode == "train" and n_train is not None:
-        spe = steps_per_epoch(n_train, int(optim.get("batch_size", 1)), accum)
-        for key in ("eval_every", "checkpoint_every"):
-            value = optim.get(key)
-            if f"optim.{key}" in overridden or f"optim.{key}" in set_by_keys or value is None or value == -1:
-                continue
-            if isinstance(value, (int, float)) and value > spe:
-                optim[key] = spe
-                notes.append(f"optim.{key}: {value} -> {spe} (one epoch is {spe} steps; otherwise no "
-                             "validation/checkpoint would happen within an epoch)")
-        if optim.get("eval_every") is None and optim.get("checkpoint_every") is None:
-            pass  # FairChem's default: every len(train_loader) steps, i.e. once per epoch
-    if mode == "train" and spec is not None and "train.save_every" in user_set_keys(spec):
-        every = int(spec.train.save_every)
-        if n_train is None:
-            raise ConfigError("train.save_every: the number of training structures is not known, so epochs cannot "
-                              "be turned into FairChem's optim.checkpoint_every steps")
-        if "optim.checkpoint_every" not in overridden:
-            spe = steps_per_epoch(n_train, int(optim.get("batch_size", 1)), accum)
-            old = optim.get("checkpoint_every", "unset")
-            optim["checkpoint_every"] = every * spe
-            notes.append(f"optim.checkpoint_every: {old} -> {every * spe} (train.save_every={every} epochs of "
-                         f"{spe} steps)")
-    if mode == "train" and epochs_done is not None:
-        max_epochs = int(optim.get("max_epochs", 1))
-        if epochs_done >= max_epochs:
-            target = resume_target if resume_target is not None and resume_target > epochs_done else epochs_done + max_epochs
-            optim["max_epochs"] = target
-            notes.append(f"optim.max_epochs: {max_epochs} -> {target} ({epochs_done} epochs already done)")
-    if mode == "train" and n_train is not None:
-        notes += _unreached_validation(optim, steps_per_epoch(n_train, int(optim.get("batch_size", 1)), accum),
-                                       epochs_done or 0)
-    return Derived(config=config, passthrough=passthrough, notes=notes, overridden=overridden)
+    spe = steps_per_epoch(n_train, int(optim.get("batch_size", 1)), _accum(spec))
+    old = optim.get("checkpoint_every", "unset")
+    optim["checkpoint_every"] = every * spe
+    return [f"optim.checkpoint_every: {old} -> {every * spe} (train.save_every={every} epochs of {spe} steps)"]
+
+
+def _resume_epochs(config: Dict[str, Any], epochs_done: Optional[int], resume_target: Optional[int]) -> List[str]:
+    """On resume, ``optim.max_epochs`` raised above the epochs already done (to ``resume_target`` when the user
+    asked for more, else by the config's own count)."""
+    optim = config["optim"]
+    if epochs_done is None:
+        return []
+    max_epochs = int(optim.get("max_epochs", 1))
+    if epochs_done < max_epochs:
+        return []
+    target = resume_target if resume_target is not None and resume_target > epochs_done else epochs_done + max_epochs
+    optim["max_epochs"] = target
+    return [f"optim.max_epochs: {max_epochs} -> {target} ({epochs_done} epochs already done)"]
 
 
 def _unreached_validation(optim: Dict[str, Any], spe: int, epochs_done: int) -> List[str]:
@@ -256,26 +289,6 @@ def _unreached_validation(optim: Dict[str, Any], spe: int, epochs_done: int) -> 
         return [f"optim.eval_every: {every} steps, and this run trains steps {first + 1}-{last}: no validation will "
                 "run; the final weights become the run's model (manifest: fairchem.weights = final)"]
     return []
-
-
-def missing_files(config: Dict[str, Any], origin: str = "train.config_yml") -> List[str]:
-    """Problems with files the config names (scale file, linear references), one line each."""
-    problems: List[str] = []
-    datasets = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
-    for key in FILE_KEYS:
-        keys: List[Tuple[str, Any]]
-        if "*" in key:
-            _, rest = key.split("*.", 1)
-            keys = [(f"dataset.{s}.{rest}", (v or {}).get(rest) if isinstance(v, dict) else None)
-                    for s, v in datasets.items()]
-        else:
-            keys = [(key, get_dotted(config, key))]
-        for dotted, value in keys:
-            if isinstance(value, str) and value and looks_like_path(value) and not os.path.exists(value):
-                fix = (" (relative paths are searched beside the config and in its parent folders)"
-                       if origin == "train.config_yml" else f" (point it at a local file with backend_args --{dotted}=PATH)")
-                problems.append(f"{origin}: {dotted}: file not found: {value}{fix}")
-    return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -563,163 +576,3 @@ def early_stop_evals(spec: Any, config: Dict[str, Any]) -> Optional[int]:
     config's ReduceLROnPlateau patience, else 50. None when train.early_stop_factor is null."""
     from_config = plateau_patience(config)
     return schema_early_stop_evals(spec.train, PLATEAU_PATIENCE_DEFAULT if from_config is None else from_config)
-
-
-def child_options(spec: Any, config: Dict[str, Any], progress_log: str,
-                  n_train: Optional[int] = None, logs_dir: Optional[str] = None) -> Tuple[List[str], List[str]]:
-    """child.py run options (before ``--``) for the run keys FairChem's trainer has no setting for, and notes.
-
-    Progress lines go to the console and ``progress_log`` (the run's train.log) in every training run:
-    every ``train.log_every`` updates, or about 20 per epoch when it is null (as the core trainer does).
-    """
-    t = spec.train
-    wanted = user_set_keys(spec)
-    opts: List[str] = []
-    notes: List[str] = []
-    if "train.accum_steps" in wanted:
-        opts += ["--accum-steps", str(int(t.accum_steps))]
-        notes.append(f"train.accum_steps={t.accum_steps}: gradients of {t.accum_steps} batches per optimizer step")
-    if t.freeze == "head_only":
-        opts += ["--freeze", "head_only"]
-        notes.append("train.freeze=head_only: only the output head is trained")
-    n = early_stop_evals(spec, config)
-    if n is not None:
-        opts += ["--early-stop", str(n)]
-        notes.append(f"train.early_stop_factor={t.early_stop_factor}: training stops after {n} validations "
-                     "without improvement")
-    accum = int(t.accum_steps) if "train.accum_steps" in wanted else 1
-    batch = int((config.get("optim") or {}).get("batch_size") or 1)
-    per_epoch = steps_per_epoch(n_train, batch, accum) if n_train else 20
-    opts += ["--log-every", str(log_every_updates(t, per_epoch)), "--progress-log", str(progress_log)]
-    if logs_dir:   # FairChem's logger writes there (tensorboard/, wandb/), not in its own tree
-        opts += ["--logs-dir", str(logs_dir), "--run-name", spec.run_name]
-    return opts, notes
-
-
-# ---------------------------------------------------------------------------------------------
-# Configs that come with a model (a checkpoint's, a v1 manifest bundle's) -> a config FairChem runs
-# ---------------------------------------------------------------------------------------------
-
-#: Top-level keys of a checkpoint's config that describe the run that made it, not a run to make.
-RUN_RECORD_KEYS = ("cmd", "slurm", "gpus", "noddp", "amp", "gp_gpus", "local_rank", "world_size",
-                   "distributed_backend", "submit", "summit", "mode", "identifier", "timestamp_id", "seed",
-                   "is_debug", "run_dir", "print_every", "checkpoint", "cpu", "model_attributes",
-                   "val_dataset", "test_dataset", "relax_dataset")
-#: A checkpoint records the task name where the config named the trainer.
-TASK_TO_TRAINER = {"s2ef": "forces", "is2re": "energy"}
-
-
-def runnable_config(cfg: Dict[str, Any], notes: Optional[List[str]] = None) -> Dict[str, Any]:
-    """A config FairChem can start from, made from one saved with a model.
-
-    Accepts a FairChem checkpoint's ``config`` and the original implementation's v1 bundles (legacy
-    ``model: NAME`` + ``model_attributes``, ``dataset``/``val_dataset``/``test_dataset``): the model becomes
-    ``model: {name, ...}``, the datasets ``dataset: {train, val, test}``, and the record of the old run
-    (``cmd``, ``slurm``, ...) is dropped.
-    """
-    cfg = copy.deepcopy(dict(cfg))
-    model = cfg.get("model")
-    if isinstance(model, str):
-        attrs = cfg.get("model_attributes")
-        cfg["model"] = {"name": model, **(dict(attrs) if isinstance(attrs, dict) else {})}
-    elif isinstance(model, dict) and "name" not in model and isinstance(cfg.get("model_attributes"), dict):
-        cfg["model"] = {**cfg["model_attributes"], **model}
-    ds = cfg.get("dataset")
-    flat = isinstance(ds, dict) and not any(k in ds for k in (*SPLITS, "relax"))
-    if flat or any(k in cfg for k in ("val_dataset", "test_dataset", "relax_dataset")):
-        new: Dict[str, Any] = {}
-        if isinstance(ds, dict) and flat and ds:
-            new["train"] = ds
-        elif isinstance(ds, dict):
-            new.update(ds)
-        for split, key in (("val", "val_dataset"), ("test", "test_dataset"), ("relax", "relax_dataset")):
-            if isinstance(cfg.get(key), dict) and cfg[key]:
-                new[split] = cfg[key]
-        cfg["dataset"] = new
-    trainer = cfg.get("trainer")
-    if trainer in TASK_TO_TRAINER:
-        cfg["trainer"] = TASK_TO_TRAINER[trainer]
-    for key in RUN_RECORD_KEYS:
-        cfg.pop(key, None)
-    _scheduler_epochs_back_to_epochs(cfg, notes if notes is not None else [])
-    for key in ("loss_fns", "eval_metrics"):   # early FairChem 2 names
-        if key in cfg and {"loss_fns": "loss_functions", "eval_metrics": "evaluation_metrics"}[key] not in cfg:
-            cfg[{"loss_fns": "loss_functions", "eval_metrics": "evaluation_metrics"}[key]] = cfg.pop(key)
-    if cfg.get("loss_functions") == {}:
-        cfg.pop("loss_functions")
-    return cfg
-
-
-def _scheduler_epochs_back_to_epochs(cfg: Dict[str, Any], notes: List[str]) -> None:
-    """EquiformerV2's trainer rewrites ``optim.scheduler_params.*epochs*`` in place from epochs to steps
-    (``epochs`` = max_epochs x steps per epoch) before the config is saved; a run started from that config
-    would multiply them again. Saved that way, they are turned back into epochs."""
-    optim = cfg.get("optim")
-    sp = optim.get("scheduler_params") if isinstance(optim, dict) else None
-    if not isinstance(sp, dict):
-        return
-    total, max_epochs = sp.get("epochs"), optim.get("max_epochs")
-    if not (isinstance(total, (int, float)) and isinstance(max_epochs, (int, float)) and 0 < max_epochs < total):
-        return
-    per_epoch = total / max_epochs
-    if abs(per_epoch - round(per_epoch)) > 1e-6:
-        return
-    for key, value in list(sp.items()):
-        if "epochs" in key and isinstance(value, (int, float)):
-            sp[key] = value / per_epoch
-        elif "epochs" in key and isinstance(value, list):
-            sp[key] = [v / per_epoch if isinstance(v, (int, float)) else v for v in value]
-    notes.append(f"optim.scheduler_params: *epochs* values saved in steps ({round(per_epoch)} per epoch) turned "
-                 "back into epochs (FairChem's EquiformerV2 trainer converts them again)")
-
-
-def model_section(cfg: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """The ``model: {name, ...}`` of a saved config in either form, or None."""
-    model = runnable_config({k: cfg[k] for k in ("model", "model_attributes") if k in cfg}).get("model")
-    return dict(model) if isinstance(model, dict) and model.get("name") else None
-
-
-# ---------------------------------------------------------------------------------------------
-# What the data needs (decided from a bounded sample of the selected records)
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class DataSample:
-    """PBC settings and atom tags seen in a sample of the records a run reads."""
-
-    n: int = 0
-    pbc: set = field(default_factory=set)                   # distinct (bool, bool, bool)
-    tag_sets: List[frozenset] = field(default_factory=list)  # per sampled record, its distinct tags
-
-    def add(self, pbc: Any, tags: Any) -> None:
-        self.n += 1
-        if pbc is not None:
-            self.pbc.add(tuple(bool(x) for x in pbc))
-        if tags is not None:
-            self.tag_sets.append(frozenset(int(x) for x in tags))
-
-    @property
-    def mixed_pbc(self) -> bool:
-        return len(self.pbc) > 1
-
-
-def apply_data_needs(config: Dict[str, Any], sample: DataSample, overridden: List[str]) -> List[str]:
-    """Settings the sampled data needs to run at all; one note each. Settings given in backend_args stay."""
-    notes: List[str] = []
-    model = config["model"]
-    name = str(model.get("name", ""))
-    if sample.mixed_pbc and model.get("use_pbc", True) and not model.get("use_pbc_single", False) \
-            and "model.use_pbc_single" not in overridden:
-        model["use_pbc_single"] = True
-        kinds = ", ".join("".join("T" if x else "F" for x in p) for p in sorted(sample.pbc))
-        notes.append(f"model.use_pbc_single: True (the data mixes periodic and non-periodic cells, pbc {kinds}, "
-                     "which FairChem cannot batch together; graphs are built per structure)")
-    if "gemnet_oc" in name and model.get("quad_interaction", False) and "model.qint_tags" not in overridden:
-        qint = list(model.get("qint_tags") if model.get("qint_tags") is not None else [0, 1, 2])
-        lacking = [tags for tags in sample.tag_sets if not tags & set(qint)]
-        if lacking:
-            extra = sorted(set().union(*lacking) - set(qint))
-            model["qint_tags"] = sorted(set(qint) | set(extra))
-            notes.append(f"model.qint_tags: {qint} -> {model['qint_tags']} ({len(lacking)} of {sample.n} sampled "
-                         f"structures have no atom tagged {qint}, and GemNet-OC's quadruplets need one)")
-    return notes

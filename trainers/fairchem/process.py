@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 # How long FairChem gets to exit after a forwarded signal before it is killed.
 STOP_GRACE_S = 60.0
@@ -157,6 +157,40 @@ def format_command(cmd: Sequence[str]) -> str:
     return " ".join(shlex.quote(str(c)) for c in cmd)
 
 
+def _start(cmd: Sequence[str], env: Dict[str, str], cwd: Path, early: Optional[Any]) -> Tuple[Any, float]:
+    """(the process running ``cmd``, when it started): the early interpreter when it takes the command, else a
+    new process leading its own process group."""
+    taken = early.take(cmd, env, cwd) if early is not None else None
+    if taken is not None:
+        return taken
+    started_at = time.time()
+    proc = subprocess.Popen(
+        [str(c) for c in cmd], cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
+        preexec_fn=die_with_parent(new_group=True),
+    )
+    return proc, started_at
+
+
+def _forwarder(proc: Any, forwarded: threading.Event, forward_as: Optional[int]) -> Callable[[int], None]:
+    """The preemption listener: the stop signal passed on to ``proc`` (as ``forward_as`` when set), which is killed
+    if it has not ended after :data:`STOP_GRACE_S`."""
+
+    def forward(signum: int) -> None:
+        forwarded.set()
+        if proc.poll() is None:
+            try:
+                proc.send_signal(forward_as or signum)
+            except ProcessLookupError:
+                pass
+            # a child that ignores the signal is killed after the grace period
+            killer = threading.Timer(STOP_GRACE_S, lambda: proc.poll() is None and kill_group(proc))
+            killer.daemon = True
+            killer.start()
+
+    return forward
+
+
 def run_process(
     cmd: Sequence[str],
     *,
@@ -184,30 +218,9 @@ def run_process(
     with open(log_path, "a", encoding="utf-8", errors="replace") as log:
         log.write(f"$ {format_command(cmd)}\n")
         log.flush()
-        taken = early.take(cmd, env, cwd) if early is not None else None
-        if taken is not None:
-            proc, started_at = taken
-        else:
-            started_at = time.time()
-            proc = subprocess.Popen(
-                [str(c) for c in cmd], cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
-                preexec_fn=die_with_parent(new_group=True),
-            )
+        proc, started_at = _start(cmd, env, cwd, early)
         forwarded = threading.Event()
-
-        def forward(signum: int) -> None:
-            forwarded.set()
-            if proc.poll() is None:
-                try:
-                    proc.send_signal(forward_as or signum)
-                except ProcessLookupError:
-                    pass
-                # a child that ignores the signal is killed after the grace period
-                killer = threading.Timer(STOP_GRACE_S, lambda: proc.poll() is None and kill_group(proc))
-                killer.daemon = True
-                killer.start()
-
+        forward = _forwarder(proc, forwarded, forward_as)
         remove = preemption.add_listener(forward)
         if preemption.preemption_requested():
             forward(signal.SIGTERM)

@@ -163,9 +163,9 @@ def refused_record(path: str, selection: Optional[Sequence[int]], limit: int = S
 
 def sample_data(sources: Sequence[tuple], limit: int = SAMPLE_LIMIT):
     """PBC settings and atom tags of a bounded sample of ``sources`` = [(path, selection or None)], as a
-    :class:`trainers.fairchem.derive.DataSample` (FairChem LMDBs are read without torch)."""
+    :class:`trainers.fairchem.data_needs.DataSample` (FairChem LMDBs are read without torch)."""
     from data.datasets import count, detect_format, open_dataset
-    from trainers.fairchem.derive import DataSample
+    from trainers.fairchem.data_needs import DataSample
 
     sample = DataSample()
     for path, selection in sources:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from trainers.fairchem import checkpoints as ck
-from trainers.fairchem.child import SaveGuard, link_or_copy
+from trainers.fairchem.checkpoint_io import SaveGuard, link_or_copy
 
 CHILD_DIR = Path(ck.__file__).resolve().parent
 
@@ -25,11 +25,11 @@ CHILD_DIR = Path(ck.__file__).resolve().parent
 SCRIPT = r"""
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
-import child
+import checkpoint_io, patches
 ckdir, mirror, signame = sys.argv[2:5]
-guard = child.SaveGuard()
+guard = checkpoint_io.SaveGuard()
 guard.install()
-child.install_atomic_checkpoints(mirror, guard)
+patches.install_atomic_checkpoints(mirror, guard)
 import torch
 from fairchem.core.trainers import base_trainer
 
@@ -125,3 +125,33 @@ def test_link_or_copy_replaces_atomically_and_is_idempotent(tmp_path):
     link_or_copy(src, dst)
     assert dst.read_bytes() == b"two"
     assert sorted(p.name for p in dst.parent.iterdir()) == ["checkpoint.pt"]
+
+
+def test_the_run_copy_is_made_once_whatever_the_child_mirrored(tmp_path, monkeypatch):
+    """ck.mirror (the end of a training, a preemption) copies a checkpoint into the run's checkpoints/ only where
+    the child's mirror does not already hold it: a link, or on another filesystem the child's own copy."""
+    src, dst = tmp_path / "native" / "checkpoint.pt", tmp_path / "run" / "checkpoint.pt"
+    src.parent.mkdir()
+    src.write_bytes(b"epoch 1")
+    os.utime(src, ns=(10**18, 10**18))           # explicit times: file system clocks tick coarsely
+    link_or_copy(src, dst)                       # the child's mirror, a link
+    assert ck.mirror(src, dst) is False
+    dst.unlink()
+
+    def no_links(*_a, **_k):
+        raise OSError("cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)    # another filesystem: the child copies
+    link_or_copy(src, dst)
+    os.utime(dst, ns=(10**18 + 10**9, 10**18 + 10**9))   # written after src was complete
+    assert not os.path.samefile(src, dst) and dst.read_bytes() == b"epoch 1"
+    inode = dst.stat().st_ino
+    assert ck.mirror(src, dst) is False and dst.stat().st_ino == inode   # not copied a second time
+    new = tmp_path / "native" / "new.pt"
+    new.write_bytes(b"epoch 2")
+    os.utime(new, ns=(10**18 + 2 * 10**9, 10**18 + 2 * 10**9))
+    os.replace(new, src)                         # a newer checkpoint the mirror lacks
+    assert ck.mirror(src, dst) is True and dst.read_bytes() == b"epoch 2"
+    assert ck.mirror(src, dst) is False
+    dst.unlink()
+    assert ck.mirror(src, dst) is True and dst.read_bytes() == b"epoch 2"   # no mirror at all

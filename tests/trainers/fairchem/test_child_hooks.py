@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainers.fairchem import child
+from trainers.fairchem import child, patches
 from trainers.fairchem.logparse import MetricsTap, parse_progress
 
 from .conftest import TEST_CONFIGS
@@ -144,7 +144,7 @@ def test_run_options_parse_and_refuse_bad_values(capsys):
         lines = capsys.readouterr().out.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
     with pytest.raises(SystemExit):
-        child.head_modules("painn")
+        patches.head_modules("painn")
     line = capsys.readouterr().out.strip()
     assert line == ("error: --freeze head_only: no output head is defined for model 'painn' "
                     "(only for equiformer_v2 and gemnet_oc)")
@@ -275,13 +275,13 @@ def test_head_modules_name_real_fairchem_modules(fairchem_python, fairchem_fixtu
 
     models = {name: load_config(str(path))["model"] for name, path in (("equiformer_v2", EQV2), ("gemnet_oc", GEMNET))}
     script = (
-        "import json, sys\nsys.path.insert(0, sys.argv[1])\nimport child\n"
+        "import json, sys\nsys.path.insert(0, sys.argv[1])\nimport patches\n"
         "from fairchem.core.common.registry import registry\nfrom fairchem.core.common.utils import setup_imports\n"
         "setup_imports()\nout = {}\n"
         "for name, cfg in json.loads(sys.argv[2]).items():\n"
         "    cfg = dict(cfg); cfg.pop('name')\n"
         "    model = registry.get_model_class(name)(**cfg)\n"
-        "    n_head, n_all, found = child.freeze_to_head(model, name)\n"
+        "    n_head, n_all, found = patches.freeze_to_head(model, name)\n"
         "    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)\n"
         "    out[name] = [n_head, n_all, found, trainable]\n"
         "print(json.dumps(out))\n")
@@ -327,3 +327,4 @@ def test_resume_with_another_accumulation_keeps_the_position(one_epoch, small, f
     info = inspect(fairchem_python, run.checkpoint)
     assert info["step"] == 4 and info["epoch"] == 2.0 and info["optimizer_steps"] == [8 + 2]
     assert info["mlip_launch"]["accum_steps"] == 4
+

@@ -8,7 +8,9 @@ import yaml
 from launcher.core.layout import RunLayout
 from launcher.core.schema import RunSpec
 from trainers.api import JobContext
-from trainers.fairchem.backend import CHILD, FairchemBackend, is_training_checkpoint, new_timestamp_id
+from trainers.fairchem.backend import FairchemBackend
+from trainers.fairchem.plan import CHILD, PlanRequest, new_timestamp_id
+from trainers.fairchem.sources import is_training_checkpoint
 
 from .conftest import TEST_CONFIGS
 
@@ -30,8 +32,9 @@ def _spec(tmp_path, **kw) -> RunSpec:
 def test_train_command(fairchem_fixtures, tmp_path):
     spec = _spec(tmp_path)
     layout = RunLayout.of(spec.run_dir)
-    plan = FairchemBackend().plan(spec, layout, mode="train", data={"train": spec.data.train, "val": spec.data.val},
-                                  checkpoint=None, n_train=64, timestamp_id="train-x")
+    data = {"train": spec.data.train, "val": spec.data.val}
+    plan = FairchemBackend().plan(PlanRequest(spec, layout, mode="train", data=data, checkpoint=None, n_train=64,
+                                              timestamp_id="train-x"))
     native = layout.root / "fairchem"
     assert plan.command == [
         sys.executable, str(CHILD), "run", "--post", str(native / "checkpoints" / "train-x"),
@@ -41,6 +44,7 @@ def test_train_command(fairchem_fixtures, tmp_path):
         "--timestamp-id", "train-x", "--seed", "3", "--identifier", "tiny", "--cpu", "--print-every", "1"]
     cfg = yaml.safe_load(plan.config_text)
     assert cfg["optim"]["max_epochs"] == 2 and cfg["optim"]["eval_every"] == 13
+    assert cfg == plan.config and plan.max_epochs == 2   # the structure written is the one the plan carries
     assert cfg["dataset"]["train"]["src"] == spec.data.train
     assert plan.config_text.startswith("# Derived by mlip-launch from")
     assert plan.env["OMP_NUM_THREADS"] and plan.env["WANDB_MODE"] == "disabled"
@@ -61,8 +65,8 @@ def test_predict_command_and_dry_run_text(fairchem_fixtures, tmp_path):
 
 def test_backend_env_reaches_the_child(fairchem_fixtures, tmp_path):
     spec = _spec(tmp_path, backend_env={"OMP_NUM_THREADS": "7", "FOO": "bar"})
-    plan = FairchemBackend().plan(spec, RunLayout.of(spec.run_dir), mode="train", data={"train": spec.data.train},
-                                  checkpoint=None, n_train=None)
+    plan = FairchemBackend().plan(PlanRequest(spec, RunLayout.of(spec.run_dir), mode="train",
+                                              data={"train": spec.data.train}))
     assert plan.env["OMP_NUM_THREADS"] == "7" and plan.env["FOO"] == "bar"
     assert plan.timestamp_id.startswith("train-")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from launcher.core.errors import ConfigError
-from trainers.fairchem.derive import derive_config, missing_files, steps_per_epoch
+from trainers.fairchem.config import missing_files
+from trainers.fairchem.derive import derive_config, steps_per_epoch
 
 from .conftest import empty_lmdbs as _lmdbs, OC22, TEST_CONFIGS
 

@@ -14,7 +14,8 @@ import pytest
 
 from launcher.core.errors import ConfigError
 from launcher.core.schema import RunSpec, check
-from trainers.fairchem.backend import FairchemBackend, error_line, failure_message, hint_for, truncated_lmdbs
+from trainers.fairchem.backend import FairchemBackend
+from trainers.fairchem.runner import error_line, failure_message, hint_for, truncated_lmdbs
 from trainers.fairchem.process import ProcessResult
 
 from .conftest import TEST_CONFIGS
@@ -211,11 +212,12 @@ def _result(rc, tail, tmp_path):
     return ProcessResult(returncode=rc, preempted=False, wall_s=1.0, log_path=tmp_path / "f.log", tail=tail)
 
 
-def _plan(tmp_path, config_text="dataset: {}\n"):
-    from trainers.fairchem.backend import Plan
+def _plan(tmp_path, config=None):
+    from trainers.fairchem.plan import Plan
 
-    return Plan(mode="train", timestamp_id="t", native_dir=tmp_path, config_path=tmp_path / "c.yml",
-                config_text=config_text, command=[], env={}, log_path=tmp_path / "f.log")
+    config = config or {"dataset": {}}
+    return Plan(mode="train", timestamp_id="t", native_dir=tmp_path, config_path=tmp_path / "c.yml", config=config,
+                config_text="", command=[], env={}, log_path=tmp_path / "f.log")
 
 
 def test_hints_only_on_the_failures_they_explain(tmp_path):
@@ -241,7 +243,7 @@ def test_sigbus_names_the_truncated_lmdb(tmp_path, demo_data):
     with open(cut, "r+b") as fh:
         fh.truncate(cut.stat().st_size // 2)
     assert truncated_lmdbs([str(demo_data["val"]), str(cut)]) and not truncated_lmdbs([str(demo_data["val"])])
-    plan = _plan(tmp_path, f"dataset:\n  train: {{src: {cut}}}\n  val: {{src: {demo_data['val']}}}\n")
+    plan = _plan(tmp_path, {"dataset": {"train": {"src": str(cut)}, "val": {"src": str(demo_data["val"])}}})
     msg = failure_message(plan, _result(-signal.SIGBUS, [], tmp_path))
     assert "killed by SIGBUS" in msg and f"truncated LMDB: {cut}" in msg and str(tmp_path / "f.log") in msg
 

@@ -18,9 +18,12 @@ import yaml
 from launcher.core.layout import RunLayout
 from launcher.core.schema import RunSpec
 from trainers.api import JobContext
-from trainers.fairchem.backend import CHILD, FairchemBackend
+from trainers.fairchem.backend import FairchemBackend
 from trainers.fairchem.config import load_config
-from trainers.fairchem.derive import DataSample, apply_data_needs, derive_config, early_stop_evals, runnable_config
+from trainers.fairchem.data_needs import DataSample, apply_data_needs
+from trainers.fairchem.derive import derive_config, early_stop_evals
+from trainers.fairchem.plan import CHILD, PlanRequest
+from trainers.fairchem.saved import runnable_config
 
 from .conftest import empty_lmdbs as _lmdbs, SHARED, TEST_CONFIGS
 
@@ -55,8 +58,8 @@ def _spec(tmp_path, backend="equiformer_v2", config=EQV2, **kw) -> RunSpec:
 def _plan(spec, n_train=64, **kw):
     mode = kw.pop("mode", "train")
     data = {"train": spec.data.train, "val": spec.data.val} if mode == "train" else {"test": spec.data.val}
-    return FairchemBackend().plan(spec, RunLayout.of(spec.run_dir), mode=mode, data=data, checkpoint=None,
-                                  n_train=n_train, timestamp_id="train-x", **kw)
+    return FairchemBackend().plan(PlanRequest(spec, RunLayout.of(spec.run_dir), mode=mode, data=data, checkpoint=None,
+                                              n_train=n_train, timestamp_id="train-x", **kw))
 
 
 def _cfg(plan):
@@ -119,9 +122,9 @@ def test_legacy_loss_coefficients_and_optim_weight_decay(tmp_path):
 
 
 def test_amp_reaches_fairchem_on_a_gpu_run(fairchem_fixtures, tmp_path, monkeypatch):
-    import trainers.fairchem.backend as backend
+    import trainers.fairchem.plan as plan_module
 
-    monkeypatch.setattr(backend, "_use_cpu", lambda spec: False)
+    monkeypatch.setattr(plan_module, "use_cpu", lambda spec: False)
     spec = _spec(tmp_path, device="cuda", train__amp=True)
     assert "--amp" in _plan(spec).command
 
@@ -354,16 +357,16 @@ def test_a_trained_model_is_rebuilt_with_its_own_model_config(fairchem_fixtures,
     torch.save({"state_dict": {}, "normalizers": {}, "config": trained}, tmp_path / "best.pt")
     spec = _spec(tmp_path, backend="gemnet_oc", config=GEMNET, task="evaluate", model_in=str(tmp_path / "best.pt"))
     spec.data.test = spec.data.val
-    plan = FairchemBackend().plan(spec, RunLayout.of(spec.run_dir), mode="predict", data={"test": spec.data.val},
-                                  checkpoint=str(tmp_path / "best.pt"), n_train=None)
+    request = PlanRequest(spec, RunLayout.of(spec.run_dir), mode="predict", data={"test": spec.data.val},
+                          checkpoint=str(tmp_path / "best.pt"))
+    plan = FairchemBackend().plan(request)
     cfg = _cfg(plan)
     assert cfg["model"]["use_pbc_single"] is True and cfg["model"]["qint_tags"] == [0, 1, 2]
     assert any(n.startswith("model: as trained, from ") for n in plan.notes)
     # without config_yml the whole saved config is used; check() no longer asks for one
     spec.train.config_yml = None
     assert FairchemBackend().check(spec) == []
-    plan = FairchemBackend().plan(spec, RunLayout.of(spec.run_dir), mode="predict", data={"test": spec.data.val},
-                                  checkpoint=str(tmp_path / "best.pt"), n_train=None)
+    plan = FairchemBackend().plan(request)
     assert _cfg(plan)["model"]["qint_tags"] == [0, 1, 2] and _cfg(plan)["optim"]["batch_size"] == 5
 
 

@@ -51,11 +51,11 @@ def _fairchem_like(path: Path, **extra) -> dict:
 def test_a_fairchem_checkpoint_loads_through_the_allow_list(tmp_path, monkeypatch):
     import torch
 
-    from trainers.fairchem import child
+    from trainers.fairchem import checkpoint_io
 
-    monkeypatch.delenv(child.TRUST_ENV, raising=False)
+    monkeypatch.delenv(checkpoint_io.TRUST_ENV, raising=False)
     want = _fairchem_like(tmp_path / "checkpoint.pt")
-    got = child._load(str(tmp_path / "checkpoint.pt"))
+    got = checkpoint_io.load(str(tmp_path / "checkpoint.pt"))
     assert list(got["state_dict"]) == list(want["state_dict"])
     assert all(torch.equal(got["state_dict"][k], v) for k, v in want["state_dict"].items())
     assert float(got["best_val_metric"]) == 0.3 and got["config"] == want["config"]
@@ -63,13 +63,13 @@ def test_a_fairchem_checkpoint_loads_through_the_allow_list(tmp_path, monkeypatc
 
 
 def test_the_child_refuses_a_payload_naming_it(tmp_path, monkeypatch, capsys):
-    from trainers.fairchem import child
+    from trainers.fairchem import checkpoint_io
 
-    monkeypatch.delenv(child.TRUST_ENV, raising=False)
+    monkeypatch.delenv(checkpoint_io.TRUST_ENV, raising=False)
     marker = tmp_path / "MARKER"
     _fairchem_like(tmp_path / "payload.pt", extra=_Touch(marker))
     with pytest.raises(SystemExit) as e:
-        child._load(str(tmp_path / "payload.pt"))
+        checkpoint_io.load(str(tmp_path / "payload.pt"))
     assert e.value.code == 2
     out = capsys.readouterr().out.strip()
     assert out.count("\n") == 0 and "system" in out and "data.trust_pickles=true" in out, out
@@ -79,14 +79,14 @@ def test_the_child_refuses_a_payload_naming_it(tmp_path, monkeypatch, capsys):
 def test_the_opt_in_loads_what_the_list_lacks(tmp_path, monkeypatch):
     from fractions import Fraction
 
-    from trainers.fairchem import child
+    from trainers.fairchem import checkpoint_io
 
     _fairchem_like(tmp_path / "noted.pt", note=Fraction(1, 3))
-    monkeypatch.delenv(child.TRUST_ENV, raising=False)
+    monkeypatch.delenv(checkpoint_io.TRUST_ENV, raising=False)
     with pytest.raises(SystemExit):
-        child._load(str(tmp_path / "noted.pt"))
-    monkeypatch.setenv(child.TRUST_ENV, "1")
-    assert child._load(str(tmp_path / "noted.pt"))["note"] == Fraction(1, 3)
+        checkpoint_io.load(str(tmp_path / "noted.pt"))
+    monkeypatch.setenv(checkpoint_io.TRUST_ENV, "1")
+    assert checkpoint_io.load(str(tmp_path / "noted.pt"))["note"] == Fraction(1, 3)
 
 
 @pytest.mark.parametrize("task", ["evaluate", "finetune", "export"])
