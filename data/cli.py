@@ -61,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--n-val", type=int, default=16)
     d.add_argument("--n-test", type=int, default=16)
     d.add_argument("--domain", choices=("base", "shifted"), default="base",
-                   help="base: the embedded default's structures; shifted: the same elements compressed 4-8%% and "
-                        "rattled harder (a second domain for fine-tuning)")
+                   help="base: the embedded default's structures; shifted: the same structures compressed 4-8%% "
+                        "(a second domain for fine-tuning)")
     d.add_argument("--overwrite", action="store_true", help="replace existing split files")
     d.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     return p

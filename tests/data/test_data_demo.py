@@ -74,7 +74,7 @@ def test_the_shifted_domain_is_compressed_and_leaves_the_base_domain_as_it_was()
     assert [a.positions.tolist() for a in base] == [a.positions.tolist() for a in again]
     bulk = [(b, s) for b, s in zip(base, shifted) if b.info["config_type"] == "bulk"]
     assert bulk
-    for b, s in bulk:   # same structure kinds from the same seed, 4-8% compressed on every axis of the cell
+    for b, s in bulk:   # the same structures from the same seed, 4-8% compressed on every axis of the cell
         assert b.get_chemical_formula() == s.get_chemical_formula()
         ratio = s.get_volume() / b.get_volume()
         assert 0.92 ** 3 * 0.97 < ratio < 0.96 ** 3 * 1.03

@@ -100,3 +100,43 @@ def kill_training_at(spec: Any, run_dir: Path, step: int, timeout: float = 300) 
     finally:
         proc.wait()
     return proc.returncode
+
+
+def run_two_ranks(spec: Any, tmp_path: Path, timeout: float = 900) -> None:
+    """Run ``spec`` as a real 2-rank DDP job (torchrun + ``launcher.worker``); fails the test on a non-zero exit."""
+    import subprocess
+    import sys
+
+    from launcher.core.specio import dump_run_yaml
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(dump_run_yaml(spec))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "launcher.worker", str(spec_file)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def run_preempted_after(spec: Any, updates: int) -> Any:
+    """Run ``spec`` in this process with a preemption requested right after update number ``updates``: the
+    job's result (its status should be ``preempted``)."""
+    from launcher.core import preemption
+    from launcher.job import run_job
+    from trainers.mace import loop
+
+    orig, calls = loop.Trainer._update, {"n": 0}
+
+    def update_then_preempt(self, micro):
+        out = orig(self, micro)
+        calls["n"] += 1
+        if calls["n"] == updates:
+            preemption.request_preemption()
+        return out
+
+    loop.Trainer._update = update_then_preempt
+    try:
+        return run_job(spec, echo=lambda *_: None)
+    finally:
+        loop.Trainer._update = orig
+        preemption.reset()

@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from .conftest import REPO, make_spec
+from .conftest import make_spec, run_two_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -18,19 +15,12 @@ def test_two_process_gloo_run(tiny_data, tiny_model_json, tmp_path):
 
     from launcher.core.atomic import read_jsonl
     from launcher.core.layout import RunLayout
-    from launcher.core.specio import dump_run_yaml
 
     run_dir = tmp_path / "ddp"
     # 21 of the 24 structures, shuffled: an odd selection whose indices differ from their positions
     spec = make_spec(run_dir, tiny_data, train={"input_json": str(tiny_model_json), "epochs": 2, "batch_size": 4},
                      data={"train_indices": {"max_samples": 21, "shuffle": True}})
-    spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(dump_run_yaml(spec))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "launcher.worker", str(spec_file)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_two_ranks(spec, tmp_path, timeout=600)
     lay = RunLayout.of(run_dir)
     assert json.loads(lay.state_json.read_text())["status"] == "finished"
     log = lay.train_log.read_text()

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from .conftest import TINY_MODEL, make_spec
+from .conftest import TINY_MODEL, make_spec, run_preempted_after, run_two_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -74,30 +74,14 @@ def test_weight_zero_is_no_replay_and_a_weight_changes_training(base_model, tiny
 def test_preempted_replay_finetune_resumes_bit_identical(base_model, tiny_data, tmp_path):
     import torch
 
-    from launcher.core import preemption
     from launcher.job import run_job
-    from trainers.mace import loop
 
     replay = {"ratio": 0.75, "weight": 0.5}
     ref = tmp_path / "ref"
     run_job(_finetune(ref, tiny_data, base_model, replay, epochs=3), echo=lambda *_: None)
     run = tmp_path / "run"
     spec = _finetune(run, tiny_data, base_model, replay, epochs=3)
-    orig, calls = loop.Trainer._update, {"n": 0}
-
-    def update_then_preempt(self, micro):
-        out = orig(self, micro)
-        calls["n"] += 1
-        if calls["n"] == 8:                   # mid epoch 2 (6 updates per epoch)
-            preemption.request_preemption()
-        return out
-
-    loop.Trainer._update = update_then_preempt
-    try:
-        assert run_job(spec, echo=lambda *_: None).status == "preempted"
-    finally:
-        loop.Trainer._update = orig
-        preemption.reset()
+    assert run_preempted_after(spec, 8).status == "preempted"      # mid epoch 2 (6 updates per epoch)
     ck = torch.load(run / "checkpoints" / "checkpoint.pt", weights_only=True)
     assert ck["loop"]["replay_batches"] == 8              # the replay stream's position is checkpointed
     assert run_job(spec, echo=lambda *_: None).status == "finished"
@@ -153,25 +137,11 @@ def test_replay_elements_the_model_lacks_are_refused_before_training(base_model,
 def test_two_process_replay_finetune_keeps_ranks_equal(base_model, tiny_data, tmp_path):
     """Two gloo processes: each rank replays its own slice of the stream, gradients are averaged once per update
     (after the replay pass), the ranks end with the same weights and one rank writes the replay records."""
-    import os
-    import subprocess
-    import sys
-
     from launcher.core.atomic import read_jsonl
     from launcher.core.layout import RunLayout
-    from launcher.core.specio import dump_run_yaml
-
-    from .conftest import REPO
 
     run_dir = tmp_path / "ddp"
-    spec = _finetune(run_dir, tiny_data, base_model, {"weight": 0.5})
-    spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(dump_run_yaml(spec))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "launcher.worker", str(spec_file)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_two_ranks(_finetune(run_dir, tiny_data, base_model, {"weight": 0.5}), tmp_path)
     lay = RunLayout.of(run_dir)
     state = json.loads(lay.state_json.read_text())
     assert state["status"] == "finished"

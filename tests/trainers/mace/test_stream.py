@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from .conftest import make_spec
+from .conftest import make_spec, run_preempted_after
 
 pytestmark = pytest.mark.slow
 
@@ -90,29 +90,10 @@ def test_the_default_caches_while_the_first_epoch_streams(tiny_data, tiny_model_
 
 @pytest.mark.parametrize("cache", ["none", "auto"])
 def test_streamed_run_preempted_mid_epoch_resumes_exactly(tiny_data, tiny_model_json, tmp_path, cache):
-    from launcher.core import preemption
-    from launcher.job import run_job
-    from trainers.mace import loop
-
     over = {"data": {"cache": cache}, "train": _train(tiny_model_json, epochs=3, num_workers=2)}
     _run(make_spec(tmp_path / "ref", tiny_data, **over))
     run_dir = tmp_path / "run"
-    calls = {"n": 0}
-    orig = loop.Trainer._update
-
-    def update_then_preempt(self, micro):
-        res = orig(self, micro)
-        calls["n"] += 1
-        if calls["n"] == 9:             # mid epoch 2 (6 updates per epoch)
-            preemption.request_preemption()
-        return res
-
-    loop.Trainer._update = update_then_preempt
-    try:
-        first = run_job(make_spec(run_dir, tiny_data, **over), echo=lambda *_: None)
-    finally:
-        loop.Trainer._update = orig
-        preemption.reset()
+    first = run_preempted_after(make_spec(run_dir, tiny_data, **over), 9)   # mid epoch 2 (6 updates per epoch)
     assert first.status == "preempted"
     _run(make_spec(run_dir, tiny_data, task="resume", **over))
     assert _losses(run_dir) == _losses(tmp_path / "ref")
