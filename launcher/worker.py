@@ -14,7 +14,6 @@ per rank. Each rank finds its place with ``launcher.core.ranks.place`` (the pars
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Any, Callable, List, Optional
@@ -43,10 +42,9 @@ def run_rank(spec: Any, *, echo: Callable[[str], None] = print, prestarted: Opti
 def _follow(spec: Any, rank: int, world: int) -> Any:
     from launcher.backends import get_backend
     from launcher.core import preemption
-    from launcher.core.env import set_thread_defaults
     from launcher.core.layout import RunLayout
     from launcher.core.schema import TRAINING_TASKS
-    from launcher.job import SKIP, JobResult, classify
+    from launcher.job import SKIP, JobResult, classify, job_threads
     from trainers.api import JobContext
 
     layout = RunLayout.of(spec.run_dir)
@@ -57,10 +55,10 @@ def _follow(spec: Any, rank: int, world: int) -> Any:
                                               "runs on rank 0 alone")
     if classify(spec, layout) == SKIP:  # rank 0 skips the finished run too: nobody joins the group
         return JobResult(root, "skipped", {}, f"rank {rank}/{world}: already finished")
-    set_thread_defaults(os.environ)
+    threads = job_threads()
     preemption.install_preemption_handler()
     try:
-        result = backend.run(JobContext(spec=spec, layout=layout, resume=False, extra={"follower": True})) or {}
+        result = backend.run(JobContext(spec=spec, layout=layout, resume=False, extra={"follower": True, "threads": threads})) or {}
     except preemption.Preempted:
         preemption.run_deferred_handlers()  # submitit's handler: only rank 0 requeues
         return JobResult(root, "preempted", {}, f"rank {rank}/{world}: preempted")

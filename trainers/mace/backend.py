@@ -294,7 +294,7 @@ class MaceBackend(BackendBase):
         from trainers.mace.model_io import load_model
 
         spec = ctx.spec
-        set_threads()
+        set_threads(ctx.extra.get("threads"))
         hold_freed_memory()
         with _default_dtype(spec.train.dtype):
             device = select_device(spec)

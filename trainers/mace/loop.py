@@ -17,7 +17,6 @@ evaluations without improvement (``launcher.core.schema.early_stop_evals``).
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 import warnings
@@ -66,11 +65,12 @@ def select_device(spec: Any) -> Any:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def set_threads() -> None:
-    import torch
+def set_threads(n: Optional[int]) -> None:
+    """torch's intra-op threads: the job's thread count, handed to the backend as a value
+    (``ctx.extra["threads"]``, :func:`launcher.job.job_threads`); None leaves torch's own choice."""
+    if n and int(n) > 0:
+        import torch
 
-    n = os.environ.get("OMP_NUM_THREADS")
-    if n and n.isdigit() and int(n) > 0:
         torch.set_num_threads(int(n))
 
 
@@ -138,7 +138,7 @@ class Trainer(Checkpointing, Evaluation):
         from trainers.mace.heap import hold_freed_memory
 
         spec, t = self.spec, self.spec.train
-        set_threads()
+        set_threads(self.ctx.extra.get("threads"))
         self.device = select_device(spec)
         self.dist = distributed.setup(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":

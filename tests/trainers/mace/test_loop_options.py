@@ -219,3 +219,20 @@ def test_resume_with_more_epochs_stretches_the_cosine_schedule(tiny_data, tiny_m
     assert val[2]["lr"] == pytest.approx(0.5 * 0.004 * (1 + math.cos(math.pi * 2 / 4)))
     assert val[3]["lr"] == pytest.approx(0.5 * 0.004 * (1 + math.cos(math.pi * 3 / 4)))
     assert "cosine schedule stretched from 2 to 4 steps" in (run_dir / "logs" / "train.log").read_text()
+
+
+def test_torch_threads_come_from_the_job_as_a_value(monkeypatch):
+    """The trainer takes the job's thread count from ctx.extra["threads"], not from the environment."""
+    import torch
+
+    from trainers.mace.loop import set_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    try:
+        set_threads(None)                       # no value: torch's own choice stays, the environment is not read
+        assert torch.get_num_threads() == before
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
