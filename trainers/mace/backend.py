@@ -24,7 +24,9 @@ def _default_dtype(name: str):
     import torch
 
     old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64 if name == "float64" else torch.float32)
+    from trainers.mace.model_config import torch_dtype
+
+    torch.set_default_dtype(torch_dtype(name))
     try:
         yield
     finally:

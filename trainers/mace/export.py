@@ -67,7 +67,7 @@ def write_artifacts(layout: RunLayout, cfg: Dict[str, Any], *, spec: Any, metric
     """
     import torch
 
-    from trainers.mace.model_config import build_model, heads_of, save_model_json
+    from trainers.mace.model_config import build_model, heads_of, save_model_json, torch_dtype
     from trainers.mace.model_io import export_mace_model, load_weights_only
 
     layout.artifacts.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,7 @@ def write_artifacts(layout: RunLayout, cfg: Dict[str, Any], *, spec: Any, metric
         atomic_torch_save(state, layout.best_model)
     state = load_weights_only(layout.best_model)
     save_model_json(cfg, layout.model_json)
-    model = build_model(cfg)
+    model = build_model(cfg, torch_dtype(spec.train.dtype))
     model.load_state_dict(state)
     export_mace_model(model, mace_model_path(layout))
     head_info: Dict[str, Any] = {}
@@ -104,7 +104,7 @@ def write_artifacts(layout: RunLayout, cfg: Dict[str, Any], *, spec: Any, metric
     data = {s: getattr(spec.data, s) for s in ("train", "val", "test") if getattr(spec.data, s)}
     info = {
         "task": spec.task,
-        "dtype": str(torch.get_default_dtype()).replace("torch.", ""),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "z_table": [int(z) for z in cfg["atomic_numbers"]],
         "r_max": float(cfg["r_max"]),
         "E0s": cfg["atomic_energies"],

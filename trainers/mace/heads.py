@@ -128,7 +128,7 @@ def add_heads(spec: Any, base: Any) -> Any:
     import torch
 
     from launcher.core.layout import read_json_file
-    from trainers.mace.model_config import build_model, check_model_config, heads_of, our_keys
+    from trainers.mace.model_config import build_model, check_model_config, heads_of, our_keys, torch_dtype
     from trainers.mace.origin_format import is_origin_form, verify_against_module
 
     path = Path(spec.train.input_json)
@@ -150,7 +150,7 @@ def add_heads(spec: Any, base: Any) -> Any:
     cfg = dict(base.config)
     cfg.update({"heads": heads, "head_init": target["head_init"], "atomic_energies": e0_rows,
                 "atomic_inter_scale": scales, "atomic_inter_shift": shifts})
-    model = build_model(cfg).to(torch.get_default_dtype())
+    model = build_model(cfg, torch_dtype(spec.train.dtype))
     remap_heads(base.model, base_heads, model, heads, init)
     if is_origin_form(raw):
         verify_against_module(raw, model, source=source, base=base.model)
@@ -279,6 +279,6 @@ def select_head(model: Any, cfg: Dict[str, Any], head: str) -> Tuple[Any, Dict[s
                                     .reshape(len(heads), -1)[i].tolist()],
                 "atomic_inter_scale": [float(model.scale_shift.scale.detach().reshape(-1)[i if model.scale_shift.scale.numel() > 1 else 0])],
                 "atomic_inter_shift": [float(model.scale_shift.shift.detach().reshape(-1)[i if model.scale_shift.shift.numel() > 1 else 0])]})
-    single = build_model(one).to(torch.get_default_dtype())
+    single = build_model(one, next(model.parameters()).dtype)
     remap_heads(model, heads, single, [head], {head: head})
     return single, one

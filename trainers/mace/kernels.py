@@ -110,7 +110,7 @@ class E3nnForm:
         if prepared_from is not None:
             from trainers.mace.model_config import build_model
 
-            self.twin = build_model(prepared_from).to(dtype=param.dtype)
+            self.twin = build_model(prepared_from, param.dtype)
             return
         if kernels == "e3nn":
             return

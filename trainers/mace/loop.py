@@ -191,7 +191,7 @@ class Trainer(Checkpointing, Evaluation):
         spec, t, ckpt = self.spec, self.spec.train, self.ckpt
         if ckpt is not None:
             cfg = ckpt["model_config"]
-            model = build_model(cfg)
+            model = build_model(cfg, self.dtype)
             model.load_state_dict(ckpt["model"])
             self.source = ckpt.get("source", "checkpoint")
             self.statistics = ckpt.get("statistics") or {"from": "checkpoint"}
@@ -211,7 +211,7 @@ class Trainer(Checkpointing, Evaluation):
                           f"structures{' (all)' if len(pos) == n else f' (seeded sample; data.stats_samples={spec.data.stats_samples})'} "
                           f"in {time.time() - t0:.1f}s")
             self.source = "init"
-            return cfg, build_model(cfg), sample
+            return cfg, build_model(cfg, self.dtype), sample
         loaded = load_model(spec)   # finetune
         self.source = loaded.source
         self.statistics = {"from": f"base model {loaded.source}"}

@@ -249,8 +249,16 @@ def scale_shift(structures: Sequence[Any], zs: Sequence[int], e0: np.ndarray, sc
     return mean, scale
 
 
-def build_model(cfg: Dict[str, Any]) -> Any:
-    """A ``ScaleShiftMACE`` from a resolved config, in torch's current default dtype."""
+def torch_dtype(name: str) -> Any:
+    """``train.dtype`` (float32 / float64) as a torch dtype."""
+    import torch
+
+    return torch.float64 if name == "float64" else torch.float32
+
+
+def build_model(cfg: Dict[str, Any], dtype: Any = None) -> Any:
+    """A ``ScaleShiftMACE`` from a resolved config, in ``dtype`` (a torch dtype). The trainer always passes the
+    run's dtype as a value; None (a caller outside a run) means torch's current default."""
     import torch
     from mace import modules  # before e3nn: mace sets up torch.load for e3nn's constants
     from mace.modules import blocks
@@ -296,7 +304,7 @@ def build_model(cfg: Dict[str, Any]) -> Any:
         atomic_inter_scale=scale,
         atomic_inter_shift=shift,
     )
-    return model.to(torch.get_default_dtype())
+    return model.to(dtype or torch.get_default_dtype())
 
 
 def _jsonable(x: Any) -> Any:

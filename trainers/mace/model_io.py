@@ -98,9 +98,10 @@ def _is_codegen_constant(key: str) -> bool:
 
 
 def _from_config_and_state(cfg: Dict[str, Any], state: Dict[str, Any], source: str) -> Any:
-    from trainers.mace.model_config import build_model
+    from trainers.mace.model_config import build_model, torch_dtype
 
-    model = build_model(cfg)
+    floats = [v.dtype for v in state.values() if getattr(v, "is_floating_point", lambda: False)()]
+    model = build_model(cfg, floats[0] if floats else torch_dtype("float64"))   # the stored model's own dtype
     own = model.state_dict()
     missing = {k: own[k] for k in own if k not in state and _is_codegen_constant(k)}
     if missing:
@@ -271,10 +272,10 @@ def _load_base(spec: Any, *, prefer: str) -> LoadedModel:
     import torch
 
     from launcher.core.layout import read_json_file
-    from trainers.mace.model_config import check_model_config, config_from_module, heads_of
+    from trainers.mace.model_config import check_model_config, config_from_module, heads_of, torch_dtype
     from trainers.mace.origin_format import is_origin_form, verify_against_module
 
-    dtype = torch.get_default_dtype()
+    dtype = torch_dtype(spec.train.dtype)
     model_in, manifest_path = _model_in_file(spec, prefer)
     weights = Path(spec.model.weights) if spec.model.weights else None
     notes: List[str] = []
