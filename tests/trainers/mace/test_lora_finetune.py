@@ -75,7 +75,7 @@ def test_lora_finetune_through_the_cli_gives_plain_merged_models(base_model, tin
                 f"data.val={tiny_data['val']}", f"run_dir={run_dir}")
     assert r.returncode == 0, r.stderr[-3000:]
     log = (run_dir / "logs" / "train.log").read_text()
-    line = next(ln for ln in log.splitlines() if "train.freeze=lora" in ln)
+    line = next(ln for ln in log.splitlines() if "train.freeze=lora: adapters" in ln)
     assert f"rank {RANK}" in line and "trainable" in line and line.split(" ", 2)[2] in r.stderr   # console too
 
     ck = torch.load(run_dir / "checkpoints" / "checkpoint.pt", weights_only=True)
