@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from .conftest import make_spec
+from .conftest import make_spec, run_preempted_after
 
 pytestmark = pytest.mark.slow
 
@@ -40,27 +40,11 @@ def drifting_model_json(tmp_path_factory):
 
 def _run(spec, stop_after=None):
     """run_job; with ``stop_after``, a preemption request after that many updates (the trainer's stop path)."""
-    from launcher.core import preemption
     from launcher.job import run_job
-    from trainers.mace import loop
 
     if stop_after is None:
         return run_job(spec, echo=lambda *_: None)
-    orig, calls = loop.Trainer._update, {"n": 0}
-
-    def update_then_stop(self, micro):
-        out = orig(self, micro)
-        calls["n"] += 1
-        if calls["n"] == stop_after:
-            preemption.request_preemption()
-        return out
-
-    loop.Trainer._update = update_then_stop
-    try:
-        return run_job(spec, echo=lambda *_: None)
-    finally:
-        loop.Trainer._update = orig
-        preemption.reset()
+    return run_preempted_after(spec, stop_after)
 
 
 def _state(run_dir):
