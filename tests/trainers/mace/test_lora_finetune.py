@@ -171,8 +171,8 @@ def _check_ema_merge(run_dir, tiny_data, base_model):
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        spec = make_spec(run_dir.parent / "exp", tiny_data, task="export", model_in=str(run_dir / "checkpoints"
-                                                                                        / "checkpoint.pt"))
+        spec = make_spec(run_dir.parent / "exp", tiny_data, task="export", train={"dtype": "float64"},
+                         model_in=str(run_dir / "checkpoints" / "checkpoint.pt"))   # loaded in the run's dtype
         loaded = load_model(spec).model
         want = _adapted(cfg, base_state, ck["freeze"])
         with torch.no_grad():
