@@ -118,25 +118,39 @@ def run_two_ranks(spec: Any, tmp_path: Path, timeout: float = 900) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
+def run_with_hook(spec: Any, method: str, after: Any) -> Any:
+    """Run ``spec`` in this process with ``after(trainer)`` called right after each call of the real
+    ``Trainer.<method>``: the job's result."""
+    from launcher.job import run_job
+    from trainers.mace import loop
+
+    orig = getattr(loop.Trainer, method)
+
+    def wrapped(self, *args, **kwargs):
+        out = orig(self, *args, **kwargs)
+        after(self)
+        return out
+
+    setattr(loop.Trainer, method, wrapped)
+    try:
+        return run_job(spec, echo=lambda *_: None)
+    finally:
+        setattr(loop.Trainer, method, orig)
+
+
 def run_preempted_after(spec: Any, updates: int) -> Any:
     """Run ``spec`` in this process with a preemption requested right after update number ``updates``: the
     job's result (its status should be ``preempted``)."""
     from launcher.core import preemption
-    from launcher.job import run_job
-    from trainers.mace import loop
 
-    orig, calls = loop.Trainer._update, {"n": 0}
+    calls = {"n": 0}
 
-    def update_then_preempt(self, micro):
-        out = orig(self, micro)
+    def count(_trainer):
         calls["n"] += 1
         if calls["n"] == updates:
             preemption.request_preemption()
-        return out
 
-    loop.Trainer._update = update_then_preempt
     try:
-        return run_job(spec, echo=lambda *_: None)
+        return run_with_hook(spec, "_update", count)
     finally:
-        loop.Trainer._update = orig
         preemption.reset()

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from .conftest import make_spec
+from .conftest import make_spec, run_with_hook
 
 pytestmark = pytest.mark.slow
 
@@ -36,24 +36,15 @@ def trained(tiny_data, tiny_model_json, worsening_val, tmp_path_factory):
     """A run whose val loss worsens after its best epoch, with the weights after every evaluation."""
     import torch
 
-    from launcher.job import run_job
-    from trainers.mace import loop
-
     run_dir = tmp_path_factory.mktemp("best") / "run"
     spec = make_spec(run_dir, {"train": tiny_data["train"], "val": worsening_val},
                      train={"input_json": str(tiny_model_json), "epochs": EPOCHS, "lr": 0.01, "scheduler": "none"})
     weights = {}
-    orig = loop.Trainer.evaluate_point
 
-    def evaluate_and_keep(self, kind):
-        orig(self, kind)
-        weights[self.state.epoch] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+    def keep(tr):   # the weights after each evaluation
+        weights[tr.state.epoch] = {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
 
-    loop.Trainer.evaluate_point = evaluate_and_keep
-    try:
-        result = run_job(spec, echo=lambda *_: None)
-    finally:
-        loop.Trainer.evaluate_point = orig
+    result = run_with_hook(spec, "evaluate_point", keep)
     assert result.status == "finished"
     return run_dir, weights, torch.load(run_dir / "artifacts" / "best_model.pt", weights_only=True)
 

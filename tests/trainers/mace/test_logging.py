@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import kill_training_at, make_spec
+from .conftest import kill_training_at, make_spec, run_with_hook
 
 pytestmark = pytest.mark.slow
 
@@ -61,25 +61,16 @@ def _assert_events_match_metrics(run_dir: Path) -> dict:
 
 
 def test_events_and_curves_follow_metrics_jsonl(tiny_data, tiny_model_json, tmp_path):
-    from launcher.job import run_job
-    from trainers.mace import loop
-
     run_dir = tmp_path / "run"
     spec = make_spec(run_dir, tiny_data, **_train(tiny_model_json))
     assert spec.train.logger == "tensorboard"        # the default
     shots = []
-    orig = loop.Trainer.evaluate_point
 
-    def evaluate_and_look(self, kind):
-        orig(self, kind)
+    def look(_tr):   # curves.png right after each evaluation
         png = run_dir / "logs" / "curves.png"
         shots.append(hashlib.sha256(png.read_bytes()).hexdigest() if png.exists() else None)
 
-    loop.Trainer.evaluate_point = evaluate_and_look
-    try:
-        res = run_job(spec, echo=lambda *_: None)
-    finally:
-        loop.Trainer.evaluate_point = orig
+    res = run_with_hook(spec, "evaluate_point", look)
     assert res.status == "finished"
     # curves.png is there after each validation, a new picture each time
     assert len(shots) == 3 and None not in shots and len(set(shots)) == 3
