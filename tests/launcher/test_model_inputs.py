@@ -176,22 +176,28 @@ def _plain_door(tmp: Path, keys: Dict[str, str], dry: bool, capsys):
                           value=lambda _leaf, v: int(v) if v.isdigit() else None if v == "null" else v)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_dry_run_and_launch_refuse_the_same_model_input(case, tmp_path, demo_data, weights_file, launch, capsys):
-    over = CASES[case](tmp_path, weights_file)
-    key = EXPECT.get(case, next(k for k in over if k in ("model_in", "model.manifest", "model.weights")))
-    verdicts: List[tuple] = []
+def _every_door(tmp_path, demo_data, over, launch, capsys):
+    """(door, dry, run_dir, exit code, stderr) of ``over`` through both doors, dry and real."""
     for door in ("launch", "launch-run"):
         for dry in (True, False):
             run_dir = tmp_path / f"out-{door}-{dry}"
             keys = _keys(demo_data, over, run_dir)
             code, _out, err = (_hydra_door(launch, keys, dry) if door == "launch"
                                else _plain_door(tmp_path, keys, dry, capsys))
-            lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
-            assert code == 2, (door, dry, err)
-            assert len(lines) == 1 and key in lines[0], (door, dry, err)
-            assert not run_dir.exists(), (door, dry)
-            verdicts.append(lines[0].replace(str(run_dir), "RUN_DIR"))
+            yield door, dry, run_dir, code, err
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_dry_run_and_launch_refuse_the_same_model_input(case, tmp_path, demo_data, weights_file, launch, capsys):
+    over = CASES[case](tmp_path, weights_file)
+    key = EXPECT.get(case, next(k for k in over if k in ("model_in", "model.manifest", "model.weights")))
+    verdicts: List[tuple] = []
+    for door, dry, run_dir, code, err in _every_door(tmp_path, demo_data, over, launch, capsys):
+        lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
+        assert code == 2, (door, dry, err)
+        assert len(lines) == 1 and key in lines[0], (door, dry, err)
+        assert not run_dir.exists(), (door, dry)
+        verdicts.append(lines[0].replace(str(run_dir), "RUN_DIR"))
     assert len(set(verdicts)) == 1, verdicts  # the same line through every door, dry or not
 
 
@@ -229,15 +235,10 @@ def test_a_mace_run_dir_given_to_a_fairchem_backend(tmp_path, demo_data, weights
     (d / "run.yaml").write_text("backend: mace\ntask: train\n")
     over = {"backend": "equiformer_v2", "model_in": str(d)}
     seen = set()
-    for door in ("launch", "launch-run"):
-        for dry in (True, False):
-            run_dir = tmp_path / f"out-{door}-{dry}"
-            keys = _keys(demo_data, over, run_dir)
-            code, _out, err = (_hydra_door(launch, keys, dry) if door == "launch"
-                               else _plain_door(tmp_path, keys, dry, capsys))
-            assert code == 2, (door, dry, err)
-            mine = [ln for ln in err.splitlines() if f"model_in: {d} is a run of backend=mace" in ln]
-            assert len(mine) == 1, (door, dry, err)
-            assert not run_dir.exists()
-            seen.add(mine[0].strip(" -"))
+    for door, dry, run_dir, code, err in _every_door(tmp_path, demo_data, over, launch, capsys):
+        assert code == 2, (door, dry, err)
+        mine = [ln for ln in err.splitlines() if f"model_in: {d} is a run of backend=mace" in ln]
+        assert len(mine) == 1, (door, dry, err)
+        assert not run_dir.exists()
+        seen.add(mine[0].strip(" -"))
     assert len(seen) == 1, seen

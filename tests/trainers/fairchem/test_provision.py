@@ -77,13 +77,21 @@ def test_env_hash_is_the_setup_scripts_own(tmp_path):
     assert env_hash(False) != env_hash(True)
 
 
-def test_default_python_is_found_without_starting_anything(tmp_path, monkeypatch):
-    marker = tmp_path / "started"
+def _cached_env(tmp_path: Path, monkeypatch, marker: Path) -> Path:
+    """The folder (and venv) the setup script would build under an empty cache at ``tmp_path/cache``, no stamp
+    yet; the launcher looks there (no MLIP_FAIRCHEM_ENV, CPU-only extensions)."""
     monkeypatch.setenv("MLIP_LAUNCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MLIP_FAIRCHEM_ENV", raising=False)
     monkeypatch.delenv("MLIP_FAIRCHEM_CUDA_EXT", raising=False)
     root = tmp_path / "cache" / "envs" / f"fairchem-{script_versions()['FAIRCHEM_VERSION']}-py3.11-{env_hash(False)}"
-    py = _venv(root, marker, FAIRCHEM_PACKAGES)
+    _venv(root, marker, FAIRCHEM_PACKAGES)
+    return root
+
+
+def test_default_python_is_found_without_starting_anything(tmp_path, monkeypatch):
+    marker = tmp_path / "started"
+    root = _cached_env(tmp_path, monkeypatch, marker)
+    py = str(root / "bin" / "python")
     assert default_python() is None                               # no stamp: the build did not finish
     (root / STAMP).write_text(env_hash(False) + "\n")
     assert default_python() == py
@@ -246,11 +254,8 @@ def test_preflight_and_the_dry_run_text_start_no_process(tmp_path, demo_data, fa
     from launcher.preflight import check_sweep, describe
 
     marker = tmp_path / "started"
-    monkeypatch.setenv("MLIP_LAUNCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("MLIP_FAIRCHEM_ENV", raising=False)
-    monkeypatch.delenv("MLIP_FAIRCHEM_CUDA_EXT", raising=False)
-    root = tmp_path / "cache" / "envs" / f"fairchem-{script_versions()['FAIRCHEM_VERSION']}-py3.11-{env_hash(False)}"
-    provisioned = _venv(root, marker, FAIRCHEM_PACKAGES)
+    root = _cached_env(tmp_path, monkeypatch, marker)
+    provisioned = str(root / "bin" / "python")
     (root / STAMP).write_text(env_hash(False) + "\n")
     mine = _venv(tmp_path / "mine", marker, FAIRCHEM_PACKAGES)
 
